@@ -1,0 +1,250 @@
+//! Block codec: seals data blocks and metadata objects for the object store.
+//!
+//! A data object is one block of one file. Its associated data binds it to
+//! the volume, its own object id, the inode and the block index, so an object
+//! that is swapped, replayed from an older version of the block, truncated or
+//! copied from another volume fails to open (gocryptfs does the same with
+//! file id + block number). Metadata objects are cut into frames so a large
+//! state never needs one huge AEAD call; the last frame is marked in its
+//! associated data, so dropping trailing frames is detected too.
+//! Byte layouts: FORMAT.md.
+
+use crate::crypto::{self, CryptoError};
+use crate::keyring::Keyring;
+
+pub const OBJECT_ID_LEN: usize = 16;
+pub type ObjectId = [u8; OBJECT_ID_LEN];
+
+const BLOCK_MAGIC: &[u8; 4] = b"S3VB";
+const META_MAGIC: &[u8; 4] = b"S3VM";
+const VERSION: u8 = 1;
+const BLOCK_HEADER_LEN: usize = 5;
+const META_HEADER_LEN: usize = 4 + 1 + OBJECT_ID_LEN;
+const BLOCK_AAD: &[u8] = b"s3vault v1 block";
+const META_AAD: &[u8] = b"s3vault v1 metadata frame";
+/// Plaintext bytes per metadata frame.
+pub const META_FRAME_LEN: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("object header is not s3vault's (bad magic or version)")]
+    BadHeader,
+    #[error("object is truncated")]
+    Truncated,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+pub fn new_object_id() -> ObjectId {
+    crypto::random_bytes()
+}
+
+/// Where a block belongs; all of it goes into the associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockAddress {
+    pub object_id: ObjectId,
+    pub ino: u64,
+    pub index: u64,
+}
+
+impl BlockAddress {
+    fn aad(&self, ring: &Keyring) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(BLOCK_AAD.len() + 16 + BLOCK_HEADER_LEN + OBJECT_ID_LEN + 16);
+        aad.extend_from_slice(BLOCK_AAD);
+        aad.extend_from_slice(ring.volume_id());
+        aad.extend_from_slice(BLOCK_MAGIC);
+        aad.push(VERSION);
+        aad.extend_from_slice(&self.object_id);
+        aad.extend_from_slice(&self.ino.to_be_bytes());
+        aad.extend_from_slice(&self.index.to_be_bytes());
+        aad
+    }
+}
+
+pub fn seal_block(ring: &Keyring, addr: &BlockAddress, plaintext: &[u8]) -> Vec<u8> {
+    let key = ring.data_object_key(&addr.object_id);
+    let sealed = crypto::seal(&key, &addr.aad(ring), plaintext);
+    let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + sealed.len());
+    out.extend_from_slice(BLOCK_MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+pub fn open_block(ring: &Keyring, addr: &BlockAddress, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if object.len() < BLOCK_HEADER_LEN {
+        return Err(CodecError::Truncated);
+    }
+    if &object[..4] != BLOCK_MAGIC || object[4] != VERSION {
+        return Err(CodecError::BadHeader);
+    }
+    let key = ring.data_object_key(&addr.object_id);
+    Ok(crypto::open(&key, &addr.aad(ring), &object[BLOCK_HEADER_LEN..])?)
+}
+
+/// The sealed size of a block of `len` plaintext bytes.
+pub fn sealed_block_len(len: usize) -> usize {
+    BLOCK_HEADER_LEN + crypto::SEAL_OVERHEAD + len
+}
+
+/// Seals a metadata object (`name` is its key in the store, e.g.
+/// `meta/00000000000000000042.snap`, and is bound into every frame).
+pub fn seal_metadata(ring: &Keyring, name: &str, plaintext: &[u8]) -> Vec<u8> {
+    let object_id = new_object_id();
+    let key = ring.metadata_object_key(&object_id);
+    let mut out = Vec::with_capacity(META_HEADER_LEN + plaintext.len() + 64);
+    out.extend_from_slice(META_MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&object_id);
+    let mut frames: Vec<&[u8]> = plaintext.chunks(META_FRAME_LEN).collect();
+    if frames.is_empty() {
+        frames.push(&[]);
+    }
+    let last = frames.len() - 1;
+    for (i, frame) in frames.iter().enumerate() {
+        let sealed = crypto::seal(&key, &meta_aad(ring, name, &object_id, i as u32, i == last), frame);
+        out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        out.extend_from_slice(&sealed);
+    }
+    out
+}
+
+pub fn open_metadata(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if object.len() < META_HEADER_LEN {
+        return Err(CodecError::Truncated);
+    }
+    if &object[..4] != META_MAGIC || object[4] != VERSION {
+        return Err(CodecError::BadHeader);
+    }
+    let object_id: ObjectId = object[5..META_HEADER_LEN]
+        .try_into()
+        .map_err(|_| CodecError::Truncated)?;
+    let key = ring.metadata_object_key(&object_id);
+    let mut rest = &object[META_HEADER_LEN..];
+    let mut out = Vec::new();
+    let mut index = 0u32;
+    loop {
+        if rest.len() < 4 {
+            return Err(CodecError::Truncated);
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().map_err(|_| CodecError::Truncated)?) as usize;
+        rest = &rest[4..];
+        if rest.len() < len {
+            return Err(CodecError::Truncated);
+        }
+        let (frame, tail) = rest.split_at(len);
+        let is_last = tail.is_empty();
+        out.extend_from_slice(&crypto::open(
+            &key,
+            &meta_aad(ring, name, &object_id, index, is_last),
+            frame,
+        )?);
+        if is_last {
+            return Ok(out);
+        }
+        rest = tail;
+        index = index.checked_add(1).ok_or(CodecError::Truncated)?;
+    }
+}
+
+fn meta_aad(ring: &Keyring, name: &str, object_id: &ObjectId, index: u32, last: bool) -> Vec<u8> {
+    [
+        META_AAD,
+        ring.volume_id().as_slice(),
+        name.as_bytes(),
+        &[0],
+        object_id.as_slice(),
+        &index.to_be_bytes(),
+        &[last as u8],
+    ]
+    .concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+
+    fn ring() -> Keyring {
+        Keyring::new(&SecretKey::random(), crypto::random_bytes())
+    }
+
+    fn addr(ino: u64, index: u64) -> BlockAddress {
+        BlockAddress {
+            object_id: new_object_id(),
+            ino,
+            index,
+        }
+    }
+
+    #[test]
+    fn block_round_trips() {
+        let ring = ring();
+        let a = addr(5, 9);
+        let sealed = seal_block(&ring, &a, b"block data");
+        assert_eq!(sealed.len(), sealed_block_len(10));
+        assert_eq!(open_block(&ring, &a, &sealed).unwrap(), b"block data");
+    }
+
+    #[test]
+    fn block_opened_at_another_address_fails() {
+        let ring = ring();
+        let a = addr(5, 9);
+        let sealed = seal_block(&ring, &a, b"block data");
+        for other in [
+            BlockAddress { ino: 6, ..a },
+            BlockAddress { index: 8, ..a },
+            BlockAddress {
+                object_id: new_object_id(),
+                ..a
+            },
+        ] {
+            assert!(open_block(&ring, &other, &sealed).is_err());
+        }
+    }
+
+    #[test]
+    fn block_from_another_volume_fails() {
+        let a = addr(1, 0);
+        let sealed = seal_block(&ring(), &a, b"foreign");
+        assert!(open_block(&ring(), &a, &sealed).is_err());
+    }
+
+    #[test]
+    fn flipped_or_truncated_block_fails() {
+        let ring = ring();
+        let a = addr(1, 0);
+        let sealed = seal_block(&ring, &a, &[7u8; 1000]);
+        for i in [0, 4, 5, 20, 500, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x80;
+            assert!(open_block(&ring, &a, &bad).is_err());
+        }
+        for len in [0, 3, 5, 30, sealed.len() - 1] {
+            assert!(open_block(&ring, &a, &sealed[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_across_frames() {
+        let ring = ring();
+        for len in [0, 1, META_FRAME_LEN, META_FRAME_LEN + 1, 3 * META_FRAME_LEN - 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let sealed = seal_metadata(&ring, "meta/1", &data);
+            assert_eq!(open_metadata(&ring, "meta/1", &sealed).unwrap(), data);
+            assert!(open_metadata(&ring, "meta/2", &sealed).is_err());
+        }
+    }
+
+    #[test]
+    fn metadata_missing_its_last_frame_fails() {
+        let ring = ring();
+        let data = vec![1u8; 2 * META_FRAME_LEN + 10];
+        let sealed = seal_metadata(&ring, "m", &data);
+        // Cut exactly after the first two frames: every remaining frame is whole.
+        let frame = 4 + crypto::SEAL_OVERHEAD + META_FRAME_LEN;
+        let cut = META_HEADER_LEN + 2 * frame;
+        assert!(open_metadata(&ring, "m", &sealed[..cut]).is_err());
+        assert!(open_metadata(&ring, "m", &sealed[..sealed.len() - 1]).is_err());
+    }
+}

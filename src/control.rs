@@ -1,0 +1,85 @@
+//! Control socket: how `s3vault umount` asks a running mount to flush.
+//!
+//! One Unix socket per mount point, in a root-only (or per-user) runtime
+//! directory; requests are one line (`sync`, `pid`), answers one line
+//! (`ok [value]` or `error <message>`).
+
+use crate::fs::Core;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+fn runtime_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        PathBuf::from("/run/s3vault")
+    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        Path::new(&dir).join("s3vault")
+    } else {
+        PathBuf::from(format!("/tmp/s3vault-{uid}"))
+    }
+}
+
+/// The socket of the mount at `mountpoint` (named by a hash: mount paths
+/// can be long, and need not appear in /run).
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16])))
+}
+
+/// Serves requests until the runtime shuts down.
+pub async fn serve(path: PathBuf, core: Arc<Core>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let core = core.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match line.trim() {
+                "sync" => match core.sync().await {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("error {e}"),
+                },
+                "pid" => format!("ok {}", std::process::id()),
+                other => format!("error unknown request {other:?}"),
+            };
+            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Sends one request to the mount at `mountpoint`; returns the value of an
+/// `ok` answer or the message of an `error` one.
+pub fn request(mountpoint: &Path, command: &str) -> Result<String, String> {
+    let path = socket_path(mountpoint);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("no s3vault mount is serving {} ({e})", mountpoint.display()))?;
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let line = line.trim_end();
+    if let Some(value) = line.strip_prefix("ok") {
+        Ok(value.trim().to_string())
+    } else if let Some(message) = line.strip_prefix("error ") {
+        Err(message.to_string())
+    } else {
+        Err("the mount daemon closed the connection without answering".to_string())
+    }
+}

@@ -1,0 +1,95 @@
+//! Backgrounding a mount: `s3vault mount` returns only when the mount is
+//! usable, or fails with the daemon's own error message and exit code.
+//!
+//! The process forks before any thread exists (tokio starts later, in the
+//! child); the parent waits on a pipe for the child's verdict.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+pub enum Role {
+    /// The original process: exit with this code.
+    Parent(i32),
+    /// The daemon: report readiness through this.
+    Daemon(Readiness),
+}
+
+/// The daemon's end of the pipe to the waiting parent (or nothing, in
+/// the foreground).
+pub struct Readiness(Option<File>);
+
+impl Readiness {
+    pub fn foreground() -> Readiness {
+        Readiness(None)
+    }
+
+    /// Tells the parent the mount is ready (`Ok`) or why it failed.
+    pub fn report(mut self, result: Result<(), (i32, String)>) {
+        let Some(mut pipe) = self.0.take() else { return };
+        let message = match result {
+            Ok(()) => "0\n".to_string(),
+            Err((code, message)) => format!("{code}\n{message}"),
+        };
+        let _ = pipe.write_all(message.as_bytes());
+    }
+
+    pub fn is_background(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Forks; must be called while the process is single-threaded.
+pub fn fork() -> std::io::Result<Role> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the caller guarantees no other thread exists, so the child
+    // inherits no lock held by a thread that does not exist there.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            drop(read);
+            // SAFETY: setsid has no memory-safety preconditions; detaches
+            // the daemon from the terminal's session.
+            unsafe { libc::setsid() };
+            Ok(Role::Daemon(Readiness(Some(File::from(write)))))
+        }
+        _child => {
+            drop(write);
+            let mut answer = String::new();
+            let _ = File::from(read).read_to_string(&mut answer);
+            let (code, message) = answer.split_once('\n').unwrap_or(("", ""));
+            Ok(Role::Parent(match code.parse::<i32>() {
+                Ok(0) => 0,
+                Ok(code) => {
+                    eprintln!("s3vault: {message}");
+                    code
+                }
+                Err(_) => {
+                    eprintln!("s3vault: the mount daemon exited before the mount was ready");
+                    1
+                }
+            }))
+        }
+    }
+}
+
+/// Points stdin/stdout at /dev/null and stderr at `log`, once the parent
+/// has gone and the terminal may close.
+pub fn detach_stdio(log: &std::path::Path) -> std::io::Result<()> {
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    let log = File::options().create(true).append(true).open(log)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto the standard descriptors; both sources are open.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! File data: open files, their write buffers, block reads and uploads.
+//!
+//! Writes land in a per-file buffer of whole blocks in memory. `flush`
+//! (every close), `fsync` and memory pressure seal the buffered blocks, each
+//! into a new object with a fresh random id, upload them in parallel, and
+//! only then point the block map at them, in one metadata transaction. A
+//! metadata state therefore never references an object that is not yet in
+//! the store (invariant 3), and a block is never overwritten in place.
+
+use super::{Core, FsError, FsResult, Inode, purge};
+use crate::codec::{self, BlockAddress, ObjectId};
+use crate::meta::{BlockRef, FileKind};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use tokio::task::JoinSet;
+
+/// Uploads of one flush in flight at once.
+const UPLOAD_PARALLELISM: usize = 8;
+const NONE: u64 = u64::MAX;
+
+pub(super) struct OpenFile {
+    ino: u64,
+    opens: AtomicU32,
+    buffer: tokio::sync::Mutex<WriteBuffer>,
+    /// Mirrors of the buffer's size and mtime, readable without awaiting
+    /// the buffer lock (getattr runs on the FUSE thread).
+    pending_size: AtomicU64,
+    pending_mtime: AtomicI64,
+}
+
+#[derive(Default)]
+pub(super) struct WriteBuffer {
+    /// Block index -> its full content (shorter than a block at the end).
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    /// Logical size while it differs from the committed one.
+    size: Option<u64>,
+    mtime: Option<i64>,
+    /// Stored blocks from this index on were truncated away.
+    cut: Option<u64>,
+}
+
+impl WriteBuffer {
+    fn is_clean(&self) -> bool {
+        self.dirty.is_empty() && self.size.is_none() && self.mtime.is_none() && self.cut.is_none()
+    }
+}
+
+impl OpenFile {
+    fn new(ino: u64) -> OpenFile {
+        OpenFile {
+            ino,
+            opens: AtomicU32::new(0),
+            buffer: tokio::sync::Mutex::new(WriteBuffer::default()),
+            pending_size: AtomicU64::new(NONE),
+            pending_mtime: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    pub(super) fn apply_pending(&self, inode: &mut Inode) {
+        let size = self.pending_size.load(Ordering::SeqCst);
+        if size != NONE {
+            inode.size = size;
+        }
+        let mtime = self.pending_mtime.load(Ordering::SeqCst);
+        if mtime != i64::MIN {
+            inode.mtime = mtime;
+            inode.ctime = inode.ctime.max(mtime);
+        }
+    }
+
+    /// Drops the buffered mtime; the returned guard keeps writes out until
+    /// the caller has stored its explicit one.
+    pub(super) async fn forget_buffered_mtime(&self) -> tokio::sync::MutexGuard<'_, WriteBuffer> {
+        let mut buffer = self.buffer.lock().await;
+        buffer.mtime = None;
+        self.publish(&buffer);
+        buffer
+    }
+
+    fn publish(&self, buffer: &WriteBuffer) {
+        self.pending_size.store(buffer.size.unwrap_or(NONE), Ordering::SeqCst);
+        self.pending_mtime
+            .store(buffer.mtime.unwrap_or(i64::MIN), Ordering::SeqCst);
+    }
+}
+
+fn data_key(id: &ObjectId) -> String {
+    format!("data/{}", hex::encode(id))
+}
+
+impl Core {
+    /// Opens `ino`; returns a file handle number.
+    pub fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        if write && self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        if inode.kind == FileKind::Dir && write {
+            return Err(FsError::EISDIR);
+        }
+        let file = self
+            .files()
+            .entry(ino)
+            .or_insert_with(|| Arc::new(OpenFile::new(ino)))
+            .clone();
+        file.opens.fetch_add(1, Ordering::SeqCst);
+        Ok(self.next_fh.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// The open file of `ino`, or a transient one for operations on files
+    /// nobody has open (truncate by path).
+    fn file(&self, ino: u64) -> Arc<OpenFile> {
+        self.files()
+            .entry(ino)
+            .or_insert_with(|| Arc::new(OpenFile::new(ino)))
+            .clone()
+    }
+
+    /// Drops a file's in-memory state once nobody has it open and nothing of
+    /// it is buffered; deletes it if it lost its last link while open.
+    async fn retire(&self, file: &Arc<OpenFile>) -> FsResult<()> {
+        let buffer = file.buffer.lock().await;
+        let unlinked = {
+            let mut files = self.files();
+            if file.opens.load(Ordering::SeqCst) > 0 || !buffer.is_clean() {
+                return Ok(());
+            }
+            if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+                files.remove(&file.ino);
+            }
+            self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0)
+        };
+        if unlinked {
+            self.transact(|m| purge(m, file.ino))?;
+        }
+        Ok(())
+    }
+
+    pub async fn release(&self, ino: u64) -> FsResult<()> {
+        let Some(file) = self.files().get(&ino).cloned() else {
+            return Err(FsError::EBADF);
+        };
+        let result = self.flush(ino).await;
+        file.opens.fetch_sub(1, Ordering::SeqCst);
+        // If the flush failed the buffer keeps the data; the periodic
+        // metadata sync retries it and retires the file afterwards.
+        self.retire(&file).await?;
+        result
+    }
+
+    /// Uploads everything buffered for `ino` and commits it to the metadata.
+    pub async fn flush(&self, ino: u64) -> FsResult<()> {
+        let Some(file) = self.files().get(&ino).cloned() else {
+            return Ok(());
+        };
+        let mut buffer = file.buffer.lock().await;
+        self.commit(&file, &mut buffer, true).await
+    }
+
+    /// Commits every buffered file (before a metadata snapshot, at unmount).
+    pub(super) async fn flush_all(&self) -> FsResult<()> {
+        let files: Vec<Arc<OpenFile>> = self.files().values().cloned().collect();
+        let mut result = Ok(());
+        for file in files {
+            let mut buffer = file.buffer.lock().await;
+            if let Err(e) = self.commit(&file, &mut buffer, true).await {
+                result = Err(e);
+            }
+            drop(buffer);
+            self.retire(&file).await?;
+        }
+        result
+    }
+
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = self.files().get(&ino).cloned().ok_or(FsError::EBADF)?;
+        let buffer = file.buffer.lock().await;
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        let file_size = buffer.size.unwrap_or(inode.size);
+        let end = file_size.min(offset.saturating_add(size as u64));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let bs = self.block_size;
+        for index in offset / bs..=(end - 1) / bs {
+            let block_start = index * bs;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + bs);
+            let dest = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let src_from = (from - block_start) as usize;
+            let copy = |content: &[u8], dest: &mut [u8]| {
+                if src_from < content.len() {
+                    let n = dest.len().min(content.len() - src_from);
+                    dest[..n].copy_from_slice(&content[src_from..src_from + n]);
+                }
+            };
+            if let Some(content) = buffer.dirty.get(&index) {
+                copy(content, dest);
+            } else if buffer.cut.is_none_or(|cut| index < cut)
+                && let Some(content) = self.stored_block(ino, index).await?
+            {
+                copy(&content, dest);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        if self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(FsError::EFBIG);
+        }
+        let file = self.files().get(&ino).cloned().ok_or(FsError::EBADF)?;
+        let mut buffer = file.buffer.lock().await;
+        let committed = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?.size;
+        let size = buffer.size.unwrap_or(committed);
+        let bs = self.block_size as usize;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let at = offset + pos as u64;
+            let index = at / bs as u64;
+            let within = (at % bs as u64) as usize;
+            let n = (bs - within).min(data.len() - pos);
+            if !buffer.dirty.contains_key(&index) {
+                let base = if within == 0 && n == bs {
+                    Vec::new()
+                } else {
+                    self.current_block(&buffer, ino, index, size).await?
+                };
+                buffer.dirty_bytes += bs;
+                buffer.dirty.insert(index, base);
+            }
+            let block = buffer.dirty.get_mut(&index).ok_or(FsError::EIO)?;
+            if block.len() < within + n {
+                block.resize(within + n, 0);
+            }
+            block[within..within + n].copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+        }
+        buffer.size = Some(size.max(end));
+        buffer.mtime = Some(super::now_ns());
+        file.publish(&buffer);
+        if buffer.dirty_bytes >= self.options.file_dirty_limit {
+            self.commit(&file, &mut buffer, false).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Changes the size of `ino`, zeroing what a later extension would expose.
+    pub(super) async fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
+        if self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        if new_size > i64::MAX as u64 {
+            return Err(FsError::EFBIG);
+        }
+        let file = self.file(ino);
+        let result = async {
+            let mut buffer = file.buffer.lock().await;
+            let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+            if inode.kind != FileKind::File {
+                return Err(FsError::EINVAL);
+            }
+            let old_size = buffer.size.unwrap_or(inode.size);
+            if new_size < old_size {
+                let bs = self.block_size;
+                let first_gone = new_size.div_ceil(bs);
+                let gone: Vec<u64> = buffer.dirty.range(first_gone..).map(|(i, _)| *i).collect();
+                for index in gone {
+                    buffer.dirty.remove(&index);
+                    buffer.dirty_bytes -= bs as usize;
+                }
+                let within = (new_size % bs) as usize;
+                if within != 0 {
+                    let index = new_size / bs;
+                    if !buffer.dirty.contains_key(&index) {
+                        let base = self.current_block(&buffer, ino, index, old_size).await?;
+                        buffer.dirty_bytes += bs as usize;
+                        buffer.dirty.insert(index, base);
+                    }
+                    if let Some(block) = buffer.dirty.get_mut(&index) {
+                        block.truncate(within);
+                    }
+                }
+                buffer.cut = Some(buffer.cut.map_or(first_gone, |c| c.min(first_gone)));
+            }
+            buffer.size = Some(new_size);
+            buffer.mtime = Some(super::now_ns());
+            file.publish(&buffer);
+            self.commit(&file, &mut buffer, true).await
+        }
+        .await;
+        self.retire(&file).await?;
+        result
+    }
+
+    /// A block's current content as the file sees it (buffer excluded):
+    /// stored content trimmed to `size`, or empty for a hole.
+    async fn current_block(&self, buffer: &WriteBuffer, ino: u64, index: u64, size: u64) -> FsResult<Vec<u8>> {
+        if buffer.cut.is_some_and(|cut| index >= cut) {
+            return Ok(Vec::new());
+        }
+        let Some(content) = self.stored_block(ino, index).await? else {
+            return Ok(Vec::new());
+        };
+        let valid = size.saturating_sub(index * self.block_size).min(content.len() as u64) as usize;
+        Ok(content[..valid].to_vec())
+    }
+
+    /// The committed content of one block, or `None` for a hole.
+    async fn stored_block(&self, ino: u64, index: u64) -> FsResult<Option<Arc<Vec<u8>>>> {
+        let Some((_, block)) = self.meta().blocks(ino, index, index)?.into_iter().next() else {
+            return Ok(None);
+        };
+        if let Some(hit) = self
+            .read_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&block.object_id)
+        {
+            return Ok(Some(hit.clone()));
+        }
+        let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
+            tracing::error!(ino, index, error = %e, "cannot fetch data block");
+            FsError::EIO
+        })?;
+        let addr = BlockAddress {
+            object_id: block.object_id,
+            ino,
+            index,
+        };
+        let plain = codec::open_block(&self.ring, &addr, &object).map_err(|e| {
+            tracing::error!(ino, index, error = %e, "data block failed its integrity check");
+            FsError::EIO
+        })?;
+        if plain.len() != block.len as usize {
+            tracing::error!(ino, index, "data block has the wrong length");
+            return Err(FsError::EIO);
+        }
+        let plain = Arc::new(plain);
+        self.read_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(block.object_id, plain.clone());
+        Ok(Some(plain))
+    }
+
+    /// Uploads buffered blocks (all of them, or only whole ones ahead of
+    /// close) and commits them, the size and the mtime in one transaction.
+    /// On failure the blocks stay buffered, so nothing is lost.
+    async fn commit(&self, file: &OpenFile, buffer: &mut WriteBuffer, all: bool) -> FsResult<()> {
+        if buffer.is_clean() {
+            return Ok(());
+        }
+        let bs = self.block_size as usize;
+        let chosen: Vec<u64> = buffer
+            .dirty
+            .iter()
+            .filter(|(_, b)| all || b.len() == bs)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut blocks: Vec<(u64, Vec<u8>)> = chosen
+            .iter()
+            .filter_map(|i| buffer.dirty.remove(i).map(|b| (*i, b)))
+            .collect();
+        let uploaded = match self.upload(file.ino, &blocks).await {
+            Ok(refs) => refs,
+            Err(e) => {
+                buffer.dirty.extend(blocks);
+                return Err(e);
+            }
+        };
+        let ino = file.ino;
+        let block_size = self.block_size;
+        let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
+        let result = self.transact(|m| {
+            let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+            if let Some(cut) = cut.filter(|_| all) {
+                for old in m.remove_blocks_from(ino, cut)? {
+                    m.add_garbage(&old.object_id)?;
+                }
+            }
+            for (index, block) in &uploaded {
+                if let Some(old) = m.set_block(ino, *index, *block)? {
+                    m.add_garbage(&old.object_id)?;
+                }
+            }
+            if all {
+                inode.size = size.unwrap_or(inode.size);
+            } else if let Some(end) = uploaded
+                .iter()
+                .map(|(i, b)| i * block_size + b.map_or(0, |b| b.len as u64))
+                .max()
+            {
+                inode.size = inode.size.max(end.min(size.unwrap_or(u64::MAX)));
+            }
+            if let Some(t) = mtime {
+                inode.mtime = t;
+                inode.ctime = inode.ctime.max(t);
+            }
+            m.put_inode(&inode)?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            buffer.dirty.extend(blocks.drain(..));
+            return Err(e);
+        }
+        buffer.dirty_bytes = buffer.dirty.len() * bs;
+        if all {
+            buffer.size = None;
+            buffer.mtime = None;
+            buffer.cut = None;
+        }
+        file.publish(buffer);
+        Ok(())
+    }
+
+    /// Seals and uploads blocks in parallel; an all-zero block becomes a
+    /// hole (`None`) and costs no object.
+    async fn upload(&self, ino: u64, blocks: &[(u64, Vec<u8>)]) -> FsResult<Vec<(u64, Option<BlockRef>)>> {
+        let mut refs = Vec::with_capacity(blocks.len());
+        let mut tasks = JoinSet::new();
+        for (index, content) in blocks {
+            if content.iter().all(|b| *b == 0) {
+                refs.push((*index, None));
+                continue;
+            }
+            if tasks.len() >= UPLOAD_PARALLELISM
+                && let Some(done) = tasks.join_next().await
+            {
+                refs.push(done.map_err(|_| FsError::EIO)??);
+            }
+            let addr = BlockAddress {
+                object_id: codec::new_object_id(),
+                ino,
+                index: *index,
+            };
+            let sealed = Bytes::from(codec::seal_block(&self.ring, &addr, content));
+            let (store, len) = (self.store.clone(), content.len() as u32);
+            tasks.spawn(async move {
+                store.put(&data_key(&addr.object_id), sealed).await.map_err(|e| {
+                    tracing::error!(ino = addr.ino, index = addr.index, error = %e, "cannot upload data block");
+                    FsError::EIO
+                })?;
+                Ok::<_, FsError>((
+                    addr.index,
+                    Some(BlockRef {
+                        object_id: addr.object_id,
+                        len,
+                    }),
+                ))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            refs.push(done.map_err(|_| FsError::EIO)??);
+        }
+        Ok(refs)
+    }
+}

@@ -1,0 +1,71 @@
+//! The one error type at the filesystem boundary: an errno for the kernel.
+//!
+//! Failures below the core (metadata database, object store, integrity) are
+//! logged here, once, with inode numbers but never names, and become EIO.
+
+use crate::codec::CodecError;
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsError(pub i32);
+
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    pub fn errno(self) -> i32 {
+        self.0
+    }
+}
+
+macro_rules! errno {
+    ($($name:ident),* $(,)?) => {
+        impl FsError {
+            $(pub const $name: FsError = FsError(libc::$name);)*
+        }
+    };
+}
+
+errno!(
+    ENOENT,
+    EEXIST,
+    ENOTDIR,
+    EISDIR,
+    ENOTEMPTY,
+    EINVAL,
+    EIO,
+    EROFS,
+    ENAMETOOLONG,
+    EBADF,
+    EPERM,
+    EFBIG,
+    ENOSYS,
+    EXDEV
+);
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl From<MetaError> for FsError {
+    fn from(e: MetaError) -> Self {
+        tracing::error!(error = %e, "metadata store failure");
+        FsError::EIO
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "object store failure");
+        FsError::EIO
+    }
+}
+
+impl From<CodecError> for FsError {
+    fn from(e: CodecError) -> Self {
+        tracing::error!(error = %e, "object failed to open");
+        FsError::EIO
+    }
+}

@@ -1,0 +1,611 @@
+//! Filesystem core: inodes, directories, open files and their data.
+//!
+//! Everything the kernel can ask for is a method here, returning
+//! `FsResult`; the FUSE adapter (`fuse.rs`) only converts arguments and
+//! replies, so this core is tested without a kernel. Namespace operations
+//! are short SQLite transactions and run synchronously; anything that may
+//! touch the object store is `async` and runs on tokio workers.
+
+mod data;
+mod error;
+mod persist;
+
+pub use error::{FsError, FsResult};
+pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};
+
+use crate::codec::ObjectId;
+use crate::keyring::Keyring;
+use crate::meta::{DirEntry, FileKind, Inode, MetadataStore, ROOT_INO};
+use crate::store::ObjectStore;
+use data::OpenFile;
+use lru::LruCache;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const NAME_MAX: usize = 255;
+pub const PATH_MAX: usize = 4096;
+
+/// Who is asking: the caller's credentials from the FUSE request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct CoreOptions {
+    pub read_only: bool,
+    /// Plaintext blocks kept in memory for reads, in bytes.
+    pub read_cache_bytes: usize,
+    /// Dirty bytes a file may hold in memory before its full blocks are
+    /// uploaded ahead of close.
+    pub file_dirty_limit: usize,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            read_only: false,
+            read_cache_bytes: 128 << 20,
+            file_dirty_limit: 64 << 20,
+        }
+    }
+}
+
+/// Changes requested by setattr; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(i64),
+}
+
+/// What `make_node` creates.
+struct NewNode<'a> {
+    kind: FileKind,
+    mode: u32,
+    rdev: u32,
+    symlink: Option<&'a [u8]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    pub inodes: u64,
+    pub bytes: u64,
+}
+
+pub struct Core {
+    meta: Mutex<Box<dyn MetadataStore>>,
+    store: Arc<dyn ObjectStore>,
+    ring: Arc<Keyring>,
+    block_size: u64,
+    options: CoreOptions,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    read_cache: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
+    /// Set by every metadata change; cleared when a snapshot is taken.
+    changed: AtomicBool,
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        Err(FsError::ENAMETOOLONG)
+    } else if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        Err(FsError::EINVAL)
+    } else {
+        Ok(())
+    }
+}
+
+impl Core {
+    pub fn new(
+        meta: Box<dyn MetadataStore>,
+        store: Arc<dyn ObjectStore>,
+        ring: Arc<Keyring>,
+        block_size: u32,
+        options: CoreOptions,
+    ) -> Core {
+        let blocks = (options.read_cache_bytes / block_size as usize).max(4);
+        Core {
+            meta: Mutex::new(meta),
+            store,
+            ring,
+            block_size: block_size as u64,
+            options,
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            read_cache: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
+            changed: AtomicBool::new(false),
+            sync_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    fn meta(&self) -> MutexGuard<'_, Box<dyn MetadataStore>> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn files(&self) -> MutexGuard<'_, HashMap<u64, Arc<OpenFile>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` as one metadata transaction and marks the state changed.
+    fn transact<T>(&self, f: impl FnOnce(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+        if self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        let mut guard = self.meta();
+        let meta: &mut dyn MetadataStore = guard.as_mut();
+        meta.begin()?;
+        match f(meta) {
+            Ok(v) => {
+                meta.commit()?;
+                self.changed.store(true, Ordering::SeqCst);
+                Ok(v)
+            }
+            Err(e) => {
+                meta.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// The inode as callers must see it: with the size and mtime of writes
+    /// still buffered in memory.
+    pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        Ok(self.with_pending(inode))
+    }
+
+    fn with_pending(&self, mut inode: Inode) -> Inode {
+        if let Some(file) = self.files().get(&inode.ino) {
+            file.apply_pending(&mut inode);
+        }
+        inode
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::ENAMETOOLONG);
+        }
+        let inode = {
+            let meta = self.meta();
+            let dir = meta.inode(parent)?.ok_or(FsError::ENOENT)?;
+            if dir.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            let ino = meta.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
+            meta.inode(ino)?.ok_or_else(|| {
+                tracing::error!(parent, ino, "directory entry points to a missing inode");
+                FsError::EIO
+            })?
+        };
+        Ok(self.with_pending(inode))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.meta().symlink_target(ino)?.ok_or(FsError::EINVAL)
+    }
+
+    /// Entries of a directory after `offset` (0 = from the start), at most `limit`.
+    pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        let meta = self.meta();
+        let dir = meta.inode(ino)?.ok_or(FsError::ENOENT)?;
+        if dir.kind != FileKind::Dir {
+            return Err(FsError::ENOTDIR);
+        }
+        Ok(meta.entries(ino, offset, limit)?)
+    }
+
+    /// The parent directory of directory `ino` (the root is its own parent).
+    pub fn parent_of(&self, ino: u64) -> FsResult<u64> {
+        if ino == ROOT_INO {
+            return Ok(ROOT_INO);
+        }
+        Ok(self.meta().parent_of(ino)?.unwrap_or(ROOT_INO))
+    }
+
+    pub fn statfs(&self) -> FsResult<FsStats> {
+        let (inodes, bytes) = self.meta().usage()?;
+        Ok(FsStats { inodes, bytes })
+    }
+
+    /// Creates a node of any kind in `parent`.
+    fn make_node(&self, caller: Caller, parent: u64, name: &[u8], node: NewNode<'_>) -> FsResult<Inode> {
+        let NewNode {
+            kind,
+            mode,
+            rdev,
+            symlink,
+        } = node;
+        check_name(name)?;
+        self.transact(|m| {
+            let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
+            if dir.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            if m.lookup(parent, name)?.is_some() {
+                return Err(FsError::EEXIST);
+            }
+            let now = now_ns();
+            let setgid_dir = dir.perm & libc::S_ISGID != 0;
+            let mut perm = mode & 0o7777;
+            if kind == FileKind::Dir && setgid_dir {
+                perm |= libc::S_ISGID;
+            }
+            let inode = Inode {
+                ino: m.allocate_ino()?,
+                kind,
+                perm,
+                uid: caller.uid,
+                gid: if setgid_dir { dir.gid } else { caller.gid },
+                nlink: if kind == FileKind::Dir { 2 } else { 1 },
+                size: symlink.map_or(0, |t| t.len() as u64),
+                atime: now,
+                mtime: now,
+                ctime: now,
+                rdev,
+            };
+            m.put_inode(&inode)?;
+            if let Some(target) = symlink {
+                m.set_symlink_target(inode.ino, target)?;
+            }
+            m.insert_entry(parent, name, inode.ino)?;
+            touch_dir(m, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            Ok(inode)
+        })
+    }
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<Inode> {
+        self.make_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: FileKind::Dir,
+                mode,
+                rdev: 0,
+                symlink: None,
+            },
+        )
+    }
+
+    pub fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, rdev: u32) -> FsResult<Inode> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return Err(FsError::EINVAL),
+        };
+        self.make_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind,
+                mode,
+                rdev,
+                symlink: None,
+            },
+        )
+    }
+
+    pub fn symlink(&self, caller: Caller, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Inode> {
+        if target.len() >= PATH_MAX {
+            return Err(FsError::ENAMETOOLONG);
+        }
+        self.make_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                rdev: 0,
+                symlink: Some(target),
+            },
+        )
+    }
+
+    /// Creates and opens a regular file; returns it and the file handle.
+    pub fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
+        let inode = self.make_node(
+            caller,
+            parent,
+            name,
+            NewNode {
+                kind: FileKind::File,
+                mode,
+                rdev: 0,
+                symlink: None,
+            },
+        )?;
+        let fh = self.open(inode.ino, false)?;
+        Ok((inode, fh))
+    }
+
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        check_name(name)?;
+        self.transact(|m| {
+            let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+            if inode.kind == FileKind::Dir {
+                return Err(FsError::EPERM);
+            }
+            let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
+            if dir.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            if m.lookup(parent, name)?.is_some() {
+                return Err(FsError::EEXIST);
+            }
+            let now = now_ns();
+            inode.nlink += 1;
+            inode.ctime = now;
+            m.put_inode(&inode)?;
+            m.insert_entry(parent, name, ino)?;
+            touch_dir(m, parent, now, 0)?;
+            Ok(inode)
+        })
+        .map(|inode| self.with_pending(inode))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.transact(|m| {
+            let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
+            let inode = m.inode(ino)?.ok_or(FsError::EIO)?;
+            if inode.kind == FileKind::Dir {
+                return Err(FsError::EISDIR);
+            }
+            let now = now_ns();
+            m.remove_entry(parent, name)?;
+            touch_dir(m, parent, now, 0)?;
+            self.drop_link(m, inode, now)
+        })
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return Err(FsError::EINVAL);
+        }
+        if name == b".." {
+            return Err(FsError::ENOTEMPTY);
+        }
+        self.transact(|m| {
+            let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
+            let inode = m.inode(ino)?.ok_or(FsError::EIO)?;
+            if inode.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            if m.has_entries(ino)? {
+                return Err(FsError::ENOTEMPTY);
+            }
+            let now = now_ns();
+            m.remove_entry(parent, name)?;
+            touch_dir(m, parent, now, -1)?;
+            m.delete_inode(ino)?;
+            Ok(())
+        })
+    }
+
+    /// Removes one link of a non-directory; the last link of a file that is
+    /// still open leaves an orphan that the last release deletes.
+    fn drop_link(&self, m: &mut dyn MetadataStore, mut inode: Inode, now: i64) -> FsResult<()> {
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.ctime = now;
+        if inode.nlink > 0 || self.is_open(inode.ino) {
+            m.put_inode(&inode)?;
+            Ok(())
+        } else {
+            purge(m, inode.ino)
+        }
+    }
+
+    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+        check_name(new_name)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+            return Err(FsError::EINVAL);
+        }
+        self.transact(|m| {
+            let src_ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
+            let mut src = m.inode(src_ino)?.ok_or(FsError::EIO)?;
+            let dst_dir = m.inode(new_parent)?.ok_or(FsError::ENOENT)?;
+            if dst_dir.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            let dst_ino = m.lookup(new_parent, new_name)?;
+            if dst_ino == Some(src_ino) {
+                return Ok(());
+            }
+            if src.kind == FileKind::Dir && is_ancestor(m, src_ino, new_parent)? {
+                return Err(FsError::EINVAL);
+            }
+            let now = now_ns();
+            if exchange {
+                let dst_ino = dst_ino.ok_or(FsError::ENOENT)?;
+                let mut dst = m.inode(dst_ino)?.ok_or(FsError::EIO)?;
+                if dst.kind == FileKind::Dir && is_ancestor(m, dst_ino, parent)? {
+                    return Err(FsError::EINVAL);
+                }
+                m.remove_entry(parent, name)?;
+                m.remove_entry(new_parent, new_name)?;
+                m.insert_entry(parent, name, dst_ino)?;
+                m.insert_entry(new_parent, new_name, src_ino)?;
+                let moved_dirs = |kind| {
+                    if kind == FileKind::Dir && parent != new_parent {
+                        1
+                    } else {
+                        0
+                    }
+                };
+                let delta = moved_dirs(dst.kind) - moved_dirs(src.kind);
+                touch_dir(m, parent, now, delta)?;
+                touch_dir(m, new_parent, now, -delta)?;
+                for inode in [&mut src, &mut dst] {
+                    inode.ctime = now;
+                    m.put_inode(inode)?;
+                }
+                return Ok(());
+            }
+            if let Some(dst_ino) = dst_ino {
+                if noreplace {
+                    return Err(FsError::EEXIST);
+                }
+                let dst = m.inode(dst_ino)?.ok_or(FsError::EIO)?;
+                match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
+                    (true, false) => return Err(FsError::ENOTDIR),
+                    (false, true) => return Err(FsError::EISDIR),
+                    (true, true) if m.has_entries(dst_ino)? => return Err(FsError::ENOTEMPTY),
+                    _ => {}
+                }
+                m.remove_entry(new_parent, new_name)?;
+                if dst.kind == FileKind::Dir {
+                    touch_dir(m, new_parent, now, -1)?;
+                    m.delete_inode(dst_ino)?;
+                } else {
+                    self.drop_link(m, dst, now)?;
+                }
+            }
+            m.remove_entry(parent, name)?;
+            m.insert_entry(new_parent, new_name, src_ino)?;
+            let moved_dir = src.kind == FileKind::Dir && parent != new_parent;
+            touch_dir(m, parent, now, if moved_dir { -1 } else { 0 })?;
+            touch_dir(m, new_parent, now, if moved_dir { 1 } else { 0 })?;
+            src.ctime = now;
+            m.put_inode(&src)?;
+            Ok(())
+        })
+    }
+
+    /// Applies setattr; a size change goes through the file's write buffer.
+    pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Inode> {
+        if let Some(size) = attr.size {
+            self.truncate(ino, size).await?;
+        }
+        let now = now_ns();
+        let time = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(ns) => ns,
+        };
+        let touches_inode = attr.mode.is_some()
+            || attr.uid.is_some()
+            || attr.gid.is_some()
+            || attr.atime.is_some()
+            || attr.mtime.is_some();
+        if touches_inode {
+            // An explicit mtime wins over the time of writes still buffered.
+            let file = self.files().get(&ino).cloned();
+            let _buffer = match (&file, attr.mtime) {
+                (Some(file), Some(_)) => Some(file.forget_buffered_mtime().await),
+                _ => None,
+            };
+            self.transact(|m| {
+                let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+                if let Some(mode) = attr.mode {
+                    inode.perm = mode & 0o7777;
+                }
+                if let Some(uid) = attr.uid {
+                    inode.uid = uid;
+                }
+                if let Some(gid) = attr.gid {
+                    inode.gid = gid;
+                }
+                if let Some(t) = attr.atime {
+                    inode.atime = time(t);
+                }
+                if let Some(t) = attr.mtime {
+                    inode.mtime = time(t);
+                }
+                inode.ctime = now;
+                m.put_inode(&inode)?;
+                Ok(())
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    fn is_open(&self, ino: u64) -> bool {
+        self.files().contains_key(&ino)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.options.read_only
+    }
+}
+
+/// Updates a directory's times after a change of its entries, and its link
+/// count when a subdirectory came or went.
+fn touch_dir(m: &mut dyn MetadataStore, ino: u64, now: i64, nlink_delta: i32) -> FsResult<()> {
+    let mut dir = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+    dir.mtime = now;
+    dir.ctime = now;
+    dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
+    m.put_inode(&dir)?;
+    Ok(())
+}
+
+/// Whether directory `ancestor` is `ino` or lies on the path from `ino` up to the root.
+fn is_ancestor(m: &dyn MetadataStore, ancestor: u64, mut ino: u64) -> FsResult<bool> {
+    loop {
+        if ino == ancestor {
+            return Ok(true);
+        }
+        if ino == ROOT_INO {
+            return Ok(false);
+        }
+        ino = m.parent_of(ino)?.unwrap_or(ROOT_INO);
+    }
+}
+
+/// Deletes an inode with no links left; its blocks become garbage.
+fn purge(m: &mut dyn MetadataStore, ino: u64) -> FsResult<()> {
+    for block in m.remove_blocks_from(ino, 0)? {
+        m.add_garbage(&block.object_id)?;
+    }
+    m.delete_inode(ino)?;
+    Ok(())
+}
+
+impl Core {
+    /// Deletes inodes left without links by a crash while they were open.
+    pub fn remove_orphans(&self) -> FsResult<usize> {
+        if self.options.read_only {
+            return Ok(0);
+        }
+        let orphans = self.meta().orphans()?;
+        for ino in &orphans {
+            self.transact(|m| purge(m, *ino))?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Marks the state as differing from the newest snapshot in the store.
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::SeqCst);
+    }
+}

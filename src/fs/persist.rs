@@ -1,0 +1,170 @@
+//! Persisting the metadata state to the object store.
+//!
+//! A state is uploaded as one sealed snapshot object, `meta/<generation>.snap`
+//! (20 zero-padded digits, so names sort by generation), always after the
+//! data objects it references, which `data.rs` uploaded before committing
+//! them. Only then are older snapshots deleted, and after them the data
+//! objects that no remaining snapshot references. A crash at any point
+//! leaves the newest snapshot in the store consistent; at worst some
+//! objects are orphaned (fsck reclaims them).
+
+use super::{Core, FsError, FsResult};
+use crate::codec;
+use crate::keyring::Keyring;
+use crate::meta::{MetaError, MetadataStore, decode_snapshot, encode_snapshot};
+use crate::store::{ObjectStore, StoreError};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+const SNAPSHOT_PREFIX: &str = "meta/";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+
+pub fn snapshot_key(generation: u64) -> String {
+    format!("{SNAPSHOT_PREFIX}{generation:020}{SNAPSHOT_SUFFIX}")
+}
+
+fn snapshot_generation(key: &str) -> Option<u64> {
+    key.strip_prefix(SNAPSHOT_PREFIX)?
+        .strip_suffix(SNAPSHOT_SUFFIX)?
+        .parse()
+        .ok()
+}
+
+/// Generations of the snapshots in the store, oldest first.
+pub async fn snapshot_generations(store: &dyn ObjectStore) -> Result<Vec<u64>, StoreError> {
+    let mut gens: Vec<u64> = store
+        .list(SNAPSHOT_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|k| snapshot_generation(k))
+        .collect();
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("metadata snapshot {0} failed its integrity check: {1}")]
+    Integrity(u64, codec::CodecError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// Loads snapshot `generation` from the store into an empty metadata store.
+pub async fn restore(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    meta: &mut dyn MetadataStore,
+    generation: u64,
+) -> Result<(), RestoreError> {
+    let key = snapshot_key(generation);
+    let sealed = store.get(&key).await?;
+    let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| RestoreError::Integrity(generation, e))?;
+    let records = decode_snapshot(&plain)?;
+    meta.import(&mut records.into_iter())?;
+    meta.set_generation(generation)?;
+    Ok(())
+}
+
+/// Seals the whole state of `meta` as snapshot `generation` and uploads it.
+pub async fn upload_snapshot(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    meta: &dyn MetadataStore,
+    generation: u64,
+) -> Result<(), RestoreError> {
+    let key = snapshot_key(generation);
+    let plain = encode_snapshot(|sink| meta.export(sink))?;
+    store
+        .put(&key, Bytes::from(codec::seal_metadata(ring, &key, &plain)))
+        .await?;
+    Ok(())
+}
+
+impl Core {
+    /// Makes everything done so far durable in the object store: buffered
+    /// data first, then a metadata snapshot, then reclaims what the new
+    /// snapshot no longer references.
+    pub async fn sync(&self) -> FsResult<()> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        self.flush_all().await?;
+        if self.options.read_only || !self.changed.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (key, sealed, garbage, generation) = {
+            let mut meta = self.meta();
+            let prepared = (|| {
+                let generation = meta.generation()? + 1;
+                meta.set_generation(generation)?;
+                let key = snapshot_key(generation);
+                let plain = encode_snapshot(|sink| meta.export(sink))?;
+                Ok::<_, MetaError>((key, plain, meta.garbage()?, generation))
+            })();
+            match prepared {
+                Ok((key, plain, garbage, generation)) => {
+                    let sealed = codec::seal_metadata(&self.ring, &key, &plain);
+                    (key, sealed, garbage, generation)
+                }
+                Err(e) => {
+                    self.changed.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
+        };
+        if let Err(e) = self.store.put(&key, Bytes::from(sealed)).await {
+            self.changed.store(true, Ordering::SeqCst);
+            return Err(e.into());
+        }
+        tracing::debug!(generation, "metadata snapshot uploaded");
+        self.reclaim(generation, garbage).await;
+        Ok(())
+    }
+
+    /// Deletes snapshots older than `generation`, then the data objects that
+    /// only they referenced. Failures are logged and retried next time.
+    async fn reclaim(&self, generation: u64, garbage: Vec<codec::ObjectId>) {
+        let older = match snapshot_generations(self.store.as_ref()).await {
+            Ok(gens) => gens.into_iter().filter(|g| *g < generation).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list old snapshots; will retry");
+                return;
+            }
+        };
+        for old in older {
+            if let Err(e) = self.store.delete(&snapshot_key(old)).await {
+                tracing::warn!(error = %e, "cannot delete an old snapshot; will retry");
+                return;
+            }
+        }
+        let mut deleted = Vec::with_capacity(garbage.len());
+        for id in garbage {
+            match self.store.delete(&format!("data/{}", hex::encode(id))).await {
+                Ok(()) => deleted.push(id),
+                Err(e) => tracing::warn!(error = %e, "cannot delete an unreferenced block; will retry"),
+            }
+        }
+        if let Err(e) = self.meta().remove_garbage(&deleted) {
+            tracing::warn!(error = %e, "cannot record reclaimed blocks");
+        }
+    }
+
+    /// fsync(2): the file's data and the metadata naming it reach the store.
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        self.flush(ino).await?;
+        self.sync().await
+    }
+
+    /// Whether metadata changed since the last snapshot.
+    pub fn has_unsynced_changes(&self) -> bool {
+        self.changed.load(Ordering::SeqCst)
+    }
+}
+
+impl From<RestoreError> for FsError {
+    fn from(e: RestoreError) -> Self {
+        tracing::error!(error = %e, "metadata restore failed");
+        FsError::EIO
+    }
+}

@@ -1,0 +1,451 @@
+//! FUSE adapter: converts kernel requests into calls on the filesystem core
+//! and sends the replies. It holds no filesystem logic, so the core can be
+//! tested without a kernel. Requests that may wait on the object store are
+//! answered from tokio tasks, so a slow GET never stalls the request loop.
+
+use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
+use crate::meta::{FileKind, Inode};
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and entries. All changes go
+/// through this mount, so the kernel's copy stays right; a short TTL bounds
+/// staleness for the future read-only followers.
+const TTL: Duration = Duration::from_secs(1);
+const STATFS_BLOCK: u64 = 4096;
+/// Capacity reported by statfs: S3 has no fixed size, so report 1 PiB like
+/// other S3 filesystems do, minus what is stored.
+const STATFS_CAPACITY: u64 = 1 << 50;
+const STATFS_FILES: u64 = 1 << 32;
+
+/// Ownership and permission overrides from `-o uid=,gid=,umask=`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttrOverrides {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: Option<u32>,
+}
+
+pub struct FuseAdapter {
+    core: Arc<Core>,
+    runtime: tokio::runtime::Handle,
+    overrides: AttrOverrides,
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(time_ns(t)),
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn caller(req: &Request<'_>) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl FuseAdapter {
+    pub fn new(core: Arc<Core>, runtime: tokio::runtime::Handle, overrides: AttrOverrides) -> Self {
+        FuseAdapter {
+            core,
+            runtime,
+            overrides,
+        }
+    }
+
+    fn attr(&self, inode: &Inode) -> FileAttr {
+        attr_with(self.overrides, self.core.block_size(), inode)
+    }
+
+    fn entry(&self, result: FsResult<Inode>, reply: ReplyEntry) {
+        match result {
+            Ok(inode) => reply.entry(&TTL, &self.attr(&inode), 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    /// Runs `work` on a tokio worker and hands its result to `done`.
+    fn spawn<T, W, D>(&self, work: impl FnOnce(Arc<Core>) -> W, done: D)
+    where
+        W: Future<Output = FsResult<T>> + Send + 'static,
+        D: FnOnce(FsResult<T>) + Send + 'static,
+        T: Send + 'static,
+    {
+        let future = work(self.core.clone());
+        self.runtime.spawn(async move { done(future.await) });
+    }
+}
+
+fn reply_empty(result: FsResult<()>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        // 1 MiB writes: the kernel's default page limit allows no more.
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.runtime.block_on(self.core.sync()) {
+            tracing::error!(error = %e, "final sync at unmount failed");
+        }
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.core.lookup(parent, name.as_bytes()), reply);
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.core.getattr(ino) {
+            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        let overrides = self.overrides;
+        let block_size = self.core.block_size();
+        self.spawn(
+            move |core| async move { core.setattr(ino, change).await },
+            move |result| match result {
+                Ok(inode) => {
+                    let view = attr_with(overrides, block_size, &inode);
+                    reply.attr(&TTL, &view)
+                }
+                Err(e) => reply.error(e.errno()),
+            },
+        );
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.core.readlink(ino) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.core
+                .mknod(caller(req), parent, name.as_bytes(), mode & !umask, rdev),
+            reply,
+        );
+    }
+
+    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.entry(
+            self.core.mkdir(caller(req), parent, name.as_bytes(), mode & !umask),
+            reply,
+        );
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.unlink(parent, name.as_bytes()), reply);
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.rmdir(parent, name.as_bytes()), reply);
+    }
+
+    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.entry(
+            self.core
+                .symlink(caller(req), parent, link_name.as_bytes(), target.as_os_str().as_bytes()),
+            reply,
+        );
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            self.core
+                .rename(parent, name.as_bytes(), newparent, newname.as_bytes(), flags),
+            reply,
+        );
+    }
+
+    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(self.core.link(ino, newparent, newname.as_bytes()), reply);
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.core.open(ino, write) {
+            Ok(fh) => reply.opened(fh, 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(
+            move |core| async move { core.read(ino, offset, size).await },
+            move |result| match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e.errno()),
+            },
+        );
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        let data = data.to_vec();
+        self.spawn(
+            move |core| async move { core.write(ino, offset, &data).await },
+            move |result| match result {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.errno()),
+            },
+        );
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        self.spawn(
+            move |core| async move { core.flush(ino).await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            move |core| async move { core.release(ino).await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(
+            move |core| async move { core.fsync(ino).await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.core.getattr(ino) {
+            Ok(i) if i.kind == FileKind::Dir => reply.opened(0, 0),
+            Ok(_) => reply.error(libc::ENOTDIR),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        // Offsets 1 and 2 are "." and ".."; entry offsets are shifted by 2.
+        let offset = offset.max(0) as u64;
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            match self.core.parent_of(ino) {
+                Ok(parent) => {
+                    if reply.add(parent, 2, FileType::Directory, "..") {
+                        return reply.ok();
+                    }
+                }
+                Err(e) => return reply.error(e.errno()),
+            }
+        }
+        let mut after = offset.saturating_sub(2);
+        loop {
+            let entries = match self.core.readdir(ino, after, 256) {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(e.errno()),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for entry in entries {
+                let name = OsStr::from_bytes(&entry.name);
+                if reply.add(entry.ino, (entry.offset + 2) as i64, file_type(entry.kind), name) {
+                    return reply.ok();
+                }
+                after = entry.offset;
+            }
+        }
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(
+            move |core| async move { core.sync().await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        match self.core.statfs() {
+            Ok(stats) => {
+                let blocks = STATFS_CAPACITY / STATFS_BLOCK;
+                let used = stats.bytes.div_ceil(STATFS_BLOCK).min(blocks);
+                let files_free = STATFS_FILES.saturating_sub(stats.inodes);
+                reply.statfs(
+                    blocks,
+                    blocks - used,
+                    blocks - used,
+                    STATFS_FILES,
+                    files_free,
+                    STATFS_BLOCK as u32,
+                    crate::fs::NAME_MAX as u32,
+                    STATFS_BLOCK as u32,
+                )
+            }
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.core.create(caller(req), parent, name.as_bytes(), mode & !umask) {
+            Ok((inode, fh)) => reply.created(&TTL, &self.attr(&inode), 0, fh, 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}
+
+fn attr_with(overrides: AttrOverrides, block_size: u64, inode: &Inode) -> FileAttr {
+    let mut perm = inode.perm;
+    if let Some(umask) = overrides.umask {
+        perm &= !umask;
+    }
+    FileAttr {
+        ino: inode.ino,
+        size: inode.size,
+        blocks: inode.size.div_ceil(512),
+        atime: system_time(inode.atime),
+        mtime: system_time(inode.mtime),
+        ctime: system_time(inode.ctime),
+        crtime: system_time(inode.ctime),
+        kind: file_type(inode.kind),
+        perm: perm as u16,
+        nlink: inode.nlink,
+        uid: overrides.uid.unwrap_or(inode.uid),
+        gid: overrides.gid.unwrap_or(inode.gid),
+        rdev: inode.rdev,
+        blksize: block_size.min(u32::MAX as u64) as u32,
+        flags: 0,
+    }
+}

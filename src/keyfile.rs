@@ -1,0 +1,119 @@
+//! Reading and writing key files and passphrase files.
+//!
+//! Like ssh with identity files, a secret file that group or others can
+//! read is refused: the key would already be compromised.
+
+use crate::crypto::{KEY_LEN, SecretKey};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
+    TooOpen { path: String, mode: u32 },
+    #[error("{0}: not a key file (expected 64 hexadecimal characters, as written by `s3vault keygen`)")]
+    Malformed(String),
+    #[error("{0}: the passphrase is empty")]
+    EmptyPassphrase(String),
+}
+
+fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    let name = path.display().to_string();
+    let io = |source| KeyFileError::Io {
+        path: name.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: name,
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(Zeroizing::new(std::fs::read(path).map_err(io)?))
+}
+
+/// Reads a key file: 64 hex digits (an optional trailing newline allowed).
+pub fn read_key_file(path: &Path) -> Result<SecretKey, KeyFileError> {
+    let raw = read_secret_file(path)?;
+    let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    hex::decode_to_slice(text, key.as_mut()).map_err(|_| KeyFileError::Malformed(path.display().to_string()))?;
+    Ok(SecretKey::from_bytes(&key))
+}
+
+/// Reads a passphrase file: its first line.
+pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    let raw = read_secret_file(path)?;
+    let line = raw.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(KeyFileError::EmptyPassphrase(path.display().to_string()));
+    }
+    Ok(Zeroizing::new(line.to_vec()))
+}
+
+/// Writes a new random key file with mode 0600; never overwrites.
+pub fn write_new_key_file(path: &Path) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let key = SecretKey::random();
+    let mut text = Zeroizing::new(hex::encode(key.as_bytes()).into_bytes());
+    text.push(b'\n');
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(&text).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_key_file_reads_back_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new_key_file(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        read_key_file(&path).unwrap();
+        assert!(write_new_key_file(&path).is_err(), "must not overwrite");
+    }
+
+    #[test]
+    fn readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new_key_file(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(read_key_file(&path), Err(KeyFileError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn malformed_key_and_empty_passphrase_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "not hex\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(read_key_file(&path), Err(KeyFileError::Malformed(_))));
+        std::fs::write(&path, "\nsecond line").unwrap();
+        assert!(matches!(
+            read_passphrase_file(&path),
+            Err(KeyFileError::EmptyPassphrase(_))
+        ));
+        std::fs::write(&path, "correct horse\r\nignored").unwrap();
+        assert_eq!(read_passphrase_file(&path).unwrap().as_slice(), b"correct horse");
+    }
+}

@@ -1,0 +1,21 @@
+//! s3vault: an encrypted FUSE filesystem over S3 or a local directory.
+//!
+//! The modules follow the data flow of the design brief: the FUSE adapter
+//! (`fuse`) feeds the filesystem core (`fs`), which keeps metadata in a
+//! `meta` store and file data as blocks sealed by the `codec` under keys from
+//! the `keyring`, kept in an object `store`. `superblock` and `volume` create
+//! and unlock volumes; `control` and `daemon` run a mount.
+
+pub mod codec;
+pub mod control;
+pub mod crypto;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod keyfile;
+pub mod keyring;
+pub mod meta;
+pub mod mount;
+pub mod store;
+pub mod superblock;
+pub mod volume;

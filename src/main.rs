@@ -1,0 +1,344 @@
+//! The `s3vault` command: parse arguments, validate them into a
+//! configuration, run the subcommand, print the error chain and pick the
+//! exit code (2 for usage and configuration errors, 1 for runtime failures).
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use s3vault::daemon::{self, Readiness, Role};
+use s3vault::fuse::AttrOverrides;
+use s3vault::keyfile;
+use s3vault::mount::{self, MountConfig};
+use s3vault::store::{Location, S3Options};
+use s3vault::superblock::{self, DEFAULT_ARGON2, Unlock};
+use s3vault::volume;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "s3vault",
+    version,
+    about = "Encrypted filesystem over S3 or a local directory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new random 256-bit key file (mode 0600).
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        path: PathBuf,
+    },
+    /// Create a new volume at URL (s3://bucket[/prefix] or file:///abs/path).
+    Init {
+        url: String,
+        /// Block size: 64K..16M, a power of two.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        block_size: u32,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Mount the volume at URL on MOUNTPOINT; returns once the mount is usable.
+    Mount {
+        url: String,
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+        /// Local cache and metadata database [default: /var/cache/s3vault/<volume id>].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Mount options: ro, rw, allow_other, uid=N, gid=N, umask=OCTAL (comma separated).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground (for systemd); log to stderr.
+        #[arg(long)]
+        foreground: bool,
+        /// Seconds between metadata uploads while files change.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        metadata_interval: u64,
+    },
+    /// Flush everything to the object store, then unmount.
+    Umount { mountpoint: PathBuf },
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// Key file written by `s3vault keygen`.
+    #[arg(long, value_name = "PATH", conflicts_with = "passphrase_file")]
+    key_file: Option<PathBuf>,
+    /// File whose first line is the passphrase (without a key option, a
+    /// terminal prompts for one).
+    #[arg(long, value_name = "PATH")]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct S3Args {
+    /// S3 endpoint URL (plain http only for loopback addresses).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// AWS region [default: from the AWS configuration, else us-east-1].
+    #[arg(long)]
+    region: Option<String>,
+    /// Use path-style requests (most S3-compatible servers need this).
+    #[arg(long)]
+    path_style: bool,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+        }
+    }
+}
+
+/// A failure with its exit code.
+struct Exit(i32, anyhow::Error);
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit(2, e.into())
+}
+
+fn runtime_err(e: impl Into<anyhow::Error>) -> Exit {
+    Exit(1, e.into())
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64K, 1M or 65536"))?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K or M)")),
+    };
+    let size = n
+        .checked_mul(mult)
+        .filter(|v| *v <= u32::MAX as u64)
+        .ok_or(format!("{s:?} is too large"))? as u32;
+    superblock::check_block_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+fn read_unlock(key: &KeyArgs, confirm: bool) -> Result<Unlock, Exit> {
+    if let Some(path) = &key.key_file {
+        return Ok(Unlock::KeyFile(keyfile::read_key_file(path).map_err(usage)?));
+    }
+    if let Some(path) = &key.passphrase_file {
+        return Ok(Unlock::Passphrase(keyfile::read_passphrase_file(path).map_err(usage)?));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(anyhow!(
+            "no key given: use --key-file or --passphrase-file (or run on a terminal to be prompted)"
+        )));
+    }
+    let pass = Zeroizing::new(rpassword::prompt_password("Passphrase: ").map_err(runtime_err)?);
+    if pass.is_empty() {
+        return Err(usage(anyhow!("the passphrase is empty")));
+    }
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").map_err(runtime_err)?);
+        if *again != *pass {
+            return Err(usage(anyhow!("the passphrases differ")));
+        }
+    }
+    Ok(Unlock::Passphrase(Zeroizing::new(pass.as_bytes().to_vec())))
+}
+
+struct MountOptions {
+    read_only: bool,
+    allow_other: bool,
+    overrides: AttrOverrides,
+}
+
+fn parse_mount_options(groups: &[String]) -> Result<MountOptions, Exit> {
+    let mut parsed = MountOptions {
+        read_only: false,
+        allow_other: false,
+        overrides: AttrOverrides::default(),
+    };
+    let mut unknown = Vec::new();
+    for option in groups.iter().flat_map(|g| g.split(',')).filter(|o| !o.is_empty()) {
+        let (name, value) = option.split_once('=').map_or((option, None), |(n, v)| (n, Some(v)));
+        let number = |radix| {
+            value
+                .and_then(|v| u32::from_str_radix(v, radix).ok())
+                .ok_or_else(|| usage(anyhow!("mount option {name} needs a number, got {option:?}")))
+        };
+        match name {
+            "ro" => parsed.read_only = true,
+            "rw" => parsed.read_only = false,
+            "allow_other" => parsed.allow_other = true,
+            "uid" => parsed.overrides.uid = Some(number(10)?),
+            "gid" => parsed.overrides.gid = Some(number(10)?),
+            "umask" => parsed.overrides.umask = Some(number(8)? & 0o777),
+            _ => unknown.push(option.to_string()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(usage(anyhow!("unknown mount option(s): {}", unknown.join(", "))));
+    }
+    Ok(parsed)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("s3vault=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Exit> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err)?;
+    Ok(rt.block_on(f))
+}
+
+fn owner() -> (u32, u32) {
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+fn run(cli: Cli) -> Result<(), Exit> {
+    match cli.command {
+        Command::Keygen { path } => {
+            keyfile::write_new_key_file(&path).map_err(usage)?;
+            println!(
+                "wrote a new key to {} (mode 0600); keep a copy somewhere safe: without it the volume cannot be read",
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Init {
+            url,
+            block_size,
+            key,
+            s3,
+        } => {
+            let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            let unlock = read_unlock(&key, true)?;
+            init_logging();
+            let id = block_on(async {
+                let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
+                volume::init(store, &url, block_size, &unlock, DEFAULT_ARGON2, owner()).await
+            })?
+            .map_err(|e| Exit(if e.is_usage() { 2 } else { 1 }, e.into()))?;
+            println!("created volume {} at {url} (block size {block_size})", hex::encode(id));
+            Ok(())
+        }
+        Command::Mount {
+            url,
+            mountpoint,
+            key,
+            s3,
+            cache_dir,
+            options,
+            foreground,
+            metadata_interval,
+        } => {
+            let mount_options = parse_mount_options(&options)?;
+            Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            if let Some(endpoint) = &s3.endpoint {
+                s3vault::store::check_endpoint_url(endpoint).map_err(|e| usage(anyhow!(e)))?;
+            }
+            if metadata_interval == 0 {
+                return Err(usage(anyhow!("--metadata-interval must be at least 1 second")));
+            }
+            let unlock = read_unlock(&key, false)?;
+            let config = MountConfig {
+                url,
+                mountpoint,
+                cache_dir: cache_dir.map(absolute).transpose()?,
+                read_only: mount_options.read_only,
+                allow_other: mount_options.allow_other,
+                overrides: mount_options.overrides,
+                s3: s3.options(),
+                metadata_interval: Duration::from_secs(metadata_interval),
+            };
+            let ready = if foreground {
+                Readiness::foreground()
+            } else {
+                match daemon::fork().map_err(runtime_err)? {
+                    Role::Parent(0) => return Ok(()),
+                    Role::Parent(code) => std::process::exit(code),
+                    Role::Daemon(ready) => ready,
+                }
+            };
+            init_logging();
+            match mount::run(config, unlock, ready) {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            }
+        }
+        Command::Umount { mountpoint } => umount(&mountpoint),
+    }
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, Exit> {
+    std::path::absolute(&path)
+        .with_context(|| format!("cache directory {}", path.display()))
+        .map_err(usage)
+}
+
+/// Flushes through the control socket, unmounts, and waits for the daemon
+/// to exit. Refuses to unmount when the flush fails: the buffered data
+/// would be lost.
+fn umount(mountpoint: &Path) -> Result<(), Exit> {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mount point {}", mountpoint.display()))
+        .map_err(usage)?;
+    let pid: i32 = s3vault::control::request(&mountpoint, "pid")
+        .map_err(|e| usage(anyhow!(e)))?
+        .parse()
+        .map_err(|_| runtime_err(anyhow!("the mount daemon gave an invalid pid")))?;
+    s3vault::control::request(&mountpoint, "sync").map_err(|e| {
+        runtime_err(anyhow!(
+            "cannot flush {} to the object store: {e}; it stays mounted so nothing is lost (retry, or force with fusermount3 -u)",
+            mountpoint.display()
+        ))
+    })?;
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mountpoint)
+        .status()
+        .context("cannot run fusermount3 (install the fuse3 package)")
+        .map_err(runtime_err)?;
+    if !status.success() {
+        return Err(runtime_err(anyhow!(
+            "fusermount3 -u {} failed (is the mount busy?)",
+            mountpoint.display()
+        )));
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    while proc_dir.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(Exit(code, error)) = run(cli) {
+        eprintln!("s3vault: {error:#}");
+        std::process::exit(code);
+    }
+}

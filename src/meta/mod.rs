@@ -1,0 +1,149 @@
+//! Metadata store: inodes, directory entries and block maps.
+//!
+//! The filesystem core speaks to this trait only, so the embedded SQLite
+//! store can later be joined by a PostgreSQL one for many hosts. Compound
+//! operations run between [`MetadataStore::begin`] and
+//! [`MetadataStore::commit`], so a crash never leaves half a rename.
+
+mod snapshot;
+mod sqlite;
+
+pub use snapshot::{decode_snapshot, encode_snapshot};
+pub use sqlite::SqliteStore;
+
+use crate::codec::ObjectId;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    Socket = 5,
+    CharDevice = 6,
+    BlockDevice = 7,
+}
+
+impl FileKind {
+    pub fn from_code(code: u8) -> Option<FileKind> {
+        Some(match code {
+            1 => FileKind::File,
+            2 => FileKind::Dir,
+            3 => FileKind::Symlink,
+            4 => FileKind::Fifo,
+            5 => FileKind::Socket,
+            6 => FileKind::CharDevice,
+            7 => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// Times are nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (mode & 0o7777).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub rdev: u32,
+}
+
+/// One stored block of a file: which object holds it and how many plaintext
+/// bytes it has (the last block of a file may be short).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub object_id: ObjectId,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Stable position of the entry in its directory: it never changes while
+    /// the entry exists and later entries get larger ones.
+    pub offset: u64,
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// One unit of a full metadata state, as exported into snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Inode(Inode),
+    SymlinkTarget { ino: u64, target: Vec<u8> },
+    Entry { parent: u64, name: Vec<u8>, ino: u64 },
+    Block { ino: u64, index: u64, block: BlockRef },
+    NextIno(u64),
+}
+
+pub trait MetadataStore: Send {
+    fn begin(&mut self) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+    fn rollback(&mut self);
+
+    fn inode(&self, ino: u64) -> Result<Option<Inode>>;
+    /// Inserts or replaces the inode.
+    fn put_inode(&mut self, inode: &Inode) -> Result<()>;
+    /// Removes the inode and its symlink target (not its blocks).
+    fn delete_inode(&mut self, ino: u64) -> Result<()>;
+    fn allocate_ino(&mut self) -> Result<u64>;
+    /// Inodes with no link left (unlinked while open, then a crash).
+    fn orphans(&self) -> Result<Vec<u64>>;
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>>;
+    /// The directory holding directory `ino` (directories have one link).
+    fn parent_of(&self, ino: u64) -> Result<Option<u64>>;
+    fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()>;
+    fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()>;
+    /// Up to `limit` entries of `parent` with offsets greater than `after`.
+    fn entries(&self, parent: u64, after: u64, limit: usize) -> Result<Vec<DirEntry>>;
+    fn has_entries(&self, parent: u64) -> Result<bool>;
+
+    fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>>;
+    fn set_symlink_target(&mut self, ino: u64, target: &[u8]) -> Result<()>;
+
+    /// Stored blocks of `ino` with index in `first..=last`, in index order.
+    fn blocks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, BlockRef)>>;
+    /// Maps (or with `None` unmaps) one block; returns the block it replaced.
+    fn set_block(&mut self, ino: u64, index: u64, block: Option<BlockRef>) -> Result<Option<BlockRef>>;
+    /// Unmaps every block with index >= `first`; returns them.
+    fn remove_blocks_from(&mut self, ino: u64, first: u64) -> Result<Vec<BlockRef>>;
+
+    /// Objects no longer referenced locally, to delete once a metadata state
+    /// without them is durable in the object store.
+    fn add_garbage(&mut self, object_id: &ObjectId) -> Result<()>;
+    fn garbage(&self) -> Result<Vec<ObjectId>>;
+    fn remove_garbage(&mut self, ids: &[ObjectId]) -> Result<()>;
+
+    /// Number of the newest metadata state uploaded (or being uploaded).
+    fn generation(&self) -> Result<u64>;
+    fn set_generation(&mut self, generation: u64) -> Result<()>;
+
+    /// (inodes, bytes of file data stored).
+    fn usage(&self) -> Result<(u64, u64)>;
+
+    /// Every record of the state, for a snapshot.
+    fn export(&self, sink: &mut dyn FnMut(Record)) -> Result<()>;
+    /// Loads a state made by `export` into an empty store.
+    fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()>;
+}

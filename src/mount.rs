@@ -1,0 +1,186 @@
+//! Running a mount: unlock the volume, load its metadata, mount it with
+//! FUSE, keep metadata flowing to the store, and flush at the end.
+
+use crate::control;
+use crate::daemon::Readiness;
+use crate::fs::{Core, CoreOptions};
+use crate::fuse::{AttrOverrides, FuseAdapter};
+use crate::store::{Location, S3Options};
+use crate::superblock::Unlock;
+use crate::volume::{self, VolumeError};
+use fuser::MountOption;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct MountConfig {
+    pub url: String,
+    pub mountpoint: PathBuf,
+    pub cache_dir: Option<PathBuf>,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub overrides: AttrOverrides,
+    pub s3: S3Options,
+    /// How often changed metadata is uploaded.
+    pub metadata_interval: Duration,
+}
+
+/// An error with the exit code it maps to (2: configuration, 1: runtime).
+pub type Failure = (i32, String);
+
+fn volume_failure(e: VolumeError) -> Failure {
+    (if e.is_usage() { 2 } else { 1 }, e.to_string())
+}
+
+/// Mounts and serves until unmounted; returns the process exit code.
+pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            ready.report(Err((1, format!("cannot start the async runtime: {e}"))));
+            return 1;
+        }
+    };
+    let (core, mountpoint, cache_dir) = match runtime.block_on(prepare(&config, unlock)) {
+        Ok(prepared) => prepared,
+        Err((code, message)) => {
+            if !ready.is_background() {
+                eprintln!("s3vault: {message}");
+            }
+            ready.report(Err((code, message)));
+            return code;
+        }
+    };
+    let mut options = vec![
+        MountOption::FSName(config.url.clone()),
+        MountOption::Subtype("s3vault".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if config.allow_other {
+        options.push(MountOption::AllowOther);
+    }
+    if config.read_only {
+        options.push(MountOption::RO);
+    }
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), config.overrides);
+    let mut session = match fuser::Session::new(adapter, &mountpoint, &options) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("cannot mount at {}: {e}", mountpoint.display());
+            if !ready.is_background() {
+                eprintln!("s3vault: {message}");
+            }
+            ready.report(Err((1, message)));
+            return 1;
+        }
+    };
+    let socket = control::socket_path(&mountpoint);
+    runtime.spawn(serve_control(socket.clone(), core.clone()));
+    runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
+    runtime.spawn(unmount_on_signal(session.unmount_callable(), core.clone()));
+    if ready.is_background() {
+        let log = cache_dir.join("s3vault.log");
+        if let Err(e) = crate::daemon::detach_stdio(&log) {
+            tracing::warn!(error = %e, "cannot redirect output to the log file");
+        }
+    }
+    tracing::info!("mounted");
+    ready.report(Ok(()));
+    let served = session.run();
+    drop(session);
+    let _ = std::fs::remove_file(&socket);
+    if let Err(e) = served {
+        tracing::error!(error = %e, "FUSE session failed");
+    }
+    // The kernel's destroy request already synced; this catches a session
+    // that ended without one (the mount was torn down from outside).
+    match runtime.block_on(core.sync()) {
+        Ok(()) => {
+            tracing::info!("unmounted; everything is in the object store");
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "unmounted, but the last changes did not reach the object store");
+            1
+        }
+    }
+}
+
+async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, PathBuf, PathBuf), Failure> {
+    let location = Location::parse(&config.url).map_err(|e| (2, e))?;
+    let mountpoint = std::fs::canonicalize(&config.mountpoint)
+        .map_err(|e| (2, format!("mount point {}: {e}", config.mountpoint.display())))?;
+    if !mountpoint.is_dir() {
+        return Err((2, format!("mount point {} is not a directory", mountpoint.display())));
+    }
+    let store = location.open(&config.s3).await.map_err(|e| volume_failure(e.into()))?;
+    let volume = volume::unlock(store.clone(), &config.url, &unlock)
+        .await
+        .map_err(volume_failure)?;
+    drop(unlock);
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| volume::default_cache_dir(&volume.superblock.volume_id));
+    volume::prepare_cache_dir(&cache_dir).map_err(volume_failure)?;
+    let (meta, unsynced) = volume::load_metadata(&volume, &cache_dir)
+        .await
+        .map_err(volume_failure)?;
+    let options = CoreOptions {
+        read_only: config.read_only,
+        ..CoreOptions::default()
+    };
+    let core = Arc::new(Core::new(
+        Box::new(meta),
+        store,
+        volume.ring.clone(),
+        volume.superblock.block_size,
+        options,
+    ));
+    let orphans = core
+        .remove_orphans()
+        .map_err(|e| (1, format!("cannot clean up unlinked files: {e}")))?;
+    if unsynced || orphans > 0 {
+        core.mark_changed();
+    }
+    Ok((core, mountpoint, cache_dir))
+}
+
+async fn serve_control(socket: PathBuf, core: Arc<Core>) {
+    if let Err(e) = control::serve(socket, core).await {
+        tracing::error!(error = %e, "control socket failed; `s3vault umount` will not work for this mount");
+    }
+}
+
+async fn sync_periodically(core: Arc<Core>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(e) = core.sync().await {
+            tracing::warn!(error = %e, "periodic metadata upload failed; will retry");
+        }
+    }
+}
+
+/// SIGTERM/SIGINT (systemd stop, Ctrl-C in the foreground): flush, then
+/// unmount, which ends the session loop.
+async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, core: Arc<Core>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; flushing and unmounting");
+    if let Err(e) = core.sync().await {
+        tracing::error!(error = %e, "flush before unmount failed");
+    }
+    if let Err(e) = unmounter.unmount() {
+        tracing::error!(error = %e, "unmount failed");
+    }
+}

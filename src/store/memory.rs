@@ -1,0 +1,58 @@
+//! An object store in memory, for unit tests of everything above the store.
+
+use super::{ObjectStore, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+}
+
+impl MemoryStore {
+    fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces an object behind the filesystem's back (tamper tests).
+    pub fn overwrite(&self, key: &str, data: Bytes) {
+        self.objects().insert(key.to_string(), data);
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.objects().insert(key.to_string(), data);
+        Ok(())
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let mut objects = self.objects();
+        if objects.contains_key(key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        objects.insert(key.to_string(), data);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.objects().get(key).cloned().ok_or(StoreError::NotFound)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.objects().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .objects()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}

@@ -1,0 +1,157 @@
+//! Object store: where sealed objects live (S3, a local directory, memory).
+//!
+//! Keys are relative to the volume root (`superblock`, `data/<id>`,
+//! `meta/<n>.snap`); each implementation maps them under its bucket prefix or
+//! directory. Every object is written whole and read whole; data objects are
+//! written once and never overwritten.
+
+mod local;
+mod memory;
+mod s3;
+
+pub use local::LocalStore;
+pub use memory::MemoryStore;
+pub use s3::{S3Options, S3Store, check_endpoint_url};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found")]
+    NotFound,
+    #[error("object already exists")]
+    AlreadyExists,
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
+    #[error("access denied for {action}: {detail}")]
+    AccessDenied { action: &'static str, detail: String },
+    #[error("object store unreachable: {0}")]
+    Unreachable(String),
+    #[error("object store error during {action}: {detail}")]
+    Other { action: &'static str, detail: String },
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Stores `data` under `key`, replacing any object there. Returns once the
+    /// object is durable in the store.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+
+    /// Stores `data` only if no object exists under `key`
+    /// ([`StoreError::AlreadyExists`] otherwise).
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+
+    /// The whole object, or [`StoreError::NotFound`].
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+
+    /// Deletes `key`; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every key that starts with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Where a volume lives, parsed from `s3://bucket[/prefix]` or `file:///path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    S3 { bucket: String, prefix: String },
+    Local(std::path::PathBuf),
+}
+
+impl Location {
+    pub fn parse(url: &str) -> Result<Location, String> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{url}: missing bucket name (expected s3://bucket[/prefix])"));
+            }
+            let prefix = prefix.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            })
+        } else if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "{url}: a file:// URL needs an absolute path (file:///abs/path)"
+                ));
+            }
+            Ok(Location::Local(path.into()))
+        } else {
+            Err(format!(
+                "{url}: unsupported URL (expected s3://bucket[/prefix] or file:///abs/path)"
+            ))
+        }
+    }
+
+    pub async fn open(&self, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        Ok(match self {
+            Location::S3 { bucket, prefix } => Arc::new(S3Store::new(bucket, prefix, s3).await?),
+            Location::Local(path) => Arc::new(LocalStore::new(path)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            Location::parse("s3://b/some/prefix/").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "some/prefix/".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://b").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(Location::parse("file:///x/y").unwrap(), Location::Local("/x/y".into()));
+        assert!(Location::parse("file://rel").is_err());
+        assert!(Location::parse("s3://").is_err());
+        assert!(Location::parse("http://x").is_err());
+    }
+
+    /// The contract every store must keep, run against each implementation.
+    pub(crate) async fn store_contract(store: &dyn ObjectStore) {
+        assert!(matches!(store.get("data/a").await, Err(StoreError::NotFound)));
+        store.put("data/a", Bytes::from_static(b"one")).await.unwrap();
+        store.put("data/b", Bytes::from_static(b"two")).await.unwrap();
+        store.put("meta/1", Bytes::from_static(b"m")).await.unwrap();
+        assert_eq!(store.get("data/a").await.unwrap(), Bytes::from_static(b"one"));
+        assert_eq!(store.list("data/").await.unwrap(), vec!["data/a", "data/b"]);
+        assert!(matches!(
+            store.put_new("data/a", Bytes::new()).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        store.put_new("data/c", Bytes::new()).await.unwrap();
+        assert_eq!(store.get("data/c").await.unwrap().len(), 0);
+        store.delete("data/a").await.unwrap();
+        store.delete("data/a").await.unwrap();
+        assert_eq!(store.list("").await.unwrap(), vec!["data/b", "data/c", "meta/1"]);
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        store_contract(&MemoryStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn local_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        store_contract(&LocalStore::new(dir.path())).await;
+    }
+}

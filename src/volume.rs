@@ -1,0 +1,196 @@
+//! Volumes: creating one in a store, unlocking it, and loading its metadata
+//! into the local cache directory.
+
+use crate::fs::{self as core_fs};
+use crate::keyring::{Keyring, VolumeId};
+use crate::meta::{FileKind, Inode, MetadataStore, ROOT_INO, SqliteStore};
+use crate::store::{ObjectStore, StoreError};
+use crate::superblock::{Argon2Params, Superblock, SuperblockError, Unlock};
+use bytes::Bytes;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const SUPERBLOCK_KEY: &str = "superblock";
+const DATABASE_FILE: &str = "metadata.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("no s3vault volume at {0} (create one with `s3vault init`)")]
+    NotInitialised(String),
+    #[error("{0} already holds an s3vault volume; refusing to overwrite it")]
+    AlreadyInitialised(String),
+    #[error("superblock: {0}")]
+    Superblock(#[from] SuperblockError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cache directory {path}: {reason}")]
+    CacheDir { path: PathBuf, reason: String },
+    #[error("metadata: {0}")]
+    Meta(#[from] crate::meta::MetaError),
+    #[error("metadata: {0}")]
+    Restore(#[from] core_fs::RestoreError),
+}
+
+impl VolumeError {
+    /// Configuration mistakes the user must fix (exit code 2), as opposed to
+    /// runtime failures (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            VolumeError::NotInitialised(_) | VolumeError::AlreadyInitialised(_) | VolumeError::CacheDir { .. } => true,
+            VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
+            VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_)),
+            _ => false,
+        }
+    }
+}
+
+/// An unlocked volume.
+pub struct Volume {
+    pub store: Arc<dyn ObjectStore>,
+    pub superblock: Superblock,
+    pub ring: Arc<Keyring>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The metadata state of a new volume: an empty root directory.
+fn root_inode(uid: u32, gid: u32) -> Inode {
+    let now = core_fs::now_ns();
+    Inode {
+        ino: ROOT_INO,
+        kind: FileKind::Dir,
+        perm: 0o755,
+        uid,
+        gid,
+        nlink: 2,
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: 0,
+    }
+}
+
+/// Creates a volume: first its initial metadata snapshot, then the
+/// superblock (written only if absent), so a superblock never names a
+/// volume without metadata.
+pub async fn init(
+    store: Arc<dyn ObjectStore>,
+    url: &str,
+    block_size: u32,
+    unlock: &Unlock,
+    cost: Argon2Params,
+    owner: (u32, u32),
+) -> Result<VolumeId, VolumeError> {
+    match store.get(SUPERBLOCK_KEY).await {
+        Ok(_) => return Err(VolumeError::AlreadyInitialised(url.to_string())),
+        Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (superblock, master) = Superblock::create(block_size, unlock, cost, now_secs())?;
+    let ring = Keyring::new(&master, superblock.volume_id);
+    let mut meta = SqliteStore::in_memory()?;
+    meta.put_inode(&root_inode(owner.0, owner.1))?;
+    core_fs::upload_snapshot(store.as_ref(), &ring, &meta, 1).await?;
+    match store.put_new(SUPERBLOCK_KEY, Bytes::from(superblock.encode())).await {
+        Ok(()) => Ok(superblock.volume_id),
+        Err(StoreError::AlreadyExists) => Err(VolumeError::AlreadyInitialised(url.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the superblock and opens a key slot with `unlock`.
+pub async fn unlock(store: Arc<dyn ObjectStore>, url: &str, unlock: &Unlock) -> Result<Volume, VolumeError> {
+    let bytes = match store.get(SUPERBLOCK_KEY).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound) => return Err(VolumeError::NotInitialised(url.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    let superblock = Superblock::decode(&bytes)?;
+    let master = superblock.unlock(unlock)?;
+    let ring = Arc::new(Keyring::new(&master, superblock.volume_id));
+    Ok(Volume {
+        store,
+        superblock,
+        ring,
+    })
+}
+
+/// The default cache directory of a volume.
+pub fn default_cache_dir(volume_id: &VolumeId) -> PathBuf {
+    Path::new("/var/cache/s3vault").join(hex::encode(volume_id))
+}
+
+/// Creates the cache directory (mode 0700) or checks an existing one: a
+/// directory others can write to could be swapped under us.
+pub fn prepare_cache_dir(path: &Path) -> Result<(), VolumeError> {
+    let fail = |reason: String| VolumeError::CacheDir {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.exists() {
+        std::fs::create_dir_all(path).map_err(|e| fail(e.to_string()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(e.to_string()))?;
+    }
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(fail("not a directory".into()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(fail(format!(
+            "is writable by group or others (mode {:o}); chmod 700 it",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the volume's metadata database in `cache_dir`, rebuilding it from
+/// the newest snapshot in the store when it is missing, unreadable or older
+/// (a fresh host, or another host wrote since). Returns the store and
+/// whether it holds changes the object store does not have yet.
+pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteStore, bool), VolumeError> {
+    let path = cache_dir.join(DATABASE_FILE);
+    let newest = core_fs::snapshot_generations(volume.store.as_ref())
+        .await?
+        .last()
+        .copied();
+    if path.exists() {
+        match SqliteStore::open(&path, volume.ring.database_key()) {
+            Ok(db) if db.inode(ROOT_INO)?.is_some() => {
+                let local = db.generation()?;
+                if newest.is_none_or(|n| local >= n) {
+                    return Ok((db, newest != Some(local)));
+                }
+                tracing::info!(local, newest, "local metadata is older than the store's; rebuilding");
+            }
+            Ok(_) => tracing::warn!("local metadata database is empty; rebuilding from the store"),
+            Err(e) => tracing::warn!(error = %e, "local metadata database is unusable; rebuilding from the store"),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = cache_dir.join(format!("{DATABASE_FILE}{suffix}"));
+            if let Err(e) = std::fs::remove_file(&file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(VolumeError::CacheDir {
+                    path: file,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
+    match newest {
+        Some(generation) => core_fs::restore(volume.store.as_ref(), &volume.ring, &mut db, generation).await?,
+        None => {
+            tracing::warn!("volume has no metadata snapshot; starting from an empty root");
+            db.put_inode(&root_inode(0, 0))?;
+        }
+    }
+    Ok((db, newest.is_none()))
+}
