@@ -1,7 +1,7 @@
 //! Control socket: how `s3vault umount` asks a running mount to flush.
 //!
 //! One Unix socket per mount point, in a root-only (or per-user) runtime
-//! directory; requests are one line (`sync`, `pid`), answers one line
+//! directory; requests are one line (`sync`, `pid`, `unmount`), answers one line
 //! (`ok [value]` or `error <message>`).
 
 use crate::fs::Core;
@@ -31,8 +31,11 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16])))
 }
 
+/// Ends the mount: unmounts it, so the FUSE session loop returns.
+pub type Unmount = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Serves requests until the runtime shuts down.
-pub async fn serve(path: PathBuf, core: Arc<Core>) -> std::io::Result<()> {
+pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -41,7 +44,7 @@ pub async fn serve(path: PathBuf, core: Arc<Core>) -> std::io::Result<()> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let core = core.clone();
+        let (core, unmount) = (core.clone(), unmount.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -54,6 +57,16 @@ pub async fn serve(path: PathBuf, core: Arc<Core>) -> std::io::Result<()> {
                     Err(e) => format!("error {e}"),
                 },
                 "pid" => format!("ok {}", std::process::id()),
+                // Flush first and unmount only if that worked: buffered data
+                // must not be dropped because the store is unreachable.
+                "unmount" => match core.sync().await {
+                    Ok(()) => match tokio::task::spawn_blocking(move || unmount()).await {
+                        Ok(Ok(())) => "ok".to_string(),
+                        Ok(Err(e)) => format!("error cannot unmount: {e}"),
+                        Err(e) => format!("error {e}"),
+                    },
+                    Err(e) => format!("error cannot flush to the object store: {e}"),
+                },
                 other => format!("error unknown request {other:?}"),
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;

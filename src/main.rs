@@ -196,12 +196,17 @@ fn parse_mount_options(groups: &[String]) -> Result<MountOptions, Exit> {
     Ok(parsed)
 }
 
-fn init_logging() {
+/// fuser's mount code logs a failed second unmount when a session ends
+/// after `fusermount3 -u`; that is expected, so its module stays quiet.
+const DEFAULT_LOG: &str = "s3vault=info,fuser::mnt=off,warn";
+
+fn init_logging(ansi: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("s3vault=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -236,7 +241,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
             let unlock = read_unlock(&key, true)?;
-            init_logging();
+            init_logging(std::io::stderr().is_terminal());
             let id = block_on(async {
                 let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
                 volume::init(store, &url, block_size, &unlock, DEFAULT_ARGON2, owner()).await
@@ -283,7 +288,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
                     Role::Daemon(ready) => ready,
                 }
             };
-            init_logging();
+            init_logging(foreground && std::io::stderr().is_terminal());
             match mount::run(config, unlock, ready) {
                 0 => Ok(()),
                 code => std::process::exit(code),
@@ -299,8 +304,8 @@ fn absolute(path: PathBuf) -> Result<PathBuf, Exit> {
         .map_err(usage)
 }
 
-/// Flushes through the control socket, unmounts, and waits for the daemon
-/// to exit. Refuses to unmount when the flush fails: the buffered data
+/// Asks the mount daemon to flush and unmount, then waits for it to exit.
+/// The daemon refuses to unmount when the flush fails: the buffered data
 /// would be lost.
 fn umount(mountpoint: &Path) -> Result<(), Exit> {
     let mountpoint = std::fs::canonicalize(mountpoint)
@@ -310,27 +315,22 @@ fn umount(mountpoint: &Path) -> Result<(), Exit> {
         .map_err(|e| usage(anyhow!(e)))?
         .parse()
         .map_err(|_| runtime_err(anyhow!("the mount daemon gave an invalid pid")))?;
-    s3vault::control::request(&mountpoint, "sync").map_err(|e| {
+    s3vault::control::request(&mountpoint, "unmount").map_err(|e| {
         runtime_err(anyhow!(
-            "cannot flush {} to the object store: {e}; it stays mounted so nothing is lost (retry, or force with fusermount3 -u)",
+            "{e}; {} stays mounted so nothing is lost (retry once the cause is fixed)",
             mountpoint.display()
         ))
     })?;
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mountpoint)
-        .status()
-        .context("cannot run fusermount3 (install the fuse3 package)")
-        .map_err(runtime_err)?;
-    if !status.success() {
-        return Err(runtime_err(anyhow!(
-            "fusermount3 -u {} failed (is the mount busy?)",
-            mountpoint.display()
-        )));
-    }
+    // The daemon exits once the kernel has ended the session.
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while proc_dir.exists() {
-        std::thread::sleep(Duration::from_millis(50));
+        if std::time::Instant::now() > deadline {
+            return Err(runtime_err(anyhow!(
+                "unmounted, but the daemon (pid {pid}) has not exited after 120 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }

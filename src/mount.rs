@@ -75,9 +75,13 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         }
     };
     let socket = control::socket_path(&mountpoint);
-    runtime.spawn(serve_control(socket.clone(), core.clone()));
+    let unmount: control::Unmount = {
+        let mountpoint = mountpoint.clone();
+        Arc::new(move || unmount_now(&mountpoint))
+    };
+    runtime.spawn(serve_control(socket.clone(), core.clone(), unmount.clone()));
     runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
-    runtime.spawn(unmount_on_signal(session.unmount_callable(), core.clone()));
+    runtime.spawn(unmount_on_signal(unmount, core.clone()));
     if ready.is_background() {
         let log = cache_dir.join("s3vault.log");
         if let Err(e) = crate::daemon::detach_stdio(&log) {
@@ -146,8 +150,8 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
     Ok((core, mountpoint, cache_dir))
 }
 
-async fn serve_control(socket: PathBuf, core: Arc<Core>) {
-    if let Err(e) = control::serve(socket, core).await {
+async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount) {
+    if let Err(e) = control::serve(socket, core, unmount).await {
         tracing::error!(error = %e, "control socket failed; `s3vault umount` will not work for this mount");
     }
 }
@@ -166,7 +170,7 @@ async fn sync_periodically(core: Arc<Core>, interval: Duration) {
 
 /// SIGTERM/SIGINT (systemd stop, Ctrl-C in the foreground): flush, then
 /// unmount, which ends the session loop.
-async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, core: Arc<Core>) {
+async fn unmount_on_signal(unmount: control::Unmount, core: Arc<Core>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
@@ -180,7 +184,25 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, core: Arc<Cor
     if let Err(e) = core.sync().await {
         tracing::error!(error = %e, "flush before unmount failed");
     }
-    if let Err(e) = unmounter.unmount() {
+    if let Err(e) = tokio::task::spawn_blocking(move || unmount())
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    {
         tracing::error!(error = %e, "unmount failed");
+    }
+}
+
+/// Unmounts through fusermount3, which works for root and for users, and
+/// reports why it failed (typically: busy). The session loop then ends.
+fn unmount_now(mountpoint: &std::path::Path) -> Result<(), String> {
+    let output = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| format!("cannot run fusermount3: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
     }
 }

@@ -609,3 +609,6 @@ impl Core {
         self.changed.store(true, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! Core tests without a kernel: a reference model, durability through a
+//! snapshot, integrity of stored blocks, sparse files and unlinked files.
+
+use super::*;
+use crate::crypto::SecretKey;
+use crate::meta::SqliteStore;
+use crate::store::MemoryStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+const ROOT: Caller = Caller { uid: 0, gid: 0 };
+const BS: u32 = 64 * 1024;
+
+struct Fixture {
+    store: Arc<MemoryStore>,
+    ring: Arc<Keyring>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let ring = Arc::new(Keyring::new(&SecretKey::random(), crate::crypto::random_bytes()));
+        Fixture {
+            store: Arc::new(MemoryStore::default()),
+            ring,
+        }
+    }
+
+    fn core_with(&self, mut meta: SqliteStore) -> Core {
+        if meta.inode(ROOT_INO).unwrap().is_none() {
+            let root = Inode {
+                ino: ROOT_INO,
+                kind: FileKind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                size: 0,
+                atime: 0,
+                mtime: 0,
+                ctime: 0,
+                rdev: 0,
+            };
+            meta.put_inode(&root).unwrap();
+        }
+        Core::new(
+            Box::new(meta),
+            self.store.clone(),
+            self.ring.clone(),
+            BS,
+            CoreOptions::default(),
+        )
+    }
+
+    fn core(&self) -> Core {
+        self.core_with(SqliteStore::in_memory().unwrap())
+    }
+
+    /// A core on a fresh host: metadata rebuilt from the newest snapshot.
+    async fn remount(&self) -> Core {
+        let generation = *snapshot_generations(self.store.as_ref()).await.unwrap().last().unwrap();
+        let mut meta = SqliteStore::in_memory().unwrap();
+        restore(self.store.as_ref(), &self.ring, &mut meta, generation)
+            .await
+            .unwrap();
+        self.core_with(meta)
+    }
+
+    async fn data_objects(&self) -> Vec<String> {
+        self.store.list("data/").await.unwrap()
+    }
+}
+
+async fn read_all(core: &Core, ino: u64) -> FsResult<Vec<u8>> {
+    let size = core.getattr(ino)?.size;
+    core.open(ino, false)?;
+    let data = core.read(ino, 0, size as u32).await;
+    core.release(ino).await?;
+    data
+}
+
+async fn write_file(core: &Core, name: &[u8], data: &[u8]) -> u64 {
+    let (inode, _) = core.create(ROOT, ROOT_INO, name, 0o644).unwrap();
+    core.write(inode.ino, 0, data).await.unwrap();
+    core.release(inode.ino).await.unwrap();
+    inode.ino
+}
+
+#[tokio::test]
+async fn proptest_random_operations_match_a_model() {
+    for seed in 0..4u64 {
+        let fx = Fixture::new();
+        let core = fx.core();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut inos: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for step in 0..300 {
+            let name = format!("f{}", rng.gen_range(0..6)).into_bytes();
+            match rng.gen_range(0..10) {
+                0..=3 => {
+                    let ino = match inos.get(&name) {
+                        Some(ino) => {
+                            core.open(*ino, true).unwrap();
+                            *ino
+                        }
+                        None => core.create(ROOT, ROOT_INO, &name, 0o644).unwrap().0.ino,
+                    };
+                    let content = model.entry(name.clone()).or_default();
+                    let offset = rng.gen_range(0..3 * BS as usize);
+                    let len = rng.gen_range(0..2 * BS as usize);
+                    let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                    core.write(ino, offset as u64, &data).await.unwrap();
+                    if content.len() < offset + len {
+                        content.resize(offset + len, 0);
+                    }
+                    content[offset..offset + len].copy_from_slice(&data);
+                    inos.insert(name, ino);
+                    core.release(ino).await.unwrap();
+                }
+                4 => {
+                    if let Some(ino) = inos.get(&name) {
+                        let size = rng.gen_range(0..4 * BS as u64);
+                        core.setattr(
+                            *ino,
+                            SetAttr {
+                                size: Some(size),
+                                ..SetAttr::default()
+                            },
+                        )
+                        .await
+                        .unwrap();
+                        model.get_mut(&name).unwrap().resize(size as usize, 0);
+                    }
+                }
+                5 => {
+                    if inos.remove(&name).is_some() {
+                        core.unlink(ROOT_INO, &name).unwrap();
+                        model.remove(&name);
+                    } else {
+                        assert_eq!(core.unlink(ROOT_INO, &name), Err(FsError::ENOENT));
+                    }
+                }
+                6 => {
+                    let to = format!("f{}", rng.gen_range(0..6)).into_bytes();
+                    if let Some(ino) = inos.remove(&name) {
+                        core.rename(ROOT_INO, &name, ROOT_INO, &to, 0).unwrap();
+                        let content = model.remove(&name).unwrap();
+                        inos.insert(to.clone(), ino);
+                        model.insert(to, content);
+                    }
+                }
+                7 => core.sync().await.unwrap(),
+                _ => {
+                    if let Some(ino) = inos.get(&name) {
+                        let got = read_all(&core, *ino).await.unwrap();
+                        assert!(got == model[&name], "seed {seed} step {step}: content differs");
+                    }
+                }
+            }
+        }
+        core.sync().await.unwrap();
+        let fresh = fx.remount().await;
+        for (name, content) in &model {
+            let ino = fresh.lookup(ROOT_INO, name).unwrap().ino;
+            assert!(
+                read_all(&fresh, ino).await.unwrap() == *content,
+                "seed {seed}: differs after remount"
+            );
+        }
+        assert_eq!(fresh.readdir(ROOT_INO, 0, 100).unwrap().len(), model.len());
+        // Every block of every remaining file is referenced; nothing else is kept.
+        let live: usize = model
+            .values()
+            .map(|c| c.chunks(BS as usize).filter(|b| b.iter().any(|x| *x != 0)).count())
+            .sum();
+        assert_eq!(
+            fx.data_objects().await.len(),
+            live,
+            "seed {seed}: unreferenced objects were not reclaimed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let victim = write_file(&core, b"victim", &vec![1u8; 100]).await;
+    let before = fx.data_objects().await;
+    let other = write_file(&core, b"other", &vec![2u8; 100]).await;
+    core.sync().await.unwrap();
+    let victim_key = before[0].clone();
+    let other_key = fx.data_objects().await.into_iter().find(|k| *k != victim_key).unwrap();
+    let pristine = fx.store.get(&victim_key).await.unwrap();
+    let other_bytes = fx.store.get(&other_key).await.unwrap();
+
+    let mut flipped = pristine.to_vec();
+    flipped[40] ^= 1;
+    let truncated = pristine.slice(..pristine.len() - 1);
+    for bad in [bytes::Bytes::from(flipped), truncated, other_bytes.clone()] {
+        fx.store.overwrite(&victim_key, bad);
+        let fresh = fx.remount().await;
+        assert_eq!(read_all(&fresh, victim).await, Err(FsError::EIO));
+        assert_eq!(read_all(&fresh, other).await.unwrap(), vec![2u8; 100]);
+    }
+    fx.store.overwrite(&victim_key, pristine);
+    assert_eq!(read_all(&fx.remount().await, victim).await.unwrap(), vec![1u8; 100]);
+}
+
+#[tokio::test]
+async fn sparse_file_stores_only_written_blocks() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let (inode, _) = core.create(ROOT, ROOT_INO, b"sparse", 0o644).unwrap();
+    let far = 5u64 << 30;
+    core.setattr(
+        inode.ino,
+        SetAttr {
+            size: Some(6 << 30),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    core.write(inode.ino, far, b"needle").await.unwrap();
+    core.release(inode.ino).await.unwrap();
+    assert_eq!(fx.data_objects().await.len(), 1);
+    assert_eq!(core.getattr(inode.ino).unwrap().size, 6 << 30);
+    core.open(inode.ino, false).unwrap();
+    assert_eq!(core.read(inode.ino, far - 2, 10).await.unwrap(), b"\0\0needle\0\0");
+    assert_eq!(core.read(inode.ino, 1 << 30, 4).await.unwrap(), vec![0; 4]);
+    core.release(inode.ino).await.unwrap();
+}
+
+#[tokio::test]
+async fn truncate_then_extend_exposes_zeros_not_old_bytes() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let ino = write_file(&core, b"t", &vec![7u8; BS as usize + 10]).await;
+    core.setattr(
+        ino,
+        SetAttr {
+            size: Some(5),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    core.setattr(
+        ino,
+        SetAttr {
+            size: Some(BS as u64 + 10),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut expected = vec![0u8; BS as usize + 10];
+    expected[..5].fill(7);
+    assert_eq!(read_all(&core, ino).await.unwrap(), expected);
+    core.sync().await.unwrap();
+    assert_eq!(read_all(&fx.remount().await, ino).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn unlinked_open_file_stays_readable_until_release() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let ino = write_file(&core, b"doomed", b"still here").await;
+    core.open(ino, false).unwrap();
+    core.unlink(ROOT_INO, b"doomed").unwrap();
+    assert_eq!(core.lookup(ROOT_INO, b"doomed"), Err(FsError::ENOENT));
+    assert_eq!(core.read(ino, 0, 100).await.unwrap(), b"still here");
+    core.release(ino).await.unwrap();
+    assert_eq!(core.getattr(ino), Err(FsError::ENOENT));
+    core.sync().await.unwrap();
+    assert!(
+        fx.data_objects().await.is_empty(),
+        "the unlinked file's block was not reclaimed"
+    );
+}
+
+#[tokio::test]
+async fn directories_rename_atomically_and_refuse_cycles() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let a = core.mkdir(ROOT, ROOT_INO, b"a", 0o755).unwrap();
+    let b = core.mkdir(ROOT, a.ino, b"b", 0o755).unwrap();
+    write_file(&core, b"x", b"1").await;
+    assert_eq!(core.rename(ROOT_INO, b"a", b.ino, b"loop", 0), Err(FsError::EINVAL));
+    let c = core.mkdir(ROOT, ROOT_INO, b"c", 0o755).unwrap();
+    core.rename(a.ino, b"b", c.ino, b"b2", 0).unwrap();
+    assert_eq!(core.getattr(a.ino).unwrap().nlink, 2);
+    assert_eq!(core.getattr(c.ino).unwrap().nlink, 3);
+    assert_eq!(core.parent_of(b.ino).unwrap(), c.ino);
+    assert_eq!(core.rename(ROOT_INO, b"x", ROOT_INO, b"c", 0), Err(FsError::EISDIR));
+    assert_eq!(core.rename(ROOT_INO, b"a", ROOT_INO, b"c", 0), Err(FsError::ENOTEMPTY));
+    assert_eq!(
+        core.rename(ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_NOREPLACE),
+        Err(FsError::EEXIST)
+    );
+    core.rename(ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(core.lookup(ROOT_INO, b"x").unwrap().ino, a.ino);
+    assert_eq!(core.rmdir(ROOT_INO, b"c"), Err(FsError::ENOTEMPTY));
+}
+
+#[tokio::test]
+async fn names_longer_than_255_bytes_are_refused() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let ok = vec![0xffu8; 255];
+    core.mkdir(ROOT, ROOT_INO, &ok, 0o755).unwrap();
+    assert_eq!(core.lookup(ROOT_INO, &ok).unwrap().kind, FileKind::Dir);
+    assert_eq!(
+        core.mkdir(ROOT, ROOT_INO, &[b'a'; 256], 0o755),
+        Err(FsError::ENAMETOOLONG)
+    );
+    assert_eq!(core.lookup(ROOT_INO, &[b'a'; 256]), Err(FsError::ENAMETOOLONG));
+}
+
+#[tokio::test]
+async fn failed_upload_keeps_the_data_buffered() {
+    #[derive(Debug, Default)]
+    struct Failing(MemoryStore, std::sync::atomic::AtomicBool);
+    #[async_trait::async_trait]
+    impl ObjectStore for Failing {
+        async fn put(&self, key: &str, data: bytes::Bytes) -> Result<(), crate::store::StoreError> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(crate::store::StoreError::Unreachable("test outage".into()));
+            }
+            self.0.put(key, data).await
+        }
+        async fn put_new(&self, key: &str, data: bytes::Bytes) -> Result<(), crate::store::StoreError> {
+            self.0.put_new(key, data).await
+        }
+        async fn get(&self, key: &str) -> Result<bytes::Bytes, crate::store::StoreError> {
+            self.0.get(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::store::StoreError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
+            self.0.list(prefix).await
+        }
+    }
+    let store = Arc::new(Failing::default());
+    let ring = Arc::new(Keyring::new(&SecretKey::random(), [3; 16]));
+    let mut meta = SqliteStore::in_memory().unwrap();
+    meta.put_inode(&Inode {
+        ino: ROOT_INO,
+        kind: FileKind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        size: 0,
+        atime: 0,
+        mtime: 0,
+        ctime: 0,
+        rdev: 0,
+    })
+    .unwrap();
+    let core = Core::new(Box::new(meta), store.clone(), ring, BS, CoreOptions::default());
+    let (inode, _) = core.create(ROOT, ROOT_INO, b"f", 0o644).unwrap();
+    core.write(inode.ino, 0, b"precious").await.unwrap();
+    store.1.store(true, Ordering::SeqCst);
+    assert_eq!(core.flush(inode.ino).await, Err(FsError::EIO));
+    assert_eq!(core.read(inode.ino, 0, 8).await.unwrap(), b"precious");
+    store.1.store(false, Ordering::SeqCst);
+    core.flush(inode.ino).await.unwrap();
+    core.release(inode.ino).await.unwrap();
+    assert_eq!(store.0.list("data/").await.unwrap().len(), 1);
+}
