@@ -4,7 +4,7 @@
 use super::*;
 use crate::crypto::SecretKey;
 use crate::meta::SqliteStore;
-use crate::store::MemoryStore;
+use crate::store::{FaultyStore, MemoryStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -26,23 +26,27 @@ impl Fixture {
         }
     }
 
-    fn core_with(&self, mut meta: SqliteStore) -> Core {
-        if meta.inode(ROOT_INO).unwrap().is_none() {
-            let root = Inode {
-                ino: ROOT_INO,
-                kind: FileKind::Dir,
-                perm: 0o755,
-                uid: 0,
-                gid: 0,
-                nlink: 2,
-                size: 0,
-                atime: 0,
-                mtime: 0,
-                ctime: 0,
-                rdev: 0,
-            };
-            meta.put_inode(&root).unwrap();
-        }
+    /// Metadata holding just an empty root directory.
+    fn root_meta(&self) -> SqliteStore {
+        let mut meta = SqliteStore::in_memory().unwrap();
+        meta.put_inode(&Inode {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime: 0,
+            mtime: 0,
+            ctime: 0,
+            rdev: 0,
+        })
+        .unwrap();
+        meta
+    }
+
+    fn core_with(&self, meta: SqliteStore) -> Core {
         Core::new(
             Box::new(meta),
             self.store.clone(),
@@ -53,7 +57,7 @@ impl Fixture {
     }
 
     fn core(&self) -> Core {
-        self.core_with(SqliteStore::in_memory().unwrap())
+        self.core_with(self.root_meta())
     }
 
     /// A core on a fresh host: metadata rebuilt from the newest snapshot.
@@ -185,9 +189,9 @@ async fn proptest_random_operations_match_a_model() {
 async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
     let fx = Fixture::new();
     let core = fx.core();
-    let victim = write_file(&core, b"victim", &vec![1u8; 100]).await;
+    let victim = write_file(&core, b"victim", &[1u8; 100]).await;
     let before = fx.data_objects().await;
-    let other = write_file(&core, b"other", &vec![2u8; 100]).await;
+    let other = write_file(&core, b"other", &[2u8; 100]).await;
     core.sync().await.unwrap();
     let victim_key = before[0].clone();
     let other_key = fx.data_objects().await.into_iter().find(|k| *k != victim_key).unwrap();
@@ -321,54 +325,28 @@ async fn names_longer_than_255_bytes_are_refused() {
 
 #[tokio::test]
 async fn failed_upload_keeps_the_data_buffered() {
-    #[derive(Debug, Default)]
-    struct Failing(MemoryStore, std::sync::atomic::AtomicBool);
-    #[async_trait::async_trait]
-    impl ObjectStore for Failing {
-        async fn put(&self, key: &str, data: bytes::Bytes) -> Result<(), crate::store::StoreError> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(crate::store::StoreError::Unreachable("test outage".into()));
-            }
-            self.0.put(key, data).await
-        }
-        async fn put_new(&self, key: &str, data: bytes::Bytes) -> Result<(), crate::store::StoreError> {
-            self.0.put_new(key, data).await
-        }
-        async fn get(&self, key: &str) -> Result<bytes::Bytes, crate::store::StoreError> {
-            self.0.get(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), crate::store::StoreError> {
-            self.0.delete(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
-            self.0.list(prefix).await
-        }
-    }
-    let store = Arc::new(Failing::default());
+    let memory = Arc::new(MemoryStore::default());
+    let store = Arc::new(FaultyStore::new(memory.clone()));
     let ring = Arc::new(Keyring::new(&SecretKey::random(), [3; 16]));
-    let mut meta = SqliteStore::in_memory().unwrap();
-    meta.put_inode(&Inode {
-        ino: ROOT_INO,
-        kind: FileKind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        size: 0,
-        atime: 0,
-        mtime: 0,
-        ctime: 0,
-        rdev: 0,
-    })
-    .unwrap();
-    let core = Core::new(Box::new(meta), store.clone(), ring, BS, CoreOptions::default());
+    let fx = Fixture {
+        store: memory.clone(),
+        ring: ring.clone(),
+    };
+    let core = Core::new(
+        Box::new(fx.root_meta()),
+        store.clone(),
+        ring,
+        BS,
+        CoreOptions::default(),
+    );
     let (inode, _) = core.create(ROOT, ROOT_INO, b"f", 0o644).unwrap();
     core.write(inode.ino, 0, b"precious").await.unwrap();
-    store.1.store(true, Ordering::SeqCst);
+    store.fail_writes(true);
     assert_eq!(core.flush(inode.ino).await, Err(FsError::EIO));
+    assert_eq!(core.sync().await, Err(FsError::EIO));
     assert_eq!(core.read(inode.ino, 0, 8).await.unwrap(), b"precious");
-    store.1.store(false, Ordering::SeqCst);
-    core.flush(inode.ino).await.unwrap();
+    store.fail_writes(false);
     core.release(inode.ino).await.unwrap();
-    assert_eq!(store.0.list("data/").await.unwrap().len(), 1);
+    core.sync().await.unwrap();
+    assert_eq!(read_all(&fx.remount().await, inode.ino).await.unwrap(), b"precious");
 }

@@ -5,10 +5,12 @@
 //! directory. Every object is written whole and read whole; data objects are
 //! written once and never overwritten.
 
+mod faulty;
 mod local;
 mod memory;
 mod s3;
 
+pub use faulty::FaultyStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Options, S3Store, check_endpoint_url};
