@@ -34,8 +34,13 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 /// Ends the mount: unmounts it, so the FUSE session loop returns.
 pub type Unmount = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Held (shared) by every request being answered. The daemon takes it
+/// exclusively before exiting, so an `unmount` request gets its answer
+/// even though answering it ends the session.
+pub type Gate = Arc<tokio::sync::RwLock<()>>;
+
 /// Serves requests until the runtime shuts down.
-pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount) -> std::io::Result<()> {
+pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -45,7 +50,11 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount) -> std::io:
     loop {
         let (stream, _) = listener.accept().await?;
         let (core, unmount) = (core.clone(), unmount.clone());
+        let Ok(_answering) = gate.clone().try_read_owned() else {
+            return Ok(()); // the daemon is exiting
+        };
         tokio::spawn(async move {
+            let _answering = _answering;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {

@@ -79,7 +79,13 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         let mountpoint = mountpoint.clone();
         Arc::new(move || unmount_now(&mountpoint))
     };
-    runtime.spawn(serve_control(socket.clone(), core.clone(), unmount.clone()));
+    let gate = control::Gate::default();
+    runtime.spawn(serve_control(
+        socket.clone(),
+        core.clone(),
+        unmount.clone(),
+        gate.clone(),
+    ));
     runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
     runtime.spawn(unmount_on_signal(unmount, core.clone()));
     if ready.is_background() {
@@ -93,6 +99,8 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     let served = session.run();
     drop(session);
     let _ = std::fs::remove_file(&socket);
+    // Let a pending `umount` request receive its answer before we exit.
+    let _closed = runtime.block_on(gate.write());
     if let Err(e) = served {
         tracing::error!(error = %e, "FUSE session failed");
     }
@@ -150,8 +158,8 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
     Ok((core, mountpoint, cache_dir))
 }
 
-async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount) {
-    if let Err(e) = control::serve(socket, core, unmount).await {
+async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {
+    if let Err(e) = control::serve(socket, core, unmount, gate).await {
         tracing::error!(error = %e, "control socket failed; `s3vault umount` will not work for this mount");
     }
 }

@@ -101,11 +101,10 @@ impl Core {
         if inode.kind == FileKind::Dir && write {
             return Err(FsError::EISDIR);
         }
-        let file = self
-            .files()
-            .entry(ino)
-            .or_insert_with(|| Arc::new(OpenFile::new(ino)))
-            .clone();
+        // Count the open while holding the map, so `retire` cannot drop the
+        // entry between our lookup and our increment.
+        let mut files = self.files();
+        let file = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino)));
         file.opens.fetch_add(1, Ordering::SeqCst);
         Ok(self.next_fh.fetch_add(1, Ordering::SeqCst))
     }
