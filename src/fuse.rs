@@ -27,7 +27,7 @@ const STATFS_CAPACITY: u64 = 1 << 50;
 const STATFS_FILES: u64 = 1 << 32;
 
 /// Ownership and permission overrides from `-o uid=,gid=,umask=`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttrOverrides {
     pub uid: Option<u32>,
     pub gid: Option<u32>,

@@ -12,8 +12,8 @@ use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path} is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     TooOpen { path: String, mode: u32 },
     #[error("{0}: not a key file (expected 64 hexadecimal characters, as written by `s3vault keygen`)")]
@@ -24,9 +24,9 @@ pub enum KeyFileError {
 
 fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     let name = path.display().to_string();
-    let io = |source| KeyFileError::Io {
+    let io = |error| KeyFileError::Io {
         path: name.clone(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.mode() & 0o077 != 0 {
@@ -60,9 +60,9 @@ pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileEr
 
 /// Writes a new random key file with mode 0600; never overwrites.
 pub fn write_new_key_file(path: &Path) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io {
+    let io = |error| KeyFileError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let key = SecretKey::random();
     let mut text = Zeroizing::new(hex::encode(key.as_bytes()).into_bytes());

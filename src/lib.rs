@@ -6,6 +6,7 @@
 //! the `keyring`, kept in an object `store`. `superblock` and `volume` create
 //! and unlock volumes; `control` and `daemon` run a mount.
 
+pub mod admin;
 pub mod codec;
 pub mod control;
 pub mod crypto;
@@ -16,6 +17,7 @@ pub mod keyfile;
 pub mod keyring;
 pub mod meta;
 pub mod mount;
+pub mod options;
 pub mod store;
 pub mod superblock;
 pub mod volume;

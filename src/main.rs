@@ -4,10 +4,11 @@
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
+use s3vault::admin;
 use s3vault::daemon::{self, Readiness, Role};
-use s3vault::fuse::AttrOverrides;
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
+use s3vault::options;
 use s3vault::store::{Location, S3Options};
 use s3vault::superblock::{self, DEFAULT_ARGON2, Unlock};
 use s3vault::volume;
@@ -56,18 +57,76 @@ enum Command {
         /// Local cache and metadata database [default: /var/cache/s3vault/<volume id>].
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// Mount options: ro, rw, allow_other, uid=N, gid=N, umask=OCTAL (comma separated).
+        /// Mount options, comma separated: ro, rw, allow_other, uid=N, gid=N,
+        /// umask=OCTAL, and name=value forms of every option above
+        /// (key_file=, cache_dir=, endpoint=, ...). Options of mount(8) and
+        /// systemd (_netdev, nofail, x-systemd.*, ...) are accepted and ignored.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Stay in the foreground (for systemd); log to stderr.
         #[arg(long)]
         foreground: bool,
-        /// Seconds between metadata uploads while files change.
-        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-        metadata_interval: u64,
+        /// Seconds between metadata uploads while files change [default: 30].
+        #[arg(long, value_name = "SECONDS")]
+        metadata_interval: Option<u64>,
+        /// Log level: error, warn, info, debug or trace [default: info].
+        /// Logs never contain file names, paths or contents.
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<String>,
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
+    /// Show a volume's format, id, block size and key slots (no key needed).
+    Info {
+        url: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// List, add or remove the key slots that unlock a volume.
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List the key slots (needs a key that unlocks the volume).
+    List {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Add a slot for a new key file or passphrase.
+    Add {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+        /// Key file the new slot opens with (write one with `s3vault keygen`).
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "new_passphrase_file",
+            conflicts_with = "new_passphrase_file"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// File whose first line is the new slot's passphrase.
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Remove a slot (by number or id from `key list`); unlock with another slot.
+    Remove {
+        url: String,
+        slot: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
 }
 
 #[derive(Args)]
@@ -160,49 +219,21 @@ fn read_unlock(key: &KeyArgs, confirm: bool) -> Result<Unlock, Exit> {
     Ok(Unlock::Passphrase(Zeroizing::new(pass.as_bytes().to_vec())))
 }
 
-struct MountOptions {
-    read_only: bool,
-    allow_other: bool,
-    overrides: AttrOverrides,
+/// fuser logs request contents (file names) at warn and below, so it is
+/// capped at error; its mount code logs a failed second unmount when a
+/// session ends after `fusermount3 -u`, which is expected, so it is off.
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, Exit> {
+    if !matches!(level, "error" | "warn" | "info" | "debug" | "trace") {
+        return Err(usage(anyhow!(
+            "log level {level:?}: use error, warn, info, debug or trace"
+        )));
+    }
+    let directives = format!("s3vault={level},fuser=error,fuser::mnt=off,warn");
+    Ok(tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives)))
 }
 
-fn parse_mount_options(groups: &[String]) -> Result<MountOptions, Exit> {
-    let mut parsed = MountOptions {
-        read_only: false,
-        allow_other: false,
-        overrides: AttrOverrides::default(),
-    };
-    let mut unknown = Vec::new();
-    for option in groups.iter().flat_map(|g| g.split(',')).filter(|o| !o.is_empty()) {
-        let (name, value) = option.split_once('=').map_or((option, None), |(n, v)| (n, Some(v)));
-        let number = |radix| {
-            value
-                .and_then(|v| u32::from_str_radix(v, radix).ok())
-                .ok_or_else(|| usage(anyhow!("mount option {name} needs a number, got {option:?}")))
-        };
-        match name {
-            "ro" => parsed.read_only = true,
-            "rw" => parsed.read_only = false,
-            "allow_other" => parsed.allow_other = true,
-            "uid" => parsed.overrides.uid = Some(number(10)?),
-            "gid" => parsed.overrides.gid = Some(number(10)?),
-            "umask" => parsed.overrides.umask = Some(number(8)? & 0o777),
-            _ => unknown.push(option.to_string()),
-        }
-    }
-    if !unknown.is_empty() {
-        return Err(usage(anyhow!("unknown mount option(s): {}", unknown.join(", "))));
-    }
-    Ok(parsed)
-}
-
-/// fuser's mount code logs a failed second unmount when a session ends
-/// after `fusermount3 -u`; that is expected, so its module stays quiet.
-const DEFAULT_LOG: &str = "s3vault=info,fuser::mnt=off,warn";
-
-fn init_logging(ansi: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+fn init_logging(filter: tracing_subscriber::EnvFilter, ansi: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -241,12 +272,12 @@ fn run(cli: Cli) -> Result<(), Exit> {
         } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
             let unlock = read_unlock(&key, true)?;
-            init_logging(std::io::stderr().is_terminal());
+            init_logging(log_filter("info")?, std::io::stderr().is_terminal());
             let id = block_on(async {
                 let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
                 volume::init(store, &url, block_size, &unlock, DEFAULT_ARGON2, owner()).await
             })?
-            .map_err(|e| Exit(if e.is_usage() { 2 } else { 1 }, e.into()))?;
+            .map_err(volume_exit)?;
             println!("created volume {} at {url} (block size {block_size})", hex::encode(id));
             Ok(())
         }
@@ -259,24 +290,41 @@ fn run(cli: Cli) -> Result<(), Exit> {
             options,
             foreground,
             metadata_interval,
+            log_level,
         } => {
-            let mount_options = parse_mount_options(&options)?;
+            // Command-line flags win over their -o forms.
+            let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
             Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            let key = KeyArgs {
+                key_file: key.key_file.or(o.key_file),
+                passphrase_file: key.passphrase_file.or(o.passphrase_file),
+            };
+            if key.key_file.is_some() && key.passphrase_file.is_some() {
+                return Err(usage(anyhow!("give either a key file or a passphrase file, not both")));
+            }
+            let s3 = S3Options {
+                endpoint: s3.endpoint.or(o.endpoint),
+                region: s3.region.or(o.region),
+                path_style: s3.path_style || o.path_style,
+            };
             if let Some(endpoint) = &s3.endpoint {
                 s3vault::store::check_endpoint_url(endpoint).map_err(|e| usage(anyhow!(e)))?;
             }
+            let metadata_interval = metadata_interval.or(o.metadata_interval).unwrap_or(30);
             if metadata_interval == 0 {
-                return Err(usage(anyhow!("--metadata-interval must be at least 1 second")));
+                return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
             }
+            let filter = log_filter(log_level.or(o.log_level).as_deref().unwrap_or("info"))?;
+            let foreground = foreground || o.foreground;
             let unlock = read_unlock(&key, false)?;
             let config = MountConfig {
                 url,
                 mountpoint,
-                cache_dir: cache_dir.map(absolute).transpose()?,
-                read_only: mount_options.read_only,
-                allow_other: mount_options.allow_other,
-                overrides: mount_options.overrides,
-                s3: s3.options(),
+                cache_dir: cache_dir.or(o.cache_dir).map(absolute).transpose()?,
+                read_only: o.read_only,
+                allow_other: o.allow_other,
+                overrides: o.overrides,
+                s3,
                 metadata_interval: Duration::from_secs(metadata_interval),
             };
             let ready = if foreground {
@@ -288,14 +336,70 @@ fn run(cli: Cli) -> Result<(), Exit> {
                     Role::Daemon(ready) => ready,
                 }
             };
-            init_logging(foreground && std::io::stderr().is_terminal());
+            init_logging(filter, foreground && std::io::stderr().is_terminal());
             match mount::run(config, unlock, ready) {
                 0 => Ok(()),
                 code => std::process::exit(code),
             }
         }
         Command::Umount { mountpoint } => umount(&mountpoint),
+        Command::Info { url, s3 } => {
+            let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+            let text = block_on(async {
+                let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
+                admin::info(store, &url).await
+            })?
+            .map_err(volume_exit)?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Key { action } => key_command(action),
     }
+}
+
+fn volume_exit(e: volume::VolumeError) -> Exit {
+    Exit(if e.is_usage() { 2 } else { 1 }, e.into())
+}
+
+fn key_command(action: KeyCommand) -> Result<(), Exit> {
+    let (KeyCommand::List { url, key, s3 }
+    | KeyCommand::Add { url, key, s3, .. }
+    | KeyCommand::Remove { url, key, s3, .. }) = &action;
+    let location = Location::parse(url).map_err(|e| usage(anyhow!(e)))?;
+    let unlock = read_unlock(key, false)?;
+    let new = match &action {
+        KeyCommand::Add {
+            new_key_file,
+            new_passphrase_file,
+            ..
+        } => Some(admin::new_unlock(new_key_file.as_deref(), new_passphrase_file.as_deref()).map_err(usage)?),
+        _ => None,
+    };
+    init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+    let url = url.clone();
+    let s3 = s3.options();
+    let message = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        match &action {
+            KeyCommand::List { .. } => {
+                let sb = volume::unlock(store, &url, &unlock).await?.superblock;
+                Ok(admin::describe_slots(&sb))
+            }
+            KeyCommand::Add { .. } => {
+                let new = new.as_ref().ok_or(volume::VolumeError::SlotInUse)?;
+                let id = admin::add_slot(store, &url, &unlock, new, DEFAULT_ARGON2).await?;
+                Ok(format!("added key slot {id}\n"))
+            }
+            KeyCommand::Remove { slot, .. } => {
+                admin::remove_slot(store, &url, &unlock, slot).await?;
+                Ok(format!("removed key slot {slot}\n"))
+            }
+        }
+    })?
+    .map_err(volume_exit)?;
+    print!("{message}");
+    Ok(())
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf, Exit> {
@@ -336,7 +440,7 @@ fn umount(mountpoint: &Path) -> Result<(), Exit> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(options::mount_helper_args(std::env::args_os().collect()));
     if let Err(Exit(code, error)) = run(cli) {
         eprintln!("s3vault: {error:#}");
         std::process::exit(code);

@@ -85,6 +85,12 @@ pub enum SuperblockError {
     WrongKey(&'static str),
     #[error("superblock was modified: its MAC does not verify")]
     Tampered,
+    #[error("a volume has at most {MAX_SLOTS} key slots; remove one first")]
+    SlotLimit,
+    #[error("refusing to remove the last key slot: the volume could never be unlocked again")]
+    LastSlot,
+    #[error("no such key slot")]
+    NoSuchSlot,
     #[error("invalid Argon2 parameters: {0}")]
     Argon2(String),
 }
@@ -131,6 +137,11 @@ impl Unlock {
 }
 
 impl KeySlot {
+    /// A short, stable name for the slot (from its random salt).
+    pub fn id(&self) -> String {
+        hex::encode(&self.salt[..4])
+    }
+
     fn params_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SLOT_PARAMS_LEN);
         b.push(self.kind as u8);
@@ -211,16 +222,51 @@ impl Superblock {
 
     /// Finds a slot that `unlock` opens, then verifies the whole superblock.
     pub fn unlock(&self, unlock: &Unlock) -> Result<SecretKey, SuperblockError> {
-        for slot in &self.slots {
+        self.unlock_slot(unlock).map(|(_, master)| master)
+    }
+
+    /// Like [`Superblock::unlock`], also telling which slot opened.
+    pub fn unlock_slot(&self, unlock: &Unlock) -> Result<(usize, SecretKey), SuperblockError> {
+        for (index, slot) in self.slots.iter().enumerate() {
             if let Some(master) = slot.try_unwrap(unlock, &self.volume_id)? {
                 let ring = Keyring::new(&master, self.volume_id);
                 if !crypto::mac_eq(&self.compute_mac(&ring), &self.mac) {
                     return Err(SuperblockError::Tampered);
                 }
-                return Ok(master);
+                return Ok((index, master));
             }
         }
         Err(SuperblockError::WrongKey(unlock.describe()))
+    }
+
+    /// Adds a slot wrapping `master` for `unlock`.
+    pub fn add_slot(
+        &mut self,
+        master: &SecretKey,
+        unlock: &Unlock,
+        cost: Argon2Params,
+        now: u64,
+    ) -> Result<(), SuperblockError> {
+        if self.slots.len() >= MAX_SLOTS {
+            return Err(SuperblockError::SlotLimit);
+        }
+        self.slots
+            .push(KeySlot::new(unlock, master, &self.volume_id, cost, now)?);
+        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        Ok(())
+    }
+
+    /// Removes slot `index`; the last slot is never removed.
+    pub fn remove_slot(&mut self, master: &SecretKey, index: usize) -> Result<KeySlot, SuperblockError> {
+        if self.slots.len() <= 1 {
+            return Err(SuperblockError::LastSlot);
+        }
+        if index >= self.slots.len() {
+            return Err(SuperblockError::NoSuchSlot);
+        }
+        let removed = self.slots.remove(index);
+        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        Ok(removed)
     }
 
     fn body(&self) -> Vec<u8> {
@@ -398,6 +444,24 @@ mod tests {
             Superblock::decode(&v2),
             Err(SuperblockError::UnsupportedVersion(2))
         ));
+    }
+
+    #[test]
+    fn slots_are_added_and_removed_but_never_the_last() {
+        let key = SecretKey::random();
+        let (mut sb, master) = Superblock::create(1 << 20, &Unlock::KeyFile(key.clone()), TEST_COST, 1).unwrap();
+        sb.add_slot(&master, &passphrase("second"), TEST_COST, 2).unwrap();
+        let sb2 = Superblock::decode(&sb.encode()).unwrap();
+        assert_eq!(sb2.unlock_slot(&passphrase("second")).unwrap().0, 1);
+        assert_eq!(sb2.unlock_slot(&Unlock::KeyFile(key.clone())).unwrap().0, 0);
+        sb.remove_slot(&master, 0).unwrap();
+        let sb3 = Superblock::decode(&sb.encode()).unwrap();
+        assert!(matches!(
+            sb3.unlock(&Unlock::KeyFile(key)),
+            Err(SuperblockError::WrongKey(_))
+        ));
+        assert_eq!(sb3.unlock(&passphrase("second")).unwrap().as_bytes(), master.as_bytes());
+        assert!(matches!(sb.remove_slot(&master, 0), Err(SuperblockError::LastSlot)));
     }
 
     #[test]

@@ -20,15 +20,17 @@ pub enum VolumeError {
     NotInitialised(String),
     #[error("{0} already holds an s3vault volume; refusing to overwrite it")]
     AlreadyInitialised(String),
-    #[error("superblock: {0}")]
+    #[error(transparent)]
     Superblock(#[from] SuperblockError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cache directory {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
-    #[error("metadata: {0}")]
+    #[error("unlock with another key slot to remove this one")]
+    SlotInUse,
+    #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
-    #[error("metadata: {0}")]
+    #[error(transparent)]
     Restore(#[from] core_fs::RestoreError),
 }
 
@@ -37,7 +39,10 @@ impl VolumeError {
     /// runtime failures (exit code 1).
     pub fn is_usage(&self) -> bool {
         match self {
-            VolumeError::NotInitialised(_) | VolumeError::AlreadyInitialised(_) | VolumeError::CacheDir { .. } => true,
+            VolumeError::NotInitialised(_)
+            | VolumeError::AlreadyInitialised(_)
+            | VolumeError::CacheDir { .. }
+            | VolumeError::SlotInUse => true,
             VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
             VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_)),
             _ => false,
@@ -104,14 +109,19 @@ pub async fn init(
     }
 }
 
-/// Reads the superblock and opens a key slot with `unlock`.
-pub async fn unlock(store: Arc<dyn ObjectStore>, url: &str, unlock: &Unlock) -> Result<Volume, VolumeError> {
+/// Reads and decodes the superblock (no key needed).
+pub async fn read_superblock(store: &dyn ObjectStore, url: &str) -> Result<Superblock, VolumeError> {
     let bytes = match store.get(SUPERBLOCK_KEY).await {
         Ok(b) => b,
         Err(StoreError::NotFound) => return Err(VolumeError::NotInitialised(url.to_string())),
         Err(e) => return Err(e.into()),
     };
-    let superblock = Superblock::decode(&bytes)?;
+    Ok(Superblock::decode(&bytes)?)
+}
+
+/// Reads the superblock and opens a key slot with `unlock`.
+pub async fn unlock(store: Arc<dyn ObjectStore>, url: &str, unlock: &Unlock) -> Result<Volume, VolumeError> {
+    let superblock = read_superblock(store.as_ref(), url).await?;
     let master = superblock.unlock(unlock)?;
     let ring = Arc::new(Keyring::new(&master, superblock.volume_id));
     Ok(Volume {

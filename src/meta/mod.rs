@@ -18,9 +18,17 @@ pub const ROOT_INO: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("metadata is corrupt: {0}")]
     Corrupt(String),
+}
+
+// Not `#[from]`: that would also make it the error's source, and the
+// message, which already includes it, would print it twice.
+impl From<rusqlite::Error> for MetaError {
+    fn from(e: rusqlite::Error) -> Self {
+        MetaError::Sqlite(e)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;

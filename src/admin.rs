@@ -1,0 +1,145 @@
+//! Administration of a volume's superblock: `info` and key slots.
+//!
+//! Key slots wrap the one master key, so adding or removing a slot changes
+//! who can unlock the volume without re-encrypting any data.
+
+use crate::keyfile::{KeyFileError, read_key_file, read_passphrase_file};
+use crate::store::ObjectStore;
+use crate::superblock::{Argon2Params, SlotKind, Superblock, Unlock};
+use crate::volume::{self, VolumeError};
+use bytes::Bytes;
+use std::fmt::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A UTC timestamp for Unix seconds (civil-from-days, H. Hinnant).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn slot_kind(kind: SlotKind) -> &'static str {
+    match kind {
+        SlotKind::KeyFile => "key-file",
+        SlotKind::Passphrase => "passphrase",
+    }
+}
+
+/// The slot table, one line per slot.
+pub fn describe_slots(sb: &Superblock) -> String {
+    let mut out = String::new();
+    for (index, slot) in sb.slots.iter().enumerate() {
+        let _ = write!(
+            out,
+            "  {index}  {}  {:<10}  created {}",
+            slot.id(),
+            slot_kind(slot.kind),
+            utc(slot.created)
+        );
+        if slot.kind == SlotKind::Passphrase {
+            let Argon2Params { m_kib, t, p } = slot.argon2;
+            let _ = write!(out, "  (Argon2id m={m_kib} KiB, t={t}, p={p})");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `s3vault info`: what the superblock says, no secrets (needs no key).
+pub async fn info(store: Arc<dyn ObjectStore>, url: &str) -> Result<String, VolumeError> {
+    let sb = volume::read_superblock(store.as_ref(), url).await?;
+    Ok(format!(
+        "format version  {}\nvolume id       {}\nblock size      {} bytes\ncipher          AES-256-GCM\ncreated         {}\nkey slots       {}\n{}",
+        crate::superblock::FORMAT_VERSION,
+        hex::encode(sb.volume_id),
+        sb.block_size,
+        utc(sb.created),
+        sb.slots.len(),
+        describe_slots(&sb)
+    ))
+}
+
+/// What a new slot is unlocked by.
+pub fn new_unlock(key_file: Option<&Path>, passphrase_file: Option<&Path>) -> Result<Unlock, KeyFileError> {
+    match (key_file, passphrase_file) {
+        (Some(path), _) => Ok(Unlock::KeyFile(read_key_file(path)?)),
+        (None, Some(path)) => Ok(Unlock::Passphrase(read_passphrase_file(path)?)),
+        (None, None) => unreachable!("the CLI requires one of them"),
+    }
+}
+
+/// Adds a slot; `unlock` proves the caller may unlock the volume.
+pub async fn add_slot(
+    store: Arc<dyn ObjectStore>,
+    url: &str,
+    unlock: &Unlock,
+    new: &Unlock,
+    cost: Argon2Params,
+) -> Result<String, VolumeError> {
+    let mut sb = volume::read_superblock(store.as_ref(), url).await?;
+    let master = sb.unlock(unlock)?;
+    sb.add_slot(&master, new, cost, now())?;
+    store.put(volume::SUPERBLOCK_KEY, Bytes::from(sb.encode())).await?;
+    Ok(sb.slots.last().map(|s| s.id()).unwrap_or_default())
+}
+
+/// Removes the slot named by index or id. The caller must unlock with a
+/// different slot: removing the one you hold would prove nothing about the
+/// rest, and could lock the last holder out.
+pub async fn remove_slot(
+    store: Arc<dyn ObjectStore>,
+    url: &str,
+    unlock: &Unlock,
+    which: &str,
+) -> Result<(), VolumeError> {
+    let mut sb = volume::read_superblock(store.as_ref(), url).await?;
+    let (used, master) = sb.unlock_slot(unlock)?;
+    let index = sb
+        .slots
+        .iter()
+        .position(|s| s.id() == which)
+        .or_else(|| which.parse::<usize>().ok().filter(|i| *i < sb.slots.len()))
+        .ok_or(VolumeError::Superblock(crate::superblock::SuperblockError::NoSuchSlot))?;
+    if sb.slots.len() == 1 {
+        return Err(crate::superblock::SuperblockError::LastSlot.into());
+    }
+    if index == used {
+        return Err(VolumeError::SlotInUse);
+    }
+    sb.remove_slot(&master, index)?;
+    store.put(volume::SUPERBLOCK_KEY, Bytes::from(sb.encode())).await?;
+    Ok(())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+    }
+}
