@@ -24,6 +24,12 @@ pub mod purpose {
 
 pub struct Keyring {
     volume_id: VolumeId,
+    /// Boxed so the keys have a stable address to mlock.
+    keys: Box<Subkeys>,
+    locked: bool,
+}
+
+struct Subkeys {
     data: SecretKey,
     metadata: SecretKey,
     audit: SecretKey,
@@ -31,16 +37,32 @@ pub struct Keyring {
     superblock: SecretKey,
 }
 
+impl Drop for Keyring {
+    fn drop(&mut self) {
+        // The keys are wiped right after, when the box drops.
+        if self.locked {
+            let ptr: *const Subkeys = &*self.keys;
+            crate::hardening::unlock_memory(ptr.cast(), std::mem::size_of::<Subkeys>());
+        }
+    }
+}
+
 impl Keyring {
     pub fn new(master: &SecretKey, volume_id: VolumeId) -> Self {
         let sub = |p: &[u8]| master.derive(&volume_id, &[p]);
-        Keyring {
-            volume_id,
+        let keys = Box::new(Subkeys {
             data: sub(purpose::DATA),
             metadata: sub(purpose::METADATA),
             audit: sub(purpose::AUDIT),
             database: sub(purpose::DATABASE),
             superblock: sub(purpose::SUPERBLOCK),
+        });
+        let ptr: *const Subkeys = &*keys;
+        let locked = crate::hardening::lock_memory(ptr.cast(), std::mem::size_of::<Subkeys>());
+        Keyring {
+            volume_id,
+            keys,
+            locked,
         }
     }
 
@@ -50,26 +72,26 @@ impl Keyring {
 
     /// The key that seals the data object with this id.
     pub fn data_object_key(&self, object_id: &[u8]) -> SecretKey {
-        self.data.derive(&[], &[purpose::OBJECT, object_id])
+        self.keys.data.derive(&[], &[purpose::OBJECT, object_id])
     }
 
     /// The key that seals the metadata object with this id.
     pub fn metadata_object_key(&self, object_id: &[u8]) -> SecretKey {
-        self.metadata.derive(&[], &[purpose::OBJECT, object_id])
+        self.keys.metadata.derive(&[], &[purpose::OBJECT, object_id])
     }
 
     /// The audit subkey (used by the audit log for MACs and sealing).
     pub fn audit_key(&self) -> &SecretKey {
-        &self.audit
+        &self.keys.audit
     }
 
     /// The raw SQLCipher key of the local metadata database.
     pub fn database_key(&self) -> &SecretKey {
-        &self.database
+        &self.keys.database
     }
 
     pub fn superblock_key(&self) -> &SecretKey {
-        &self.superblock
+        &self.keys.superblock
     }
 }
 

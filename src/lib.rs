@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod hardening;
 pub mod keyfile;
 pub mod keyring;
 pub mod meta;

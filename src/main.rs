@@ -440,6 +440,7 @@ fn umount(mountpoint: &Path) -> Result<(), Exit> {
 }
 
 fn main() {
+    s3vault::hardening::harden_process();
     let cli = Cli::parse_from(options::mount_helper_args(std::env::args_os().collect()));
     if let Err(Exit(code, error)) = run(cli) {
         eprintln!("s3vault: {error:#}");
