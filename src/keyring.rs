@@ -29,6 +29,9 @@ pub struct Keyring {
     locked: bool,
 }
 
+/// Page-aligned, so no other data shares its page: mlock is per page and
+/// not counted, and unlocking a neighbour would unlock our keys too.
+#[repr(C, align(4096))]
 struct Subkeys {
     data: SecretKey,
     metadata: SecretKey,
