@@ -122,8 +122,10 @@ fn reply_empty(result: FsResult<()>, reply: ReplyEmpty) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        // 1 MiB writes: the kernel's default page limit allows no more.
+        // 1 MiB requests (the kernel's default page limit allows no more):
+        // fewer, larger reads and writes, each a whole default-size block.
         let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
 

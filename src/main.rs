@@ -154,12 +154,16 @@ struct S3Args {
 }
 
 impl S3Args {
-    fn options(&self) -> S3Options {
-        S3Options {
+    /// The S3 settings, refusing plain http to a non-loopback endpoint.
+    fn options(&self) -> Result<S3Options, Exit> {
+        if let Some(endpoint) = &self.endpoint {
+            s3vault::store::check_endpoint_url(endpoint).map_err(|e| usage(anyhow!(e)))?;
+        }
+        Ok(S3Options {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
-        }
+        })
     }
 }
 
@@ -228,9 +232,15 @@ fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, Exit> {
             "log level {level:?}: use error, warn, info, debug or trace"
         )));
     }
-    let directives = format!("s3vault={level},fuser=error,fuser::mnt=off,warn");
-    Ok(tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives)))
+    // aws_config warns at length on every host that is not EC2; the one
+    // line we print when credentials are really missing says enough.
+    let directives = format!("s3vault={level},fuser=error,fuser::mnt=off,aws_config=error,warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("S3VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
+    // Whatever S3VAULT_LOG says, fuser never logs below error.
+    Ok(filter
+        .add_directive("fuser=error".parse().map_err(usage)?)
+        .add_directive("fuser::mnt=off".parse().map_err(usage)?))
 }
 
 fn init_logging(filter: tracing_subscriber::EnvFilter, ansi: bool) {
@@ -273,8 +283,9 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
             let unlock = read_unlock(&key, true)?;
             init_logging(log_filter("info")?, std::io::stderr().is_terminal());
+            let s3 = s3.options()?;
             let id = block_on(async {
-                let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
+                let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
                 volume::init(store, &url, block_size, &unlock, DEFAULT_ARGON2, owner()).await
             })?
             .map_err(volume_exit)?;
@@ -346,8 +357,9 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Info { url, s3 } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
             init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+            let s3 = s3.options()?;
             let text = block_on(async {
-                let store = location.open(&s3.options()).await.map_err(volume::VolumeError::from)?;
+                let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
                 admin::info(store, &url).await
             })?
             .map_err(volume_exit)?;
@@ -378,7 +390,7 @@ fn key_command(action: KeyCommand) -> Result<(), Exit> {
     };
     init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
     let url = url.clone();
-    let s3 = s3.options();
+    let s3 = s3.options()?;
     let message = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
         match &action {

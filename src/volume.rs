@@ -44,7 +44,7 @@ impl VolumeError {
             | VolumeError::CacheDir { .. }
             | VolumeError::SlotInUse => true,
             VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
-            VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_)),
+            VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_) | StoreError::Credentials(_)),
             _ => false,
         }
     }

@@ -411,6 +411,16 @@ impl Core {
             buffer.dirty.extend(blocks.drain(..));
             return Err(e);
         }
+        // What was just written is the likeliest to be read next: keep it
+        // instead of fetching it back from the store.
+        let mut contents: std::collections::HashMap<u64, Vec<u8>> = blocks.into_iter().collect();
+        let mut cache = self.read_cache.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, block) in &uploaded {
+            if let (Some(block), Some(content)) = (block, contents.remove(index)) {
+                cache.put(block.object_id, Arc::new(content));
+            }
+        }
+        drop(cache);
         buffer.dirty_bytes = buffer.dirty.len() * bs;
         if all {
             buffer.size = None;

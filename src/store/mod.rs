@@ -29,6 +29,8 @@ pub enum StoreError {
     NoSuchBucket(String),
     #[error("access denied for {action}: {detail}")]
     AccessDenied { action: &'static str, detail: String },
+    #[error("no usable AWS credentials (environment, profile or EC2 instance role): {0}")]
+    Credentials(String),
     #[error("object store unreachable: {0}")]
     Unreachable(String),
     #[error("object store error during {action}: {detail}")]

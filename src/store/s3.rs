@@ -11,7 +11,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use std::time::Duration;
@@ -57,6 +57,22 @@ pub fn check_endpoint_url(endpoint: &str) -> Result<(), String> {
             "endpoint {endpoint}: plain http is allowed only for loopback addresses; use https"
         ))
     }
+}
+
+/// An error and its causes on one line ("a: b: c"), skipping causes whose
+/// text the previous message already contains (the SDK repeats itself).
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out.replace('\n', " ")
 }
 
 impl S3Store {
@@ -112,13 +128,16 @@ impl S3Store {
             _ => None,
         };
         let code = e.code().map(str::to_string);
-        let detail = DisplayErrorContext(&e).to_string();
+        let detail = one_line(&e);
         match (code.as_deref(), status) {
             (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket(self.bucket.clone()),
             (Some("NoSuchKey" | "NotFound"), _) | (None, Some(404)) => StoreError::NotFound,
             (Some("PreconditionFailed"), _) | (_, Some(412)) => StoreError::AlreadyExists,
             (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"), _) | (_, Some(403)) => {
                 StoreError::AccessDenied { action, detail }
+            }
+            _ if matches!(e, SdkError::DispatchFailure(_)) && detail.contains("loading credentials") => {
+                StoreError::Credentials(detail)
             }
             _ if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) => {
                 StoreError::Unreachable(detail)
