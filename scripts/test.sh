@@ -14,7 +14,7 @@
 # Environment:
 #   S3VAULT_TOOLS   where s3s-fs and pjdfstest are installed
 #   E2E_SUITES      space-separated subset of suites to run
-#                   (default: "basic confidentiality integrity pjdfstest")
+#                   (default: "basic confidentiality integrity pjdfstest admin")
 #   E2E_BACKENDS    subset of backends (default: "file s3s moto")
 #   SKIP_CARGO=1    use the existing target/release/s3vault: no cargo build,
 #                   no cargo test (for iterating on the shell suites)
@@ -30,7 +30,7 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest admin}
 BACKENDS=${E2E_BACKENDS-file s3s moto}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1

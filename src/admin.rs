@@ -4,7 +4,7 @@
 //! who can unlock the volume without re-encrypting any data.
 
 use crate::keyfile::{KeyFileError, read_key_file, read_passphrase_file};
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, S3Options};
 use crate::superblock::{Argon2Params, SlotKind, Superblock, Unlock};
 use crate::volume::{self, VolumeError};
 use bytes::Bytes;
@@ -37,6 +37,7 @@ fn slot_kind(kind: SlotKind) -> &'static str {
     match kind {
         SlotKind::KeyFile => "key-file",
         SlotKind::Passphrase => "passphrase",
+        SlotKind::Kms => "aws-kms",
     }
 }
 
@@ -54,6 +55,9 @@ pub fn describe_slots(sb: &Superblock) -> String {
         if slot.kind == SlotKind::Passphrase {
             let Argon2Params { m_kib, t, p } = slot.argon2;
             let _ = write!(out, "  (Argon2id m={m_kib} KiB, t={t}, p={p})");
+        }
+        if slot.kind == SlotKind::Kms {
+            let _ = write!(out, "  ({})", slot.kms_key_id);
         }
         out.push('\n');
     }
@@ -75,11 +79,22 @@ pub async fn info(store: Arc<dyn ObjectStore>, url: &str) -> Result<String, Volu
 }
 
 /// What a new slot is unlocked by.
-pub fn new_unlock(key_file: Option<&Path>, passphrase_file: Option<&Path>) -> Result<Unlock, KeyFileError> {
-    match (key_file, passphrase_file) {
-        (Some(path), _) => Ok(Unlock::KeyFile(read_key_file(path)?)),
-        (None, Some(path)) => Ok(Unlock::Passphrase(read_passphrase_file(path)?)),
-        (None, None) => unreachable!("the CLI requires one of them"),
+pub enum NewSlot {
+    Local(Unlock),
+    /// A KMS key id, ARN or alias.
+    Kms(String),
+}
+
+pub fn new_slot(
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+    kms_key_id: Option<&str>,
+) -> Result<NewSlot, KeyFileError> {
+    match (key_file, passphrase_file, kms_key_id) {
+        (Some(path), _, _) => Ok(NewSlot::Local(Unlock::KeyFile(read_key_file(path)?))),
+        (None, Some(path), _) => Ok(NewSlot::Local(Unlock::Passphrase(read_passphrase_file(path)?))),
+        (None, None, Some(key)) => Ok(NewSlot::Kms(key.to_string())),
+        (None, None, None) => unreachable!("the CLI requires one of them"),
     }
 }
 
@@ -88,12 +103,20 @@ pub async fn add_slot(
     store: Arc<dyn ObjectStore>,
     url: &str,
     unlock: &Unlock,
-    new: &Unlock,
+    aws: &S3Options,
+    new: &NewSlot,
     cost: Argon2Params,
 ) -> Result<String, VolumeError> {
     let mut sb = volume::read_superblock(store.as_ref(), url).await?;
-    let master = sb.unlock(unlock)?;
-    sb.add_slot(&master, new, cost, now())?;
+    let (_, master) = volume::open_slot(&sb, unlock, aws).await?;
+    match new {
+        NewSlot::Local(new) => sb.add_slot(&master, new, cost, now())?,
+        NewSlot::Kms(key_id) => {
+            let kms = crate::kms::Kms::new(aws).await.map_err(VolumeError::KmsSetup)?;
+            let blob = kms.wrap(key_id, &master, &sb.volume_id).await?;
+            sb.add_kms_slot(&master, key_id, blob, now())?;
+        }
+    }
     store.put(volume::SUPERBLOCK_KEY, Bytes::from(sb.encode())).await?;
     Ok(sb.slots.last().map(|s| s.id()).unwrap_or_default())
 }
@@ -105,10 +128,11 @@ pub async fn remove_slot(
     store: Arc<dyn ObjectStore>,
     url: &str,
     unlock: &Unlock,
+    aws: &S3Options,
     which: &str,
 ) -> Result<(), VolumeError> {
     let mut sb = volume::read_superblock(store.as_ref(), url).await?;
-    let (used, master) = sb.unlock_slot(unlock)?;
+    let (used, master) = volume::open_slot(&sb, unlock, aws).await?;
     let index = sb
         .slots
         .iter()

@@ -24,8 +24,12 @@ impl Readiness {
         Readiness(None)
     }
 
-    /// Tells the parent the mount is ready (`Ok`) or why it failed.
+    /// Tells the parent (or systemd, for a `Type=notify` service) that the
+    /// mount is ready (`Ok`), or the parent why it failed.
     pub fn report(mut self, result: Result<(), (i32, String)>) {
+        if result.is_ok() {
+            notify_systemd("READY=1");
+        }
         let Some(mut pipe) = self.0.take() else { return };
         let message = match result {
             Ok(()) => "0\n".to_string(),
@@ -92,4 +96,46 @@ pub fn detach_stdio(log: &std::path::Path) -> std::io::Result<()> {
         libc::dup2(log.as_raw_fd(), 2);
     }
     Ok(())
+}
+
+/// Sends a state line to systemd's notification socket when we run as a
+/// `Type=notify` service (NOTIFY_SOCKET set); does nothing otherwise.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notify_systemd;
+
+    #[test]
+    fn notifies_a_listening_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // SAFETY: no other thread of this test reads or writes NOTIFY_SOCKET.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        notify_systemd("READY=1");
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let mut buf = [0u8; 16];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
 }

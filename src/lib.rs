@@ -16,6 +16,7 @@ pub mod fuse;
 pub mod hardening;
 pub mod keyfile;
 pub mod keyring;
+pub mod kms;
 pub mod meta;
 pub mod mount;
 pub mod options;

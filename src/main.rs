@@ -110,13 +110,16 @@ enum KeyCommand {
         #[arg(
             long,
             value_name = "PATH",
-            required_unless_present = "new_passphrase_file",
-            conflicts_with = "new_passphrase_file"
+            required_unless_present_any = ["new_passphrase_file", "new_kms_key_id"],
+            conflicts_with_all = ["new_passphrase_file", "new_kms_key_id"]
         )]
         new_key_file: Option<PathBuf>,
         /// File whose first line is the new slot's passphrase.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "new_kms_key_id")]
         new_passphrase_file: Option<PathBuf>,
+        /// AWS KMS key (id, ARN or alias) to wrap the volume key with (needs kms:Encrypt).
+        #[arg(long, value_name = "ARN")]
+        new_kms_key_id: Option<String>,
     },
     /// Remove a slot (by number or id from `key list`); unlock with another slot.
     Remove {
@@ -138,6 +141,9 @@ struct KeyArgs {
     /// terminal prompts for one).
     #[arg(long, value_name = "PATH")]
     passphrase_file: Option<PathBuf>,
+    /// Unlock through the volume's AWS KMS key slots (needs kms:Decrypt).
+    #[arg(long, conflicts_with_all = ["key_file", "passphrase_file"])]
+    kms: bool,
 }
 
 #[derive(Args)]
@@ -151,18 +157,22 @@ struct S3Args {
     /// Use path-style requests (most S3-compatible servers need this).
     #[arg(long)]
     path_style: bool,
+    /// AWS KMS endpoint URL, for KMS key slots (plain http only for loopback).
+    #[arg(long, value_name = "URL")]
+    kms_endpoint: Option<String>,
 }
 
 impl S3Args {
     /// The S3 settings, refusing plain http to a non-loopback endpoint.
     fn options(&self) -> Result<S3Options, Exit> {
-        if let Some(endpoint) = &self.endpoint {
+        for endpoint in self.endpoint.iter().chain(&self.kms_endpoint) {
             s3vault::store::check_endpoint_url(endpoint).map_err(|e| usage(anyhow!(e)))?;
         }
         Ok(S3Options {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
+            kms_endpoint: self.kms_endpoint.clone(),
         })
     }
 }
@@ -199,6 +209,9 @@ fn parse_size(s: &str) -> Result<u32, String> {
 }
 
 fn read_unlock(key: &KeyArgs, confirm: bool) -> Result<Unlock, Exit> {
+    if key.kms {
+        return Ok(Unlock::Kms);
+    }
     if let Some(path) = &key.key_file {
         return Ok(Unlock::KeyFile(keyfile::read_key_file(path).map_err(usage)?));
     }
@@ -281,6 +294,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             s3,
         } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            if key.kms {
+                return Err(usage(anyhow!(
+                    "init needs a key file or a passphrase; add a KMS slot afterwards with `s3vault key add --new-kms-key-id`"
+                )));
+            }
             let unlock = read_unlock(&key, true)?;
             init_logging(log_filter("info")?, std::io::stderr().is_terminal());
             let s3 = s3.options()?;
@@ -309,18 +327,23 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let key = KeyArgs {
                 key_file: key.key_file.or(o.key_file),
                 passphrase_file: key.passphrase_file.or(o.passphrase_file),
+                kms: key.kms || o.kms,
             };
-            if key.key_file.is_some() && key.passphrase_file.is_some() {
-                return Err(usage(anyhow!("give either a key file or a passphrase file, not both")));
+            if [key.key_file.is_some(), key.passphrase_file.is_some(), key.kms]
+                .iter()
+                .filter(|x| **x)
+                .count()
+                > 1
+            {
+                return Err(usage(anyhow!("give one of a key file, a passphrase file or kms")));
             }
-            let s3 = S3Options {
+            let s3 = S3Args {
                 endpoint: s3.endpoint.or(o.endpoint),
                 region: s3.region.or(o.region),
                 path_style: s3.path_style || o.path_style,
-            };
-            if let Some(endpoint) = &s3.endpoint {
-                s3vault::store::check_endpoint_url(endpoint).map_err(|e| usage(anyhow!(e)))?;
+                kms_endpoint: s3.kms_endpoint.or(o.kms_endpoint),
             }
+            .options()?;
             let metadata_interval = metadata_interval.or(o.metadata_interval).unwrap_or(30);
             if metadata_interval == 0 {
                 return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
@@ -384,8 +407,16 @@ fn key_command(action: KeyCommand) -> Result<(), Exit> {
         KeyCommand::Add {
             new_key_file,
             new_passphrase_file,
+            new_kms_key_id,
             ..
-        } => Some(admin::new_unlock(new_key_file.as_deref(), new_passphrase_file.as_deref()).map_err(usage)?),
+        } => Some(
+            admin::new_slot(
+                new_key_file.as_deref(),
+                new_passphrase_file.as_deref(),
+                new_kms_key_id.as_deref(),
+            )
+            .map_err(usage)?,
+        ),
         _ => None,
     };
     init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
@@ -393,20 +424,20 @@ fn key_command(action: KeyCommand) -> Result<(), Exit> {
     let s3 = s3.options()?;
     let message = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
-        match &action {
-            KeyCommand::List { .. } => {
-                let sb = volume::unlock(store, &url, &unlock).await?.superblock;
+        match (&action, &new) {
+            (KeyCommand::List { .. }, _) => {
+                let sb = volume::unlock(store, &url, &unlock, &s3).await?.superblock;
                 Ok(admin::describe_slots(&sb))
             }
-            KeyCommand::Add { .. } => {
-                let new = new.as_ref().ok_or(volume::VolumeError::SlotInUse)?;
-                let id = admin::add_slot(store, &url, &unlock, new, DEFAULT_ARGON2).await?;
+            (KeyCommand::Add { .. }, Some(new)) => {
+                let id = admin::add_slot(store, &url, &unlock, &s3, new, DEFAULT_ARGON2).await?;
                 Ok(format!("added key slot {id}\n"))
             }
-            KeyCommand::Remove { slot, .. } => {
-                admin::remove_slot(store, &url, &unlock, slot).await?;
+            (KeyCommand::Remove { slot, .. }, _) => {
+                admin::remove_slot(store, &url, &unlock, &s3, slot).await?;
                 Ok(format!("removed key slot {slot}\n"))
             }
+            (KeyCommand::Add { .. }, None) => unreachable!("add always has a new slot"),
         }
     })?
     .map_err(volume_exit)?;

@@ -53,7 +53,10 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     };
     let mut options = vec![
         MountOption::FSName(config.url.clone()),
-        MountOption::Subtype("s3vault".into()),
+        // fuser mounts directly as type "fuse" when root and drops its
+        // Subtype option there; the kernel's own subtype= option gives the
+        // type fuse.s3vault that mount(8), findmnt and umount -t expect.
+        MountOption::CUSTOM("subtype=s3vault".into()),
         MountOption::DefaultPermissions,
     ];
     if config.allow_other {
@@ -97,6 +100,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     tracing::info!("mounted");
     ready.report(Ok(()));
     let served = session.run();
+    crate::daemon::notify_systemd("STOPPING=1");
     drop(session);
     let _ = std::fs::remove_file(&socket);
     // Let a pending `umount` request receive its answer before we exit.
@@ -126,7 +130,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
         return Err((2, format!("mount point {} is not a directory", mountpoint.display())));
     }
     let store = location.open(&config.s3).await.map_err(|e| volume_failure(e.into()))?;
-    let volume = volume::unlock(store.clone(), &config.url, &unlock)
+    let volume = volume::unlock(store.clone(), &config.url, &unlock, &config.s3)
         .await
         .map_err(volume_failure)?;
     drop(unlock);

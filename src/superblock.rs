@@ -2,7 +2,8 @@
 //!
 //! It names the format version, volume id, block size and cipher, and holds
 //! key slots that each wrap the volume master key under a key derived from a
-//! key file (HKDF) or a passphrase (Argon2id). A trailing HMAC under a subkey
+//! key file (HKDF) or a passphrase (Argon2id), or through AWS KMS (the KMS
+//! round trip lives in `kms.rs`; this module stays I/O-free). A trailing HMAC under a subkey
 //! of the master key makes any edit of the header or the slots detectable
 //! once a slot has been opened. Byte layout: FORMAT.md, "Superblock".
 
@@ -19,7 +20,10 @@ pub const MAX_SLOTS: usize = 16;
 
 const HEADER_LEN: usize = 8 + 2 + VOLUME_ID_LEN + 4 + 1 + 8 + 1;
 const SLOT_PARAMS_LEN: usize = 1 + 1 + 8 + 4 + 4 + 4 + 16;
-const SLOT_LEN: usize = SLOT_PARAMS_LEN + KEY_LEN + SEAL_OVERHEAD;
+const SEALED_KEY_LEN: usize = KEY_LEN + SEAL_OVERHEAD;
+/// KMS ciphertext blobs are about 200 bytes; allow generous room.
+const MAX_WRAPPED_LEN: usize = 4096;
+const MAX_KMS_KEY_ID_LEN: usize = 2048;
 const MAC_LEN: usize = 32;
 const SLOT_AAD: &[u8] = b"s3vault v1 key slot";
 const KEY_FILE_SLOT: &[u8] = b"s3vault v1 key-file slot";
@@ -43,12 +47,15 @@ pub struct Argon2Params {
 pub enum Unlock {
     KeyFile(SecretKey),
     Passphrase(Zeroizing<Vec<u8>>),
+    /// The volume's AWS KMS slots, with the caller's AWS credentials.
+    Kms,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotKind {
     KeyFile = 1,
     Passphrase = 2,
+    Kms = 3,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +64,9 @@ pub struct KeySlot {
     pub created: u64,
     pub argon2: Argon2Params,
     pub salt: [u8; 16],
+    /// The KMS key (id, ARN or alias) of a KMS slot; empty otherwise.
+    pub kms_key_id: String,
+    /// The sealed master key, or for KMS slots the KMS ciphertext blob.
     pub wrapped: Vec<u8>,
 }
 
@@ -108,13 +118,15 @@ impl Unlock {
         match self {
             Unlock::KeyFile(_) => SlotKind::KeyFile,
             Unlock::Passphrase(_) => SlotKind::Passphrase,
+            Unlock::Kms => SlotKind::Kms,
         }
     }
 
-    fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> &'static str {
         match self {
             Unlock::KeyFile(_) => "key file",
             Unlock::Passphrase(_) => "passphrase",
+            Unlock::Kms => "AWS KMS key",
         }
     }
 
@@ -132,6 +144,7 @@ impl Unlock {
                     .map_err(|e| SuperblockError::Argon2(e.to_string()))?;
                 Ok(SecretKey::from_bytes(&out))
             }
+            Unlock::Kms => Err(SuperblockError::Malformed),
         }
     }
 }
@@ -166,14 +179,15 @@ impl KeySlot {
         now: u64,
     ) -> Result<Self, SuperblockError> {
         let argon2 = match unlock {
-            Unlock::KeyFile(_) => Argon2Params { m_kib: 0, t: 0, p: 0 },
             Unlock::Passphrase(_) => cost,
+            Unlock::KeyFile(_) | Unlock::Kms => Argon2Params { m_kib: 0, t: 0, p: 0 },
         };
         let mut slot = KeySlot {
             kind: unlock.kind(),
             created: now,
             argon2,
             salt: crypto::random_bytes(),
+            kms_key_id: String::new(),
             wrapped: Vec::new(),
         };
         let kek = unlock.slot_key(&slot.salt, argon2)?;
@@ -182,7 +196,7 @@ impl KeySlot {
     }
 
     fn try_unwrap(&self, unlock: &Unlock, volume_id: &VolumeId) -> Result<Option<SecretKey>, SuperblockError> {
-        if self.kind != unlock.kind() {
+        if self.kind != unlock.kind() || self.kind == SlotKind::Kms {
             return Ok(None);
         }
         let kek = unlock.slot_key(&self.salt, self.argon2)?;
@@ -256,6 +270,43 @@ impl Superblock {
         Ok(())
     }
 
+    /// Adds a slot whose master key KMS wrapped (`blob`, from KMS Encrypt).
+    pub fn add_kms_slot(
+        &mut self,
+        master: &SecretKey,
+        key_id: &str,
+        blob: Vec<u8>,
+        now: u64,
+    ) -> Result<(), SuperblockError> {
+        if self.slots.len() >= MAX_SLOTS {
+            return Err(SuperblockError::SlotLimit);
+        }
+        if key_id.is_empty() || key_id.len() > MAX_KMS_KEY_ID_LEN || blob.is_empty() || blob.len() > MAX_WRAPPED_LEN {
+            return Err(SuperblockError::Malformed);
+        }
+        self.slots.push(KeySlot {
+            kind: SlotKind::Kms,
+            created: now,
+            argon2: Argon2Params { m_kib: 0, t: 0, p: 0 },
+            salt: crypto::random_bytes(),
+            kms_key_id: key_id.to_string(),
+            wrapped: blob,
+        });
+        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        Ok(())
+    }
+
+    /// Checks a master key obtained outside this module (from KMS) against
+    /// the superblock's MAC.
+    pub fn verify(&self, master: &SecretKey) -> Result<(), SuperblockError> {
+        let ring = Keyring::new(master, self.volume_id);
+        if crypto::mac_eq(&self.compute_mac(&ring), &self.mac) {
+            Ok(())
+        } else {
+            Err(SuperblockError::Tampered)
+        }
+    }
+
     /// Removes slot `index`; the last slot is never removed.
     pub fn remove_slot(&mut self, master: &SecretKey, index: usize) -> Result<KeySlot, SuperblockError> {
         if self.slots.len() <= 1 {
@@ -270,7 +321,7 @@ impl Superblock {
     }
 
     fn body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HEADER_LEN + self.slots.len() * SLOT_LEN);
+        let mut b = Vec::with_capacity(HEADER_LEN + self.slots.len() * (SLOT_PARAMS_LEN + 4 + SEALED_KEY_LEN));
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
         b.extend_from_slice(&self.volume_id);
@@ -280,6 +331,9 @@ impl Superblock {
         b.push(self.slots.len() as u8);
         for slot in &self.slots {
             b.extend_from_slice(&slot.params_bytes());
+            b.extend_from_slice(&(slot.kms_key_id.len() as u16).to_be_bytes());
+            b.extend_from_slice(slot.kms_key_id.as_bytes());
+            b.extend_from_slice(&(slot.wrapped.len() as u16).to_be_bytes());
             b.extend_from_slice(&slot.wrapped);
         }
         b
@@ -324,6 +378,7 @@ impl Superblock {
             let kind = match r.u8()? {
                 1 => SlotKind::KeyFile,
                 2 => SlotKind::Passphrase,
+                3 => SlotKind::Kms,
                 _ => return Err(SuperblockError::Malformed),
             };
             r.u8()?;
@@ -334,12 +389,23 @@ impl Superblock {
                 p: r.u32()?,
             };
             let salt = r.take(16)?.try_into().map_err(|_| SuperblockError::Malformed)?;
-            let wrapped = r.take(KEY_LEN + SEAL_OVERHEAD)?.to_vec();
+            let id_len = r.u16()? as usize;
+            let kms_key_id = String::from_utf8(r.take(id_len)?.to_vec()).map_err(|_| SuperblockError::Malformed)?;
+            let wrapped_len = r.u16()? as usize;
+            let expected = match kind {
+                SlotKind::Kms => (1..=MAX_WRAPPED_LEN).contains(&wrapped_len) && !kms_key_id.is_empty(),
+                _ => wrapped_len == SEALED_KEY_LEN && kms_key_id.is_empty(),
+            };
+            if !expected {
+                return Err(SuperblockError::Malformed);
+            }
+            let wrapped = r.take(wrapped_len)?.to_vec();
             slots.push(KeySlot {
                 kind,
                 created,
                 argon2,
                 salt,
+                kms_key_id,
                 wrapped,
             });
         }
@@ -462,6 +528,26 @@ mod tests {
         ));
         assert_eq!(sb3.unlock(&passphrase("second")).unwrap().as_bytes(), master.as_bytes());
         assert!(matches!(sb.remove_slot(&master, 0), Err(SuperblockError::LastSlot)));
+    }
+
+    #[test]
+    fn kms_slots_round_trip_and_are_verified_by_mac() {
+        let key = SecretKey::random();
+        let (mut sb, master) = Superblock::create(1 << 20, &Unlock::KeyFile(key), TEST_COST, 1).unwrap();
+        sb.add_kms_slot(&master, "arn:aws:kms:us-east-1:123:key/abc", vec![7; 180], 2)
+            .unwrap();
+        let decoded = Superblock::decode(&sb.encode()).unwrap();
+        assert_eq!(decoded, sb);
+        assert_eq!(decoded.slots[1].kms_key_id, "arn:aws:kms:us-east-1:123:key/abc");
+        assert!(decoded.verify(&master).is_ok());
+        assert!(matches!(
+            decoded.verify(&SecretKey::random()),
+            Err(SuperblockError::Tampered)
+        ));
+        assert!(matches!(
+            decoded.unlock(&Unlock::Kms),
+            Err(SuperblockError::WrongKey(_))
+        ));
     }
 
     #[test]

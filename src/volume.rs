@@ -1,11 +1,12 @@
 //! Volumes: creating one in a store, unlocking it, and loading its metadata
 //! into the local cache directory.
 
+use crate::crypto::SecretKey;
 use crate::fs::{self as core_fs};
 use crate::keyring::{Keyring, VolumeId};
-use crate::meta::{FileKind, Inode, MetadataStore, ROOT_INO, SqliteStore};
-use crate::store::{ObjectStore, StoreError};
-use crate::superblock::{Argon2Params, Superblock, SuperblockError, Unlock};
+use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
+use crate::store::{ObjectStore, S3Options, StoreError};
+use crate::superblock::{Argon2Params, SlotKind, Superblock, SuperblockError, Unlock};
 use bytes::Bytes;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,10 @@ pub enum VolumeError {
     Store(#[from] StoreError),
     #[error("cache directory {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Kms(#[from] crate::kms::KmsError),
+    #[error("AWS KMS: {0}")]
+    KmsSetup(String),
     #[error("unlock with another key slot to remove this one")]
     SlotInUse,
     #[error(transparent)]
@@ -45,6 +50,8 @@ impl VolumeError {
             | VolumeError::SlotInUse => true,
             VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
             VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_) | StoreError::Credentials(_)),
+            VolumeError::Kms(e) => e.is_usage(),
+            VolumeError::KmsSetup(_) => true,
             _ => false,
         }
     }
@@ -61,24 +68,6 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The metadata state of a new volume: an empty root directory.
-fn root_inode(uid: u32, gid: u32) -> Inode {
-    let now = core_fs::now_ns();
-    Inode {
-        ino: ROOT_INO,
-        kind: FileKind::Dir,
-        perm: 0o755,
-        uid,
-        gid,
-        nlink: 2,
-        size: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        rdev: 0,
-    }
 }
 
 /// Creates a volume: first its initial metadata snapshot, then the
@@ -100,7 +89,7 @@ pub async fn init(
     let (superblock, master) = Superblock::create(block_size, unlock, cost, now_secs())?;
     let ring = Keyring::new(&master, superblock.volume_id);
     let mut meta = SqliteStore::in_memory()?;
-    meta.put_inode(&root_inode(owner.0, owner.1))?;
+    meta.put_inode(&Inode::root(owner.0, owner.1, core_fs::now_ns()))?;
     core_fs::upload_snapshot(store.as_ref(), &ring, &meta, 1).await?;
     match store.put_new(SUPERBLOCK_KEY, Bytes::from(superblock.encode())).await {
         Ok(()) => Ok(superblock.volume_id),
@@ -119,10 +108,42 @@ pub async fn read_superblock(store: &dyn ObjectStore, url: &str) -> Result<Super
     Ok(Superblock::decode(&bytes)?)
 }
 
+/// Opens a key slot of `sb` with `unlock`: locally for key files and
+/// passphrases, through AWS KMS for KMS slots. Returns the slot's index and
+/// the verified master key.
+pub async fn open_slot(sb: &Superblock, unlock: &Unlock, aws: &S3Options) -> Result<(usize, SecretKey), VolumeError> {
+    if !matches!(unlock, Unlock::Kms) {
+        return Ok(sb.unlock_slot(unlock)?);
+    }
+    let kms = crate::kms::Kms::new(aws).await.map_err(VolumeError::KmsSetup)?;
+    let mut last_error = None;
+    for (index, slot) in sb.slots.iter().enumerate().filter(|(_, s)| s.kind == SlotKind::Kms) {
+        match kms.unwrap(&slot.kms_key_id, &slot.wrapped, &sb.volume_id).await {
+            Ok(master) => {
+                sb.verify(&master)?;
+                return Ok((index, master));
+            }
+            Err(e) => {
+                tracing::warn!(slot = %slot.id(), error = %e, "KMS slot did not open");
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => SuperblockError::WrongKey(unlock.describe()).into(),
+    })
+}
+
 /// Reads the superblock and opens a key slot with `unlock`.
-pub async fn unlock(store: Arc<dyn ObjectStore>, url: &str, unlock: &Unlock) -> Result<Volume, VolumeError> {
+pub async fn unlock(
+    store: Arc<dyn ObjectStore>,
+    url: &str,
+    unlock: &Unlock,
+    aws: &S3Options,
+) -> Result<Volume, VolumeError> {
     let superblock = read_superblock(store.as_ref(), url).await?;
-    let master = superblock.unlock(unlock)?;
+    let (_, master) = open_slot(&superblock, unlock, aws).await?;
     let ring = Arc::new(Keyring::new(&master, superblock.volume_id));
     Ok(Volume {
         store,
@@ -199,7 +220,7 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
         Some(generation) => core_fs::restore(volume.store.as_ref(), &volume.ring, &mut db, generation).await?,
         None => {
             tracing::warn!("volume has no metadata snapshot; starting from an empty root");
-            db.put_inode(&root_inode(0, 0))?;
+            db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
         }
     }
     Ok((db, newest.is_none()))

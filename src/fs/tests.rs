@@ -29,20 +29,7 @@ impl Fixture {
     /// Metadata holding just an empty root directory.
     fn root_meta(&self) -> SqliteStore {
         let mut meta = SqliteStore::in_memory().unwrap();
-        meta.put_inode(&Inode {
-            ino: ROOT_INO,
-            kind: FileKind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 2,
-            size: 0,
-            atime: 0,
-            mtime: 0,
-            ctime: 0,
-            rdev: 0,
-        })
-        .unwrap();
+        meta.put_inode(&Inode::root(0, 0, 0)).unwrap();
         meta
     }
 

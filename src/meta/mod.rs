@@ -76,6 +76,25 @@ pub struct Inode {
     pub rdev: u32,
 }
 
+impl Inode {
+    /// An empty root directory owned by `uid`:`gid`, mode 0755.
+    pub fn root(uid: u32, gid: u32, now: i64) -> Inode {
+        Inode {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid,
+            gid,
+            nlink: 2,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+        }
+    }
+}
+
 /// One stored block of a file: which object holds it and how many plaintext
 /// bytes it has (the last block of a file may be short).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -99,6 +99,24 @@ fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
     })
 }
 
+/// The values of an inode row, in `INODE_COLUMNS` order.
+#[allow(clippy::type_complexity)]
+fn inode_params(i: &Inode) -> (i64, u8, u32, u32, u32, u32, i64, i64, i64, i64, u32) {
+    (
+        i.ino as i64,
+        i.kind as u8,
+        i.perm,
+        i.uid,
+        i.gid,
+        i.nlink,
+        i.size as i64,
+        i.atime,
+        i.mtime,
+        i.ctime,
+        i.rdev,
+    )
+}
+
 fn object_id(blob: Vec<u8>) -> rusqlite::Result<ObjectId> {
     blob.try_into()
         .map_err(|_| rusqlite::Error::InvalidColumnType(0, "object".into(), rusqlite::types::Type::Blob))
@@ -141,19 +159,7 @@ impl MetadataStore for SqliteStore {
                uid = excluded.uid, gid = excluded.gid, nlink = excluded.nlink, size = excluded.size,
                atime = excluded.atime, mtime = excluded.mtime, ctime = excluded.ctime, rdev = excluded.rdev",
         )?;
-        stmt.execute(params![
-            i.ino as i64,
-            i.kind as u8,
-            i.perm,
-            i.uid,
-            i.gid,
-            i.nlink,
-            i.size as i64,
-            i.atime,
-            i.mtime,
-            i.ctime,
-            i.rdev
-        ])?;
+        stmt.execute(inode_params(i))?;
         Ok(())
     }
 
@@ -388,19 +394,7 @@ impl MetadataStore for SqliteStore {
                     tx.prepare_cached(&format!(
                         "INSERT INTO inodes ({INODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                     ))?
-                    .execute(params![
-                        i.ino as i64,
-                        i.kind as u8,
-                        i.perm,
-                        i.uid,
-                        i.gid,
-                        i.nlink,
-                        i.size as i64,
-                        i.atime,
-                        i.mtime,
-                        i.ctime,
-                        i.rdev
-                    ])?;
+                    .execute(inode_params(&i))?;
                 }
                 Record::SymlinkTarget { ino, target } => {
                     tx.prepare_cached("UPDATE inodes SET target = ?2 WHERE ino = ?1")?

@@ -8,7 +8,7 @@
 mod faulty;
 mod local;
 mod memory;
-mod s3;
+pub(crate) mod s3;
 
 pub use faulty::FaultyStore;
 pub use local::LocalStore;

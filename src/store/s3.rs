@@ -24,6 +24,8 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Path-style requests (`endpoint/bucket/key`) instead of virtual hosts.
     pub path_style: bool,
+    /// AWS KMS endpoint override (KMS key slots).
+    pub kms_endpoint: Option<String>,
 }
 
 #[derive(Debug)]
@@ -61,7 +63,7 @@ pub fn check_endpoint_url(endpoint: &str) -> Result<(), String> {
 
 /// An error and its causes on one line ("a: b: c"), skipping causes whose
 /// text the previous message already contains (the SDK repeats itself).
-fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -75,6 +77,20 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     out.replace('\n', " ")
 }
 
+/// The AWS SDK configuration from the default chain (environment, profile,
+/// EC2 instance role through IMDSv2), with us-east-1 when no region is set.
+pub(crate) async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_string()));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return sdk.into_builder().region(Region::new("us-east-1")).build();
+    }
+    sdk
+}
+
 impl S3Store {
     pub async fn new(bucket: &str, prefix: &str, opts: &S3Options) -> Result<S3Store, StoreError> {
         if let Some(endpoint) = &opts.endpoint {
@@ -83,11 +99,7 @@ impl S3Store {
                 detail,
             })?;
         }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &opts.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let sdk = loader.load().await;
+        let sdk = load_sdk_config(opts.region.as_deref()).await;
         let mut config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(6))
@@ -101,9 +113,6 @@ impl S3Store {
             // CRC; skip the extra checksum work and headers.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if sdk.region().is_none() {
-            config = config.region(Region::new("us-east-1"));
-        }
         if let Some(endpoint) = &opts.endpoint {
             config = config.endpoint_url(endpoint);
         }

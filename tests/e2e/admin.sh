@@ -19,12 +19,13 @@ source "$(dirname "$0")/lib.sh"
 e2e_init admin
 
 # ---------------------------------------------------------------------------
-# The mount helper on PATH. mount.fuse3 runs `s3vault SOURCE MOUNTPOINT -o
-# OPTIONS` through /bin/sh without a PATH of its own, so sh's default path
-# (which starts with /usr/local/sbin) finds it there.
+# The mount helper on PATH. mount(8) runs mount.fuse3, which runs `s3vault
+# SOURCE MOUNTPOINT -o OPTIONS` through /bin/sh; the helper gets no PATH, so
+# sh's default path (/usr/local/sbin first, on Debian) finds it there.
 
 HELPER_LINK=/usr/local/sbin/s3vault
 HELPER_CREATED=0
+NOBODY_DIR=""
 S3VAULT_REAL=$(readlink -f "$S3VAULT")
 
 admin_cleanup() {
@@ -32,6 +33,10 @@ admin_cleanup() {
     set +e
     if ((HELPER_CREATED)) && [[ -L $HELPER_LINK ]]; then
         rm -f "$HELPER_LINK"
+    fi
+    if [[ -n $NOBODY_DIR && -d $NOBODY_DIR ]]; then
+        kill_daemons "$NOBODY_DIR/mnt"
+        rm -rf --one-file-system "$NOBODY_DIR"
     fi
     (exit "$rc")
     e2e_cleanup
@@ -120,7 +125,7 @@ save_out() {
 
 # Slot table lines of `info` / `key list`: "  N  ID  KIND  created ...".
 slot_lines() {
-    grep -E '^ +[0-9]+ +[0-9a-f]+ +(key-file|passphrase) ' || true
+    grep -E '^ +[0-9]+ +[0-9a-f]+ +(key-file|passphrase|aws-kms) ' || true
 }
 
 # slots_are FILE KIND...: the slot table in FILE lists exactly these kinds,
@@ -240,20 +245,18 @@ fstab_mount() {
     fi
 }
 
-# mount_table_is MP FSTYPE OPTION: /proc/self/mountinfo lists MP with this
-# file system type and this super-block option.
-mount_table_is() {
-    local line
-    line=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS --mountpoint "$1")
-    echo "mount table: $line"
-    [[ $(findmnt -n -o FSTYPE --mountpoint "$1") == "$2" ]] || {
-        echo "file system type is not $2"
-        return 1
-    }
-    findmnt -n -o OPTIONS --mountpoint "$1" | tr ',' '\n' | grep -qx -- "$3" || {
-        echo "no option $3"
-        return 1
-    }
+# mount_table_has MP OPTION: the kernel's mount table lists MP with OPTION.
+mount_table_has() {
+    findmnt -n -o SOURCE,FSTYPE,OPTIONS --mountpoint "$1"
+    findmnt -n -o OPTIONS --mountpoint "$1" | tr ',' '\n' | grep -qx -- "$2"
+}
+
+# mount_table_type MP FSTYPE: ... with this file system type (as fstab says).
+mount_table_type() {
+    local t
+    t=$(findmnt -n -o FSTYPE --mountpoint "$1")
+    echo "file system type: $t"
+    [[ $t == "$2" ]]
 }
 
 write_read_back() { # MP
@@ -312,16 +315,67 @@ no_secret_in_proc() {
         return 1
     }
     for f in environ cmdline; do
-        if [[ ! -s /proc/$pid/$f ]]; then
-            echo "/proc/$pid/$f is empty or unreadable: nothing to check"
+        # (procfs files have size 0: copy before testing for content)
+        cat "/proc/$pid/$f" >"$WORK/proc-$f"
+        if [[ ! -s $WORK/proc-$f ]]; then
+            echo "/proc/$pid/$f is empty: nothing to check"
             return 1
         fi
-        if grep -aqF -- "$secret" "/proc/$pid/$f"; then
+        if grep -aqF -- "$secret" "$WORK/proc-$f"; then
             echo "the secret of $2 is in /proc/$pid/$f"
             return 1
         fi
-        echo "/proc/$pid/$f: $(wc -c <"/proc/$pid/$f") bytes, no secret"
+        echo "/proc/$pid/$f: $(wc -c <"$WORK/proc-$f") bytes, no secret"
     done
+}
+
+# Not dumpable (PR_SET_DUMPABLE 0). Root may read any process's /proc files,
+# so this is seen on a process of an unprivileged user: the kernel makes the
+# /proc/PID files of a non-dumpable process belong to root, and that user
+# cannot read them. `s3vault mount` is run as nobody against a store nobody
+# listens on: its daemon waits there (retrying) for about ten seconds.
+not_dumpable_as_nobody() {
+    local dir=$NOBODY_DIR mp=$NOBODY_DIR/mnt port pids pid mount_pid sleeper owner rc=0 bad=0 i
+    local -a nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    port=$(free_port)
+    HOME=$dir "${nobody[@]}" "$S3VAULT" mount "s3://s3vault-test/admin-nobody" "$mp" --key-file "$dir/key" \
+        --cache-dir "$dir/cache" --endpoint "http://127.0.0.1:$port" --path-style >"$dir/out" 2>&1 &
+    mount_pid=$!
+    for ((i = 0; i < 100; i++)); do
+        pids=$(daemon_pids "$mp")
+        [[ -z $pids ]] || break
+        sleep 0.05
+    done
+    # past the first instructions of main(), where the flag is set
+    sleep 1
+    pids=$(daemon_pids "$mp")
+    if [[ -z $pids ]]; then
+        echo "no s3vault process of nobody found; its output:"
+        cat "$dir/out"
+        return 1
+    fi
+    for pid in $pids; do
+        owner=$(stat -c %u "/proc/$pid/environ")
+        echo "pid $pid (uid $(stat -c %u "/proc/$pid")): /proc/$pid/environ belongs to uid $owner"
+        if [[ $owner != 0 ]]; then
+            bad=1
+        fi
+        if "${nobody[@]}" cat "/proc/$pid/environ" >/dev/null 2>&1; then
+            echo "nobody can read /proc/$pid/environ"
+            bad=1
+        fi
+    done
+    # control: a dumpable process of nobody has files of its own
+    "${nobody[@]}" sleep 30 &
+    sleeper=$!
+    sleep 0.5
+    owner=$(stat -c %u "/proc/$sleeper/environ")
+    kill "$sleeper"
+    echo "control: /proc/PID/environ of nobody's sleep belongs to uid $owner"
+    [[ $owner == 65534 ]] || bad=1
+    wait "$mount_pid" || rc=$?
+    echo "the mount exited $rc: $(cat "$dir/out")"
+    ((bad == 0))
 }
 
 # --- logs ------------------------------------------------------------------
@@ -425,7 +479,7 @@ VOLID=$(sed -n 's/^created volume \([0-9a-f]*\) .*/\1/p' "$WORK/init.out")
 echo "volume id $VOLID"
 
 # ---------------------------------------------------------------------------
-# 2. info: no key needed
+# info: no key needed
 
 info_ok() { # URL VOLID SLOTS
     local out
@@ -448,7 +502,7 @@ KEYFILE_SLOT=$(slot_lines <"$WORK/info-initial.out" | awk '$3 == "key-file" { pr
 echo "key-file slot id: ${KEYFILE_SLOT:-none}"
 
 # ---------------------------------------------------------------------------
-# 1. fstab and mount.fuse3
+# fstab and mount.fuse3
 
 check "the mount helper $HELPER_LINK resolves to $S3VAULT_REAL" \
     test "$(readlink -f "$HELPER_LINK")" = "$S3VAULT_REAL"
@@ -463,7 +517,8 @@ require "mount -T fstab (fuse.s3vault, key_file=, cache_dir=, allow_other, _netd
     fstab_mount "$FSTAB" "$MNT"
 check "the fstab mount's daemon runs $S3VAULT" one_daemon "$MNT"
 FSTAB_PID=$(daemon_pids "$MNT" | head -n 1)
-check "mount table: type fuse.s3vault, allow_other applied" mount_table_is "$MNT" fuse.s3vault allow_other
+check "mount table: allow_other applied" mount_table_has "$MNT" allow_other
+check "mount table: type fuse.s3vault" mount_table_type "$MNT" fuse.s3vault
 check "fstab mount: write a 3 MiB file and a small one, read them back" write_read_back "$MNT"
 check "umount(8) unmounts the fstab mount" plain_umount "$MNT"
 if mountpoint -q "$MNT"; then
@@ -484,7 +539,7 @@ check "mount -T with an unknown option fails and names it" fstab_refused "$FSTAB
 kill_daemons "$MNT"
 
 # ---------------------------------------------------------------------------
-# 4. Hardening
+# Hardening
 
 CACHE_H=$WORK/cache-hardening
 require "mount with the key file" sv_mount "$URL" "$MNT" "$CACHE_H" --key-file "$KEY"
@@ -498,6 +553,14 @@ umount_step "umount" "$MNT"
 
 cp "$KEY" "$WORK/key-0644"
 chmod 644 "$WORK/key-0644"
+NOBODY_DIR=$(mktemp -d /tmp/s3vault-e2e-admin-nobody.XXXXXX)
+mkdir -p "$NOBODY_DIR/mnt"
+cp "$KEY" "$NOBODY_DIR/key"
+chown -R 65534:65534 "$NOBODY_DIR"
+chmod 755 "$NOBODY_DIR"
+echo "$NOBODY_DIR/mnt" >>"$WORK/mounts"
+check "daemon is not dumpable (seen as user nobody: its /proc files belong to root)" not_dumpable_as_nobody
+
 check "a key file with mode 0644 is refused (exit 2, chmod)" \
     sv_mount_refused 2 'chmod|permission|accessible' "$URL" "$MNT_X" "$WORK/cache-x" --key-file "$WORK/key-0644"
 mkdir -p "$WORK/cache-0777" "$WORK/cache-0770"
@@ -509,7 +572,7 @@ check "a cache dir with mode 0770 (group writable) is refused (exit 2)" \
     sv_mount_refused 2 'writable|chmod|permission' "$URL" "$MNT_X" "$WORK/cache-0770" --key-file "$KEY"
 
 # ---------------------------------------------------------------------------
-# 5. Logs carry no names or contents, even at trace level
+# Logs carry no names or contents, even at trace level
 
 CACHE_L=$WORK/cache-log
 echo "log markers: $MARK_NAME $MARK_DATA"
@@ -522,7 +585,7 @@ check "no file name or content marker in the daemon log or the mount's output" \
     no_marker_in "$CACHE_L/s3vault.log" "$WORK/trace-mount.out"
 
 # ---------------------------------------------------------------------------
-# 3. Key slots
+# Key slots
 
 check "key list with the key file: one key-file slot" key_list_is "$URL" --key-file "$KEY" -- key-file
 cp "$PASS1" "$WORK/pass-0640"
@@ -573,7 +636,56 @@ check "new passphrase: the data is there" data_there "$MNT"
 umount_step "umount (new passphrase)" "$MNT"
 
 # ---------------------------------------------------------------------------
-# 6. Errors: exit 2 for configuration, 1 for runtime, one-line messages
+# AWS KMS key slots. moto serves the KMS API on its S3 port; the other
+# backends have no KMS, so this part runs on moto only.
+
+# kms_create_key: creates a KMS key in moto and prints its ARN.
+kms_create_key() {
+    python3 - "$E2E_ENDPOINT" <<'PY'
+import sys
+import boto3
+kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1")
+print(kms.create_key(Description="s3vault admin suite")["KeyMetadata"]["Arn"])
+PY
+}
+
+# kms_write MP: a file whose content names this run, to find after remounts.
+kms_write() {
+    echo "kms-$RAND" >"$1/kms.txt" && [[ $(cat "$1/kms.txt") == "kms-$RAND" ]]
+}
+
+kms_read() {
+    [[ $(cat "$1/kms.txt") == "kms-$RAND" ]]
+}
+
+if [[ $E2E_BACKEND == moto && -n $E2E_ENDPOINT ]]; then
+    KMS_URL=$(vol_url kms)
+    KMS_OPTS=(--kms-endpoint "$E2E_ENDPOINT")
+    require "init a volume for the KMS checks" sv_init "$KMS_URL" --key-file "$KEY2"
+    KMS_ARN=$(kms_create_key) || abort "cannot create a KMS key in moto"
+    check "key add --new-kms-key-id (unlocked with the key file)" \
+        sv_key add "$KMS_URL" --key-file "$KEY2" --new-kms-key-id "$KMS_ARN" "${KMS_OPTS[@]}"
+    check "key list: key-file and aws-kms slots" key_list_is "$KMS_URL" --key-file "$KEY2" -- key-file aws-kms
+    require "mount with --kms only" sv_mount "$KMS_URL" "$MNT" "$WORK/cache-kms" --kms "${KMS_OPTS[@]}"
+    check "KMS mount: write a file" kms_write "$MNT"
+    umount_step "umount (KMS)" "$MNT"
+    check "key remove of the key-file slot, unlocked through KMS" \
+        sv_key remove "$KMS_URL" 0 --kms "${KMS_OPTS[@]}"
+    check "mount with the removed key file: exit 2, wrong key" \
+        sv_mount_refused 2 'wrong key' "$KMS_URL" "$MNT_X" "$WORK/cache-x" --key-file "$KEY2"
+    require "mount with -o kms from an empty cache dir (no secret on disk)" \
+        sv_mount "$KMS_URL" "$MNT" "$WORK/cache-kms2" -o "kms,kms_endpoint=$E2E_ENDPOINT"
+    check "KMS mount from an empty cache: the file is there" kms_read "$MNT"
+    umount_step "umount (KMS, fresh cache)" "$MNT"
+    check "--kms on a volume without a KMS slot: exit 2, wrong key" \
+        sv_mount_refused 2 'wrong key' "$URL" "$MNT_X" "$WORK/cache-x" --kms "${KMS_OPTS[@]}"
+    check "key add with an unknown KMS key: exit 2, names KMS" \
+        expect_exit 2 'KMS' sv_key add "$KMS_URL" --kms "${KMS_OPTS[@]}" \
+        --new-kms-key-id arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000
+fi
+
+# ---------------------------------------------------------------------------
+# Errors: exit 2 for configuration, 1 for runtime, one-line messages
 
 S3_ELSEWHERE=s3://s3vault-test/admin-elsewhere-${WORK##*.}
 check "mount of a URL without a volume: exit 2, points to init" \
