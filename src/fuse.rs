@@ -7,7 +7,7 @@ use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
 use crate::meta::{FileKind, Inode};
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -110,6 +110,17 @@ impl FuseAdapter {
     {
         let future = work(self.core.clone());
         self.runtime.spawn(async move { done(future.await) });
+    }
+}
+
+/// getxattr/listxattr: a size probe (`size` 0) gets the length, a buffer
+/// too small gets ERANGE.
+fn reply_xattr(result: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(libc::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(e) => reply.error(e.errno()),
     }
 }
 
@@ -409,6 +420,50 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(e.errno()),
         }
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(
+            move |core| async move { core.fallocate(ino, offset, length, mode).await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.core.getxattr(ino, name.as_bytes()), size, reply);
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.core.listxattr(ino), size, reply);
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(self.core.setxattr(ino, name.as_bytes(), value, flags), reply);
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.removexattr(ino, name.as_bytes()), reply);
     }
 
     fn create(

@@ -252,6 +252,61 @@ impl Core {
         Ok(data.len() as u32)
     }
 
+    /// fallocate(2): mode 0 (and KEEP_SIZE) reserve nothing on an object
+    /// store but extend the size as asked; PUNCH_HOLE | KEEP_SIZE zeroes a
+    /// range, and blocks it covers whole become holes that store nothing.
+    pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        if self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(FsError::EFBIG)?;
+        if length == 0 {
+            return Err(FsError::EINVAL);
+        }
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let file = self.files().get(&ino).cloned().ok_or(FsError::EBADF)?;
+        let mut buffer = file.buffer.lock().await;
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        let size = buffer.size.unwrap_or(inode.size);
+        match mode {
+            0 if end > size => buffer.size = Some(end),
+            0 | libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
+            m if m == punch => {
+                let end = end.min(size);
+                let bs = self.block_size;
+                let mut at = offset;
+                while at < end {
+                    let index = at / bs;
+                    let block_end = ((index + 1) * bs).min(size);
+                    let to = end.min(block_end);
+                    let base = match buffer.dirty.remove(&index) {
+                        Some(content) => content,
+                        None if at == index * bs && to == block_end => Vec::new(),
+                        None => self.current_block(&buffer, ino, index, size).await?,
+                    };
+                    let mut content = base;
+                    let (from, upto) = ((at - index * bs) as usize, (to - index * bs) as usize);
+                    if from == 0 && upto >= content.len() {
+                        content.clear();
+                    } else if from < content.len() {
+                        let upto = upto.min(content.len());
+                        content[from..upto].fill(0);
+                    }
+                    buffer.dirty_bytes += bs as usize;
+                    buffer.dirty.insert(index, content);
+                    at = to;
+                }
+            }
+            _ => return Err(FsError::EOPNOTSUPP),
+        }
+        buffer.mtime = Some(super::now_ns());
+        file.publish(&buffer);
+        self.commit(&file, &mut buffer, true).await
+    }
+
     /// Changes the size of `ino`, zeroing what a later extension would expose.
     pub(super) async fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
         if self.options.read_only {

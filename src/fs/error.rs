@@ -40,7 +40,11 @@ errno!(
     EPERM,
     EFBIG,
     ENOSYS,
-    EXDEV
+    EXDEV,
+    ENODATA,
+    EOPNOTSUPP,
+    ERANGE,
+    E2BIG,
 );
 
 impl std::fmt::Display for FsError {

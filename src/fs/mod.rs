@@ -9,6 +9,7 @@
 mod data;
 mod error;
 mod persist;
+mod xattr;
 
 pub use error::{FsError, FsResult};
 pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};

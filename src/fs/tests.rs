@@ -337,3 +337,56 @@ async fn failed_upload_keeps_the_data_buffered() {
     core.sync().await.unwrap();
     assert_eq!(read_all(&fx.remount().await, inode.ino).await.unwrap(), b"precious");
 }
+
+#[tokio::test]
+async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let len = 3 * BS as usize;
+    let ino = write_file(&core, b"p", &vec![9u8; len]).await;
+    assert_eq!(fx.data_objects().await.len(), 3);
+    core.open(ino, true).unwrap();
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // From the middle of block 0 to the middle of block 2: block 1 is whole.
+    core.fallocate(ino, BS as u64 / 2, 2 * BS as u64, punch).await.unwrap();
+    core.release(ino).await.unwrap();
+    let mut expected = vec![9u8; len];
+    expected[BS as usize / 2..BS as usize / 2 + 2 * BS as usize].fill(0);
+    assert_eq!(read_all(&core, ino).await.unwrap(), expected);
+    assert_eq!(core.getattr(ino).unwrap().size, len as u64);
+    core.sync().await.unwrap();
+    assert_eq!(
+        fx.data_objects().await.len(),
+        2,
+        "the whole punched block still has an object"
+    );
+    assert_eq!(read_all(&fx.remount().await, ino).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn xattrs_round_trip_through_a_snapshot() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let ino = write_file(&core, b"x", b"data").await;
+    core.setxattr(ino, b"user.phi", b"value", 0).unwrap();
+    assert_eq!(
+        core.setxattr(ino, b"user.phi", b"v", libc::XATTR_CREATE),
+        Err(FsError::EEXIST)
+    );
+    assert_eq!(
+        core.setxattr(ino, b"user.new", b"v", libc::XATTR_REPLACE),
+        Err(FsError::ENODATA)
+    );
+    assert_eq!(
+        core.setxattr(ino, b"system.posix_acl_access", b"v", 0),
+        Err(FsError::EOPNOTSUPP)
+    );
+    assert_eq!(core.getxattr(ino, b"user.none"), Err(FsError::ENODATA));
+    core.setxattr(ino, b"user.other", b"", 0).unwrap();
+    assert_eq!(core.listxattr(ino).unwrap(), b"user.other\0user.phi\0");
+    core.sync().await.unwrap();
+    let fresh = fx.remount().await;
+    assert_eq!(fresh.getxattr(ino, b"user.phi").unwrap(), b"value");
+    fresh.removexattr(ino, b"user.phi").unwrap();
+    assert_eq!(fresh.removexattr(ino, b"user.phi"), Err(FsError::ENODATA));
+}

@@ -121,6 +121,7 @@ pub enum Record {
     Entry { parent: u64, name: Vec<u8>, ino: u64 },
     Block { ino: u64, index: u64, block: BlockRef },
     NextIno(u64),
+    Xattr { ino: u64, name: Vec<u8>, value: Vec<u8> },
 }
 
 pub trait MetadataStore: Send {
@@ -131,7 +132,8 @@ pub trait MetadataStore: Send {
     fn inode(&self, ino: u64) -> Result<Option<Inode>>;
     /// Inserts or replaces the inode.
     fn put_inode(&mut self, inode: &Inode) -> Result<()>;
-    /// Removes the inode and its symlink target (not its blocks).
+    /// Removes the inode, its symlink target and its extended attributes
+    /// (not its blocks).
     fn delete_inode(&mut self, ino: u64) -> Result<()>;
     fn allocate_ino(&mut self) -> Result<u64>;
     /// Inodes with no link left (unlinked while open, then a crash).
@@ -148,6 +150,13 @@ pub trait MetadataStore: Send {
 
     fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>>;
     fn set_symlink_target(&mut self, ino: u64, target: &[u8]) -> Result<()>;
+
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Inserts or replaces one extended attribute.
+    fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()>;
+    /// Removes one extended attribute; returns whether it existed.
+    fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<bool>;
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>>;
 
     /// Stored blocks of `ino` with index in `first..=last`, in index order.
     fn blocks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, BlockRef)>>;

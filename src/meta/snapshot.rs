@@ -9,6 +9,7 @@ const TAG_SYMLINK: u8 = 2;
 const TAG_ENTRY: u8 = 3;
 const TAG_BLOCK: u8 = 4;
 const TAG_NEXT_INO: u8 = 5;
+const TAG_XATTR: u8 = 6;
 
 pub fn encode_snapshot(export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>) -> Result<Vec<u8>> {
     let mut out = vec![VERSION];
@@ -54,6 +55,14 @@ fn encode_record(out: &mut Vec<u8>, record: &Record) {
         Record::NextIno(n) => {
             out.push(TAG_NEXT_INO);
             out.extend_from_slice(&n.to_be_bytes());
+        }
+        Record::Xattr { ino, name, value } => {
+            out.push(TAG_XATTR);
+            out.extend_from_slice(&ino.to_be_bytes());
+            out.push(name.len() as u8);
+            out.extend_from_slice(name);
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value);
         }
     }
 }
@@ -111,6 +120,17 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<Record>> {
                 }
             }
             TAG_NEXT_INO => Record::NextIno(r.u64()?),
+            TAG_XATTR => {
+                let ino = r.u64()?;
+                let name_len = r.u8()? as usize;
+                let name = r.take(name_len)?.to_vec();
+                let value_len = r.u32()? as usize;
+                Record::Xattr {
+                    ino,
+                    name,
+                    value: r.take(value_len)?.to_vec(),
+                }
+            }
             tag => return Err(corrupt(&format!("unknown record tag {tag}"))),
         };
         records.push(record);
@@ -186,6 +206,11 @@ mod tests {
                     object_id: [9; 16],
                     len: 65536,
                 },
+            },
+            Record::Xattr {
+                ino: 3,
+                name: b"user.phi".to_vec(),
+                value: vec![0, 1, 2],
             },
         ]
     }

@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS blocks (
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, object BLOB NOT NULL,
     len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (object BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)) WITHOUT ROWID;
 ";
 
 const INODE_COLUMNS: &str = "ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev";
@@ -167,7 +170,40 @@ impl MetadataStore for SqliteStore {
         self.conn
             .prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
             .execute([ino as i64])?;
+        self.conn
+            .prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?
+            .execute([ino as i64])?;
         Ok(())
+    }
+
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?;
+        Ok(stmt.query_row(params![ino as i64, name], |r| r.get(0)).optional()?)
+    }
+
+    fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)")?
+            .execute(params![ino as i64, name, value])?;
+        Ok(())
+    }
+
+    fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+            .execute(params![ino as i64, name])?;
+        Ok(n > 0)
+    }
+
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([ino as i64], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn allocate_ino(&mut self) -> Result<u64> {
@@ -374,6 +410,17 @@ impl MetadataStore for SqliteStore {
         }
         let mut stmt = self
             .conn
+            .prepare("SELECT ino, name, value FROM xattrs ORDER BY ino, name")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            sink(Record::Xattr {
+                ino: row.get::<_, i64>(0)? as u64,
+                name: row.get(1)?,
+                value: row.get(2)?,
+            });
+        }
+        let mut stmt = self
+            .conn
             .prepare("SELECT ino, idx, object, len FROM blocks ORDER BY ino, idx")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -407,6 +454,10 @@ impl MetadataStore for SqliteStore {
                 Record::Block { ino, index, block } => {
                     tx.prepare_cached("INSERT INTO blocks (ino, idx, object, len) VALUES (?1, ?2, ?3, ?4)")?
                         .execute(params![ino as i64, index as i64, block.object_id.as_slice(), block.len])?;
+                }
+                Record::Xattr { ino, name, value } => {
+                    tx.prepare_cached("INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)")?
+                        .execute(params![ino as i64, name, value])?;
                 }
                 Record::NextIno(n) => {
                     tx.execute(
