@@ -122,7 +122,7 @@ impl Core {
     /// it is buffered; deletes it if it lost its last link while open.
     async fn retire(&self, file: &Arc<OpenFile>) -> FsResult<()> {
         let buffer = file.buffer.lock().await;
-        let unlinked = {
+        {
             let mut files = self.files();
             if file.opens.load(Ordering::SeqCst) > 0 || !buffer.is_clean() {
                 return Ok(());
@@ -130,8 +130,10 @@ impl Core {
             if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
                 files.remove(&file.ino);
             }
-            self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0)
-        };
+        }
+        // Not under the file map's lock: unlink takes the metadata lock,
+        // then the map's; taking them the other way round could deadlock.
+        let unlinked = self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0);
         if unlinked {
             self.transact(|m| purge(m, file.ino))?;
         }

@@ -87,6 +87,8 @@ pub struct FsStats {
     pub bytes: u64,
 }
 
+/// Lock order: a file's write buffer (async), then the metadata store, then
+/// the open-file map; never the other way round.
 pub struct Core {
     meta: Mutex<Box<dyn MetadataStore>>,
     store: Arc<dyn ObjectStore>,
