@@ -12,9 +12,9 @@
 # "total: N passed, N failed".
 #
 # Environment:
-#   S3VAULT_TOOLS   where s3s-fs and pjdfstest are installed
+#   S3VAULT_TOOLS   where s3s-fs, pjdfstest and fsx are installed
 #   E2E_SUITES      space-separated subset of suites to run
-#                   (default: "basic confidentiality integrity pjdfstest admin")
+#                   (default: "basic confidentiality integrity pjdfstest fsx admin")
 #   E2E_BACKENDS    subset of backends (default: "file s3s moto")
 #   SKIP_CARGO=1    use the existing target/release/s3vault: no cargo build,
 #                   no cargo test (for iterating on the shell suites)
@@ -26,11 +26,12 @@ cd "$REPO"
 TOOLS=${S3VAULT_TOOLS:-$HOME/.cache/s3vault-tools}
 S3S_FS_VERSION=0.14.1
 PJDFSTEST_VERSION=0.2.2
+FSX_VERSION=0.3.2
 BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest admin}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx admin}
 BACKENDS=${E2E_BACKENDS-file s3s moto}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
@@ -263,6 +264,8 @@ main() {
     ensure_crate s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
     ensure_crate pjdfstest "$PJDFSTEST_VERSION" pjdfstest
     export PJDFSTEST=$TOOLS/bin/pjdfstest
+    ensure_crate fsx "$FSX_VERSION" fsx
+    export FSX=$TOOLS/bin/fsx
 
     RUN=$(mktemp -d /tmp/s3vault-test.XXXXXX)
 
@@ -283,6 +286,8 @@ main() {
                 integrity:moto) continue ;;
                 # One FUSE conformance run, on a real S3 server.
                 pjdfstest:file | pjdfstest:moto) continue ;;
+                # fsx (random I/O checked against a model): on s3s only too.
+                fsx:file | fsx:moto) continue ;;
             esac
             run_suite "$suite" "$backend"
         done
