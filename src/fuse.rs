@@ -3,6 +3,7 @@
 //! tested without a kernel. Requests that may wait on the object store are
 //! answered from tokio tasks, so a slow GET never stalls the request loop.
 
+pub use crate::fs::AttrOverrides;
 use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
 use crate::meta::{FileKind, Inode};
 use fuser::{
@@ -16,28 +17,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may cache attributes and entries. All changes go
+/// How long the kernel may cache attributes it asked for. All changes go
 /// through this mount, so the kernel's copy stays right; a short TTL bounds
 /// staleness for the future read-only followers.
 const TTL: Duration = Duration::from_secs(1);
+/// Lookup results are not cached: the kernel walks cached entries without
+/// asking us, so a cached entry would skip our search-permission check for
+/// the next caller (we mount without `default_permissions`). fuser gives
+/// entry and attributes one TTL, so a lookup's attributes are fresh too.
+const ENTRY_TTL: Duration = Duration::ZERO;
 const STATFS_BLOCK: u64 = 4096;
 /// Capacity reported by statfs: S3 has no fixed size, so report 1 PiB like
 /// other S3 filesystems do, minus what is stored.
 const STATFS_CAPACITY: u64 = 1 << 50;
 const STATFS_FILES: u64 = 1 << 32;
 
-/// Ownership and permission overrides from `-o uid=,gid=,umask=`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AttrOverrides {
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub umask: Option<u32>,
-}
-
 pub struct FuseAdapter {
     core: Arc<Core>,
     runtime: tokio::runtime::Handle,
-    overrides: AttrOverrides,
 }
 
 fn system_time(ns: i64) -> SystemTime {
@@ -75,28 +72,21 @@ fn file_type(kind: FileKind) -> FileType {
 }
 
 fn caller(req: &Request<'_>) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
+    Caller::new(req.uid(), req.gid(), req.pid())
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, runtime: tokio::runtime::Handle, overrides: AttrOverrides) -> Self {
-        FuseAdapter {
-            core,
-            runtime,
-            overrides,
-        }
+    pub fn new(core: Arc<Core>, runtime: tokio::runtime::Handle) -> Self {
+        FuseAdapter { core, runtime }
     }
 
     fn attr(&self, inode: &Inode) -> FileAttr {
-        attr_with(self.overrides, self.core.block_size(), inode)
+        file_attr(&self.core, inode)
     }
 
     fn entry(&self, result: FsResult<Inode>, reply: ReplyEntry) {
         match result {
-            Ok(inode) => reply.entry(&TTL, &self.attr(&inode), 0),
+            Ok(inode) => reply.entry(&ENTRY_TTL, &self.attr(&inode), 0),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -137,6 +127,9 @@ impl Filesystem for FuseAdapter {
         // fewer, larger reads and writes, each a whole default-size block.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // O_TRUNC arrives with the open, so the open is checked and audited
+        // with its real flags and truncates in the same request.
+        let _ = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -146,8 +139,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.core.lookup(parent, name.as_bytes()), reply);
+    fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.core.lookup(&caller(req), parent, name.as_bytes()), reply);
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
@@ -159,7 +152,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -168,7 +161,7 @@ impl Filesystem for FuseAdapter {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
+        fh: Option<u64>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -183,15 +176,12 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        let overrides = self.overrides;
-        let block_size = self.core.block_size();
+        let caller = caller(req);
+        let core = self.core.clone();
         self.spawn(
-            move |core| async move { core.setattr(ino, change).await },
+            move |core| async move { core.setattr(&caller, ino, change, fh.is_some()).await },
             move |result| match result {
-                Ok(inode) => {
-                    let view = attr_with(overrides, block_size, &inode);
-                    reply.attr(&TTL, &view)
-                }
+                Ok(inode) => reply.attr(&TTL, &file_attr(&core, &inode)),
                 Err(e) => reply.error(e.errno()),
             },
         );
@@ -216,37 +206,41 @@ impl Filesystem for FuseAdapter {
     ) {
         self.entry(
             self.core
-                .mknod(caller(req), parent, name.as_bytes(), mode & !umask, rdev),
+                .mknod(&caller(req), parent, name.as_bytes(), mode & !umask, rdev),
             reply,
         );
     }
 
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         self.entry(
-            self.core.mkdir(caller(req), parent, name.as_bytes(), mode & !umask),
+            self.core.mkdir(&caller(req), parent, name.as_bytes(), mode & !umask),
             reply,
         );
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.unlink(parent, name.as_bytes()), reply);
+    fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.unlink(&caller(req), parent, name.as_bytes()), reply);
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.rmdir(parent, name.as_bytes()), reply);
+    fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.rmdir(&caller(req), parent, name.as_bytes()), reply);
     }
 
     fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         self.entry(
-            self.core
-                .symlink(caller(req), parent, link_name.as_bytes(), target.as_os_str().as_bytes()),
+            self.core.symlink(
+                &caller(req),
+                parent,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            ),
             reply,
         );
     }
 
     fn rename(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -255,22 +249,35 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply_empty(
-            self.core
-                .rename(parent, name.as_bytes(), newparent, newname.as_bytes(), flags),
+            self.core.rename(
+                &caller(req),
+                parent,
+                name.as_bytes(),
+                newparent,
+                newname.as_bytes(),
+                flags,
+            ),
             reply,
         );
     }
 
-    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(self.core.link(ino, newparent, newname.as_bytes()), reply);
+    fn link(&mut self, req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(self.core.link(&caller(req), ino, newparent, newname.as_bytes()), reply);
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        match self.core.open(ino, write) {
-            Ok(fh) => reply.opened(fh, 0),
-            Err(e) => reply.error(e.errno()),
-        }
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let caller = caller(req);
+        self.spawn(
+            move |core| async move { core.open(&caller, ino, flags).await },
+            move |result| match result {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(e.errno()),
+            },
+        );
+    }
+
+    fn access(&mut self, req: &Request<'_>, ino: u64, mask: i32, reply: ReplyEmpty) {
+        reply_empty(self.core.access(&caller(req), ino, mask), reply);
     }
 
     fn read(
@@ -351,10 +358,9 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match self.core.getattr(ino) {
-            Ok(i) if i.kind == FileKind::Dir => reply.opened(0, 0),
-            Ok(_) => reply.error(libc::ENOTDIR),
+    fn opendir(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        match self.core.opendir(&caller(req), ino, flags) {
+            Ok(()) => reply.opened(0, 0),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -441,17 +447,17 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.core.getxattr(ino, name.as_bytes()), size, reply);
+    fn getxattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.core.getxattr(&caller(req), ino, name.as_bytes()), size, reply);
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.core.listxattr(ino), size, reply);
+    fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.core.listxattr(&caller(req), ino), size, reply);
     }
 
     fn setxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -459,11 +465,14 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.setxattr(ino, name.as_bytes(), value, flags), reply);
+        reply_empty(
+            self.core.setxattr(&caller(req), ino, name.as_bytes(), value, flags),
+            reply,
+        );
     }
 
-    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.removexattr(ino, name.as_bytes()), reply);
+    fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.removexattr(&caller(req), ino, name.as_bytes()), reply);
     }
 
     fn create(
@@ -476,18 +485,15 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(caller(req), parent, name.as_bytes(), mode & !umask) {
-            Ok((inode, fh)) => reply.created(&TTL, &self.attr(&inode), 0, fh, 0),
+        match self.core.create(&caller(req), parent, name.as_bytes(), mode & !umask) {
+            Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, 0),
             Err(e) => reply.error(e.errno()),
         }
     }
 }
 
-fn attr_with(overrides: AttrOverrides, block_size: u64, inode: &Inode) -> FileAttr {
-    let mut perm = inode.perm;
-    if let Some(umask) = overrides.umask {
-        perm &= !umask;
-    }
+fn file_attr(core: &Core, inode: &Inode) -> FileAttr {
+    let inode = core.presented(*inode);
     FileAttr {
         ino: inode.ino,
         size: inode.size,
@@ -497,12 +503,12 @@ fn attr_with(overrides: AttrOverrides, block_size: u64, inode: &Inode) -> FileAt
         ctime: system_time(inode.ctime),
         crtime: system_time(inode.ctime),
         kind: file_type(inode.kind),
-        perm: perm as u16,
+        perm: inode.perm as u16,
         nlink: inode.nlink,
-        uid: overrides.uid.unwrap_or(inode.uid),
-        gid: overrides.gid.unwrap_or(inode.gid),
+        uid: inode.uid,
+        gid: inode.gid,
         rdev: inode.rdev,
-        blksize: block_size.min(u32::MAX as u64) as u32,
+        blksize: core.block_size().min(u32::MAX as u64) as u32,
         flags: 0,
     }
 }

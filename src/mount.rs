@@ -57,7 +57,6 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         // Subtype option there; the kernel's own subtype= option gives the
         // type fuse.s3vault that mount(8), findmnt and umount -t expect.
         MountOption::CUSTOM("subtype=s3vault".into()),
-        MountOption::DefaultPermissions,
     ];
     if config.allow_other {
         options.push(MountOption::AllowOther);
@@ -65,7 +64,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     if config.read_only {
         options.push(MountOption::RO);
     }
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), config.overrides);
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
     let mut session = match fuser::Session::new(adapter, &mountpoint, &options) {
         Ok(s) => s,
         Err(e) => {
@@ -144,6 +143,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
         .map_err(volume_failure)?;
     let options = CoreOptions {
         read_only: config.read_only,
+        overrides: config.overrides,
         ..CoreOptions::default()
     };
     let core = Arc::new(Core::new(

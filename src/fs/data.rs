@@ -92,8 +92,26 @@ fn data_key(id: &ObjectId) -> String {
 }
 
 impl Core {
-    /// Opens `ino`; returns a file handle number.
-    pub fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+    /// open(2) of an existing inode: checks access, truncates for O_TRUNC
+    /// (the kernel leaves that to us, in the same request), and returns a
+    /// file handle number.
+    pub async fn open(&self, caller: &super::Caller, ino: u64, flags: i32) -> FsResult<u64> {
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        self.check(&inode, caller, super::access::open_wants(flags))?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let fh = self.open_handle(ino, write)?;
+        if flags & libc::O_TRUNC != 0
+            && inode.kind == FileKind::File
+            && let Err(e) = self.truncate(ino, 0).await
+        {
+            self.release(ino).await?;
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    /// Opens `ino` without permission checks; returns a file handle number.
+    pub(super) fn open_handle(&self, ino: u64, write: bool) -> FsResult<u64> {
         if write && self.options.read_only {
             return Err(FsError::EROFS);
         }

@@ -45,6 +45,7 @@ errno!(
     EOPNOTSUPP,
     ERANGE,
     E2BIG,
+    EACCES,
 );
 
 impl std::fmt::Display for FsError {

@@ -6,11 +6,13 @@
 //! are short SQLite transactions and run synchronously; anything that may
 //! touch the object store is `async` and runs on tokio workers.
 
+mod access;
 mod data;
 mod error;
 mod persist;
 mod xattr;
 
+pub use access::Caller;
 pub use error::{FsError, FsResult};
 pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};
 
@@ -29,11 +31,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const NAME_MAX: usize = 255;
 pub const PATH_MAX: usize = 4096;
 
-/// Who is asking: the caller's credentials from the FUSE request.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
+/// Ownership and permission overrides from `-o uid=,gid=,umask=`: what
+/// callers see, and so what permission checks use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttrOverrides {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +48,7 @@ pub struct CoreOptions {
     /// Dirty bytes a file may hold in memory before its full blocks are
     /// uploaded ahead of close.
     pub file_dirty_limit: usize,
+    pub overrides: AttrOverrides,
 }
 
 impl Default for CoreOptions {
@@ -52,6 +57,7 @@ impl Default for CoreOptions {
             read_only: false,
             read_cache_bytes: 128 << 20,
             file_dirty_limit: 64 << 20,
+            overrides: AttrOverrides::default(),
         }
     }
 }
@@ -182,6 +188,33 @@ impl Core {
         Ok(self.with_pending(inode))
     }
 
+    /// The inode as callers see it, with the `-o uid=,gid=,umask=` overrides.
+    pub fn presented(&self, mut inode: Inode) -> Inode {
+        let o = self.options.overrides;
+        inode.uid = o.uid.unwrap_or(inode.uid);
+        inode.gid = o.gid.unwrap_or(inode.gid);
+        inode.perm &= !o.umask.unwrap_or(0);
+        inode
+    }
+
+    /// Whether `caller` has the accesses `want` to `inode` as presented.
+    fn check(&self, inode: &Inode, caller: &Caller, want: u32) -> FsResult<()> {
+        access::check(&self.presented(*inode), caller, want)
+    }
+
+    fn check_remove(&self, dir: &Inode, victim: &Inode, caller: &Caller) -> FsResult<()> {
+        access::check_remove(&self.presented(*dir), &self.presented(*victim), caller)
+    }
+
+    /// access(2) and the kernel's search check for chdir.
+    pub fn access(&self, caller: &Caller, ino: u64, mask: i32) -> FsResult<()> {
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        if mask & libc::W_OK != 0 && self.options.read_only {
+            return Err(FsError::EROFS);
+        }
+        self.check(&inode, caller, (mask & 0o7) as u32)
+    }
+
     fn with_pending(&self, mut inode: Inode) -> Inode {
         if let Some(file) = self.files().get(&inode.ino) {
             file.apply_pending(&mut inode);
@@ -189,15 +222,16 @@ impl Core {
         inode
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::ENAMETOOLONG);
-        }
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Inode> {
         let inode = {
             let meta = self.meta();
             let dir = meta.inode(parent)?.ok_or(FsError::ENOENT)?;
             if dir.kind != FileKind::Dir {
                 return Err(FsError::ENOTDIR);
+            }
+            self.check(&dir, caller, access::EXEC)?;
+            if name.len() > NAME_MAX {
+                return Err(FsError::ENAMETOOLONG);
             }
             let ino = meta.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
             meta.inode(ino)?.ok_or_else(|| {
@@ -210,6 +244,15 @@ impl Core {
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         self.meta().symlink_target(ino)?.ok_or(FsError::EINVAL)
+    }
+
+    /// opendir(2): reading a directory's entries needs read permission.
+    pub fn opendir(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<()> {
+        let dir = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        if dir.kind != FileKind::Dir {
+            return Err(FsError::ENOTDIR);
+        }
+        self.check(&dir, caller, access::open_wants(flags))
     }
 
     /// Entries of a directory after `offset` (0 = from the start), at most `limit`.
@@ -236,7 +279,7 @@ impl Core {
     }
 
     /// Creates a node of any kind in `parent`.
-    fn make_node(&self, caller: Caller, parent: u64, name: &[u8], node: NewNode<'_>) -> FsResult<Inode> {
+    fn make_node(&self, caller: &Caller, parent: u64, name: &[u8], node: NewNode<'_>) -> FsResult<Inode> {
         let NewNode {
             kind,
             mode,
@@ -249,6 +292,7 @@ impl Core {
             if dir.kind != FileKind::Dir {
                 return Err(FsError::ENOTDIR);
             }
+            self.check(&dir, caller, access::WRITE | access::EXEC)?;
             if m.lookup(parent, name)?.is_some() {
                 return Err(FsError::EEXIST);
             }
@@ -281,7 +325,7 @@ impl Core {
         })
     }
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<Inode> {
+    pub fn mkdir(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<Inode> {
         self.make_node(
             caller,
             parent,
@@ -295,7 +339,7 @@ impl Core {
         )
     }
 
-    pub fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, rdev: u32) -> FsResult<Inode> {
+    pub fn mknod(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32, rdev: u32) -> FsResult<Inode> {
         let kind = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => FileKind::File,
             libc::S_IFIFO => FileKind::Fifo,
@@ -317,7 +361,7 @@ impl Core {
         )
     }
 
-    pub fn symlink(&self, caller: Caller, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Inode> {
+    pub fn symlink(&self, caller: &Caller, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Inode> {
         if target.len() >= PATH_MAX {
             return Err(FsError::ENAMETOOLONG);
         }
@@ -335,7 +379,7 @@ impl Core {
     }
 
     /// Creates and opens a regular file; returns it and the file handle.
-    pub fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
+    pub fn create(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
         let inode = self.make_node(
             caller,
             parent,
@@ -347,11 +391,11 @@ impl Core {
                 symlink: None,
             },
         )?;
-        let fh = self.open(inode.ino, false)?;
+        let fh = self.open_handle(inode.ino, false)?;
         Ok((inode, fh))
     }
 
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
+    pub fn link(&self, caller: &Caller, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
         self.transact(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
@@ -362,6 +406,7 @@ impl Core {
             if dir.kind != FileKind::Dir {
                 return Err(FsError::ENOTDIR);
             }
+            self.check(&dir, caller, access::WRITE | access::EXEC)?;
             if m.lookup(parent, name)?.is_some() {
                 return Err(FsError::EEXIST);
             }
@@ -376,10 +421,12 @@ impl Core {
         .map(|inode| self.with_pending(inode))
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         self.transact(|m| {
+            let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
             let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
             let inode = m.inode(ino)?.ok_or(FsError::EIO)?;
+            self.check_remove(&dir, &inode, caller)?;
             if inode.kind == FileKind::Dir {
                 return Err(FsError::EISDIR);
             }
@@ -390,7 +437,7 @@ impl Core {
         })
     }
 
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         if name == b"." {
             return Err(FsError::EINVAL);
         }
@@ -398,8 +445,10 @@ impl Core {
             return Err(FsError::ENOTEMPTY);
         }
         self.transact(|m| {
+            let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
             let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
             let inode = m.inode(ino)?.ok_or(FsError::EIO)?;
+            self.check_remove(&dir, &inode, caller)?;
             if inode.kind != FileKind::Dir {
                 return Err(FsError::ENOTDIR);
             }
@@ -427,7 +476,15 @@ impl Core {
         }
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         check_name(new_name)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
@@ -445,6 +502,8 @@ impl Core {
             if dst_ino == Some(src_ino) {
                 return Ok(());
             }
+            let dst = dst_ino.map(|ino| m.inode(ino)?.ok_or(FsError::EIO)).transpose()?;
+            self.check_rename(m, caller, (parent, &src), (new_parent, dst.as_ref()), exchange)?;
             if src.kind == FileKind::Dir && is_ancestor(m, src_ino, new_parent)? {
                 return Err(FsError::EINVAL);
             }
@@ -505,8 +564,41 @@ impl Core {
         })
     }
 
+    /// rename(2)'s permission rules in the kernel's order: removing the
+    /// source, creating or replacing the target, and write access to a
+    /// directory that changes parent (its ".." entry changes).
+    fn check_rename(
+        &self,
+        m: &dyn MetadataStore,
+        caller: &Caller,
+        (parent, src): (u64, &Inode),
+        (new_parent, dst): (u64, Option<&Inode>),
+        exchange: bool,
+    ) -> FsResult<()> {
+        let old_dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
+        self.check_remove(&old_dir, src, caller)?;
+        let new_dir = m.inode(new_parent)?.ok_or(FsError::ENOENT)?;
+        match dst {
+            Some(dst) => self.check_remove(&new_dir, dst, caller)?,
+            None => self.check(&new_dir, caller, access::WRITE | access::EXEC)?,
+        }
+        if parent != new_parent {
+            if src.kind == FileKind::Dir {
+                self.check(src, caller, access::WRITE)?;
+            }
+            if let Some(dst) = dst.filter(|d| exchange && d.kind == FileKind::Dir) {
+                self.check(dst, caller, access::WRITE)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies setattr; a size change goes through the file's write buffer.
-    pub async fn setattr(&self, ino: u64, attr: SetAttr) -> FsResult<Inode> {
+    /// `via_handle` is set when the caller changes a file it has open
+    /// (ftruncate, futimens): the open already checked its access.
+    pub async fn setattr(&self, caller: &Caller, ino: u64, attr: SetAttr, via_handle: bool) -> FsResult<Inode> {
+        let current = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        let attr = access::authorize_setattr(&self.presented(current), caller, attr, via_handle)?;
         if let Some(size) = attr.size {
             self.truncate(ino, size).await?;
         }

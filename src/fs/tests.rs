@@ -9,7 +9,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 
-const ROOT: Caller = Caller { uid: 0, gid: 0 };
+fn root() -> Caller {
+    Caller::root()
+}
+
 const BS: u32 = 64 * 1024;
 
 struct Fixture {
@@ -64,14 +67,14 @@ impl Fixture {
 
 async fn read_all(core: &Core, ino: u64) -> FsResult<Vec<u8>> {
     let size = core.getattr(ino)?.size;
-    core.open(ino, false)?;
+    core.open_handle(ino, false)?;
     let data = core.read(ino, 0, size as u32).await;
     core.release(ino).await?;
     data
 }
 
 async fn write_file(core: &Core, name: &[u8], data: &[u8]) -> u64 {
-    let (inode, _) = core.create(ROOT, ROOT_INO, name, 0o644).unwrap();
+    let (inode, _) = core.create(&root(), ROOT_INO, name, 0o644).unwrap();
     core.write(inode.ino, 0, data).await.unwrap();
     core.release(inode.ino).await.unwrap();
     inode.ino
@@ -91,10 +94,10 @@ async fn proptest_random_operations_match_a_model() {
                 0..=3 => {
                     let ino = match inos.get(&name) {
                         Some(ino) => {
-                            core.open(*ino, true).unwrap();
+                            core.open_handle(*ino, true).unwrap();
                             *ino
                         }
-                        None => core.create(ROOT, ROOT_INO, &name, 0o644).unwrap().0.ino,
+                        None => core.create(&root(), ROOT_INO, &name, 0o644).unwrap().0.ino,
                     };
                     let content = model.entry(name.clone()).or_default();
                     let offset = rng.gen_range(0..3 * BS as usize);
@@ -112,11 +115,13 @@ async fn proptest_random_operations_match_a_model() {
                     if let Some(ino) = inos.get(&name) {
                         let size = rng.gen_range(0..4 * BS as u64);
                         core.setattr(
+                            &root(),
                             *ino,
                             SetAttr {
                                 size: Some(size),
                                 ..SetAttr::default()
                             },
+                            false,
                         )
                         .await
                         .unwrap();
@@ -125,16 +130,16 @@ async fn proptest_random_operations_match_a_model() {
                 }
                 5 => {
                     if inos.remove(&name).is_some() {
-                        core.unlink(ROOT_INO, &name).unwrap();
+                        core.unlink(&root(), ROOT_INO, &name).unwrap();
                         model.remove(&name);
                     } else {
-                        assert_eq!(core.unlink(ROOT_INO, &name), Err(FsError::ENOENT));
+                        assert_eq!(core.unlink(&root(), ROOT_INO, &name), Err(FsError::ENOENT));
                     }
                 }
                 6 => {
                     let to = format!("f{}", rng.gen_range(0..6)).into_bytes();
                     if let Some(ino) = inos.remove(&name) {
-                        core.rename(ROOT_INO, &name, ROOT_INO, &to, 0).unwrap();
+                        core.rename(&root(), ROOT_INO, &name, ROOT_INO, &to, 0).unwrap();
                         let content = model.remove(&name).unwrap();
                         inos.insert(to.clone(), ino);
                         model.insert(to, content);
@@ -152,7 +157,7 @@ async fn proptest_random_operations_match_a_model() {
         core.sync().await.unwrap();
         let fresh = fx.remount().await;
         for (name, content) in &model {
-            let ino = fresh.lookup(ROOT_INO, name).unwrap().ino;
+            let ino = fresh.lookup(&root(), ROOT_INO, name).unwrap().ino;
             assert!(
                 read_all(&fresh, ino).await.unwrap() == *content,
                 "seed {seed}: differs after remount"
@@ -202,14 +207,16 @@ async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
 async fn sparse_file_stores_only_written_blocks() {
     let fx = Fixture::new();
     let core = fx.core();
-    let (inode, _) = core.create(ROOT, ROOT_INO, b"sparse", 0o644).unwrap();
+    let (inode, _) = core.create(&root(), ROOT_INO, b"sparse", 0o644).unwrap();
     let far = 5u64 << 30;
     core.setattr(
+        &root(),
         inode.ino,
         SetAttr {
             size: Some(6 << 30),
             ..SetAttr::default()
         },
+        false,
     )
     .await
     .unwrap();
@@ -217,7 +224,7 @@ async fn sparse_file_stores_only_written_blocks() {
     core.release(inode.ino).await.unwrap();
     assert_eq!(fx.data_objects().await.len(), 1);
     assert_eq!(core.getattr(inode.ino).unwrap().size, 6 << 30);
-    core.open(inode.ino, false).unwrap();
+    core.open_handle(inode.ino, false).unwrap();
     assert_eq!(core.read(inode.ino, far - 2, 10).await.unwrap(), b"\0\0needle\0\0");
     assert_eq!(core.read(inode.ino, 1 << 30, 4).await.unwrap(), vec![0; 4]);
     core.release(inode.ino).await.unwrap();
@@ -229,20 +236,24 @@ async fn truncate_then_extend_exposes_zeros_not_old_bytes() {
     let core = fx.core();
     let ino = write_file(&core, b"t", &vec![7u8; BS as usize + 10]).await;
     core.setattr(
+        &root(),
         ino,
         SetAttr {
             size: Some(5),
             ..SetAttr::default()
         },
+        false,
     )
     .await
     .unwrap();
     core.setattr(
+        &root(),
         ino,
         SetAttr {
             size: Some(BS as u64 + 10),
             ..SetAttr::default()
         },
+        false,
     )
     .await
     .unwrap();
@@ -258,9 +269,9 @@ async fn unlinked_open_file_stays_readable_until_release() {
     let fx = Fixture::new();
     let core = fx.core();
     let ino = write_file(&core, b"doomed", b"still here").await;
-    core.open(ino, false).unwrap();
-    core.unlink(ROOT_INO, b"doomed").unwrap();
-    assert_eq!(core.lookup(ROOT_INO, b"doomed"), Err(FsError::ENOENT));
+    core.open_handle(ino, false).unwrap();
+    core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
+    assert_eq!(core.lookup(&root(), ROOT_INO, b"doomed"), Err(FsError::ENOENT));
     assert_eq!(core.read(ino, 0, 100).await.unwrap(), b"still here");
     core.release(ino).await.unwrap();
     assert_eq!(core.getattr(ino), Err(FsError::ENOENT));
@@ -275,25 +286,34 @@ async fn unlinked_open_file_stays_readable_until_release() {
 async fn directories_rename_atomically_and_refuse_cycles() {
     let fx = Fixture::new();
     let core = fx.core();
-    let a = core.mkdir(ROOT, ROOT_INO, b"a", 0o755).unwrap();
-    let b = core.mkdir(ROOT, a.ino, b"b", 0o755).unwrap();
+    let a = core.mkdir(&root(), ROOT_INO, b"a", 0o755).unwrap();
+    let b = core.mkdir(&root(), a.ino, b"b", 0o755).unwrap();
     write_file(&core, b"x", b"1").await;
-    assert_eq!(core.rename(ROOT_INO, b"a", b.ino, b"loop", 0), Err(FsError::EINVAL));
-    let c = core.mkdir(ROOT, ROOT_INO, b"c", 0o755).unwrap();
-    core.rename(a.ino, b"b", c.ino, b"b2", 0).unwrap();
+    assert_eq!(
+        core.rename(&root(), ROOT_INO, b"a", b.ino, b"loop", 0),
+        Err(FsError::EINVAL)
+    );
+    let c = core.mkdir(&root(), ROOT_INO, b"c", 0o755).unwrap();
+    core.rename(&root(), a.ino, b"b", c.ino, b"b2", 0).unwrap();
     assert_eq!(core.getattr(a.ino).unwrap().nlink, 2);
     assert_eq!(core.getattr(c.ino).unwrap().nlink, 3);
     assert_eq!(core.parent_of(b.ino).unwrap(), c.ino);
-    assert_eq!(core.rename(ROOT_INO, b"x", ROOT_INO, b"c", 0), Err(FsError::EISDIR));
-    assert_eq!(core.rename(ROOT_INO, b"a", ROOT_INO, b"c", 0), Err(FsError::ENOTEMPTY));
     assert_eq!(
-        core.rename(ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_NOREPLACE),
+        core.rename(&root(), ROOT_INO, b"x", ROOT_INO, b"c", 0),
+        Err(FsError::EISDIR)
+    );
+    assert_eq!(
+        core.rename(&root(), ROOT_INO, b"a", ROOT_INO, b"c", 0),
+        Err(FsError::ENOTEMPTY)
+    );
+    assert_eq!(
+        core.rename(&root(), ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_NOREPLACE),
         Err(FsError::EEXIST)
     );
-    core.rename(ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_EXCHANGE)
+    core.rename(&root(), ROOT_INO, b"x", ROOT_INO, b"a", libc::RENAME_EXCHANGE)
         .unwrap();
-    assert_eq!(core.lookup(ROOT_INO, b"x").unwrap().ino, a.ino);
-    assert_eq!(core.rmdir(ROOT_INO, b"c"), Err(FsError::ENOTEMPTY));
+    assert_eq!(core.lookup(&root(), ROOT_INO, b"x").unwrap().ino, a.ino);
+    assert_eq!(core.rmdir(&root(), ROOT_INO, b"c"), Err(FsError::ENOTEMPTY));
 }
 
 #[tokio::test]
@@ -301,13 +321,13 @@ async fn names_longer_than_255_bytes_are_refused() {
     let fx = Fixture::new();
     let core = fx.core();
     let ok = vec![0xffu8; 255];
-    core.mkdir(ROOT, ROOT_INO, &ok, 0o755).unwrap();
-    assert_eq!(core.lookup(ROOT_INO, &ok).unwrap().kind, FileKind::Dir);
+    core.mkdir(&root(), ROOT_INO, &ok, 0o755).unwrap();
+    assert_eq!(core.lookup(&root(), ROOT_INO, &ok).unwrap().kind, FileKind::Dir);
     assert_eq!(
-        core.mkdir(ROOT, ROOT_INO, &[b'a'; 256], 0o755),
+        core.mkdir(&root(), ROOT_INO, &[b'a'; 256], 0o755),
         Err(FsError::ENAMETOOLONG)
     );
-    assert_eq!(core.lookup(ROOT_INO, &[b'a'; 256]), Err(FsError::ENAMETOOLONG));
+    assert_eq!(core.lookup(&root(), ROOT_INO, &[b'a'; 256]), Err(FsError::ENAMETOOLONG));
 }
 
 #[tokio::test]
@@ -326,7 +346,7 @@ async fn failed_upload_keeps_the_data_buffered() {
         BS,
         CoreOptions::default(),
     );
-    let (inode, _) = core.create(ROOT, ROOT_INO, b"f", 0o644).unwrap();
+    let (inode, _) = core.create(&root(), ROOT_INO, b"f", 0o644).unwrap();
     core.write(inode.ino, 0, b"precious").await.unwrap();
     store.fail_writes(true);
     assert_eq!(core.flush(inode.ino).await, Err(FsError::EIO));
@@ -345,7 +365,7 @@ async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
     let len = 3 * BS as usize;
     let ino = write_file(&core, b"p", &vec![9u8; len]).await;
     assert_eq!(fx.data_objects().await.len(), 3);
-    core.open(ino, true).unwrap();
+    core.open_handle(ino, true).unwrap();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // From the middle of block 0 to the middle of block 2: block 1 is whole.
     core.fallocate(ino, BS as u64 / 2, 2 * BS as u64, punch).await.unwrap();
@@ -368,25 +388,25 @@ async fn xattrs_round_trip_through_a_snapshot() {
     let fx = Fixture::new();
     let core = fx.core();
     let ino = write_file(&core, b"x", b"data").await;
-    core.setxattr(ino, b"user.phi", b"value", 0).unwrap();
+    core.setxattr(&root(), ino, b"user.phi", b"value", 0).unwrap();
     assert_eq!(
-        core.setxattr(ino, b"user.phi", b"v", libc::XATTR_CREATE),
+        core.setxattr(&root(), ino, b"user.phi", b"v", libc::XATTR_CREATE),
         Err(FsError::EEXIST)
     );
     assert_eq!(
-        core.setxattr(ino, b"user.new", b"v", libc::XATTR_REPLACE),
+        core.setxattr(&root(), ino, b"user.new", b"v", libc::XATTR_REPLACE),
         Err(FsError::ENODATA)
     );
     assert_eq!(
-        core.setxattr(ino, b"system.posix_acl_access", b"v", 0),
+        core.setxattr(&root(), ino, b"system.posix_acl_access", b"v", 0),
         Err(FsError::EOPNOTSUPP)
     );
-    assert_eq!(core.getxattr(ino, b"user.none"), Err(FsError::ENODATA));
-    core.setxattr(ino, b"user.other", b"", 0).unwrap();
-    assert_eq!(core.listxattr(ino).unwrap(), b"user.other\0user.phi\0");
+    assert_eq!(core.getxattr(&root(), ino, b"user.none"), Err(FsError::ENODATA));
+    core.setxattr(&root(), ino, b"user.other", b"", 0).unwrap();
+    assert_eq!(core.listxattr(&root(), ino).unwrap(), b"user.other\0user.phi\0");
     core.sync().await.unwrap();
     let fresh = fx.remount().await;
-    assert_eq!(fresh.getxattr(ino, b"user.phi").unwrap(), b"value");
-    fresh.removexattr(ino, b"user.phi").unwrap();
-    assert_eq!(fresh.removexattr(ino, b"user.phi"), Err(FsError::ENODATA));
+    assert_eq!(fresh.getxattr(&root(), ino, b"user.phi").unwrap(), b"value");
+    fresh.removexattr(&root(), ino, b"user.phi").unwrap();
+    assert_eq!(fresh.removexattr(&root(), ino, b"user.phi"), Err(FsError::ENODATA));
 }
