@@ -17,11 +17,13 @@ pub type ObjectId = [u8; OBJECT_ID_LEN];
 
 const BLOCK_MAGIC: &[u8; 4] = b"S3VB";
 const META_MAGIC: &[u8; 4] = b"S3VM";
+const AUDIT_MAGIC: &[u8; 4] = b"S3VA";
 const VERSION: u8 = 1;
 const BLOCK_HEADER_LEN: usize = 5;
 const META_HEADER_LEN: usize = 4 + 1 + OBJECT_ID_LEN;
 const BLOCK_AAD: &[u8] = b"s3vault v1 block";
 const META_AAD: &[u8] = b"s3vault v1 metadata frame";
+const AUDIT_AAD: &[u8] = b"s3vault v1 audit frame";
 /// Plaintext bytes per metadata frame.
 pub const META_FRAME_LEN: usize = 1 << 20;
 
@@ -87,13 +89,72 @@ pub fn sealed_block_len(len: usize) -> usize {
     BLOCK_HEADER_LEN + crypto::SEAL_OVERHEAD + len
 }
 
+/// The two kinds of framed objects: metadata snapshots and audit segments.
+/// Same layout, different magic, subkey and associated-data label, so one
+/// can never be passed off as the other.
+#[derive(Clone, Copy)]
+enum Framed {
+    Metadata,
+    Audit,
+}
+
+impl Framed {
+    fn magic(self) -> &'static [u8; 4] {
+        match self {
+            Framed::Metadata => META_MAGIC,
+            Framed::Audit => AUDIT_MAGIC,
+        }
+    }
+
+    fn key(self, ring: &Keyring, object_id: &ObjectId) -> crypto::SecretKey {
+        match self {
+            Framed::Metadata => ring.metadata_object_key(object_id),
+            Framed::Audit => ring.audit_object_key(object_id),
+        }
+    }
+
+    fn aad(self, ring: &Keyring, name: &str, object_id: &ObjectId, index: u32, last: bool) -> Vec<u8> {
+        let label = match self {
+            Framed::Metadata => META_AAD,
+            Framed::Audit => AUDIT_AAD,
+        };
+        [
+            label,
+            ring.volume_id().as_slice(),
+            name.as_bytes(),
+            &[0],
+            object_id.as_slice(),
+            &index.to_be_bytes(),
+            &[last as u8],
+        ]
+        .concat()
+    }
+}
+
 /// Seals a metadata object (`name` is its key in the store, e.g.
 /// `meta/00000000000000000042.snap`, and is bound into every frame).
 pub fn seal_metadata(ring: &Keyring, name: &str, plaintext: &[u8]) -> Vec<u8> {
+    seal_framed(Framed::Metadata, ring, name, plaintext)
+}
+
+pub fn open_metadata(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+    open_framed(Framed::Metadata, ring, name, object)
+}
+
+/// Seals an audit segment, named like a metadata object.
+pub fn seal_audit(ring: &Keyring, name: &str, plaintext: &[u8]) -> Vec<u8> {
+    seal_framed(Framed::Audit, ring, name, plaintext)
+}
+
+pub fn open_audit(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+    open_framed(Framed::Audit, ring, name, object)
+}
+
+fn seal_framed(kind: Framed, ring: &Keyring, name: &str, plaintext: &[u8]) -> Vec<u8> {
     let object_id = new_object_id();
-    let key = ring.metadata_object_key(&object_id);
+    let key = kind.key(ring, &object_id);
     let mut out = Vec::with_capacity(META_HEADER_LEN + plaintext.len() + 64);
-    out.extend_from_slice(META_MAGIC);
+    out.extend_from_slice(kind.magic());
     out.push(VERSION);
     out.extend_from_slice(&object_id);
     let mut frames: Vec<&[u8]> = plaintext.chunks(META_FRAME_LEN).collect();
@@ -102,24 +163,24 @@ pub fn seal_metadata(ring: &Keyring, name: &str, plaintext: &[u8]) -> Vec<u8> {
     }
     let last = frames.len() - 1;
     for (i, frame) in frames.iter().enumerate() {
-        let sealed = crypto::seal(&key, &meta_aad(ring, name, &object_id, i as u32, i == last), frame);
+        let sealed = crypto::seal(&key, &kind.aad(ring, name, &object_id, i as u32, i == last), frame);
         out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
         out.extend_from_slice(&sealed);
     }
     out
 }
 
-pub fn open_metadata(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+fn open_framed(kind: Framed, ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8>, CodecError> {
     if object.len() < META_HEADER_LEN {
         return Err(CodecError::Truncated);
     }
-    if &object[..4] != META_MAGIC || object[4] != VERSION {
+    if &object[..4] != kind.magic() || object[4] != VERSION {
         return Err(CodecError::BadHeader);
     }
     let object_id: ObjectId = object[5..META_HEADER_LEN]
         .try_into()
         .map_err(|_| CodecError::Truncated)?;
-    let key = ring.metadata_object_key(&object_id);
+    let key = kind.key(ring, &object_id);
     let mut rest = &object[META_HEADER_LEN..];
     let mut out = Vec::new();
     let mut index = 0u32;
@@ -136,7 +197,7 @@ pub fn open_metadata(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8
         let is_last = tail.is_empty();
         out.extend_from_slice(&crypto::open(
             &key,
-            &meta_aad(ring, name, &object_id, index, is_last),
+            &kind.aad(ring, name, &object_id, index, is_last),
             frame,
         )?);
         if is_last {
@@ -145,19 +206,6 @@ pub fn open_metadata(ring: &Keyring, name: &str, object: &[u8]) -> Result<Vec<u8
         rest = tail;
         index = index.checked_add(1).ok_or(CodecError::Truncated)?;
     }
-}
-
-fn meta_aad(ring: &Keyring, name: &str, object_id: &ObjectId, index: u32, last: bool) -> Vec<u8> {
-    [
-        META_AAD,
-        ring.volume_id().as_slice(),
-        name.as_bytes(),
-        &[0],
-        object_id.as_slice(),
-        &index.to_be_bytes(),
-        &[last as u8],
-    ]
-    .concat()
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ impl Filesystem for FuseAdapter {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         size: u32,
         _flags: i32,
@@ -295,7 +295,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(libc::EINVAL);
         };
         self.spawn(
-            move |core| async move { core.read(ino, offset, size).await },
+            move |core| async move { core.read(fh, ino, offset, size).await },
             move |result| match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e.errno()),
@@ -307,7 +307,7 @@ impl Filesystem for FuseAdapter {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         data: &[u8],
         _write_flags: u32,
@@ -320,7 +320,7 @@ impl Filesystem for FuseAdapter {
         };
         let data = data.to_vec();
         self.spawn(
-            move |core| async move { core.write(ino, offset, &data).await },
+            move |core| async move { core.write(fh, ino, offset, &data).await },
             move |result| match result {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e.errno()),
@@ -339,14 +339,14 @@ impl Filesystem for FuseAdapter {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(
-            move |core| async move { core.release(ino).await },
+            move |core| async move { core.release(fh, ino).await },
             move |r| reply_empty(r, reply),
         );
     }
@@ -482,10 +482,13 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(&caller(req), parent, name.as_bytes(), mode & !umask) {
+        match self
+            .core
+            .create(&caller(req), parent, name.as_bytes(), mode & !umask, flags)
+        {
             Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, 0),
             Err(e) => reply.error(e.errno()),
         }

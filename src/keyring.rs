@@ -20,6 +20,7 @@ pub mod purpose {
     pub const DATABASE: &[u8] = b"s3vault v1 local metadata database";
     pub const SUPERBLOCK: &[u8] = b"s3vault v1 superblock mac";
     pub const OBJECT: &[u8] = b"s3vault v1 object key";
+    pub const AUDIT_CHAIN: &[u8] = b"s3vault v1 audit chain";
 }
 
 pub struct Keyring {
@@ -83,9 +84,14 @@ impl Keyring {
         self.keys.metadata.derive(&[], &[purpose::OBJECT, object_id])
     }
 
-    /// The audit subkey (used by the audit log for MACs and sealing).
-    pub fn audit_key(&self) -> &SecretKey {
-        &self.keys.audit
+    /// The key that seals the audit segment (or local audit file) with this id.
+    pub fn audit_object_key(&self, object_id: &[u8]) -> SecretKey {
+        self.keys.audit.derive(&[], &[purpose::OBJECT, object_id])
+    }
+
+    /// The HMAC key that chains audit records.
+    pub fn audit_chain_key(&self) -> SecretKey {
+        self.keys.audit.derive(&[], &[purpose::AUDIT_CHAIN])
     }
 
     /// The raw SQLCipher key of the local metadata database.
@@ -108,7 +114,8 @@ mod tests {
         let a = ring.data_object_key(b"object-a");
         assert_ne!(a.as_bytes(), ring.data_object_key(b"object-b").as_bytes());
         assert_ne!(a.as_bytes(), ring.metadata_object_key(b"object-a").as_bytes());
-        assert_ne!(ring.database_key().as_bytes(), ring.audit_key().as_bytes());
+        assert_ne!(ring.database_key().as_bytes(), ring.audit_chain_key().as_bytes());
+        assert_ne!(a.as_bytes(), ring.audit_object_key(b"object-a").as_bytes());
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! (`fuse`) feeds the filesystem core (`fs`), which keeps metadata in a
 //! `meta` store and file data as blocks sealed by the `codec` under keys from
 //! the `keyring`, kept in an object `store`. `superblock` and `volume` create
-//! and unlock volumes; `control` and `daemon` run a mount.
+//! and unlock volumes; `control` and `daemon` run a mount; `audit` records
+//! who opened and changed what.
 
 pub mod admin;
+pub mod audit;
 pub mod codec;
 pub mod control;
 pub mod crypto;

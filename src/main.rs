@@ -5,6 +5,7 @@
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use s3vault::admin;
+use s3vault::audit::{self, AuditMode, AuditSettings};
 use s3vault::daemon::{self, Readiness, Role};
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
@@ -73,6 +74,14 @@ enum Command {
         /// Logs never contain file names, paths or contents.
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
+        /// Audit policy: required (an operation whose record cannot be
+        /// written fails with EIO), best-effort (it goes through; the loss
+        /// is counted), or off (for measuring only) [default: required].
+        #[arg(long, value_name = "MODE")]
+        audit: Option<String>,
+        /// Seconds within which audit records reach the store [default: 10].
+        #[arg(long, value_name = "SECONDS")]
+        audit_flush_interval: Option<u64>,
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
@@ -87,6 +96,106 @@ enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Read, filter, verify and summarise the audit trail in the store.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Show audit records, oldest first.
+    Log {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only these events (repeat or comma-separate: open,unlink,...).
+        #[arg(long, value_delimiter = ',')]
+        event: Vec<String>,
+        /// Only refused attempts (EACCES, EPERM).
+        #[arg(long)]
+        denied: bool,
+        /// table, json (one object per line) or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Check every chain of every segment from every host; exit 1 on any problem.
+    Verify {
+        #[command(flatten)]
+        volume: VolumeArgs,
+    },
+    /// Per-user summary for a compliance review: files opened, written,
+    /// deleted, denied attempts, first and last activity.
+    Report {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// table, json (one object per line) or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+/// The volume a command reads, and how to unlock it.
+#[derive(Args)]
+struct VolumeArgs {
+    url: String,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    /// Only this user name.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only this uid.
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Only paths (or rename targets) matching this glob, e.g. '/patients/smith*'.
+    #[arg(long)]
+    path: Option<String>,
+    /// From this time: RFC 3339 (2026-11-01T08:00:00Z, 2026-11-01) or an age (24h, 30d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Up to this time, same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records written on this host.
+    #[arg(long)]
+    host: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<audit::Filter, Exit> {
+        let time = |t: &Option<String>| {
+            t.as_deref()
+                .map(audit::output::parse_time)
+                .transpose()
+                .map_err(|e| usage(anyhow!(e)))
+        };
+        let path = self
+            .path
+            .as_deref()
+            .map(glob::Pattern::new)
+            .transpose()
+            .map_err(|e| usage(anyhow!("--path: {e}")))?;
+        Ok(audit::Filter {
+            user: self.user.clone(),
+            uid: self.uid,
+            path,
+            since_ns: time(&self.since)?,
+            until_ns: time(&self.until)?,
+            events: Vec::new(),
+            denied: false,
+            host: self.host.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -320,6 +429,8 @@ fn run(cli: Cli) -> Result<(), Exit> {
             foreground,
             metadata_interval,
             log_level,
+            audit,
+            audit_flush_interval,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
@@ -348,6 +459,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             if metadata_interval == 0 {
                 return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
             }
+            let audit = audit_settings(audit.or(o.audit), audit_flush_interval.or(o.audit_flush_interval))?;
             let filter = log_filter(log_level.or(o.log_level).as_deref().unwrap_or("info"))?;
             let foreground = foreground || o.foreground;
             let unlock = read_unlock(&key, false)?;
@@ -360,6 +472,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 overrides: o.overrides,
                 s3,
                 metadata_interval: Duration::from_secs(metadata_interval),
+                audit,
             };
             let ready = if foreground {
                 Readiness::foreground()
@@ -390,7 +503,96 @@ fn run(cli: Cli) -> Result<(), Exit> {
             Ok(())
         }
         Command::Key { action } => key_command(action),
+        Command::Audit { action } => audit_command(action),
     }
+}
+
+fn audit_command(action: AuditCommand) -> Result<(), Exit> {
+    let (AuditCommand::Log { volume, .. } | AuditCommand::Verify { volume } | AuditCommand::Report { volume, .. }) =
+        &action;
+    let VolumeArgs { url, key, s3 } = volume;
+    let location = Location::parse(url).map_err(|e| usage(anyhow!(e)))?;
+    let unlock = read_unlock(key, false)?;
+    let (filter, format) = match &action {
+        AuditCommand::Log {
+            filter,
+            event,
+            denied,
+            format,
+            ..
+        } => {
+            let mut f = filter.filter()?;
+            f.events = event
+                .iter()
+                .map(|e| e.parse())
+                .collect::<Result<_, String>>()
+                .map_err(|e| usage(anyhow!(e)))?;
+            f.denied = *denied;
+            (f, format.parse().map_err(|e: String| usage(anyhow!(e)))?)
+        }
+        AuditCommand::Report { filter, format, .. } => {
+            (filter.filter()?, format.parse().map_err(|e: String| usage(anyhow!(e)))?)
+        }
+        AuditCommand::Verify { .. } => (audit::Filter::default(), audit::output::Format::Table),
+    };
+    init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+    let s3 = s3.options()?;
+    let (ring, segments) = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        let volume = volume::unlock(store.clone(), url, &unlock, &s3).await?;
+        let segments = audit::read_segments(store, volume.ring.clone()).await;
+        Ok::<_, volume::VolumeError>((volume.ring, segments))
+    })?
+    .map_err(volume_exit)?;
+    let segments = segments.map_err(runtime_err)?;
+    match action {
+        AuditCommand::Log { .. } => print!("{}", audit::output::records(&segments.records(&filter), format)),
+        AuditCommand::Report { .. } => {
+            let summary = audit::report(&segments.records(&filter));
+            print!("{}", audit::output::report(&summary, format));
+        }
+        AuditCommand::Verify { .. } => {
+            let result = audit::verify(&ring, &segments);
+            for problem in &result.problems {
+                println!("{problem}");
+            }
+            if !result.problems.is_empty() {
+                return Err(runtime_err(anyhow!(
+                    "audit trail damaged: {} problem(s) in {} segment(s) of {} chain(s)",
+                    result.problems.len(),
+                    result.segments,
+                    result.chains
+                )));
+            }
+            println!(
+                "OK: {} records in {} segments of {} chains verified",
+                result.records, result.segments, result.chains
+            );
+        }
+    }
+    Ok(())
+}
+
+fn audit_settings(mode: Option<String>, flush_interval: Option<u64>) -> Result<AuditSettings, Exit> {
+    let mode: AuditMode = mode
+        .as_deref()
+        .unwrap_or("required")
+        .parse()
+        .map_err(|e: String| usage(anyhow!(e)))?;
+    let flush_interval = flush_interval.unwrap_or(10);
+    if flush_interval == 0 {
+        return Err(usage(anyhow!("the audit flush interval must be at least 1 second")));
+    }
+    if mode == AuditMode::Off {
+        eprintln!(
+            "s3vault: WARNING: --audit=off: NOTHING done on this mount is recorded in the audit log. \
+             This is for measuring the audit log's cost only; never use it for real data."
+        );
+    }
+    Ok(AuditSettings {
+        mode,
+        flush_interval: Duration::from_secs(flush_interval),
+    })
 }
 
 fn volume_exit(e: volume::VolumeError) -> Exit {

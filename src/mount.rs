@@ -1,6 +1,7 @@
 //! Running a mount: unlock the volume, load its metadata, mount it with
 //! FUSE, keep metadata flowing to the store, and flush at the end.
 
+use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
 use crate::control;
 use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
@@ -23,6 +24,7 @@ pub struct MountConfig {
     pub s3: S3Options,
     /// How often changed metadata is uploaded.
     pub metadata_interval: Duration,
+    pub audit: AuditSettings,
 }
 
 /// An error with the exit code it maps to (2: configuration, 1: runtime).
@@ -89,6 +91,9 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         gate.clone(),
     ));
     runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
+    if let Some(log) = core.audit_log() {
+        runtime.spawn(audit_periodically(log.clone()));
+    }
     runtime.spawn(unmount_on_signal(unmount, core.clone()));
     if ready.is_background() {
         let log = cache_dir.join("s3vault.log");
@@ -109,16 +114,55 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     }
     // The kernel's destroy request already synced; this catches a session
     // that ended without one (the mount was torn down from outside).
-    match runtime.block_on(core.sync()) {
-        Ok(()) => {
+    let synced = runtime.block_on(core.sync());
+    let audited = runtime.block_on(close_audit(&core));
+    match (synced, audited) {
+        (Ok(()), Ok(())) => {
             tracing::info!("unmounted; everything is in the object store");
             0
         }
-        Err(e) => {
+        (Err(e), _) => {
             tracing::error!(error = %e, "unmounted, but the last changes did not reach the object store");
             1
         }
+        (_, Err(e)) => {
+            tracing::error!(error = %e, "unmounted, but the audit log stays local until the next mount");
+            1
+        }
     }
+}
+
+/// The daemon itself, as the subject of mount and unmount records.
+fn daemon_subject() -> Subject {
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Subject {
+        uid,
+        gid,
+        pid: std::process::id(),
+    }
+}
+
+async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
+    let Some(log) = core.audit_log() else {
+        return Ok(());
+    };
+    log.record(Record::new(Event::Unmount, daemon_subject(), None))?;
+    log.upload().await.map(|_| ())
+}
+
+/// How the mount was configured, for its audit record (no secrets).
+fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
+    format!(
+        "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s",
+        config.url,
+        config.mountpoint.display(),
+        cache_dir.display(),
+        config.read_only,
+        config.allow_other,
+        config.audit.mode,
+        config.audit.flush_interval.as_secs(),
+    )
 }
 
 async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, PathBuf, PathBuf), Failure> {
@@ -146,13 +190,39 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
         overrides: config.overrides,
         ..CoreOptions::default()
     };
-    let core = Arc::new(Core::new(
+    let audit = AuditLog::open(
+        &cache_dir.join("audit"),
+        volume.ring.clone(),
+        store.clone(),
+        config.audit.clone(),
+    )
+    .map_err(|e| (1, format!("cannot open the audit log: {e}")))?;
+    let slot = volume
+        .superblock
+        .slots
+        .get(volume.slot)
+        .map_or_else(String::new, |s| s.id());
+    let opened = [
+        Record::new(Event::Mount, daemon_subject(), None).detail(describe(config, &cache_dir)),
+        Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),
+    ];
+    for record in opened {
+        audit
+            .record(record)
+            .map_err(|e| (1, format!("cannot write the audit log: {e}")))?;
+    }
+    let core = Core::new(
         Box::new(meta),
         store,
         volume.ring.clone(),
         volume.superblock.block_size,
         options,
-    ));
+    );
+    let core = Arc::new(if config.audit.mode == AuditMode::Off {
+        core
+    } else {
+        core.with_audit(audit)
+    });
     let orphans = core
         .remove_orphans()
         .map_err(|e| (1, format!("cannot clean up unlinked files: {e}")))?;
@@ -165,6 +235,26 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
 async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {
     if let Err(e) = control::serve(socket, core, unmount, gate).await {
         tracing::error!(error = %e, "control socket failed; `s3vault umount` will not work for this mount");
+    }
+}
+
+/// fsyncs the audit segment every second and uploads closed segments every
+/// flush interval.
+async fn audit_periodically(log: Arc<AuditLog>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_upload = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        if let Err(e) = log.sync() {
+            tracing::error!(error = %e, "audit log fsync failed");
+        }
+        if last_upload.elapsed() >= log.flush_interval() {
+            last_upload = tokio::time::Instant::now();
+            if let Err(e) = log.upload().await {
+                tracing::warn!(error = %e, "audit upload failed; will retry");
+            }
+        }
     }
 }
 

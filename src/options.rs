@@ -26,6 +26,8 @@ pub struct MountOptions {
     pub foreground: bool,
     pub metadata_interval: Option<u64>,
     pub log_level: Option<String>,
+    pub audit: Option<String>,
+    pub audit_flush_interval: Option<u64>,
 }
 
 /// Options mount(8), mount.fuse3 and systemd use themselves. `nodev`,
@@ -102,6 +104,8 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "foreground" => o.foreground = true,
             "metadata_interval" => o.metadata_interval = Some(number(10)?),
             "log_level" => o.log_level = Some(text()?),
+            "audit" => o.audit = Some(text()?),
+            "audit_flush_interval" => o.audit_flush_interval = Some(number(10)?),
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

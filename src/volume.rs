@@ -62,6 +62,8 @@ pub struct Volume {
     pub store: Arc<dyn ObjectStore>,
     pub superblock: Superblock,
     pub ring: Arc<Keyring>,
+    /// Index of the key slot that unlocked it.
+    pub slot: usize,
 }
 
 fn now_secs() -> u64 {
@@ -143,12 +145,13 @@ pub async fn unlock(
     aws: &S3Options,
 ) -> Result<Volume, VolumeError> {
     let superblock = read_superblock(store.as_ref(), url).await?;
-    let (_, master) = open_slot(&superblock, unlock, aws).await?;
+    let (slot, master) = open_slot(&superblock, unlock, aws).await?;
     let ring = Arc::new(Keyring::new(&master, superblock.volume_id));
     Ok(Volume {
         store,
         superblock,
         ring,
+        slot,
     })
 }
 

@@ -7,7 +7,9 @@
 //! metadata state therefore never references an object that is not yet in
 //! the store (invariant 3), and a block is never overwritten in place.
 
-use super::{Core, FsError, FsResult, Inode, purge};
+use super::trail::subject;
+use super::{Caller, Core, FsError, FsResult, Inode, purge};
+use crate::audit::{Event, Record, Subject};
 use crate::codec::{self, BlockAddress, ObjectId};
 use crate::meta::{BlockRef, FileKind};
 use bytes::Bytes;
@@ -28,6 +30,14 @@ pub(super) struct OpenFile {
     /// the buffer lock (getattr runs on the FUSE thread).
     pending_size: AtomicU64,
     pending_mtime: AtomicI64,
+}
+
+/// One open(2)'s file handle: what the close record reports.
+pub(super) struct Handle {
+    flags: i32,
+    subject: Subject,
+    read: AtomicU64,
+    written: AtomicU64,
 }
 
 #[derive(Default)]
@@ -93,25 +103,45 @@ fn data_key(id: &ObjectId) -> String {
 
 impl Core {
     /// open(2) of an existing inode: checks access, truncates for O_TRUNC
-    /// (the kernel leaves that to us, in the same request), and returns a
-    /// file handle number.
-    pub async fn open(&self, caller: &super::Caller, ino: u64, flags: i32) -> FsResult<u64> {
+    /// (the kernel leaves that to us, in the same request), records the
+    /// attempt, and returns a file handle number.
+    pub async fn open(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<u64> {
+        let opened = self.open_checked(caller, ino, flags).await;
+        let recorded = self.audit(&opened, |errno| {
+            Record::new(Event::Open, subject(caller), errno)
+                .path(&self.path_of(ino))
+                .ino(Some(ino))
+                .flags(flags)
+        });
+        match (opened, recorded) {
+            (Ok(fh), Err(e)) => {
+                // Unrecorded, so not opened.
+                self.forget_handle(fh);
+                self.release(0, ino).await?;
+                Err(e)
+            }
+            (opened, _) => opened,
+        }
+    }
+
+    async fn open_checked(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<u64> {
         let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
         self.check(&inode, caller, super::access::open_wants(flags))?;
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let fh = self.open_handle(ino, write)?;
+        let fh = self.open_handle(ino, flags, caller)?;
         if flags & libc::O_TRUNC != 0
             && inode.kind == FileKind::File
             && let Err(e) = self.truncate(ino, 0).await
         {
-            self.release(ino).await?;
+            self.forget_handle(fh);
+            self.release(0, ino).await?;
             return Err(e);
         }
         Ok(fh)
     }
 
     /// Opens `ino` without permission checks; returns a file handle number.
-    pub(super) fn open_handle(&self, ino: u64, write: bool) -> FsResult<u64> {
+    pub(super) fn open_handle(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write && self.options.read_only {
             return Err(FsError::EROFS);
         }
@@ -124,7 +154,32 @@ impl Core {
         let mut files = self.files();
         let file = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino)));
         file.opens.fetch_add(1, Ordering::SeqCst);
-        Ok(self.next_fh.fetch_add(1, Ordering::SeqCst))
+        drop(files);
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        let handle = Handle {
+            flags,
+            subject: subject(caller),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        };
+        self.handles().insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    /// Undoes `open_handle` for a handle the kernel never saw.
+    pub(super) fn abandon_handle(&self, fh: u64, ino: u64) {
+        self.forget_handle(fh);
+        if let Some(file) = self.files().get(&ino) {
+            file.opens.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn forget_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles().remove(&fh)
+    }
+
+    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles().get(&fh).cloned()
     }
 
     /// The open file of `ino`, or a transient one for operations on files
@@ -158,12 +213,26 @@ impl Core {
         Ok(())
     }
 
-    pub async fn release(&self, ino: u64) -> FsResult<()> {
+    /// The last close of handle `fh` (0 if unknown) of `ino`: uploads what
+    /// is buffered and records the close with the bytes moved through it.
+    pub async fn release(&self, fh: u64, ino: u64) -> FsResult<()> {
         let Some(file) = self.files().get(&ino).cloned() else {
             return Err(FsError::EBADF);
         };
         let result = self.flush(ino).await;
         file.opens.fetch_sub(1, Ordering::SeqCst);
+        if let Some(handle) = self.forget_handle(fh) {
+            // A close cannot be undone; the log reports a failed record.
+            let _ = self.audit(&result, |errno| {
+                let mut record = Record::new(Event::Release, handle.subject, errno)
+                    .path(&self.path_of(ino))
+                    .ino(Some(ino))
+                    .flags(handle.flags);
+                record.bytes_read = Some(handle.read.load(Ordering::Relaxed));
+                record.bytes_written = Some(handle.written.load(Ordering::Relaxed));
+                record
+            });
+        }
         // If the flush failed the buffer keeps the data; the periodic
         // metadata sync retries it and retires the file afterwards.
         self.retire(&file).await?;
@@ -194,7 +263,16 @@ impl Core {
         result
     }
 
-    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    /// Reads through handle `fh` (0 if unknown, as in tests).
+    pub async fn read(&self, fh: u64, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = self.read_at(ino, offset, size).await?;
+        if let Some(handle) = self.handle(fh) {
+            handle.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(data)
+    }
+
+    async fn read_at(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.files().get(&ino).cloned().ok_or(FsError::EBADF)?;
         let buffer = file.buffer.lock().await;
         let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
@@ -228,7 +306,16 @@ impl Core {
         Ok(out)
     }
 
-    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes through handle `fh` (0 if unknown, as in tests).
+    pub async fn write(&self, fh: u64, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let n = self.write_at(ino, offset, data).await?;
+        if let Some(handle) = self.handle(fh) {
+            handle.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    async fn write_at(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         if self.options.read_only {
             return Err(FsError::EROFS);
         }

@@ -10,23 +10,26 @@ mod access;
 mod data;
 mod error;
 mod persist;
+mod trail;
 mod xattr;
 
 pub use access::Caller;
 pub use error::{FsError, FsResult};
 pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};
 
+use crate::audit::{AuditLog, Event, Record};
 use crate::codec::ObjectId;
 use crate::keyring::Keyring;
 use crate::meta::{DirEntry, FileKind, Inode, MetadataStore, ROOT_INO};
 use crate::store::ObjectStore;
-use data::OpenFile;
+use data::{Handle, OpenFile};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+use trail::subject;
 
 pub const NAME_MAX: usize = 255;
 pub const PATH_MAX: usize = 4096;
@@ -102,7 +105,9 @@ pub struct Core {
     block_size: u64,
     options: CoreOptions,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    audit: Option<Arc<AuditLog>>,
     read_cache: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
     /// Set by every metadata change; cleared when a snapshot is taken.
     changed: AtomicBool,
@@ -141,6 +146,8 @@ impl Core {
             block_size: block_size as u64,
             options,
             files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            audit: None,
             next_fh: AtomicU64::new(1),
             read_cache: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
             changed: AtomicBool::new(false),
@@ -158,6 +165,10 @@ impl Core {
 
     fn files(&self) -> MutexGuard<'_, HashMap<u64, Arc<OpenFile>>> {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` as one metadata transaction and marks the state changed.
@@ -223,6 +234,17 @@ impl Core {
     }
 
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        let found = self.lookup_checked(caller, parent, name);
+        if found == Err(FsError::EACCES) {
+            let recorded = self.audit(&found, |errno| {
+                Record::new(Event::Search, subject(caller), errno).path(&self.entry_path(parent, name))
+            });
+            recorded?;
+        }
+        found
+    }
+
+    fn lookup_checked(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Inode> {
         let inode = {
             let meta = self.meta();
             let dir = meta.inode(parent)?.ok_or(FsError::ENOENT)?;
@@ -248,11 +270,18 @@ impl Core {
 
     /// opendir(2): reading a directory's entries needs read permission.
     pub fn opendir(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<()> {
-        let dir = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
-        if dir.kind != FileKind::Dir {
-            return Err(FsError::ENOTDIR);
-        }
-        self.check(&dir, caller, access::open_wants(flags))
+        let opened = self.meta().inode(ino)?.ok_or(FsError::ENOENT).and_then(|dir| {
+            if dir.kind != FileKind::Dir {
+                return Err(FsError::ENOTDIR);
+            }
+            self.check(&dir, caller, access::open_wants(flags))
+        });
+        self.audited(opened, |errno| {
+            Record::new(Event::Open, subject(caller), errno)
+                .path(&self.path_of(ino))
+                .ino(Some(ino))
+                .flags(flags)
+        })
     }
 
     /// Entries of a directory after `offset` (0 = from the start), at most `limit`.
@@ -278,8 +307,18 @@ impl Core {
         Ok(FsStats { inodes, bytes })
     }
 
-    /// Creates a node of any kind in `parent`.
-    fn make_node(&self, caller: &Caller, parent: u64, name: &[u8], node: NewNode<'_>) -> FsResult<Inode> {
+    /// Creates a node of any kind in `parent`, and records it as `event`.
+    fn make_node(&self, caller: &Caller, parent: u64, name: &[u8], node: NewNode<'_>, event: Event) -> FsResult<Inode> {
+        let made = self.make_node_unrecorded(caller, parent, name, node);
+        let ino = made.as_ref().ok().map(|inode| inode.ino);
+        self.audited(made, |errno| {
+            Record::new(event, subject(caller), errno)
+                .path(&self.entry_path(parent, name))
+                .ino(ino)
+        })
+    }
+
+    fn make_node_unrecorded(&self, caller: &Caller, parent: u64, name: &[u8], node: NewNode<'_>) -> FsResult<Inode> {
         let NewNode {
             kind,
             mode,
@@ -336,6 +375,7 @@ impl Core {
                 rdev: 0,
                 symlink: None,
             },
+            Event::Mkdir,
         )
     }
 
@@ -358,6 +398,7 @@ impl Core {
                 rdev,
                 symlink: None,
             },
+            Event::Mknod,
         )
     }
 
@@ -375,27 +416,45 @@ impl Core {
                 rdev: 0,
                 symlink: Some(target),
             },
+            Event::Symlink,
         )
     }
 
     /// Creates and opens a regular file; returns it and the file handle.
-    pub fn create(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
-        let inode = self.make_node(
-            caller,
-            parent,
-            name,
-            NewNode {
-                kind: FileKind::File,
-                mode,
-                rdev: 0,
-                symlink: None,
-            },
-        )?;
-        let fh = self.open_handle(inode.ino, false)?;
-        Ok((inode, fh))
+    pub fn create(&self, caller: &Caller, parent: u64, name: &[u8], mode: u32, flags: i32) -> FsResult<(Inode, u64)> {
+        let node = NewNode {
+            kind: FileKind::File,
+            mode,
+            rdev: 0,
+            symlink: None,
+        };
+        let created = self
+            .make_node_unrecorded(caller, parent, name, node)
+            .and_then(|inode| Ok((inode, self.open_handle(inode.ino, flags, caller)?)));
+        let recorded = self.audit(&created, |errno| {
+            Record::new(Event::Create, subject(caller), errno)
+                .path(&self.entry_path(parent, name))
+                .ino(created.as_ref().ok().map(|(inode, _)| inode.ino))
+                .flags(flags | libc::O_CREAT)
+        });
+        if let (Ok((inode, fh)), Err(e)) = (&created, recorded) {
+            self.abandon_handle(*fh, inode.ino);
+            return Err(e);
+        }
+        created
     }
 
     pub fn link(&self, caller: &Caller, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        let linked = self.link_unrecorded(caller, ino, parent, name);
+        self.audited(linked, |errno| {
+            Record::new(Event::Link, subject(caller), errno)
+                .path(&self.path_of(ino))
+                .new_path(&self.entry_path(parent, name))
+                .ino(Some(ino))
+        })
+    }
+
+    fn link_unrecorded(&self, caller: &Caller, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
         self.transact(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
@@ -422,6 +481,28 @@ impl Core {
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove_entry_recorded(caller, parent, name, Event::Unlink)
+    }
+
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove_entry_recorded(caller, parent, name, Event::Rmdir)
+    }
+
+    fn remove_entry_recorded(&self, caller: &Caller, parent: u64, name: &[u8], event: Event) -> FsResult<()> {
+        let ino = self.audit_target(parent, name);
+        let removed = if event == Event::Rmdir {
+            self.rmdir_unrecorded(caller, parent, name)
+        } else {
+            self.unlink_unrecorded(caller, parent, name)
+        };
+        self.audited(removed, |errno| {
+            Record::new(event, subject(caller), errno)
+                .path(&self.entry_path(parent, name))
+                .ino(ino)
+        })
+    }
+
+    fn unlink_unrecorded(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         self.transact(|m| {
             let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
             let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
@@ -437,7 +518,7 @@ impl Core {
         })
     }
 
-    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+    fn rmdir_unrecorded(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
         if name == b"." {
             return Err(FsError::EINVAL);
         }
@@ -483,6 +564,27 @@ impl Core {
         name: &[u8],
         new_parent: u64,
         new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let ino = self.audit_target(parent, name);
+        let renamed = self.rename_unrecorded(caller, (parent, name), (new_parent, new_name), flags);
+        self.audited(renamed, |errno| {
+            let mut record = Record::new(Event::Rename, subject(caller), errno)
+                .path(&self.entry_path(parent, name))
+                .new_path(&self.entry_path(new_parent, new_name))
+                .ino(ino);
+            if flags != 0 {
+                record = record.detail(format!("flags={flags:#x}"));
+            }
+            record
+        })
+    }
+
+    fn rename_unrecorded(
+        &self,
+        caller: &Caller,
+        (parent, name): (u64, &[u8]),
+        (new_parent, new_name): (u64, &[u8]),
         flags: u32,
     ) -> FsResult<()> {
         check_name(new_name)?;
@@ -597,6 +699,32 @@ impl Core {
     /// `via_handle` is set when the caller changes a file it has open
     /// (ftruncate, futimens): the open already checked its access.
     pub async fn setattr(&self, caller: &Caller, ino: u64, attr: SetAttr, via_handle: bool) -> FsResult<Inode> {
+        let result = self.setattr_unrecorded(caller, ino, attr, via_handle).await;
+        let changes = [
+            (attr.size.map(|size| format!("size={size}")), Event::Truncate),
+            (attr.mode.map(|mode| format!("mode={mode:04o}")), Event::Chmod),
+            (
+                (attr.uid.is_some() || attr.gid.is_some()).then(|| {
+                    let id = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+                    format!("uid={} gid={}", id(attr.uid), id(attr.gid))
+                }),
+                Event::Chown,
+            ),
+        ];
+        let mut recorded = Ok(());
+        for (detail, event) in changes {
+            let Some(detail) = detail else { continue };
+            recorded = recorded.and(self.audit(&result, |errno| {
+                Record::new(event, subject(caller), errno)
+                    .path(&self.path_of(ino))
+                    .ino(Some(ino))
+                    .detail(detail)
+            }));
+        }
+        result.and_then(|inode| recorded.map(|()| inode))
+    }
+
+    async fn setattr_unrecorded(&self, caller: &Caller, ino: u64, attr: SetAttr, via_handle: bool) -> FsResult<Inode> {
         let current = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
         let attr = access::authorize_setattr(&self.presented(current), caller, attr, via_handle)?;
         if let Some(size) = attr.size {

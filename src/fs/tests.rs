@@ -67,16 +67,16 @@ impl Fixture {
 
 async fn read_all(core: &Core, ino: u64) -> FsResult<Vec<u8>> {
     let size = core.getattr(ino)?.size;
-    core.open_handle(ino, false)?;
-    let data = core.read(ino, 0, size as u32).await;
-    core.release(ino).await?;
+    core.open_handle(ino, libc::O_RDONLY, &root())?;
+    let data = core.read(0, ino, 0, size as u32).await;
+    core.release(0, ino).await?;
     data
 }
 
 async fn write_file(core: &Core, name: &[u8], data: &[u8]) -> u64 {
-    let (inode, _) = core.create(&root(), ROOT_INO, name, 0o644).unwrap();
-    core.write(inode.ino, 0, data).await.unwrap();
-    core.release(inode.ino).await.unwrap();
+    let (inode, _) = core.create(&root(), ROOT_INO, name, 0o644, libc::O_WRONLY).unwrap();
+    core.write(0, inode.ino, 0, data).await.unwrap();
+    core.release(0, inode.ino).await.unwrap();
     inode.ino
 }
 
@@ -94,22 +94,27 @@ async fn proptest_random_operations_match_a_model() {
                 0..=3 => {
                     let ino = match inos.get(&name) {
                         Some(ino) => {
-                            core.open_handle(*ino, true).unwrap();
+                            core.open_handle(*ino, libc::O_RDWR, &root()).unwrap();
                             *ino
                         }
-                        None => core.create(&root(), ROOT_INO, &name, 0o644).unwrap().0.ino,
+                        None => {
+                            core.create(&root(), ROOT_INO, &name, 0o644, libc::O_WRONLY)
+                                .unwrap()
+                                .0
+                                .ino
+                        }
                     };
                     let content = model.entry(name.clone()).or_default();
                     let offset = rng.gen_range(0..3 * BS as usize);
                     let len = rng.gen_range(0..2 * BS as usize);
                     let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
-                    core.write(ino, offset as u64, &data).await.unwrap();
+                    core.write(0, ino, offset as u64, &data).await.unwrap();
                     if content.len() < offset + len {
                         content.resize(offset + len, 0);
                     }
                     content[offset..offset + len].copy_from_slice(&data);
                     inos.insert(name, ino);
-                    core.release(ino).await.unwrap();
+                    core.release(0, ino).await.unwrap();
                 }
                 4 => {
                     if let Some(ino) = inos.get(&name) {
@@ -207,7 +212,9 @@ async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
 async fn sparse_file_stores_only_written_blocks() {
     let fx = Fixture::new();
     let core = fx.core();
-    let (inode, _) = core.create(&root(), ROOT_INO, b"sparse", 0o644).unwrap();
+    let (inode, _) = core
+        .create(&root(), ROOT_INO, b"sparse", 0o644, libc::O_WRONLY)
+        .unwrap();
     let far = 5u64 << 30;
     core.setattr(
         &root(),
@@ -220,14 +227,14 @@ async fn sparse_file_stores_only_written_blocks() {
     )
     .await
     .unwrap();
-    core.write(inode.ino, far, b"needle").await.unwrap();
-    core.release(inode.ino).await.unwrap();
+    core.write(0, inode.ino, far, b"needle").await.unwrap();
+    core.release(0, inode.ino).await.unwrap();
     assert_eq!(fx.data_objects().await.len(), 1);
     assert_eq!(core.getattr(inode.ino).unwrap().size, 6 << 30);
-    core.open_handle(inode.ino, false).unwrap();
-    assert_eq!(core.read(inode.ino, far - 2, 10).await.unwrap(), b"\0\0needle\0\0");
-    assert_eq!(core.read(inode.ino, 1 << 30, 4).await.unwrap(), vec![0; 4]);
-    core.release(inode.ino).await.unwrap();
+    core.open_handle(inode.ino, libc::O_RDONLY, &root()).unwrap();
+    assert_eq!(core.read(0, inode.ino, far - 2, 10).await.unwrap(), b"\0\0needle\0\0");
+    assert_eq!(core.read(0, inode.ino, 1 << 30, 4).await.unwrap(), vec![0; 4]);
+    core.release(0, inode.ino).await.unwrap();
 }
 
 #[tokio::test]
@@ -269,11 +276,11 @@ async fn unlinked_open_file_stays_readable_until_release() {
     let fx = Fixture::new();
     let core = fx.core();
     let ino = write_file(&core, b"doomed", b"still here").await;
-    core.open_handle(ino, false).unwrap();
+    core.open_handle(ino, libc::O_RDONLY, &root()).unwrap();
     core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
     assert_eq!(core.lookup(&root(), ROOT_INO, b"doomed"), Err(FsError::ENOENT));
-    assert_eq!(core.read(ino, 0, 100).await.unwrap(), b"still here");
-    core.release(ino).await.unwrap();
+    assert_eq!(core.read(0, ino, 0, 100).await.unwrap(), b"still here");
+    core.release(0, ino).await.unwrap();
     assert_eq!(core.getattr(ino), Err(FsError::ENOENT));
     core.sync().await.unwrap();
     assert!(
@@ -346,14 +353,14 @@ async fn failed_upload_keeps_the_data_buffered() {
         BS,
         CoreOptions::default(),
     );
-    let (inode, _) = core.create(&root(), ROOT_INO, b"f", 0o644).unwrap();
-    core.write(inode.ino, 0, b"precious").await.unwrap();
+    let (inode, _) = core.create(&root(), ROOT_INO, b"f", 0o644, libc::O_WRONLY).unwrap();
+    core.write(0, inode.ino, 0, b"precious").await.unwrap();
     store.fail_writes(true);
     assert_eq!(core.flush(inode.ino).await, Err(FsError::EIO));
     assert_eq!(core.sync().await, Err(FsError::EIO));
-    assert_eq!(core.read(inode.ino, 0, 8).await.unwrap(), b"precious");
+    assert_eq!(core.read(0, inode.ino, 0, 8).await.unwrap(), b"precious");
     store.fail_writes(false);
-    core.release(inode.ino).await.unwrap();
+    core.release(0, inode.ino).await.unwrap();
     core.sync().await.unwrap();
     assert_eq!(read_all(&fx.remount().await, inode.ino).await.unwrap(), b"precious");
 }
@@ -365,11 +372,11 @@ async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
     let len = 3 * BS as usize;
     let ino = write_file(&core, b"p", &vec![9u8; len]).await;
     assert_eq!(fx.data_objects().await.len(), 3);
-    core.open_handle(ino, true).unwrap();
+    core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // From the middle of block 0 to the middle of block 2: block 1 is whole.
     core.fallocate(ino, BS as u64 / 2, 2 * BS as u64, punch).await.unwrap();
-    core.release(ino).await.unwrap();
+    core.release(0, ino).await.unwrap();
     let mut expected = vec![9u8; len];
     expected[BS as usize / 2..BS as usize / 2 + 2 * BS as usize].fill(0);
     assert_eq!(read_all(&core, ino).await.unwrap(), expected);

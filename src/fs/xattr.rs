@@ -8,7 +8,9 @@
 //! nothing enforces would promise access control that does not exist.
 
 use super::access::{self, Caller};
+use super::trail::subject;
 use super::{Core, FsError, FsResult, now_ns};
+use crate::audit::{Event, Record, display_bytes};
 use crate::meta::{FileKind, Inode};
 
 /// Linux limits (XATTR_NAME_MAX, XATTR_SIZE_MAX).
@@ -86,6 +88,32 @@ impl Core {
 
     /// setxattr(2), honouring XATTR_CREATE and XATTR_REPLACE.
     pub fn setxattr(&self, caller: &Caller, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let set = self.setxattr_unrecorded(caller, ino, name, value, flags);
+        self.record_xattr(set, caller, ino, name, Event::Setxattr)
+    }
+
+    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
+        let removed = self.removexattr_unrecorded(caller, ino, name);
+        self.record_xattr(removed, caller, ino, name, Event::Removexattr)
+    }
+
+    fn record_xattr(
+        &self,
+        outcome: FsResult<()>,
+        caller: &Caller,
+        ino: u64,
+        name: &[u8],
+        event: Event,
+    ) -> FsResult<()> {
+        self.audited(outcome, |errno| {
+            Record::new(event, subject(caller), errno)
+                .path(&self.path_of(ino))
+                .ino(Some(ino))
+                .detail(display_bytes(name))
+        })
+    }
+
+    fn setxattr_unrecorded(&self, caller: &Caller, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         check_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::E2BIG);
@@ -107,7 +135,7 @@ impl Core {
         })
     }
 
-    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
+    fn removexattr_unrecorded(&self, caller: &Caller, ino: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         self.transact(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;

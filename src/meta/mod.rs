@@ -142,6 +142,8 @@ pub trait MetadataStore: Send {
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>>;
     /// The directory holding directory `ino` (directories have one link).
     fn parent_of(&self, ino: u64) -> Result<Option<u64>>;
+    /// One link of `ino` (the oldest): its directory and name.
+    fn name_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>>;
     fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()>;
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()>;
     /// Up to `limit` entries of `parent` with offsets greater than `after`.

@@ -238,6 +238,17 @@ impl MetadataStore for SqliteStore {
             .map(|v| v as u64))
     }
 
+    fn name_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT parent, name FROM entries WHERE ino = ?1 ORDER BY id LIMIT 1")?;
+        Ok(stmt
+            .query_row([ino as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?)
+    }
+
     fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
         let mut stmt = self
             .conn

@@ -1,0 +1,28 @@
+//! The audit trail: one record for every open and every change, per user,
+//! chained with HMACs, encrypted, shipped to the volume's `audit/` area.
+//!
+//! - `record`: what a record holds and how its fields are spelled.
+//! - `process`: who the caller is (user name, process name, executable).
+//! - `segment`: the chain, the local segment file and the uploaded object.
+//! - `log`: the writer a mount (or a CLI command) appends to.
+//! - `query`: reading every segment back, verifying chains, filtering.
+//!
+//! Layouts: FORMAT.md, "Audit segments".
+
+mod log;
+pub mod output;
+mod process;
+mod query;
+mod record;
+mod segment;
+
+pub use log::{AuditError, AuditLog, AuditMode, AuditSettings};
+pub use query::{
+    Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, read_segments, report,
+    verify,
+};
+pub use record::{Event, Record, Subject, display_bytes, errno_name, flags_words};
+pub use segment::AUDIT_PREFIX;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! How `audit log` and `audit report` print: a table for people, CSV for
+//! spreadsheets, JSON Lines for tools. Times are UTC, RFC 3339.
+
+use super::query::{Listed, UserSummary};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            _ => Err(format!("format {s:?} is not one of table, json, csv")),
+        }
+    }
+}
+
+pub fn rfc3339(ns: i64) -> String {
+    let t = if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    };
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// A point in time from RFC 3339 ("2026-11-01T00:00:00Z", or a date) or
+/// relative to now ("24h", "30d", "90min"), as ns since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let at = if let Ok(age) = humantime::parse_duration(s) {
+        SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
+        t
+    } else {
+        return Err(format!(
+            "{s:?} is neither a time like 2026-11-01T08:00:00Z nor an age like 24h or 30d"
+        ));
+    };
+    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64))
+}
+
+const COLUMNS: [&str; 14] = [
+    "time", "host", "event", "result", "uid", "user", "pid", "process", "exe", "path", "new_path", "flags", "bytes",
+    "detail",
+];
+
+fn row(l: &Listed) -> [String; 14] {
+    let r = &l.record;
+    let opt = |s: &Option<String>| s.clone().unwrap_or_default();
+    let bytes = match (r.bytes_read, r.bytes_written) {
+        (None, None) => String::new(),
+        (read, written) => format!("r={} w={}", read.unwrap_or(0), written.unwrap_or(0)),
+    };
+    [
+        rfc3339(r.time_ns),
+        l.host.clone(),
+        r.event.to_string(),
+        r.result.clone(),
+        r.uid.to_string(),
+        opt(&r.user),
+        r.pid.to_string(),
+        opt(&r.process),
+        opt(&r.exe),
+        opt(&r.path),
+        opt(&r.new_path),
+        opt(&r.flags),
+        bytes,
+        opt(&r.detail),
+    ]
+}
+
+pub fn records(listed: &[Listed], format: Format) -> String {
+    match format {
+        Format::Json => listed
+            .iter()
+            .map(|l| {
+                let mut value = serde_json::to_value(l).expect("records serialize");
+                value["time"] = rfc3339(l.record.time_ns).into();
+                format!("{value}\n")
+            })
+            .collect(),
+        Format::Csv => csv(&COLUMNS, listed.iter().map(row)),
+        Format::Table => {
+            // The table leaves out the volume-wide columns to stay readable.
+            let shown = [0, 2, 3, 5, 4, 6, 7, 9, 10, 11, 12, 13];
+            let header: Vec<&str> = shown.iter().map(|&i| COLUMNS[i]).collect();
+            let rows = listed.iter().map(|l| {
+                let mut full = row(l);
+                // Whole seconds are enough on screen; json and csv keep ns.
+                full[0].truncate(19);
+                full[0].push('Z');
+                shown.iter().map(|&i| full[i].clone()).collect::<Vec<_>>()
+            });
+            table(&header, rows)
+        }
+    }
+}
+
+pub fn report(summaries: &[UserSummary], format: Format) -> String {
+    let header = [
+        "uid",
+        "user",
+        "files_opened",
+        "files_written",
+        "files_deleted",
+        "denied",
+        "first_activity",
+        "last_activity",
+    ];
+    let rows = summaries.iter().map(|s| {
+        [
+            s.uid.to_string(),
+            s.user.clone().unwrap_or_default(),
+            s.files_opened.to_string(),
+            s.files_written.to_string(),
+            s.files_deleted.to_string(),
+            s.denied.to_string(),
+            rfc3339(s.first_ns),
+            rfc3339(s.last_ns),
+        ]
+    });
+    match format {
+        Format::Json => summaries
+            .iter()
+            .map(|s| format!("{}\n", serde_json::to_string(s).expect("summaries serialize")))
+            .collect(),
+        Format::Csv => csv(&header, rows),
+        Format::Table => table(&header, rows.map(|r| r.to_vec())),
+    }
+}
+
+fn csv<const N: usize>(header: &[&str; N], rows: impl Iterator<Item = [String; N]>) -> String {
+    let quote = |field: &str| {
+        if field.contains([',', '"', '\n']) {
+            format!("\"{}\"", field.replace('"', "\"\""))
+        } else {
+            field.to_string()
+        }
+    };
+    let mut out = header.join(",") + "\n";
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| quote(f)).collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let upper: Vec<String> = header.iter().map(|h| h.to_uppercase()).collect();
+    let mut out = line(upper.iter().map(String::as_str).collect());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_absolute_and_relative() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1_000_000_000));
+        assert_eq!(parse_time("1970-01-02"), Ok(86_400_000_000_000));
+        let day_ago = parse_time("24h").unwrap();
+        let now = crate::fs::now_ns();
+        assert!((now - day_ago - 86_400_000_000_000).abs() < 5_000_000_000);
+        assert!(parse_time("yesterday-ish").is_err());
+        assert_eq!(rfc3339(1_500_000_000), "1970-01-01T00:00:01.500000000Z");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let out = csv(&["a", "b"], [["x,y".to_string(), "say \"hi\"".to_string()]].into_iter());
+        assert_eq!(out, "a,b\n\"x,y\",\"say \"\"hi\"\"\"\n");
+    }
+}

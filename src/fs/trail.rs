@@ -1,0 +1,90 @@
+//! The audit hook of the core: each operation hands its outcome and a way
+//! to describe it; the record is built only when a log is attached, and is
+//! appended before the operation returns (so before the kernel is answered).
+
+use super::{Caller, Core, FsError, FsResult};
+use crate::audit::{AuditLog, AuditMode, Record, Subject};
+use crate::meta::ROOT_INO;
+use std::sync::Arc;
+
+/// Deepest directory chain walked to name a path; deeper is a loop.
+const MAX_DEPTH: usize = 4096;
+
+pub(super) fn subject(caller: &Caller) -> Subject {
+    Subject {
+        uid: caller.uid,
+        gid: caller.gid,
+        pid: caller.pid,
+    }
+}
+
+impl Core {
+    /// Attaches the audit log every operation is recorded in.
+    pub fn with_audit(mut self, log: Arc<AuditLog>) -> Core {
+        self.audit = Some(log);
+        self
+    }
+
+    pub fn audit_log(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// Records an operation's outcome. Err(EIO) means the record could not
+    /// be written and the audit is required: the caller must fail.
+    pub(super) fn audit<T>(&self, outcome: &FsResult<T>, make: impl FnOnce(Option<i32>) -> Record) -> FsResult<()> {
+        let Some(log) = self.audit.as_ref().filter(|l| l.mode() != AuditMode::Off) else {
+            return Ok(());
+        };
+        let errno = outcome.as_ref().err().map(|e| e.errno());
+        log.record(make(errno)).map_err(|_| FsError::EIO)
+    }
+
+    /// `audit`, then the outcome — or EIO if it succeeded unrecorded.
+    pub(super) fn audited<T>(&self, outcome: FsResult<T>, make: impl FnOnce(Option<i32>) -> Record) -> FsResult<T> {
+        let recorded = self.audit(&outcome, make);
+        outcome.and_then(|v| recorded.map(|()| v))
+    }
+
+    /// The volume path of `ino` ("/a/b"), through its first link; an inode
+    /// without links (unlinked while open) is "(unlinked)".
+    pub(super) fn path_of(&self, ino: u64) -> Vec<u8> {
+        let meta = self.meta();
+        let mut names = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INO {
+            match meta.name_of(at) {
+                Ok(Some((parent, name))) if names.len() < MAX_DEPTH => {
+                    names.push(name);
+                    at = parent;
+                }
+                _ => return b"(unlinked)".to_vec(),
+            }
+        }
+        if names.is_empty() {
+            return b"/".to_vec();
+        }
+        let mut path = Vec::new();
+        for name in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(name);
+        }
+        path
+    }
+
+    /// The volume path of entry `name` in directory `parent`.
+    pub(super) fn entry_path(&self, parent: u64, name: &[u8]) -> Vec<u8> {
+        let mut path = self.path_of(parent);
+        if path != b"/" {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        path
+    }
+
+    /// The inode `name` in `parent` names right now, for records of
+    /// operations that remove or move it.
+    pub(super) fn audit_target(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.audit.as_ref()?;
+        self.meta().lookup(parent, name).ok().flatten()
+    }
+}
