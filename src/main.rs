@@ -624,27 +624,51 @@ fn key_command(action: KeyCommand) -> Result<(), Exit> {
     init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
     let url = url.clone();
     let s3 = s3.options()?;
-    let message = block_on(async {
+    let (message, recorded) = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
-        match (&action, &new) {
-            (KeyCommand::List { .. }, _) => {
-                let sb = volume::unlock(store, &url, &unlock, &s3).await?.superblock;
-                Ok(admin::describe_slots(&sb))
-            }
+        let volume = volume::unlock(store.clone(), &url, &unlock, &s3).await?;
+        let (message, change) = match (&action, &new) {
+            (KeyCommand::List { .. }, _) => (admin::describe_slots(&volume.superblock), None),
             (KeyCommand::Add { .. }, Some(new)) => {
-                let id = admin::add_slot(store, &url, &unlock, &s3, new, DEFAULT_ARGON2).await?;
-                Ok(format!("added key slot {id}\n"))
+                let id = admin::add_slot(store.clone(), &url, &unlock, &s3, new, DEFAULT_ARGON2).await?;
+                (format!("added key slot {id}\n"), Some((audit::Event::KeyAdd, id)))
             }
             (KeyCommand::Remove { slot, .. }, _) => {
-                admin::remove_slot(store, &url, &unlock, &s3, slot).await?;
-                Ok(format!("removed key slot {slot}\n"))
+                admin::remove_slot(store.clone(), &url, &unlock, &s3, slot).await?;
+                (
+                    format!("removed key slot {slot}\n"),
+                    Some((audit::Event::KeyRemove, slot.clone())),
+                )
             }
             (KeyCommand::Add { .. }, None) => unreachable!("add always has a new slot"),
-        }
+        };
+        let recorded = match change {
+            Some((event, slot)) => record_cli_event(volume.ring.clone(), store, event, format!("slot={slot}")).await,
+            None => Ok(()),
+        };
+        Ok::<_, volume::VolumeError>((message, recorded))
     })?
     .map_err(volume_exit)?;
     print!("{message}");
-    Ok(())
+    recorded.map_err(|e| runtime_err(anyhow!("the change is made, but its audit record is not stored: {e}")))
+}
+
+/// Records a command's change in an audit chain of its own and uploads it.
+async fn record_cli_event(
+    ring: std::sync::Arc<s3vault::keyring::Keyring>,
+    store: std::sync::Arc<dyn s3vault::store::ObjectStore>,
+    event: audit::Event,
+    detail: String,
+) -> Result<(), audit::AuditError> {
+    let (uid, gid) = owner();
+    let subject = audit::Subject {
+        uid,
+        gid,
+        pid: std::process::id(),
+    };
+    let log = audit::AuditLog::one_shot(ring, store);
+    log.record(audit::Record::new(event, subject, None).detail(detail))?;
+    log.upload().await.map(|_| ())
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf, Exit> {

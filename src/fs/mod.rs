@@ -702,7 +702,10 @@ impl Core {
         let result = self.setattr_unrecorded(caller, ino, attr, via_handle).await;
         let changes = [
             (attr.size.map(|size| format!("size={size}")), Event::Truncate),
-            (attr.mode.map(|mode| format!("mode={mode:04o}")), Event::Chmod),
+            (
+                attr.mode.map(|mode| format!("mode={:04o}", mode & 0o7777)),
+                Event::Chmod,
+            ),
             (
                 (attr.uid.is_some() || attr.gid.is_some()).then(|| {
                     let id = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
