@@ -288,9 +288,6 @@ main() {
                 pjdfstest:file | pjdfstest:moto) continue ;;
                 # fsx (random I/O checked against a model): on s3s only too.
                 fsx:file | fsx:moto) continue ;;
-                # The audit trail is the same code on every store; the local
-                # directory and a real S3 server cover it.
-                audit:moto) continue ;;
             esac
             run_suite "$suite" "$backend"
         done

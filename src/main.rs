@@ -82,6 +82,10 @@ enum Command {
         /// Seconds within which audit records reach the store [default: 10].
         #[arg(long, value_name = "SECONDS")]
         audit_flush_interval: Option<u64>,
+        /// Days audit segments are locked against deletion when the bucket
+        /// has S3 Object Lock enabled; 0 for none [default: 2192, six years].
+        #[arg(long, value_name = "DAYS")]
+        audit_retention_days: Option<u64>,
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
@@ -431,6 +435,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             log_level,
             audit,
             audit_flush_interval,
+            audit_retention_days,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
@@ -459,7 +464,11 @@ fn run(cli: Cli) -> Result<(), Exit> {
             if metadata_interval == 0 {
                 return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
             }
-            let audit = audit_settings(audit.or(o.audit), audit_flush_interval.or(o.audit_flush_interval))?;
+            let audit = audit_settings(
+                audit.or(o.audit),
+                audit_flush_interval.or(o.audit_flush_interval),
+                audit_retention_days.or(o.audit_retention_days),
+            )?;
             let filter = log_filter(log_level.or(o.log_level).as_deref().unwrap_or("info"))?;
             let foreground = foreground || o.foreground;
             let unlock = read_unlock(&key, false)?;
@@ -573,7 +582,11 @@ fn audit_command(action: AuditCommand) -> Result<(), Exit> {
     Ok(())
 }
 
-fn audit_settings(mode: Option<String>, flush_interval: Option<u64>) -> Result<AuditSettings, Exit> {
+fn audit_settings(
+    mode: Option<String>,
+    flush_interval: Option<u64>,
+    retention_days: Option<u64>,
+) -> Result<AuditSettings, Exit> {
     let mode: AuditMode = mode
         .as_deref()
         .unwrap_or("required")
@@ -589,9 +602,11 @@ fn audit_settings(mode: Option<String>, flush_interval: Option<u64>) -> Result<A
              This is for measuring the audit log's cost only; never use it for real data."
         );
     }
+    let days = retention_days.unwrap_or(audit::DEFAULT_RETENTION_DAYS);
     Ok(AuditSettings {
         mode,
         flush_interval: Duration::from_secs(flush_interval),
+        retain_for: (days > 0).then(|| Duration::from_secs(days * 86_400)),
     })
 }
 
@@ -666,7 +681,12 @@ async fn record_cli_event(
         gid,
         pid: std::process::id(),
     };
-    let log = audit::AuditLog::one_shot(ring, store);
+    let requested = Duration::from_secs(audit::DEFAULT_RETENTION_DAYS * 86_400);
+    let settings = AuditSettings {
+        retain_for: audit::retention_for(store.as_ref(), Some(requested)).await,
+        ..AuditSettings::default()
+    };
+    let log = audit::AuditLog::one_shot(ring, store, settings);
     log.record(audit::Record::new(event, subject, None).detail(detail))?;
     log.upload().await.map(|_| ())
 }

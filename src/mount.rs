@@ -190,11 +190,13 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
         overrides: config.overrides,
         ..CoreOptions::default()
     };
+    let mut audit_settings = config.audit.clone();
+    audit_settings.retain_for = crate::audit::retention_for(store.as_ref(), audit_settings.retain_for).await;
     let audit = AuditLog::open(
         &cache_dir.join("audit"),
         volume.ring.clone(),
         store.clone(),
-        config.audit.clone(),
+        audit_settings,
     )
     .map_err(|e| (1, format!("cannot open the audit log: {e}")))?;
     let slot = volume

@@ -28,6 +28,7 @@ pub struct MountOptions {
     pub log_level: Option<String>,
     pub audit: Option<String>,
     pub audit_flush_interval: Option<u64>,
+    pub audit_retention_days: Option<u64>,
 }
 
 /// Options mount(8), mount.fuse3 and systemd use themselves. `nodev`,
@@ -106,6 +107,7 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "log_level" => o.log_level = Some(text()?),
             "audit" => o.audit = Some(text()?),
             "audit_flush_interval" => o.audit_flush_interval = Some(number(10)?),
+            "audit_retention_days" => o.audit_retention_days = Some(number(10)?),
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

@@ -53,13 +53,20 @@ impl FromStr for AuditMode {
 pub struct AuditSettings {
     pub mode: AuditMode,
     pub flush_interval: Duration,
+    /// How long segments are retained where the store can (S3 Object
+    /// Lock); None writes them without a retention.
+    pub retain_for: Option<Duration>,
 }
+
+/// Six years, the usual HIPAA retention (2192 days).
+pub const DEFAULT_RETENTION_DAYS: u64 = 2192;
 
 impl Default for AuditSettings {
     fn default() -> Self {
         AuditSettings {
             mode: AuditMode::Required,
             flush_interval: Duration::from_secs(10),
+            retain_for: None,
         }
     }
 }
@@ -128,6 +135,24 @@ pub struct AuditLog {
     upload_lock: tokio::sync::Mutex<()>,
     /// One-shot logs keep their lines in memory until `upload`.
     pending: Mutex<Vec<String>>,
+}
+
+/// The retention to write segments with: the requested one if the store
+/// can retain objects (S3 Object Lock is enabled on the bucket), else none.
+pub async fn retention_for(store: &dyn ObjectStore, requested: Option<Duration>) -> Option<Duration> {
+    let requested = requested?;
+    match store.supports_retention().await {
+        Ok(true) => {
+            let days = requested.as_secs() / 86_400;
+            tracing::info!(days, "bucket has S3 Object Lock: audit segments are retained");
+            Some(requested)
+        }
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the bucket has Object Lock; audit segments get no retention");
+            None
+        }
+    }
 }
 
 pub fn host_name() -> String {
@@ -220,9 +245,9 @@ impl AuditLog {
     }
 
     /// A log for one CLI command: a chain of its own, uploaded by `upload`.
-    pub fn one_shot(ring: Arc<Keyring>, store: Arc<dyn ObjectStore>) -> AuditLog {
+    pub fn one_shot(ring: Arc<Keyring>, store: Arc<dyn ObjectStore>, settings: AuditSettings) -> AuditLog {
         let writer_id = hex::encode(crypto::random_bytes::<8>());
-        AuditLog::new(ring, store, None, writer_id, AuditSettings::default())
+        AuditLog::new(ring, store, None, writer_id, settings)
     }
 
     fn new(
@@ -421,8 +446,15 @@ impl AuditLog {
     }
 
     async fn put(&self, key: &str, header: &SegmentHeader, lines: &[String]) -> Result<(), AuditError> {
-        let object = segment::seal_object(&self.ring, key, header, lines);
-        match self.store.put_new(key, Bytes::from(object)).await {
+        let object = Bytes::from(segment::seal_object(&self.ring, key, header, lines));
+        let stored = match self.settings.retain_for {
+            Some(period) => {
+                let until = std::time::SystemTime::now() + period;
+                self.store.put_new_retained(key, object, until).await
+            }
+            None => self.store.put_new(key, object).await,
+        };
+        match stored {
             // Uploaded before a crash that came before the local delete.
             Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
             Err(source) => Err(AuditError::Upload {

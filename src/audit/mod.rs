@@ -16,7 +16,7 @@ mod query;
 mod record;
 mod segment;
 
-pub use log::{AuditError, AuditLog, AuditMode, AuditSettings};
+pub use log::{AuditError, AuditLog, AuditMode, AuditSettings, DEFAULT_RETENTION_DAYS, retention_for};
 pub use query::{
     Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, read_segments, report,
     verify,

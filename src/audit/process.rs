@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 const CACHED: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// A renamed or removed account shows up in the log within this time.
 const USER_TTL: Duration = Duration::from_secs(60);
+/// A process entry checked this recently is trusted without reading /proc
+/// again: a pid cannot be freed and reused within it unless the whole pid
+/// space cycles in that time.
+const PROCESS_FRESH: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -21,7 +25,13 @@ pub struct ProcessInfo {
 
 pub struct Identities {
     users: Mutex<LruCache<u32, (Instant, Option<String>)>>,
-    processes: Mutex<LruCache<u32, (u64, ProcessInfo)>>,
+    processes: Mutex<LruCache<u32, CachedProcess>>,
+}
+
+struct CachedProcess {
+    start: u64,
+    checked: Instant,
+    info: ProcessInfo,
 }
 
 impl Default for Identities {
@@ -53,15 +63,21 @@ impl Identities {
             return ProcessInfo::default();
         }
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = processes.get(&pid)
+            && cached.checked.elapsed() < PROCESS_FRESH
+        {
+            return cached.info.clone();
+        }
         let Some(start) = start_time(pid) else {
             // Gone (a close is often recorded after its process exited):
             // the last process seen with this pid is the one.
-            return processes.get(&pid).map(|(_, info)| info.clone()).unwrap_or_default();
+            return processes.get(&pid).map(|c| c.info.clone()).unwrap_or_default();
         };
-        if let Some((cached_start, info)) = processes.get(&pid)
-            && *cached_start == start
+        if let Some(cached) = processes.get_mut(&pid)
+            && cached.start == start
         {
-            return info.clone();
+            cached.checked = Instant::now();
+            return cached.info.clone();
         }
         let info = ProcessInfo {
             name: std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -71,7 +87,12 @@ impl Identities {
                 .ok()
                 .map(|p| super::display_bytes(p.as_os_str().as_encoded_bytes())),
         };
-        processes.put(pid, (start, info.clone()));
+        let cached = CachedProcess {
+            start,
+            checked: Instant::now(),
+            info: info.clone(),
+        };
+        processes.put(pid, cached);
         info
     }
 }

@@ -107,6 +107,7 @@ pub fn seal_object(ring: &Keyring, key: &str, header: &SegmentHeader, lines: &[S
 pub struct LocalSegment {
     file: File,
     id: ObjectId,
+    key: SecretKey,
     frames: u64,
     pub path: PathBuf,
 }
@@ -133,6 +134,7 @@ impl LocalSegment {
         file.write_all(&[LOCAL_MAGIC.as_slice(), id.as_slice()].concat())?;
         let mut segment = LocalSegment {
             file,
+            key: ring.audit_object_key(&id),
             id,
             frames: 0,
             path: path.to_path_buf(),
@@ -144,8 +146,7 @@ impl LocalSegment {
     /// Appends one frame with a single write(2), so a kill -9 leaves either
     /// the whole frame or a torn tail, never an interleaving.
     pub fn append(&mut self, ring: &Keyring, plaintext: &[u8]) -> io::Result<()> {
-        let key = ring.audit_object_key(&self.id);
-        let sealed = crypto::seal(&key, &frame_aad(ring, &self.id, self.frames), plaintext);
+        let sealed = crypto::seal(&self.key, &frame_aad(ring, &self.id, self.frames), plaintext);
         let mut frame = Vec::with_capacity(4 + sealed.len());
         frame.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
         frame.extend_from_slice(&sealed);

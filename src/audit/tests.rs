@@ -28,6 +28,7 @@ impl Fixture {
         let settings = AuditSettings {
             mode,
             flush_interval: Duration::from_secs(10),
+            retain_for: None,
         };
         AuditLog::open(
             &self.dir.path().join("audit"),
@@ -42,7 +43,7 @@ impl Fixture {
     async fn write(&self, log: &AuditLog, n: u64, per_segment: u64) {
         for i in 0..n {
             let subject = Subject {
-                uid: 1000 + (i % 2) as u32,
+                uid: 4_000_000 + (i % 2) as u32,
                 gid: 100,
                 pid: std::process::id(),
             };
@@ -96,7 +97,7 @@ async fn records_reach_the_store_and_verify() {
     assert_eq!((v.records, v.segments, v.chains), (25, 3, 1));
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     let mut filter = Filter {
-        uid: Some(1001),
+        uid: Some(4_000_001),
         ..Filter::default()
     };
     assert_eq!(fx.segments().await.records(&filter).len(), 12);
@@ -230,7 +231,7 @@ async fn required_fails_and_best_effort_counts_when_the_disk_refuses() {
 async fn one_shot_logs_form_their_own_chain() {
     let fx = Fixture::new();
     fx.write(&fx.open(AuditMode::Required), 3, 100).await;
-    let cli = AuditLog::one_shot(fx.ring.clone(), fx.store.clone());
+    let cli = AuditLog::one_shot(fx.ring.clone(), fx.store.clone(), AuditSettings::default());
     cli.record(Record::new(Event::KeyAdd, Subject::default(), None).detail("slot=abc"))
         .unwrap();
     assert_eq!(cli.upload().await.unwrap(), 1);

@@ -35,6 +35,8 @@ pub(super) struct OpenFile {
 /// One open(2)'s file handle: what the close record reports.
 pub(super) struct Handle {
     flags: i32,
+    /// The path it was opened by, for the close record (empty unaudited).
+    path: Vec<u8>,
     subject: Subject,
     read: AtomicU64,
     written: AtomicU64,
@@ -107,9 +109,14 @@ impl Core {
     /// attempt, and returns a file handle number.
     pub async fn open(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<u64> {
         let opened = self.open_checked(caller, ino, flags).await;
+        let path = opened
+            .as_ref()
+            .ok()
+            .and_then(|fh| self.handle(*fh))
+            .map(|h| h.path.clone());
         let recorded = self.audit(&opened, |errno| {
             Record::new(Event::Open, subject(caller), errno)
-                .path(&self.path_of(ino))
+                .path(&path.unwrap_or_else(|| self.path_of(ino)))
                 .ino(Some(ino))
                 .flags(flags)
         });
@@ -141,6 +148,16 @@ impl Core {
 
     /// Opens `ino` without permission checks; returns a file handle number.
     pub(super) fn open_handle(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
+        let path = if self.audit.is_some() {
+            self.path_of(ino)
+        } else {
+            Vec::new()
+        };
+        self.open_handle_at(ino, flags, caller, path)
+    }
+
+    /// `open_handle` of a file whose path (for the close record) is known.
+    pub(super) fn open_handle_at(&self, ino: u64, flags: i32, caller: &Caller, path: Vec<u8>) -> FsResult<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write && self.options.read_only {
             return Err(FsError::EROFS);
@@ -158,6 +175,7 @@ impl Core {
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let handle = Handle {
             flags,
+            path,
             subject: subject(caller),
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -225,7 +243,7 @@ impl Core {
             // A close cannot be undone; the log reports a failed record.
             let _ = self.audit(&result, |errno| {
                 let mut record = Record::new(Event::Release, handle.subject, errno)
-                    .path(&self.path_of(ino))
+                    .path(&handle.path)
                     .ino(Some(ino))
                     .flags(handle.flags);
                 record.bytes_read = Some(handle.read.load(Ordering::Relaxed));

@@ -32,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use trail::subject;
 
 pub const NAME_MAX: usize = 255;
+/// Directory paths cached for audit records.
+const DIR_PATHS_CACHED: usize = 16_384;
 pub const PATH_MAX: usize = 4096;
 
 /// Ownership and permission overrides from `-o uid=,gid=,umask=`: what
@@ -108,6 +110,8 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     audit: Option<Arc<AuditLog>>,
+    /// Paths of directories, for audit records.
+    dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
     read_cache: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
     /// Set by every metadata change; cleared when a snapshot is taken.
     changed: AtomicBool,
@@ -148,6 +152,9 @@ impl Core {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             audit: None,
+            dir_paths: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DIR_PATHS_CACHED).unwrap_or(NonZeroUsize::MIN),
+            )),
             next_fh: AtomicU64::new(1),
             read_cache: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
             changed: AtomicBool::new(false),
@@ -428,12 +435,17 @@ impl Core {
             rdev: 0,
             symlink: None,
         };
+        let path = if self.audit.is_some() {
+            self.entry_path(parent, name)
+        } else {
+            Vec::new()
+        };
         let created = self
             .make_node_unrecorded(caller, parent, name, node)
-            .and_then(|inode| Ok((inode, self.open_handle(inode.ino, flags, caller)?)));
+            .and_then(|inode| Ok((inode, self.open_handle_at(inode.ino, flags, caller, path.clone())?)));
         let recorded = self.audit(&created, |errno| {
             Record::new(Event::Create, subject(caller), errno)
-                .path(&self.entry_path(parent, name))
+                .path(&path)
                 .ino(created.as_ref().ok().map(|(inode, _)| inode.ino))
                 .flags(flags | libc::O_CREAT)
         });
@@ -568,6 +580,10 @@ impl Core {
     ) -> FsResult<()> {
         let ino = self.audit_target(parent, name);
         let renamed = self.rename_unrecorded(caller, (parent, name), (new_parent, new_name), flags);
+        if renamed.is_ok() && self.audit.is_some() {
+            // A moved directory moves every path below it.
+            self.forget_dir_paths();
+        }
         self.audited(renamed, |errno| {
             let mut record = Record::new(Event::Rename, subject(caller), errno)
                 .path(&self.entry_path(parent, name))

@@ -417,3 +417,65 @@ async fn xattrs_round_trip_through_a_snapshot() {
     fresh.removexattr(&root(), ino, b"user.phi").unwrap();
     assert_eq!(fresh.removexattr(&root(), ino, b"user.phi"), Err(FsError::ENODATA));
 }
+
+#[tokio::test]
+async fn operations_are_audited_with_current_paths_and_callers() {
+    use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Filter};
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        mode: AuditMode::Required,
+        flush_interval: std::time::Duration::from_secs(10),
+        retain_for: None,
+    };
+    let log = AuditLog::open(dir.path(), fx.ring.clone(), fx.store.clone(), settings).unwrap();
+    let core = fx.core().with_audit(log.clone());
+    let alice = Caller::with_groups(1000, 1000, vec![]);
+    let a = core.mkdir(&root(), ROOT_INO, b"a", 0o755).unwrap();
+    let b = core.mkdir(&root(), a.ino, b"b", 0o755).unwrap();
+    let (f, fh) = core.create(&root(), b.ino, b"f", 0o600, libc::O_WRONLY).unwrap();
+    core.write(fh, f.ino, 0, b"secret").await.unwrap();
+    core.release(fh, f.ino).await.unwrap();
+    assert_eq!(core.open(&alice, f.ino, libc::O_RDONLY).await, Err(FsError::EACCES));
+    core.rename(&root(), ROOT_INO, b"a", ROOT_INO, b"z", 0).unwrap();
+    let fh = core.open(&root(), f.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(core.read(fh, f.ino, 0, 100).await.unwrap(), b"secret");
+    core.release(fh, f.ino).await.unwrap();
+    log.upload().await.unwrap();
+    let found = crate::audit::read_segments(fx.store.clone(), fx.ring.clone())
+        .await
+        .unwrap();
+    let records: Vec<_> = found
+        .records(&Filter::default())
+        .into_iter()
+        .map(|l| l.record)
+        .collect();
+    let summary: Vec<(Event, &str, u32, &str, Option<u64>)> = records
+        .iter()
+        .map(|r| {
+            let bytes = r.bytes_read.max(r.bytes_written);
+            (
+                r.event,
+                r.path.as_deref().unwrap_or(""),
+                r.uid,
+                r.result.as_str(),
+                bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Event::Mkdir, "/a", 0, "ok", None),
+            (Event::Mkdir, "/a/b", 0, "ok", None),
+            (Event::Create, "/a/b/f", 0, "ok", None),
+            (Event::Release, "/a/b/f", 0, "ok", Some(6)),
+            (Event::Open, "/a/b/f", 1000, "EACCES", None),
+            (Event::Rename, "/a", 0, "ok", None),
+            (Event::Open, "/z/b/f", 0, "ok", None),
+            (Event::Release, "/z/b/f", 0, "ok", Some(6)),
+        ]
+    );
+    assert_eq!(records[5].new_path.as_deref(), Some("/z"));
+    assert_eq!(records[2].flags.as_deref(), Some("O_WRONLY|O_CREAT"));
+}

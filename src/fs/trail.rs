@@ -46,34 +46,58 @@ impl Core {
     }
 
     /// The volume path of `ino` ("/a/b"), through its first link; an inode
-    /// without links (unlinked while open) is "(unlinked)".
+    /// without links (unlinked while open) is "(unlinked)". Directory paths
+    /// are cached, so a file's path costs one query.
     pub(super) fn path_of(&self, ino: u64) -> Vec<u8> {
-        let meta = self.meta();
-        let mut names = Vec::new();
+        self.path_walk(ino, false)
+    }
+
+    /// Walks up from `ino` to the root or to a directory whose path is
+    /// cached, then caches the directories it passed (all but `ino`
+    /// itself, unless `ino_is_dir`).
+    fn path_walk(&self, ino: u64, ino_is_dir: bool) -> Vec<u8> {
+        let mut cache = self.dir_paths.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut at = ino;
-        while at != ROOT_INO {
-            match meta.name_of(at) {
-                Ok(Some((parent, name))) if names.len() < MAX_DEPTH => {
-                    names.push(name);
-                    at = parent;
+        let mut base: Vec<u8> = Vec::new();
+        {
+            let meta = self.meta();
+            while at != ROOT_INO {
+                if let Some(known) = cache.get(&at) {
+                    base = known.to_vec();
+                    break;
                 }
-                _ => return b"(unlinked)".to_vec(),
+                match meta.name_of(at) {
+                    Ok(Some((parent, name))) if chain.len() < MAX_DEPTH => {
+                        chain.push((at, name));
+                        at = parent;
+                    }
+                    _ => return b"(unlinked)".to_vec(),
+                }
             }
         }
-        if names.is_empty() {
-            return b"/".to_vec();
-        }
-        let mut path = Vec::new();
-        for name in names.iter().rev() {
+        let mut path = base;
+        for (i, (dir, name)) in chain.iter().enumerate().rev() {
             path.push(b'/');
             path.extend_from_slice(name);
+            if i > 0 || ino_is_dir {
+                cache.put(*dir, Arc::from(path.as_slice()));
+            }
+        }
+        if path.is_empty() {
+            path.push(b'/');
         }
         path
     }
 
+    /// Forgets cached directory paths (a directory moved).
+    pub(super) fn forget_dir_paths(&self) {
+        self.dir_paths.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// The volume path of entry `name` in directory `parent`.
     pub(super) fn entry_path(&self, parent: u64, name: &[u8]) -> Vec<u8> {
-        let mut path = self.path_of(parent);
+        let mut path = self.path_walk(parent, true);
         if path != b"/" {
             path.push(b'/');
         }

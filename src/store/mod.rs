@@ -47,6 +47,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// ([`StoreError::AlreadyExists`] otherwise).
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
 
+    /// `put_new`, and where the store supports it (S3 Object Lock), an
+    /// object that cannot be overwritten or deleted before `until`.
+    async fn put_new_retained(&self, key: &str, data: Bytes, until: std::time::SystemTime) -> Result<(), StoreError> {
+        let _ = until;
+        self.put_new(key, data).await
+    }
+
+    /// Whether objects can be retained (the bucket has Object Lock enabled).
+    async fn supports_retention(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// The whole object, or [`StoreError::NotFound`].
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
 

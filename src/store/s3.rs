@@ -12,7 +12,8 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockEnabled, ObjectLockMode, ObjectLockRetentionMode};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// The bucket's default Object Lock mode, once `supports_retention`
+    /// has looked; retained objects use it (GOVERNANCE if it has none).
+    lock_mode: std::sync::OnceLock<ObjectLockMode>,
 }
 
 /// Plain HTTP would expose signed requests and let a network attacker
@@ -120,6 +124,7 @@ impl S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            lock_mode: std::sync::OnceLock::new(),
         })
     }
 
@@ -181,6 +186,51 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.map("s3:PutObject", e))?;
         Ok(())
+    }
+
+    async fn put_new_retained(&self, key: &str, data: Bytes, until: std::time::SystemTime) -> Result<(), StoreError> {
+        let mode = self.lock_mode.get().cloned().unwrap_or(ObjectLockMode::Governance);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .if_none_match("*")
+            .object_lock_mode(mode)
+            .object_lock_retain_until_date(DateTime::from(until))
+            // S3 requires an integrity checksum on PUTs with a retention.
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.map("s3:PutObject", e))?;
+        Ok(())
+    }
+
+    async fn supports_retention(&self) -> Result<bool, StoreError> {
+        let resp = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => return Ok(false),
+            Err(e) => return Err(self.map("s3:GetBucketObjectLockConfiguration", e)),
+        };
+        let Some(config) = resp.object_lock_configuration() else {
+            return Ok(false);
+        };
+        let default_mode = config
+            .rule()
+            .and_then(|r| r.default_retention())
+            .and_then(|d| d.mode())
+            .map(|m| match m {
+                ObjectLockRetentionMode::Compliance => ObjectLockMode::Compliance,
+                _ => ObjectLockMode::Governance,
+            });
+        let _ = self.lock_mode.set(default_mode.unwrap_or(ObjectLockMode::Governance));
+        Ok(config.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled))
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -247,6 +247,29 @@ truncate_segment() {
     tampered "$key: truncated"
 }
 
+# On a bucket with S3 Object Lock (moto implements it), segments are written
+# with a retention of --audit-retention-days.
+object_lock_retention() {
+    local bucket=s3vault-locked-${WORK##*.} url mp=$WORK/mnt-locked key until
+    bucket=$(tr 'A-Z' 'a-z' <<<"$bucket")
+    url=s3://$bucket/vol
+    s3tool mb-locked "$bucket"
+    sv_init "$url" --key-file "$KEY" >/dev/null
+    sv_mount "$url" "$mp" "$WORK/cache-locked" --key-file "$KEY" --audit-retention-days 30
+    echo data >"$mp/f"
+    sv_umount "$mp"
+    key=$(store_ls "$url" audit | head -1)
+    [[ -n $key ]]
+    read -r mode until < <(s3tool retention "$url/$key")
+    echo "retention of $key: $mode until $until"
+    [[ $mode == GOVERNANCE ]]
+    python3 -c "
+import datetime, sys
+until = datetime.datetime.fromisoformat(sys.argv[1])
+days = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 86400
+sys.exit(0 if 29.9 < days <= 30 else 1)" "$until"
+}
+
 require "set up a volume" setup
 require "mount with allow_other" mount_volume
 require "users work on the volume" workload
@@ -259,6 +282,9 @@ check "audit report summarises per user" report
 check "kill -9 after a burst of opens: every open that returned is logged" kill9_keeps_returned_opens
 check "key add is recorded" key_commands_recorded
 check "audit verify: OK on an untouched trail" verify_ok
+if [[ $E2E_BACKEND == moto ]]; then
+    check "Object Lock bucket: segments are retained for --audit-retention-days" object_lock_retention
+fi
 
 store_dump "$URL" "$WORK/pristine"
 mapfile -t SEGS < <(segments)

@@ -7,6 +7,8 @@ from --endpoint (or $E2E_ENDPOINT) and credentials from the usual AWS_* env.
 
   s3tool.py wait                          wait until the endpoint answers
   s3tool.py mb BUCKET                     create a bucket (ok if it exists)
+  s3tool.py mb-locked BUCKET              create a bucket with Object Lock enabled
+  s3tool.py retention s3://b/key          "<mode> <retain-until, RFC 3339>" of an object
   s3tool.py ls s3://b/prefix              "<relative key>\t<size>" per object
   s3tool.py du s3://b/prefix              total bytes of all objects
   s3tool.py get s3://b/key FILE           download one object
@@ -86,6 +88,12 @@ def main(argv):
             pass
         except s3.exceptions.BucketAlreadyExists:
             pass
+    elif cmd == "mb-locked":
+        s3.create_bucket(Bucket=args[0], ObjectLockEnabledForBucket=True)
+    elif cmd == "retention":
+        bucket, key = split(args[0])
+        head = s3.head_object(Bucket=bucket, Key=key)
+        print(head.get("ObjectLockMode", "NONE"), head.get("ObjectLockRetainUntilDate", "").isoformat())
     elif cmd == "ls":
         bucket, prefix = split(args[0])
         for key, size in sorted(list_keys(s3, bucket, prefix)):
