@@ -86,6 +86,13 @@ enum Command {
         /// has S3 Object Lock enabled; 0 for none [default: 2192, six years].
         #[arg(long, value_name = "DAYS")]
         audit_retention_days: Option<u64>,
+        /// Also send a copy of each audit record to syslog (AUTHPRIV),
+        /// without paths unless --audit-syslog-paths.
+        #[arg(long)]
+        audit_syslog: bool,
+        /// Include paths in the syslog copies.
+        #[arg(long)]
+        audit_syslog_paths: bool,
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
@@ -436,6 +443,8 @@ fn run(cli: Cli) -> Result<(), Exit> {
             audit,
             audit_flush_interval,
             audit_retention_days,
+            audit_syslog,
+            audit_syslog_paths,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
@@ -464,11 +473,18 @@ fn run(cli: Cli) -> Result<(), Exit> {
             if metadata_interval == 0 {
                 return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
             }
-            let audit = audit_settings(
+            let mut audit = audit_settings(
                 audit.or(o.audit),
                 audit_flush_interval.or(o.audit_flush_interval),
                 audit_retention_days.or(o.audit_retention_days),
             )?;
+            audit.syslog = if audit_syslog_paths || o.audit_syslog_paths {
+                audit::Syslog::WithPaths
+            } else if audit_syslog || o.audit_syslog {
+                audit::Syslog::WithoutPaths
+            } else {
+                audit::Syslog::Off
+            };
             let filter = log_filter(log_level.or(o.log_level).as_deref().unwrap_or("info"))?;
             let foreground = foreground || o.foreground;
             let unlock = read_unlock(&key, false)?;
@@ -607,6 +623,7 @@ fn audit_settings(
         mode,
         flush_interval: Duration::from_secs(flush_interval),
         retain_for: (days > 0).then(|| Duration::from_secs(days * 86_400)),
+        syslog: audit::Syslog::Off,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct MountOptions {
     pub audit: Option<String>,
     pub audit_flush_interval: Option<u64>,
     pub audit_retention_days: Option<u64>,
+    pub audit_syslog: bool,
+    pub audit_syslog_paths: bool,
 }
 
 /// Options mount(8), mount.fuse3 and systemd use themselves. `nodev`,
@@ -108,6 +110,8 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "audit" => o.audit = Some(text()?),
             "audit_flush_interval" => o.audit_flush_interval = Some(number(10)?),
             "audit_retention_days" => o.audit_retention_days = Some(number(10)?),
+            "audit_syslog" => o.audit_syslog = true,
+            "audit_syslog_paths" => o.audit_syslog_paths = true,
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

@@ -56,6 +56,16 @@ pub struct AuditSettings {
     /// How long segments are retained where the store can (S3 Object
     /// Lock); None writes them without a retention.
     pub retain_for: Option<Duration>,
+    pub syslog: Syslog,
+}
+
+/// Whether records are also copied to syslog, and with their paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Syslog {
+    #[default]
+    Off,
+    WithoutPaths,
+    WithPaths,
 }
 
 /// Six years, the usual HIPAA retention (2192 days).
@@ -67,6 +77,7 @@ impl Default for AuditSettings {
             mode: AuditMode::Required,
             flush_interval: Duration::from_secs(10),
             retain_for: None,
+            syslog: Syslog::Off,
         }
     }
 }
@@ -319,7 +330,12 @@ impl AuditLog {
         record.process = process.name;
         record.exe = process.exe;
         match self.append(record) {
-            Ok(()) => Ok(()),
+            Ok(written) => {
+                if self.settings.syslog != Syslog::Off {
+                    super::syslog::send(&written, &self.host, self.settings.syslog == Syslog::WithPaths);
+                }
+                Ok(())
+            }
             Err(e) if self.settings.mode == AuditMode::BestEffort => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "audit record lost (audit=best-effort)");
@@ -332,7 +348,8 @@ impl AuditLog {
         }
     }
 
-    fn append(&self, mut record: Record) -> Result<(), AuditError> {
+    /// Appends `record`; returns it with its sequence number and time.
+    fn append(&self, mut record: Record) -> Result<Record, AuditError> {
         let mut writer = self.writer();
         record.seq = writer.next_seq;
         record.time_ns = now_ns();
@@ -343,7 +360,7 @@ impl AuditLog {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             writer.mac = mac;
             writer.next_seq += 1;
-            return Ok(());
+            return Ok(record);
         };
         if writer.current.is_none() {
             let number = writer.next_number;
@@ -372,7 +389,7 @@ impl AuditLog {
         if full {
             self.close(&mut writer).map_err(AuditError::Append)?;
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Closes the current local segment (fsync, rename to `.closed`).

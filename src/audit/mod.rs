@@ -6,6 +6,7 @@
 //! - `segment`: the chain, the local segment file and the uploaded object.
 //! - `log`: the writer a mount (or a CLI command) appends to.
 //! - `query`: reading every segment back, verifying chains, filtering.
+//! - `syslog`: the optional copy of each record to the local syslog.
 //!
 //! Layouts: FORMAT.md, "Audit segments".
 
@@ -15,8 +16,9 @@ mod process;
 mod query;
 mod record;
 mod segment;
+mod syslog;
 
-pub use log::{AuditError, AuditLog, AuditMode, AuditSettings, DEFAULT_RETENTION_DAYS, retention_for};
+pub use log::{AuditError, AuditLog, AuditMode, AuditSettings, DEFAULT_RETENTION_DAYS, Syslog, retention_for};
 pub use query::{
     Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, read_segments, report,
     verify,

@@ -29,6 +29,7 @@ impl Fixture {
             mode,
             flush_interval: Duration::from_secs(10),
             retain_for: None,
+            syslog: Syslog::Off,
         };
         AuditLog::open(
             &self.dir.path().join("audit"),

@@ -427,6 +427,7 @@ async fn operations_are_audited_with_current_paths_and_callers() {
         mode: AuditMode::Required,
         flush_interval: std::time::Duration::from_secs(10),
         retain_for: None,
+        syslog: crate::audit::Syslog::Off,
     };
     let log = AuditLog::open(dir.path(), fx.ring.clone(), fx.store.clone(), settings).unwrap();
     let core = fx.core().with_audit(log.clone());

@@ -73,8 +73,8 @@ setup() {
     sv_init "$URL" --key-file "$KEY" >/dev/null
 }
 
-mount_volume() {
-    sv_mount "$URL" "$MP" "$CACHE" --key-file "$KEY" -o allow_other --audit-flush-interval "$FLUSH"
+mount_volume() { # [EXTRA-ARGS...]
+    sv_mount "$URL" "$MP" "$CACHE" --key-file "$KEY" -o allow_other --audit-flush-interval "$FLUSH" "$@"
 }
 
 workload() {
@@ -270,6 +270,54 @@ days = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 
 sys.exit(0 if 29.9 < days <= 30 else 1)" "$until"
 }
 
+# syslog_copy FLAG PYTHON-CONDITION: mount with FLAG, have alice read a
+# file, unmount; some syslog message `m` (a record as JSON) satisfies the
+# condition. Listens on /dev/log itself when no syslog daemon does, else
+# reads the journal.
+syslog_copy() {
+    local flag=$1 cond=$2 listener="" out=$WORK/syslog.txt
+    : >"$out"
+    if [[ ! -e /dev/log ]]; then
+        python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('/dev/log')
+with open(sys.argv[1], 'a') as out:
+    while True:
+        out.write(s.recv(65536).decode(errors='replace') + '\n')
+        out.flush()" "$out" &
+        listener=$!
+        for _ in $(seq 50); do [[ -S /dev/log ]] && break; sleep 0.1; done
+    fi
+    local rc=0
+    {
+        mount_volume "$flag" &&
+            as s3v-alice "cat $MP/shared/alice.txt" >/dev/null &&
+            sv_umount "$MP"
+    } || rc=$?
+    if [[ -n $listener ]]; then
+        sleep 0.5
+        kill "$listener"
+        rm -f /dev/log
+    else
+        journalctl -t s3vault-audit --since "-2min" -o cat >"$out" 2>/dev/null || true
+    fi
+    ((rc == 0)) || return "$rc"
+    python3 - "$out" "$cond" <<'EOF2'
+import json, sys
+messages = []
+for line in open(sys.argv[1]):
+    if "{" in line:
+        try:
+            messages.append(json.loads(line[line.index("{"):]))
+        except ValueError:
+            pass
+if not any(eval(sys.argv[2], {}, {"m": m}) for m in messages):
+    print(f"{len(messages)} records in syslog, none satisfies {sys.argv[2]}")
+    sys.exit(1)
+EOF2
+}
+
 require "set up a volume" setup
 require "mount with allow_other" mount_volume
 require "users work on the volume" workload
@@ -281,6 +329,10 @@ check "filters: --path, --event, --uid, --since, --until, csv, table" filters
 check "audit report summarises per user" report
 check "kill -9 after a burst of opens: every open that returned is logged" kill9_keeps_returned_opens
 check "key add is recorded" key_commands_recorded
+check "--audit-syslog: a copy of each record in syslog, without its path" \
+    syslog_copy --audit-syslog 'm["event"] == "open" and m.get("user") == "s3v-alice" and "path" not in m and m["host"]'
+check "--audit-syslog-paths: with its path" \
+    syslog_copy --audit-syslog-paths 'm["event"] == "open" and m.get("path") == "/shared/alice.txt"'
 check "audit verify: OK on an untouched trail" verify_ok
 if [[ $E2E_BACKEND == moto ]]; then
     check "Object Lock bucket: segments are retained for --audit-retention-days" object_lock_retention
