@@ -251,7 +251,7 @@ truncate_segment() {
 # with a retention of --audit-retention-days.
 object_lock_retention() {
     local bucket=s3vault-locked-${WORK##*.} url mp=$WORK/mnt-locked key until
-    bucket=$(tr 'A-Z' 'a-z' <<<"$bucket")
+    bucket=$(tr '[:upper:]' '[:lower:]' <<<"$bucket")
     url=s3://$bucket/vol
     s3tool mb-locked "$bucket"
     sv_init "$url" --key-file "$KEY" >/dev/null
