@@ -43,7 +43,8 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             return 1;
         }
     };
-    let (core, mountpoint, cache_dir) = match runtime.block_on(prepare(&config, unlock)) {
+    // `_cache_lock` is held until the daemon exits.
+    let (core, mountpoint, cache_dir, _cache_lock) = match runtime.block_on(prepare(&config, unlock)) {
         Ok(prepared) => prepared,
         Err((code, message)) => {
             if !ready.is_background() {
@@ -165,7 +166,9 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
     )
 }
 
-async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, PathBuf, PathBuf), Failure> {
+type Prepared = (Arc<Core>, PathBuf, PathBuf, volume::CacheLock);
+
+async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failure> {
     let location = Location::parse(&config.url).map_err(|e| (2, e))?;
     let mountpoint = std::fs::canonicalize(&config.mountpoint)
         .map_err(|e| (2, format!("mount point {}: {e}", config.mountpoint.display())))?;
@@ -182,6 +185,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
         .clone()
         .unwrap_or_else(|| volume::default_cache_dir(&volume.superblock.volume_id));
     volume::prepare_cache_dir(&cache_dir).map_err(volume_failure)?;
+    let cache_lock = volume::lock_cache_dir(&cache_dir).map_err(volume_failure)?;
     let (meta, unsynced) = volume::load_metadata(&volume, &cache_dir)
         .await
         .map_err(volume_failure)?;
@@ -231,7 +235,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<(Arc<Core>, Pat
     if unsynced || orphans > 0 {
         core.mark_changed();
     }
-    Ok((core, mountpoint, cache_dir))
+    Ok((core, mountpoint, cache_dir, cache_lock))
 }
 
 async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {

@@ -184,6 +184,51 @@ pub fn prepare_cache_dir(path: &Path) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// The exclusive lock a mount holds on its cache directory for its whole
+/// life: two daemons sharing a metadata database and audit segments would
+/// corrupt each other's state.
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+/// Takes the cache directory's lock (`<cache>/lock`, holding the owner's
+/// pid), or says which process holds it.
+pub fn lock_cache_dir(path: &Path) -> Result<CacheLock, VolumeError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |reason: String| VolumeError::CacheDir {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path.join("lock"))
+        .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut owner = String::new();
+        let _ = file.read_to_string(&mut owner);
+        let owner = owner.trim();
+        let pid = if owner.is_empty() {
+            "unknown".into()
+        } else {
+            owner.to_string()
+        };
+        return Err(fail(format!("is in use by another s3vault mount (pid {pid})")));
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()));
+    written.map_err(|e| fail(format!("cannot write its lock file: {e}")))?;
+    Ok(CacheLock { _file: file })
+}
+
 /// Opens the volume's metadata database in `cache_dir`, rebuilding it from
 /// the newest snapshot in the store when it is missing, unreadable or older
 /// (a fresh host, or another host wrote since). Returns the store and

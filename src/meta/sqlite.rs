@@ -55,6 +55,12 @@ impl SqliteStore {
     fn setup(conn: Connection, key: &SecretKey) -> Result<SqliteStore> {
         let raw = Zeroizing::new(format!("x'{}'", hex::encode(key.as_bytes())));
         conn.pragma_update(None, "key", raw.as_str())?;
+        // One daemon owns the database: hold its lock for the connection's
+        // life instead of taking and dropping file locks around every
+        // query (set before the first read, so WAL keeps its index in
+        // memory, with no -shm file). A second mount of the same cache
+        // directory is refused.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         // Fails with "file is not a database" under a wrong key.
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

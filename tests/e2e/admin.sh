@@ -578,6 +578,10 @@ CACHE_L=$WORK/cache-log
 echo "log markers: $MARK_NAME $MARK_DATA"
 require "mount with --log-level trace" log_mount "$MNT" "$CACHE_L" --key-file "$KEY" --log-level trace
 check "create, write, rename, remove names with the marker; failing lookups" log_activity "$MNT"
+# Two daemons sharing one cache directory would corrupt each other's state.
+check "a second mount of the same cache directory is refused (exit 2, in use)" \
+    sv_mount_refused 2 'in use by another s3vault mount' "$URL" "$MNT_X" "$CACHE_L" --key-file "$KEY"
+check "the first mount is unharmed" test -d "$MNT/."
 umount_step "umount (trace)" "$MNT"
 check "the daemon log is not empty" log_not_empty "$CACHE_L/s3vault.log"
 check "the daemon log has debug/trace lines (the level took effect)" log_has_debug "$CACHE_L/s3vault.log"
