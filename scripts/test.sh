@@ -14,7 +14,7 @@
 # Environment:
 #   S3VAULT_TOOLS   where s3s-fs, pjdfstest and fsx are installed
 #   E2E_SUITES      space-separated subset of suites to run
-#                   (default: "basic confidentiality integrity pjdfstest fsx admin audit")
+#                   (default: "basic confidentiality integrity pjdfstest fsx posix admin audit")
 #   E2E_BACKENDS    subset of backends (default: "file s3s moto")
 #   SKIP_CARGO=1    use the existing target/release/s3vault: no cargo build,
 #                   no cargo test (for iterating on the shell suites)
@@ -31,7 +31,7 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx admin audit}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix admin audit}
 BACKENDS=${E2E_BACKENDS-file s3s moto}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
@@ -288,6 +288,8 @@ main() {
                 pjdfstest:file | pjdfstest:moto) continue ;;
                 # fsx (random I/O checked against a model): on s3s only too.
                 fsx:file | fsx:moto) continue ;;
+                # Locks, mmap and a 100,000-entry directory: s3s only too.
+                posix:file | posix:moto) continue ;;
             esac
             run_suite "$suite" "$backend"
         done
