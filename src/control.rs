@@ -1,8 +1,9 @@
 //! Control socket: how `s3vault umount` asks a running mount to flush.
 //!
 //! One Unix socket per mount point, in a root-only (or per-user) runtime
-//! directory; requests are one line (`sync`, `pid`, `unmount`), answers one line
-//! (`ok [value]` or `error <message>`).
+//! directory; requests are one line (`sync`, `pid`, `status`, `unmount`),
+//! answers one line (`ok [value]` or `error <message>`; `status` answers
+//! with JSON).
 
 use crate::fs::Core;
 use sha2::{Digest, Sha256};
@@ -66,6 +67,10 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                     Err(e) => format!("error {e}"),
                 },
                 "pid" => format!("ok {}", std::process::id()),
+                "status" => match serde_json::to_string(&core.status()) {
+                    Ok(json) => format!("ok {json}"),
+                    Err(e) => format!("error {e}"),
+                },
                 // Flush first and unmount only if that worked: buffered data
                 // must not be dropped because the store is unreachable.
                 "unmount" => match core.sync().await {

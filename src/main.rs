@@ -96,6 +96,13 @@ enum Command {
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
+    /// Show a running mount's state: open files, pending metadata, audit log.
+    Status {
+        mountpoint: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a volume's format, id, block size and key slots (no key needed).
     Info {
         url: String,
@@ -515,6 +522,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             }
         }
         Command::Umount { mountpoint } => umount(&mountpoint),
+        Command::Status { mountpoint, json } => status(&mountpoint, json),
         Command::Info { url, s3 } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
             init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
@@ -712,6 +720,46 @@ fn absolute(path: PathBuf) -> Result<PathBuf, Exit> {
     std::path::absolute(&path)
         .with_context(|| format!("cache directory {}", path.display()))
         .map_err(usage)
+}
+
+/// Prints the state of the mount at `mountpoint`.
+fn status(mountpoint: &Path, json: bool) -> Result<(), Exit> {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mount point {}", mountpoint.display()))
+        .map_err(usage)?;
+    let answer = s3vault::control::request(&mountpoint, "status").map_err(|e| usage(anyhow!(e)))?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(&answer).map_err(runtime_err)?;
+    let mut rows = vec![("mount point".to_string(), mountpoint.display().to_string())];
+    flatten_status("", &value, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in rows {
+        println!("{key:<width$}  {value}");
+    }
+    Ok(())
+}
+
+/// `{"audit": {"lost": 0}}` as rows like ("audit lost", "0"); times (keys
+/// ending in `_ns`) in RFC 3339.
+fn flatten_status(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    let serde_json::Value::Object(map) = value else {
+        return;
+    };
+    for (key, value) in map {
+        let label = format!("{prefix}{}", key.trim_end_matches("_ns").replace('_', " "));
+        match value {
+            serde_json::Value::Object(_) => flatten_status(&format!("{label} "), value, rows),
+            serde_json::Value::Null => rows.push((label, "-".into())),
+            serde_json::Value::Number(n) if key.ends_with("_ns") => {
+                rows.push((label, audit::output::rfc3339(n.as_i64().unwrap_or(0))))
+            }
+            serde_json::Value::String(s) => rows.push((label, s.clone())),
+            other => rows.push((label, other.to_string())),
+        }
+    }
 }
 
 /// Asks the mount daemon to flush and unmount, then waits for it to exit.

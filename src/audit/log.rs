@@ -146,6 +146,23 @@ pub struct AuditLog {
     upload_lock: tokio::sync::Mutex<()>,
     /// One-shot logs keep their lines in memory until `upload`.
     pending: Mutex<Vec<String>>,
+    last_upload_ns: std::sync::atomic::AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What `s3vault status` shows of the audit log.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditStats {
+    pub mode: String,
+    /// Records written by this chain so far (its next sequence number - 1).
+    pub records: u64,
+    /// Records lost in best-effort mode since the mount.
+    pub lost: u64,
+    /// Local segments not yet in the store (including the one being written).
+    pub segments_pending: usize,
+    /// When segments last reached the store (ns since the epoch), if ever.
+    pub last_upload_ns: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// The retention to write segments with: the requested one if the store
@@ -232,18 +249,24 @@ impl AuditLog {
                 reason,
             };
             let (header, lines) = LocalSegment::read(path, &log.ring).map_err(damaged)?;
-            match lines.last() {
+            let (next_seq, mac) = match lines.last() {
                 Some(line) => {
                     let (mac, json) = segment::split_line(line).ok_or_else(|| damaged("malformed record".into()))?;
                     let last: Record = serde_json::from_str(json).map_err(|e| damaged(e.to_string()))?;
-                    writer.mac = mac;
-                    writer.next_seq = last.seq + 1;
+                    (last.seq + 1, mac)
                 }
                 None => {
-                    hex::decode_to_slice(&header.prev_mac, &mut writer.mac)
-                        .map_err(|_| damaged("bad previous MAC".into()))?;
-                    writer.next_seq = header.first_seq;
+                    let mut mac = GENESIS;
+                    hex::decode_to_slice(&header.prev_mac, &mut mac).map_err(|_| damaged("bad previous MAC".into()))?;
+                    (header.first_seq, mac)
                 }
+            };
+            // A segment left behind by a failed close can be older than
+            // the chain state saved by later uploads: continue from
+            // whichever is further along.
+            if next_seq > writer.next_seq {
+                writer.next_seq = next_seq;
+                writer.mac = mac;
             }
             writer.next_number = writer.next_number.max(number + 1);
         }
@@ -282,6 +305,23 @@ impl AuditLog {
             lost: AtomicU64::new(0),
             upload_lock: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Vec::new()),
+            last_upload_ns: std::sync::atomic::AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn stats(&self) -> AuditStats {
+        let records = self.writer().next_seq.saturating_sub(1);
+        let pending =
+            self.local_segments(".closed").map_or(0, |s| s.len()) + self.local_segments(".open").map_or(0, |s| s.len());
+        let last = self.last_upload_ns.load(Ordering::Relaxed);
+        AuditStats {
+            mode: format!("{:?}", self.settings.mode).to_lowercase(),
+            records,
+            lost: self.lost(),
+            segments_pending: pending,
+            last_upload_ns: (last > 0).then_some(last),
+            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -423,6 +463,19 @@ impl AuditLog {
     /// and is retried by the next call.
     pub async fn upload(&self) -> Result<usize, AuditError> {
         let _one_at_a_time = self.upload_lock.lock().await;
+        let result = self.upload_closed().await;
+        let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                self.last_upload_ns.store(now_ns(), Ordering::Relaxed);
+                *last_error = None;
+            }
+            Err(e) => *last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    async fn upload_closed(&self) -> Result<usize, AuditError> {
         if self.dir.is_none() {
             return self.upload_pending().await;
         }

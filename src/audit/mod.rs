@@ -18,7 +18,9 @@ mod record;
 mod segment;
 mod syslog;
 
-pub use log::{AuditError, AuditLog, AuditMode, AuditSettings, DEFAULT_RETENTION_DAYS, Syslog, retention_for};
+pub use log::{
+    AuditError, AuditLog, AuditMode, AuditSettings, AuditStats, DEFAULT_RETENTION_DAYS, Syslog, retention_for,
+};
 pub use query::{
     Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, read_segments, report,
     verify,

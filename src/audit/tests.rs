@@ -240,3 +240,34 @@ async fn one_shot_logs_form_their_own_chain() {
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     assert_eq!((v.records, v.chains), (4, 2));
 }
+
+/// A segment whose close failed stays behind as `.open` while later
+/// segments are uploaded; the next mount must ship it without restarting
+/// the chain from its end (which reused sequence numbers).
+#[tokio::test]
+async fn a_segment_left_open_by_a_failed_close_does_not_rewind_the_chain() {
+    let fx = Fixture::new();
+    let audit_dir = fx.dir.path().join("audit");
+    let away = fx.dir.path().join("away");
+    let log = fx.open(AuditMode::Required);
+    let open = |i: u64| Record::new(Event::Open, Subject::default(), None).path(format!("/f{i}").as_bytes());
+    for i in 0..3 {
+        log.record(open(i)).unwrap();
+    }
+    std::fs::rename(&audit_dir, &away).unwrap();
+    std::fs::write(&audit_dir, b"in the way").unwrap();
+    assert!(log.upload().await.is_err());
+    std::fs::remove_file(&audit_dir).unwrap();
+    std::fs::rename(&away, &audit_dir).unwrap();
+    for i in 3..6 {
+        log.record(open(i)).unwrap();
+    }
+    log.upload().await.unwrap();
+    drop(log);
+    let log = fx.open(AuditMode::Required);
+    log.record(open(6)).unwrap();
+    log.upload().await.unwrap();
+    let v = fx.verify().await;
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    assert_eq!(v.records, 7);
+}

@@ -850,6 +850,28 @@ impl Core {
     pub fn mark_changed(&self) {
         self.changed.store(true, Ordering::SeqCst);
     }
+
+    /// What `s3vault status` shows of the filesystem.
+    pub fn status(&self) -> CoreStatus {
+        CoreStatus {
+            read_only: self.options.read_only,
+            open_files: self.files().len(),
+            open_handles: self.handles().len(),
+            unsynced_metadata: self.changed.load(Ordering::SeqCst),
+            audit: self.audit.as_ref().map(|log| log.stats()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CoreStatus {
+    pub read_only: bool,
+    /// Files with in-memory state (open, or with data not yet uploaded).
+    pub open_files: usize,
+    pub open_handles: usize,
+    /// Metadata changed since the last snapshot reached the store.
+    pub unsynced_metadata: bool,
+    pub audit: Option<crate::audit::AuditStats>,
 }
 
 #[cfg(test)]

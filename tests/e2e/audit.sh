@@ -168,6 +168,60 @@ key_commands_recorded() {
     expect_record 'r["event"] == "key-add" and r["uid"] == 0 and r["detail"].startswith("slot=")'
 }
 
+status_shows_the_log() {
+    timeout 30 "$S3VAULT" status "$MP"
+    timeout 30 "$S3VAULT" status "$MP" --json >"$WORK/status.json"
+    python3 - "$WORK/status.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+a = s["audit"]
+assert a["mode"] == "required" and a["records"] > 10 and a["lost"] == 0, a
+assert a["last_upload_ns"] and not a["last_error"], a
+EOF
+}
+
+# break_audit_dir / repair_audit_dir: make new local segments impossible
+# (a file where the directory was), then undo it. The daemon cannot write
+# a record once the segment it has open is closed at the next flush.
+break_audit_dir() {
+    mv "$CACHE/audit" "$CACHE/audit.away"
+    : >"$CACHE/audit"
+    sleep $((FLUSH + 2))
+}
+
+repair_audit_dir() {
+    rm -f "$CACHE/audit"
+    mv "$CACHE/audit.away" "$CACHE/audit"
+}
+
+# With --audit=required (the default), an open whose record cannot be
+# written fails with EIO; it works again once the log can be written.
+required_fails_closed() {
+    local rc=0
+    break_audit_dir
+    cat "$MP/shared/alice.txt" >/dev/null 2>"$WORK/cat.err" || rc=$?
+    repair_audit_dir
+    cat "$WORK/cat.err"
+    ((rc != 0)) && grep -q "Input/output error" "$WORK/cat.err"
+    cat "$MP/shared/alice.txt" >/dev/null
+}
+
+# With --audit=best-effort the open goes through and status counts the loss.
+best_effort_counts_losses() {
+    sv_umount "$MP"
+    mount_volume --audit best-effort
+    break_audit_dir
+    cat "$MP/shared/alice.txt" >/dev/null
+    timeout 30 "$S3VAULT" status "$MP" --json >"$WORK/status.json"
+    repair_audit_dir
+    python3 -c "
+import json, sys
+a = json.load(open(sys.argv[1]))['audit']
+assert a['mode'] == 'besteffort' and a['lost'] >= 1, a" "$WORK/status.json"
+    sv_umount "$MP"
+    mount_volume
+}
+
 # burst N: as alice, open N new files and print each path once its open
 # returned; the daemon is killed while this runs.
 burst() {
@@ -327,6 +381,9 @@ check "each operation is attributed to its user, program, flags and path" attrib
 check "a denied open is recorded with EACCES" denied_open
 check "filters: --path, --event, --uid, --since, --until, csv, table" filters
 check "audit report summarises per user" report
+check "status shows the audit log: records, no loss, last upload" status_shows_the_log
+check "--audit=required: an open that cannot be recorded fails with EIO" required_fails_closed
+check "--audit=best-effort: the open goes through, status counts the loss" best_effort_counts_losses
 check "kill -9 after a burst of opens: every open that returned is logged" kill9_keeps_returned_opens
 check "key add is recorded" key_commands_recorded
 check "--audit-syslog: a copy of each record in syslog, without its path" \
