@@ -500,7 +500,7 @@ fn file_attr(core: &Core, inode: &Inode) -> FileAttr {
     FileAttr {
         ino: inode.ino,
         size: inode.size,
-        blocks: inode.size.div_ceil(512),
+        blocks: inode.allocated.div_ceil(512),
         atime: system_time(inode.atime),
         mtime: system_time(inode.mtime),
         ctime: system_time(inode.ctime),

@@ -199,6 +199,7 @@ mod tests {
             mtime: 0,
             ctime: 0,
             rdev: 0,
+            allocated: 0,
         }
     }
 

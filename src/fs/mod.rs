@@ -360,6 +360,7 @@ impl Core {
                 mtime: now,
                 ctime: now,
                 rdev,
+                allocated: 0,
             };
             m.put_inode(&inode)?;
             if let Some(target) = symlink {

@@ -235,6 +235,16 @@ async fn sparse_file_stores_only_written_blocks() {
     assert_eq!(core.read(0, inode.ino, far - 2, 10).await.unwrap(), b"\0\0needle\0\0");
     assert_eq!(core.read(0, inode.ino, 1 << 30, 4).await.unwrap(), vec![0; 4]);
     core.release(0, inode.ino).await.unwrap();
+    // st_blocks counts what is stored: the 6 bytes, not the 6 GiB.
+    assert_eq!(core.getattr(inode.ino).unwrap().allocated, 6);
+    core.open_handle(inode.ino, libc::O_WRONLY, &root()).unwrap();
+    core.write(0, inode.ino, 0, &vec![1u8; BS as usize]).await.unwrap();
+    core.write(0, inode.ino, 0, b"rewritten").await.unwrap();
+    core.release(0, inode.ino).await.unwrap();
+    assert_eq!(core.getattr(inode.ino).unwrap().allocated, BS as u64 + 6);
+    core.sync().await.unwrap();
+    let fresh = fx.remount().await;
+    assert_eq!(fresh.getattr(inode.ino).unwrap().allocated, BS as u64 + 6);
 }
 
 #[tokio::test]

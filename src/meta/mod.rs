@@ -74,6 +74,9 @@ pub struct Inode {
     pub mtime: i64,
     pub ctime: i64,
     pub rdev: u32,
+    /// Bytes of stored blocks (holes excluded): what st_blocks reports.
+    /// Derived from the block map by the store; writes of it are ignored.
+    pub allocated: u64,
 }
 
 impl Inode {
@@ -91,6 +94,7 @@ impl Inode {
             mtime: now,
             ctime: now,
             rdev: 0,
+            allocated: 0,
         }
     }
 }

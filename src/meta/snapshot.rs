@@ -87,6 +87,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<Record>> {
                 mtime: r.u64()? as i64,
                 ctime: r.u64()? as i64,
                 rdev: r.u32()?,
+                allocated: 0,
             }),
             TAG_SYMLINK => {
                 let ino = r.u64()?;
@@ -189,6 +190,7 @@ mod tests {
                 mtime: 1_700_000_000_123_456_789,
                 ctime: 3,
                 rdev: 0,
+                allocated: 0,
             }),
             Record::Entry {
                 parent: 1,

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
     uid INTEGER NOT NULL, gid INTEGER NOT NULL, nlink INTEGER NOT NULL,
     size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
-    ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, target BLOB);
+    ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, target BLOB,
+    allocated INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL,
     name BLOB NOT NULL, ino INTEGER NOT NULL, UNIQUE (parent, name));
@@ -32,7 +33,22 @@ CREATE TABLE IF NOT EXISTS xattrs (
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
 ";
 
+/// `inodes.allocated` (bytes of stored blocks, for st_blocks) follows the
+/// block map through triggers, so no code path can forget it and a
+/// restored snapshot (which does not carry it) gets it right.
+const TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS blocks_added AFTER INSERT ON blocks BEGIN
+    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino; END;
+CREATE TRIGGER IF NOT EXISTS blocks_removed AFTER DELETE ON blocks BEGIN
+    UPDATE inodes SET allocated = allocated - OLD.len WHERE ino = OLD.ino; END;
+CREATE TRIGGER IF NOT EXISTS blocks_changed AFTER UPDATE ON blocks BEGIN
+    UPDATE inodes SET allocated = allocated - OLD.len WHERE ino = OLD.ino;
+    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino; END;
+";
+
+/// Columns of an inode as written; reads add the derived `allocated`.
 const INODE_COLUMNS: &str = "ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev";
+const INODE_READ_COLUMNS: &str = "ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev, allocated";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -49,7 +65,7 @@ impl SqliteStore {
     /// A private in-memory database (unit tests).
     pub fn in_memory() -> Result<SqliteStore> {
         let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
+        create_schema(&conn)?;
         Ok(SqliteStore { conn })
     }
 
@@ -69,7 +85,7 @@ impl SqliteStore {
         // database; the object store holds every state that was promised.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.execute_batch(SCHEMA)?;
+        create_schema(&conn)?;
         Ok(SqliteStore { conn })
     }
 
@@ -92,6 +108,23 @@ impl SqliteStore {
     }
 }
 
+/// Creates the tables, or brings a database from an older release up to
+/// date (adding `inodes.allocated`, computed from the block map).
+fn create_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    let has_allocated = conn
+        .prepare("SELECT 1 FROM pragma_table_info('inodes') WHERE name = 'allocated'")?
+        .exists([])?;
+    if !has_allocated {
+        conn.execute_batch(
+            "ALTER TABLE inodes ADD COLUMN allocated INTEGER NOT NULL DEFAULT 0;
+             UPDATE inodes SET allocated = (SELECT coalesce(sum(len), 0) FROM blocks WHERE blocks.ino = inodes.ino);",
+        )?;
+    }
+    conn.execute_batch(TRIGGERS)?;
+    Ok(())
+}
+
 fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
     let kind: u8 = r.get(1)?;
     Ok(Inode {
@@ -106,6 +139,7 @@ fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
         mtime: r.get(8)?,
         ctime: r.get(9)?,
         rdev: r.get(10)?,
+        allocated: r.get::<_, i64>(11)?.max(0) as u64,
     })
 }
 
@@ -157,7 +191,7 @@ impl MetadataStore for SqliteStore {
     fn inode(&self, ino: u64) -> Result<Option<Inode>> {
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("SELECT {INODE_COLUMNS} FROM inodes WHERE ino = ?1"))?;
+            .prepare_cached(&format!("SELECT {INODE_READ_COLUMNS} FROM inodes WHERE ino = ?1"))?;
         Ok(stmt.query_row([ino as i64], inode_from_row).optional()?)
     }
 
@@ -335,7 +369,10 @@ impl MetadataStore for SqliteStore {
         match block {
             Some(b) => {
                 self.conn
-                    .prepare_cached("INSERT OR REPLACE INTO blocks (ino, idx, object, len) VALUES (?1, ?2, ?3, ?4)")?
+                    .prepare_cached(
+                        "INSERT INTO blocks (ino, idx, object, len) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (ino, idx) DO UPDATE SET object = excluded.object, len = excluded.len",
+                    )?
                     .execute(params![ino as i64, index as i64, b.object_id.as_slice(), b.len])?;
             }
             None => {
@@ -408,12 +445,12 @@ impl MetadataStore for SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {INODE_COLUMNS}, target FROM inodes ORDER BY ino"))?;
+            .prepare(&format!("SELECT {INODE_READ_COLUMNS}, target FROM inodes ORDER BY ino"))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let inode = inode_from_row(row)?;
             sink(Record::Inode(inode));
-            if let Some(target) = row.get::<_, Option<Vec<u8>>>(11)? {
+            if let Some(target) = row.get::<_, Option<Vec<u8>>>(12)? {
                 sink(Record::SymlinkTarget { ino: inode.ino, target });
             }
         }
@@ -528,7 +565,31 @@ mod tests {
             mtime: 0,
             ctime: 0,
             rdev: 0,
+            allocated: 0,
         }
+    }
+
+    #[test]
+    fn a_database_from_before_allocated_gets_it_computed() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE inodes (
+                ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
+                uid INTEGER NOT NULL, gid INTEGER NOT NULL, nlink INTEGER NOT NULL,
+                size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
+                ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, target BLOB);
+             CREATE TABLE blocks (
+                ino INTEGER NOT NULL, idx INTEGER NOT NULL, object BLOB NOT NULL,
+                len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+             INSERT INTO inodes VALUES (2, 1, 420, 0, 0, 1, 3000000, 0, 0, 0, 0, NULL);
+             INSERT INTO blocks VALUES (2, 0, randomblob(16), 1048576), (2, 2, randomblob(16), 300);",
+        )
+        .unwrap();
+        create_schema(&conn).unwrap();
+        let mut store = SqliteStore { conn };
+        assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048876);
+        store.remove_blocks_from(2, 1).unwrap();
+        assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048576);
     }
 
     #[test]

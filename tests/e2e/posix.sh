@@ -104,6 +104,26 @@ remount() {
     sv_umount "$MP" && mount_volume
 }
 
+# A 1 TiB sparse file: only what was written is stored and counted in
+# st_blocks; the hole reads as zeros; a dense file counts all its bytes.
+sparse_terabyte() {
+    local f=$MP/sparse-1t
+    truncate -s 1T "$f"
+    printf 'tail-of-a-terabyte' | dd of="$f" bs=1 seek=$(((1 << 40) - 18)) conv=notrunc status=none
+    printf 'head' | dd of="$f" bs=1 conv=notrunc status=none
+    [[ $(stat -c %s "$f") -eq $((1 << 40)) ]]
+    [[ $(tail -c 18 "$f") == tail-of-a-terabyte ]]
+    [[ $(dd if="$f" bs=4096 skip=$((1 << 27)) count=1 status=none | tr -d '\0' | wc -c) -eq 0 ]]
+    local blocks
+    blocks=$(stat -c %b "$f")
+    echo "st_blocks of the 1 TiB sparse file: $blocks"
+    ((blocks * 512 <= 4 << 20))
+    head -c $((3 << 20)) /dev/urandom >"$MP/dense"
+    blocks=$(stat -c %b "$MP/dense")
+    echo "st_blocks of a 3 MiB file: $blocks"
+    ((blocks * 512 >= 3 << 20 && blocks * 512 < 4 << 20))
+}
+
 # POSIX_BIG_DIR entries; then, while a reader lists the directory over and
 # over, entries are removed and others added; finally the listing must be
 # exactly the expected set, live and after a remount.
@@ -170,6 +190,7 @@ check "shared writable mmap: write, msync, close" mmap_write
 check "mmap'd data reads back" mmap_content_ok
 check "unmount and mount again" remount
 check "mmap'd data survives the remount" mmap_content_ok
+check "a 1 TiB sparse file stores and counts only what was written" sparse_terabyte
 check "a directory of $POSIX_BIG_DIR entries" big_directory_fill
 check "listing stays exact while entries are removed and added" big_directory_churn
 check "the $POSIX_BIG_DIR-entry listing is exact" big_directory_exact
