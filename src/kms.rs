@@ -58,7 +58,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let key = key.to_string();
-    let detail = one_line(&e);
+    // A service error's own message says it best; the SDK's rendering of
+    // an unmodelled one is a debug dump.
+    let detail = match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => one_line(&e),
+    };
     match e.code() {
         Some("AccessDeniedException") => KmsError::AccessDenied { action, key, detail },
         Some("DisabledException" | "KMSInvalidStateException") => KmsError::Disabled { key, detail },

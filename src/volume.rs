@@ -118,21 +118,23 @@ pub async fn open_slot(sb: &Superblock, unlock: &Unlock, aws: &S3Options) -> Res
         return Ok(sb.unlock_slot(unlock)?);
     }
     let kms = crate::kms::Kms::new(aws).await.map_err(VolumeError::KmsSetup)?;
-    let mut last_error = None;
+    let mut failed = Vec::new();
     for (index, slot) in sb.slots.iter().enumerate().filter(|(_, s)| s.kind == SlotKind::Kms) {
         match kms.unwrap(&slot.kms_key_id, &slot.wrapped, &sb.volume_id).await {
             Ok(master) => {
                 sb.verify(&master)?;
+                // Worth a warning only when another slot got in: otherwise
+                // the error returned says it, once.
+                for (id, e) in &failed {
+                    tracing::warn!(slot = %id, error = %e, "KMS slot did not open");
+                }
                 return Ok((index, master));
             }
-            Err(e) => {
-                tracing::warn!(slot = %slot.id(), error = %e, "KMS slot did not open");
-                last_error = Some(e);
-            }
+            Err(e) => failed.push((slot.id(), e)),
         }
     }
-    Err(match last_error {
-        Some(e) => e.into(),
+    Err(match failed.pop() {
+        Some((_, e)) => e.into(),
         None => SuperblockError::WrongKey(unlock.describe()).into(),
     })
 }

@@ -653,6 +653,36 @@ print(kms.create_key(Description="s3vault admin suite")["KeyMetadata"]["Arn"])
 PY
 }
 
+# kms_refuses AWS-ERROR PATTERN: mount --kms through a KMS endpoint that
+# answers every request with AWS-ERROR must be refused (exit 2, PATTERN).
+kms_refuses() {
+    local error=$1 pat=$2 port stub rc=0
+    port=$(free_port)
+    python3 - "$port" "$error" <<'EOF' &
+import http.server, json, sys
+port, error = int(sys.argv[1]), sys.argv[2]
+class Refuse(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"__type": error, "message": f"refused by the test endpoint ({error})"}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("x-amzn-ErrorType", error)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Refuse).serve_forever()
+EOF
+    stub=$!
+    for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    sv_mount_refused 2 "$pat" "$KMS_URL" "$MNT_X" "$WORK/cache-x" --kms --kms-endpoint "http://127.0.0.1:$port" || rc=$?
+    kill "$stub"
+    wait "$stub" 2>/dev/null || true
+    return "$rc"
+}
+
 # kms_write MP: a file whose content names this run, to find after remounts.
 kms_write() {
     echo "kms-$RAND" >"$1/kms.txt" && [[ $(cat "$1/kms.txt") == "kms-$RAND" ]]
@@ -686,6 +716,13 @@ if [[ $E2E_BACKEND == moto && -n $E2E_ENDPOINT ]]; then
     check "key add with an unknown KMS key: exit 2, names KMS" \
         expect_exit 2 'KMS' sv_key add "$KMS_URL" --kms "${KMS_OPTS[@]}" \
         --new-kms-key-id arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000
+    # moto does not enforce key states or policies, so a disabled key and a
+    # denied kms:Decrypt come from a KMS endpoint that answers every request
+    # the way AWS KMS answers those (same protocol, same error shapes).
+    check "mount --kms with the KMS key disabled: exit 2, says disabled" \
+        kms_refuses DisabledException 'is disabled'
+    check "mount --kms without kms:Decrypt: exit 2, says denied and which action" \
+        kms_refuses AccessDeniedException 'denied kms:Decrypt'
 fi
 
 # ---------------------------------------------------------------------------
