@@ -25,6 +25,15 @@ if [[ ! -x $FSX ]]; then
     exit 1
 fi
 
+# fsx 0.3.2 never unmaps its mapped reads, so a long run reaches the
+# kernel's limit of mappings per process (vm.max_map_count, 65530 by
+# default) and its next mmap fails with ENOMEM. Raise the limit for the run.
+MAPS_NEEDED=$((OPS / 4 + 65536))
+if (($(cat /proc/sys/vm/max_map_count) < MAPS_NEEDED)); then
+    echo "raising vm.max_map_count to $MAPS_NEEDED (fsx leaks its read mappings)"
+    sysctl -q -w vm.max_map_count=$MAPS_NEEDED
+fi
+
 echo "=== $(date +%H:%M:%S) soak: fsx $OPS ops, block $BS, seed $SEED"
 start=$SECONDS
 rc=0
