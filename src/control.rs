@@ -73,19 +73,33 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                 },
                 // Flush first and unmount only if that worked: buffered data
                 // must not be dropped because the store is unreachable.
-                "unmount" => match core.sync().await {
+                "unmount" => match core.sync_within(crate::mount::FINAL_SYNC_LIMIT).await {
                     Ok(()) => match tokio::task::spawn_blocking(move || unmount()).await {
                         Ok(Ok(())) => "ok".to_string(),
                         Ok(Err(e)) => format!("error cannot unmount: {e}"),
                         Err(e) => format!("error {e}"),
                     },
-                    Err(e) => format!("error cannot flush to the object store: {e}"),
+                    Err(e) => format!("error cannot flush to the object store: {}", unflushed(&core, e)),
                 },
                 other => format!("error unknown request {other:?}"),
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
         });
     }
+}
+
+/// Why a flush failed, with what it leaves in the cache.
+fn unflushed(core: &Core, e: crate::fs::FsError) -> String {
+    let cache = core.status().cache;
+    let reason = match (e, cache.last_error) {
+        (crate::fs::FsError::ETIMEDOUT, Some(last)) => format!("uploads are failing ({last})"),
+        (crate::fs::FsError::ETIMEDOUT, None) => "uploads did not finish in time".to_string(),
+        (e, _) => e.to_string(),
+    };
+    format!(
+        "{reason}; {} bytes in {} blocks wait in the cache",
+        cache.dirty_bytes, cache.pending_uploads
+    )
 }
 
 /// Sends one request to the mount at `mountpoint`; returns the value of an

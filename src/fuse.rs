@@ -134,7 +134,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.runtime.block_on(self.core.sync()) {
+        if let Err(e) = self
+            .runtime
+            .block_on(self.core.sync_within(crate::mount::FINAL_SYNC_LIMIT))
+        {
             tracing::error!(error = %e, "final sync at unmount failed");
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cache;
 pub mod codec;
 pub mod control;
 pub mod crypto;

@@ -6,6 +6,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use s3vault::admin;
 use s3vault::audit::{self, AuditMode, AuditSettings};
+use s3vault::cache;
 use s3vault::daemon::{self, Readiness, Role};
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
@@ -93,6 +94,8 @@ enum Command {
         /// Include paths in the syslog copies.
         #[arg(long)]
         audit_syslog_paths: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Flush everything to the object store, then unmount.
     Umount { mountpoint: PathBuf },
@@ -119,6 +122,61 @@ enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+}
+
+/// The local block cache's limits (mount flags).
+#[derive(Args)]
+struct CacheArgs {
+    /// Disk space the block cache may use, like 512M or 10G [default: 10G].
+    #[arg(long, value_name = "SIZE", value_parser = cache::parse_bytes)]
+    cache_size: Option<u64>,
+    /// Free space the cache leaves on its disk: a size or a percentage
+    /// [default: 5%].
+    #[arg(long, value_name = "SIZE|N%")]
+    cache_min_free: Option<cache::MinFree>,
+    /// Data written but not yet uploaded above which writers wait
+    /// [default: a quarter of --cache-size].
+    #[arg(long, value_name = "SIZE", value_parser = cache::parse_bytes)]
+    max_dirty: Option<u64>,
+    /// Uploads in flight at once [default: 16].
+    #[arg(long, value_name = "N")]
+    upload_concurrency: Option<u64>,
+    /// Accept a cache directory in memory (tmpfs), where a reboot loses
+    /// writes not yet uploaded.
+    #[arg(long)]
+    allow_volatile_cache: bool,
+}
+
+/// The smallest cache worth having: a few blocks of the largest size.
+const MIN_CACHE_SIZE: u64 = 64 << 20;
+
+impl CacheArgs {
+    /// Flags win over their -o forms.
+    fn config(self, o: &options::MountOptions) -> Result<cache::CacheConfig, Exit> {
+        let limit = self.cache_size.or(o.cache_size).unwrap_or(10 << 30);
+        if limit < MIN_CACHE_SIZE {
+            return Err(usage(anyhow!("the cache size must be at least 64M")));
+        }
+        let max_dirty = self.max_dirty.or(o.max_dirty).unwrap_or(limit / 4);
+        if max_dirty > limit || max_dirty < (16 << 20) {
+            return Err(usage(anyhow!(
+                "--max-dirty must be between 16M and the cache size ({limit} bytes)"
+            )));
+        }
+        let upload_concurrency = self.upload_concurrency.or(o.upload_concurrency).unwrap_or(16);
+        if !(1..=1024).contains(&upload_concurrency) {
+            return Err(usage(anyhow!("--upload-concurrency must be between 1 and 1024")));
+        }
+        Ok(cache::CacheConfig {
+            limit,
+            min_free: self
+                .cache_min_free
+                .or(o.cache_min_free)
+                .unwrap_or(cache::MinFree::Percent(5)),
+            max_dirty,
+            upload_concurrency: upload_concurrency as usize,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -452,10 +510,13 @@ fn run(cli: Cli) -> Result<(), Exit> {
             audit_retention_days,
             audit_syslog,
             audit_syslog_paths,
+            cache,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
             Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
+            let allow_volatile_cache = cache.allow_volatile_cache || o.allow_volatile_cache;
+            let cache = cache.config(&o)?;
             let key = KeyArgs {
                 key_file: key.key_file.or(o.key_file),
                 passphrase_file: key.passphrase_file.or(o.passphrase_file),
@@ -505,6 +566,8 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 s3,
                 metadata_interval: Duration::from_secs(metadata_interval),
                 audit,
+                allow_volatile_cache,
+                cache,
             };
             let ready = if foreground {
                 Readiness::foreground()

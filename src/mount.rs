@@ -2,6 +2,7 @@
 //! FUSE, keep metadata flowing to the store, and flush at the end.
 
 use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
+use crate::cache::{self, BlockCache, CacheConfig};
 use crate::control;
 use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
@@ -25,7 +26,14 @@ pub struct MountConfig {
     /// How often changed metadata is uploaded.
     pub metadata_interval: Duration,
     pub audit: AuditSettings,
+    pub cache: CacheConfig,
+    /// Accept a cache directory on tmpfs or ramfs.
+    pub allow_volatile_cache: bool,
 }
+
+/// How long unmounting waits for uploads before giving up (the store is
+/// unreachable); what is left stays in the cache for the next mount.
+pub const FINAL_SYNC_LIMIT: Duration = Duration::from_secs(60);
 
 /// An error with the exit code it maps to (2: configuration, 1: runtime).
 pub type Failure = (i32, String);
@@ -115,7 +123,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     }
     // The kernel's destroy request already synced; this catches a session
     // that ended without one (the mount was torn down from outside).
-    let synced = runtime.block_on(core.sync());
+    let synced = runtime.block_on(core.sync_within(FINAL_SYNC_LIMIT));
     let audited = runtime.block_on(close_audit(&core));
     match (synced, audited) {
         (Ok(()), Ok(())) => {
@@ -123,7 +131,14 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             0
         }
         (Err(e), _) => {
-            tracing::error!(error = %e, "unmounted, but the last changes did not reach the object store");
+            let cache = core.status().cache;
+            tracing::error!(
+                error = %e,
+                pending_blocks = cache.pending_uploads,
+                pending_bytes = cache.dirty_bytes,
+                "unmounted, but the last changes did not reach the object store; \
+                 they stay in the cache directory and upload at its next mount"
+            );
             1
         }
         (_, Err(e)) => {
@@ -155,7 +170,8 @@ async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
 /// How the mount was configured, for its audit record (no secrets).
 fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
     format!(
-        "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s",
+        "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s \
+         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={}",
         config.url,
         config.mountpoint.display(),
         cache_dir.display(),
@@ -163,6 +179,10 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
         config.allow_other,
         config.audit.mode,
         config.audit.flush_interval.as_secs(),
+        config.cache.limit,
+        config.cache.min_free,
+        config.cache.max_dirty,
+        config.cache.upload_concurrency,
     )
 }
 
@@ -185,6 +205,16 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         .clone()
         .unwrap_or_else(|| volume::default_cache_dir(&volume.superblock.volume_id));
     volume::prepare_cache_dir(&cache_dir).map_err(volume_failure)?;
+    if !config.allow_volatile_cache && cache::is_volatile(&cache_dir).unwrap_or(false) {
+        return Err((
+            2,
+            format!(
+                "cache directory {} is in memory (tmpfs): writes not yet uploaded would be lost \
+                 at a reboot; use a directory on disk, or --allow-volatile-cache if that is acceptable",
+                cache_dir.display()
+            ),
+        ));
+    }
     let cache_lock = volume::lock_cache_dir(&cache_dir).map_err(volume_failure)?;
     let (meta, unsynced) = volume::load_metadata(&volume, &cache_dir)
         .await
@@ -217,9 +247,18 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             .record(record)
             .map_err(|e| (1, format!("cannot write the audit log: {e}")))?;
     }
+    let blocks = BlockCache::open(&cache_dir.join("blocks"), config.cache.clone(), store.clone()).map_err(|e| {
+        (
+            1,
+            format!("cannot open the block cache in {}: {e}", cache_dir.display()),
+        )
+    })?;
+    blocks.spawn_uploader();
+    tokio::spawn(sample_cache_rates(blocks.clone()));
     let core = Core::new(
         Box::new(meta),
         store,
+        blocks,
         volume.ring.clone(),
         volume.superblock.block_size,
         options,
@@ -264,6 +303,14 @@ async fn audit_periodically(log: Arc<AuditLog>) {
     }
 }
 
+async fn sample_cache_rates(cache: Arc<BlockCache>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        cache.sample_rates();
+    }
+}
+
 async fn sync_periodically(core: Arc<Core>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,7 +336,7 @@ async fn unmount_on_signal(unmount: control::Unmount, core: Arc<Core>) {
         _ = int.recv() => {}
     }
     tracing::info!("signal received; flushing and unmounting");
-    if let Err(e) = core.sync().await {
+    if let Err(e) = core.sync_within(FINAL_SYNC_LIMIT).await {
         tracing::error!(error = %e, "flush before unmount failed");
     }
     if let Err(e) = tokio::task::spawn_blocking(move || unmount())

@@ -7,6 +7,7 @@
 //! accepted and ignored, as a kernel filesystem would; anything else is
 //! refused by name, so a typo never silently changes behaviour.
 
+use crate::cache::{MinFree, parse_bytes};
 use crate::fuse::AttrOverrides;
 use std::path::PathBuf;
 
@@ -31,6 +32,11 @@ pub struct MountOptions {
     pub audit_retention_days: Option<u64>,
     pub audit_syslog: bool,
     pub audit_syslog_paths: bool,
+    pub cache_size: Option<u64>,
+    pub cache_min_free: Option<MinFree>,
+    pub max_dirty: Option<u64>,
+    pub upload_concurrency: Option<u64>,
+    pub allow_volatile_cache: bool,
 }
 
 /// Options mount(8), mount.fuse3 and systemd use themselves. `nodev`,
@@ -112,6 +118,11 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "audit_retention_days" => o.audit_retention_days = Some(number(10)?),
             "audit_syslog" => o.audit_syslog = true,
             "audit_syslog_paths" => o.audit_syslog_paths = true,
+            "cache_size" => o.cache_size = Some(parse_bytes(&text()?)?),
+            "cache_min_free" => o.cache_min_free = Some(text()?.parse()?),
+            "max_dirty" => o.max_dirty = Some(parse_bytes(&text()?)?),
+            "upload_concurrency" => o.upload_concurrency = Some(number(10)?),
+            "allow_volatile_cache" => o.allow_volatile_cache = true,
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

@@ -1,25 +1,23 @@
-//! File data: open files, their write buffers, block reads and uploads.
+//! File data: open files, their write buffers, block reads and staging.
 //!
 //! Writes land in a per-file buffer of whole blocks in memory. `flush`
 //! (every close), `fsync` and memory pressure seal the buffered blocks, each
-//! into a new object with a fresh random id, upload them in parallel, and
-//! only then point the block map at them, in one metadata transaction. A
-//! metadata state therefore never references an object that is not yet in
-//! the store (invariant 3), and a block is never overwritten in place.
+//! into a new object with a fresh random id, stage them in the local block
+//! cache (which uploads them in the background), and point the block map at
+//! them in one metadata transaction. A block is never overwritten in place;
+//! `persist.rs` uploads a metadata state only after every block it
+//! references is in the store (invariant 3).
 
 use super::trail::subject;
 use super::{Caller, Core, FsError, FsResult, Inode, purge};
 use crate::audit::{Event, Record, Subject};
-use crate::codec::{self, BlockAddress, ObjectId};
+use crate::cache::{CacheError, data_key};
+use crate::codec::{self, BlockAddress};
 use crate::meta::{BlockRef, FileKind};
-use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use tokio::task::JoinSet;
 
-/// Uploads of one flush in flight at once.
-const UPLOAD_PARALLELISM: usize = 8;
 const NONE: u64 = u64::MAX;
 
 pub(super) struct OpenFile {
@@ -97,10 +95,6 @@ impl OpenFile {
         self.pending_mtime
             .store(buffer.mtime.unwrap_or(i64::MIN), Ordering::SeqCst);
     }
-}
-
-fn data_key(id: &ObjectId) -> String {
-    format!("data/{}", hex::encode(id))
 }
 
 impl Core {
@@ -226,7 +220,8 @@ impl Core {
         // then the map's; taking them the other way round could deadlock.
         let unlinked = self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0);
         if unlinked {
-            self.transact(|m| purge(m, file.ino))?;
+            let garbage = self.transact(|m| purge(m, file.ino))?;
+            self.discard_unuploaded(&garbage);
         }
         Ok(())
     }
@@ -504,12 +499,21 @@ impl Core {
             .unwrap_or_else(|e| e.into_inner())
             .get(&block.object_id)
         {
+            self.cache.count_hit();
             return Ok(Some(hit.clone()));
         }
-        let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
-            tracing::error!(ino, index, error = %e, "cannot fetch data block");
-            FsError::EIO
-        })?;
+        let object = match self.cache.get(&block.object_id) {
+            Some(object) => object,
+            None => {
+                let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
+                    tracing::error!(ino, index, error = %e, "cannot fetch data block");
+                    FsError::EIO
+                })?;
+                self.cache.count_download(object.len() as u64);
+                self.cache.keep(block.object_id, &object);
+                object
+            }
+        };
         let addr = BlockAddress {
             object_id: block.object_id,
             ino,
@@ -531,9 +535,9 @@ impl Core {
         Ok(Some(plain))
     }
 
-    /// Uploads buffered blocks (all of them, or only whole ones ahead of
-    /// close) and commits them, the size and the mtime in one transaction.
-    /// On failure the blocks stay buffered, so nothing is lost.
+    /// Stages buffered blocks in the cache (all of them, or only whole ones
+    /// ahead of close) and commits them, the size and the mtime in one
+    /// transaction. On failure the blocks stay buffered, so nothing is lost.
     async fn commit(&self, file: &OpenFile, buffer: &mut WriteBuffer, all: bool) -> FsResult<()> {
         if buffer.is_clean() {
             return Ok(());
@@ -549,7 +553,7 @@ impl Core {
             .iter()
             .filter_map(|i| buffer.dirty.remove(i).map(|b| (*i, b)))
             .collect();
-        let uploaded = match self.upload(file.ino, &blocks).await {
+        let uploaded = match self.stage(file.ino, &blocks).await {
             Ok(refs) => refs,
             Err(e) => {
                 buffer.dirty.extend(blocks);
@@ -561,15 +565,15 @@ impl Core {
         let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
         let result = self.transact(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+            let mut replaced = Vec::new();
             if let Some(cut) = cut.filter(|_| all) {
-                for old in m.remove_blocks_from(ino, cut)? {
-                    m.add_garbage(&old.object_id)?;
-                }
+                replaced.extend(m.remove_blocks_from(ino, cut)?.into_iter().map(|b| b.object_id));
             }
             for (index, block) in &uploaded {
-                if let Some(old) = m.set_block(ino, *index, *block)? {
-                    m.add_garbage(&old.object_id)?;
-                }
+                replaced.extend(m.set_block(ino, *index, *block)?.map(|b| b.object_id));
+            }
+            for id in &replaced {
+                m.add_garbage(id)?;
             }
             if all {
                 inode.size = size.unwrap_or(inode.size);
@@ -585,11 +589,15 @@ impl Core {
                 inode.ctime = inode.ctime.max(t);
             }
             m.put_inode(&inode)?;
-            Ok(())
+            Ok(replaced)
         });
-        if let Err(e) = result {
-            buffer.dirty.extend(blocks.drain(..));
-            return Err(e);
+        match result {
+            Ok(replaced) => self.discard_unuploaded(&replaced),
+            Err(e) => {
+                self.unstage(&uploaded);
+                buffer.dirty.extend(blocks.drain(..));
+                return Err(e);
+            }
         }
         // What was just written is the likeliest to be read next: keep it
         // instead of fetching it back from the store.
@@ -611,45 +619,48 @@ impl Core {
         Ok(())
     }
 
-    /// Seals and uploads blocks in parallel; an all-zero block becomes a
-    /// hole (`None`) and costs no object.
-    async fn upload(&self, ino: u64, blocks: &[(u64, Vec<u8>)]) -> FsResult<Vec<(u64, Option<BlockRef>)>> {
+    /// Seals blocks into new objects in the local cache, where the uploader
+    /// picks them up; an all-zero block becomes a hole (`None`) and costs no
+    /// object.
+    async fn stage(&self, ino: u64, blocks: &[(u64, Vec<u8>)]) -> FsResult<Vec<(u64, Option<BlockRef>)>> {
         let mut refs = Vec::with_capacity(blocks.len());
-        let mut tasks = JoinSet::new();
         for (index, content) in blocks {
             if content.iter().all(|b| *b == 0) {
                 refs.push((*index, None));
                 continue;
-            }
-            if tasks.len() >= UPLOAD_PARALLELISM
-                && let Some(done) = tasks.join_next().await
-            {
-                refs.push(done.map_err(|_| FsError::EIO)??);
             }
             let addr = BlockAddress {
                 object_id: codec::new_object_id(),
                 ino,
                 index: *index,
             };
-            let sealed = Bytes::from(codec::seal_block(&self.ring, &addr, content));
-            let (store, len) = (self.store.clone(), content.len() as u32);
-            tasks.spawn(async move {
-                store.put(&data_key(&addr.object_id), sealed).await.map_err(|e| {
-                    tracing::error!(ino = addr.ino, index = addr.index, error = %e, "cannot upload data block");
-                    FsError::EIO
-                })?;
-                Ok::<_, FsError>((
-                    addr.index,
-                    Some(BlockRef {
-                        object_id: addr.object_id,
-                        len,
-                    }),
-                ))
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            refs.push(done.map_err(|_| FsError::EIO)??);
+            let sealed = codec::seal_block(&self.ring, &addr, content);
+            if let Err(e) = self.cache.stage(addr.object_id, &sealed).await {
+                self.unstage(&refs);
+                return Err(match e {
+                    CacheError::Full => FsError::ENOSPC,
+                    CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FsError::ENOSPC,
+                    CacheError::Io(e) => {
+                        tracing::error!(error = %e, "cannot write a block to the cache");
+                        FsError::EIO
+                    }
+                });
+            }
+            refs.push((
+                *index,
+                Some(BlockRef {
+                    object_id: addr.object_id,
+                    len: content.len() as u32,
+                }),
+            ));
         }
         Ok(refs)
+    }
+
+    /// Takes back blocks staged for a commit that did not happen.
+    fn unstage(&self, refs: &[(u64, Option<BlockRef>)]) {
+        for block in refs.iter().filter_map(|(_, b)| b.as_ref()) {
+            self.cache.drop_unreferenced(&block.object_id);
+        }
     }
 }

@@ -46,6 +46,8 @@ errno!(
     ERANGE,
     E2BIG,
     EACCES,
+    ENOSPC,
+    ETIMEDOUT,
 );
 
 impl std::fmt::Display for FsError {

@@ -18,6 +18,7 @@ pub use error::{FsError, FsResult};
 pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};
 
 use crate::audit::{AuditLog, Event, Record};
+use crate::cache::{BlockCache, CacheStatus};
 use crate::codec::ObjectId;
 use crate::keyring::Keyring;
 use crate::meta::{DirEntry, FileKind, Inode, MetadataStore, ROOT_INO};
@@ -103,6 +104,8 @@ pub struct FsStats {
 pub struct Core {
     meta: Mutex<Box<dyn MetadataStore>>,
     store: Arc<dyn ObjectStore>,
+    /// Sealed blocks on the cache disk and their write-back uploads.
+    cache: Arc<BlockCache>,
     ring: Arc<Keyring>,
     block_size: u64,
     options: CoreOptions,
@@ -138,6 +141,7 @@ impl Core {
     pub fn new(
         meta: Box<dyn MetadataStore>,
         store: Arc<dyn ObjectStore>,
+        cache: Arc<BlockCache>,
         ring: Arc<Keyring>,
         block_size: u32,
         options: CoreOptions,
@@ -146,6 +150,7 @@ impl Core {
         Core {
             meta: Mutex::new(meta),
             store,
+            cache,
             ring,
             block_size: block_size as u64,
             options,
@@ -516,7 +521,7 @@ impl Core {
     }
 
     fn unlink_unrecorded(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.transact(|m| {
+        let freed = self.transact(|m| {
             let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
             let ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
             let inode = m.inode(ino)?.ok_or(FsError::EIO)?;
@@ -528,7 +533,9 @@ impl Core {
             m.remove_entry(parent, name)?;
             touch_dir(m, parent, now, 0)?;
             self.drop_link(m, inode, now)
-        })
+        })?;
+        self.discard_unuploaded(&freed);
+        Ok(())
     }
 
     fn rmdir_unrecorded(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -558,13 +565,14 @@ impl Core {
     }
 
     /// Removes one link of a non-directory; the last link of a file that is
-    /// still open leaves an orphan that the last release deletes.
-    fn drop_link(&self, m: &mut dyn MetadataStore, mut inode: Inode, now: i64) -> FsResult<()> {
+    /// still open leaves an orphan that the last release deletes. Returns
+    /// the blocks freed.
+    fn drop_link(&self, m: &mut dyn MetadataStore, mut inode: Inode, now: i64) -> FsResult<Vec<ObjectId>> {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
         if inode.nlink > 0 || self.is_open(inode.ino) {
             m.put_inode(&inode)?;
-            Ok(())
+            Ok(Vec::new())
         } else {
             purge(m, inode.ino)
         }
@@ -610,7 +618,7 @@ impl Core {
         if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
             return Err(FsError::EINVAL);
         }
-        self.transact(|m| {
+        let freed = self.transact(|m| {
             let src_ino = m.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
             let mut src = m.inode(src_ino)?.ok_or(FsError::EIO)?;
             let dst_dir = m.inode(new_parent)?.ok_or(FsError::ENOENT)?;
@@ -619,7 +627,7 @@ impl Core {
             }
             let dst_ino = m.lookup(new_parent, new_name)?;
             if dst_ino == Some(src_ino) {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let dst = dst_ino.map(|ino| m.inode(ino)?.ok_or(FsError::EIO)).transpose()?;
             self.check_rename(m, caller, (parent, &src), (new_parent, dst.as_ref()), exchange)?;
@@ -627,6 +635,7 @@ impl Core {
                 return Err(FsError::EINVAL);
             }
             let now = now_ns();
+            let mut freed = Vec::new();
             if exchange {
                 let dst_ino = dst_ino.ok_or(FsError::ENOENT)?;
                 let mut dst = m.inode(dst_ino)?.ok_or(FsError::EIO)?;
@@ -651,7 +660,7 @@ impl Core {
                     inode.ctime = now;
                     m.put_inode(inode)?;
                 }
-                return Ok(());
+                return Ok(Vec::new());
             }
             if let Some(dst_ino) = dst_ino {
                 if noreplace {
@@ -669,7 +678,7 @@ impl Core {
                     touch_dir(m, new_parent, now, -1)?;
                     m.delete_inode(dst_ino)?;
                 } else {
-                    self.drop_link(m, dst, now)?;
+                    freed = self.drop_link(m, dst, now)?;
                 }
             }
             m.remove_entry(parent, name)?;
@@ -679,8 +688,10 @@ impl Core {
             touch_dir(m, new_parent, now, if moved_dir { 1 } else { 0 })?;
             src.ctime = now;
             m.put_inode(&src)?;
-            Ok(())
-        })
+            Ok(freed)
+        })?;
+        self.discard_unuploaded(&freed);
+        Ok(())
     }
 
     /// rename(2)'s permission rules in the kernel's order: removing the
@@ -826,12 +837,14 @@ fn is_ancestor(m: &dyn MetadataStore, ancestor: u64, mut ino: u64) -> FsResult<b
 }
 
 /// Deletes an inode with no links left; its blocks become garbage.
-fn purge(m: &mut dyn MetadataStore, ino: u64) -> FsResult<()> {
-    for block in m.remove_blocks_from(ino, 0)? {
-        m.add_garbage(&block.object_id)?;
+/// Deletes an inode and its block map; returns the blocks it freed.
+fn purge(m: &mut dyn MetadataStore, ino: u64) -> FsResult<Vec<ObjectId>> {
+    let freed: Vec<ObjectId> = m.remove_blocks_from(ino, 0)?.into_iter().map(|b| b.object_id).collect();
+    for id in &freed {
+        m.add_garbage(id)?;
     }
     m.delete_inode(ino)?;
-    Ok(())
+    Ok(freed)
 }
 
 impl Core {
@@ -842,9 +855,27 @@ impl Core {
         }
         let orphans = self.meta().orphans()?;
         for ino in &orphans {
-            self.transact(|m| purge(m, *ino))?;
+            let garbage = self.transact(|m| purge(m, *ino))?;
+            self.discard_unuploaded(&garbage);
         }
         Ok(orphans.len())
+    }
+
+    /// Blocks that just lost their last reference: those never sent to the
+    /// store are dropped from the upload queue (repeated writes to a block
+    /// upload once) and need no delete later.
+    fn discard_unuploaded(&self, ids: &[ObjectId]) {
+        let dropped: Vec<ObjectId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.cache.drop_unreferenced(id))
+            .collect();
+        if !dropped.is_empty()
+            && let Err(e) = self.meta().remove_garbage(&dropped)
+        {
+            // They stay on the garbage list; reclaim deletes nothing there.
+            tracing::warn!(error = %e, "cannot forget blocks that never reached the store");
+        }
     }
 
     /// Marks the state as differing from the newest snapshot in the store.
@@ -859,6 +890,7 @@ impl Core {
             open_files: self.files().len(),
             open_handles: self.handles().len(),
             unsynced_metadata: self.changed.load(Ordering::SeqCst),
+            cache: self.cache.status(),
             audit: self.audit.as_ref().map(|log| log.stats()),
         }
     }
@@ -872,6 +904,7 @@ pub struct CoreStatus {
     pub open_handles: usize,
     /// Metadata changed since the last snapshot reached the store.
     pub unsynced_metadata: bool,
+    pub cache: CacheStatus,
     pub audit: Option<crate::audit::AuditStats>,
 }
 

@@ -2,14 +2,15 @@
 //!
 //! A state is uploaded as one sealed snapshot object, `meta/<generation>.snap`
 //! (20 zero-padded digits, so names sort by generation), always after the
-//! data objects it references, which `data.rs` uploaded before committing
-//! them. Only then are older snapshots deleted, and after them the data
+//! data objects it references: blocks still waiting in the cache's upload
+//! queue are pinned there and awaited first. Only then are older snapshots deleted, and after them the data
 //! objects that no remaining snapshot references. A crash at any point
 //! leaves the newest snapshot in the store consistent; at worst some
 //! objects are orphaned (fsck reclaims them).
 
 use super::{Core, FsError, FsResult};
-use crate::codec;
+use crate::cache::{BlockCache, data_key};
+use crate::codec::{self, ObjectId};
 use crate::keyring::Keyring;
 use crate::meta::{MetaError, MetadataStore, decode_snapshot, encode_snapshot};
 use crate::store::{ObjectStore, StoreError};
@@ -85,38 +86,35 @@ pub async fn upload_snapshot(
 
 impl Core {
     /// Makes everything done so far durable in the object store: buffered
-    /// data first, then a metadata snapshot, then reclaims what the new
-    /// snapshot no longer references.
+    /// data into the cache, then — once every block it references is
+    /// uploaded — a metadata snapshot, then reclaims what the new snapshot no
+    /// longer references. Waits for as long as uploads take; cancelling it
+    /// (a timeout) leaves everything as if it had not started.
     pub async fn sync(&self) -> FsResult<()> {
         let _one_at_a_time = self.sync_lock.lock().await;
         self.flush_all().await?;
         if self.options.read_only || !self.changed.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        let (key, sealed, garbage, generation) = {
+        // Until the snapshot is in the store, the state counts as changed.
+        let mut unsynced = Unsynced(&self.changed, true);
+        let (key, sealed, garbage, generation, pending) = {
             let mut meta = self.meta();
-            let prepared = (|| {
-                let generation = meta.generation()? + 1;
-                meta.set_generation(generation)?;
-                let key = snapshot_key(generation);
-                let plain = encode_snapshot(|sink| meta.export(sink))?;
-                Ok::<_, MetaError>((key, plain, meta.garbage()?, generation))
-            })();
-            match prepared {
-                Ok((key, plain, garbage, generation)) => {
-                    let sealed = codec::seal_metadata(&self.ring, &key, &plain);
-                    (key, sealed, garbage, generation)
-                }
-                Err(e) => {
-                    self.changed.store(true, Ordering::SeqCst);
-                    return Err(e.into());
-                }
-            }
+            let generation = meta.generation()? + 1;
+            meta.set_generation(generation)?;
+            let key = snapshot_key(generation);
+            let plain = encode_snapshot(|sink| meta.export(sink))?;
+            let garbage = meta.garbage()?;
+            // Under the metadata lock, so no block the export references
+            // can be dropped from the upload queue before we pin it.
+            let pending = Pinned(&self.cache, self.cache.pin_pending());
+            let sealed = codec::seal_metadata(&self.ring, &key, &plain);
+            (key, sealed, garbage, generation, pending)
         };
-        if let Err(e) = self.store.put(&key, Bytes::from(sealed)).await {
-            self.changed.store(true, Ordering::SeqCst);
-            return Err(e.into());
-        }
+        self.cache.wait_uploaded(&pending.1).await;
+        self.store.put(&key, Bytes::from(sealed)).await?;
+        drop(pending);
+        unsynced.1 = false;
         tracing::debug!(generation, "metadata snapshot uploaded");
         self.reclaim(generation, garbage).await;
         Ok(())
@@ -124,7 +122,7 @@ impl Core {
 
     /// Deletes snapshots older than `generation`, then the data objects that
     /// only they referenced. Failures are logged and retried next time.
-    async fn reclaim(&self, generation: u64, garbage: Vec<codec::ObjectId>) {
+    async fn reclaim(&self, generation: u64, garbage: Vec<ObjectId>) {
         let older = match snapshot_generations(self.store.as_ref()).await {
             Ok(gens) => gens.into_iter().filter(|g| *g < generation).collect::<Vec<_>>(),
             Err(e) => {
@@ -140,7 +138,8 @@ impl Core {
         }
         let mut deleted = Vec::with_capacity(garbage.len());
         for id in garbage {
-            match self.store.delete(&format!("data/{}", hex::encode(id))).await {
+            self.cache.remove(&id);
+            match self.store.delete(&data_key(&id)).await {
                 Ok(()) => deleted.push(id),
                 Err(e) => tracing::warn!(error = %e, "cannot delete an unreferenced block; will retry"),
             }
@@ -148,6 +147,15 @@ impl Core {
         if let Err(e) = self.meta().remove_garbage(&deleted) {
             tracing::warn!(error = %e, "cannot record reclaimed blocks");
         }
+    }
+
+    /// `sync`, giving up after `limit` (an unreachable store): the unmount
+    /// paths use it, so a dead endpoint cannot hang them for ever. What is
+    /// not uploaded stays in the cache for the next mount.
+    pub async fn sync_within(&self, limit: std::time::Duration) -> FsResult<()> {
+        tokio::time::timeout(limit, self.sync())
+            .await
+            .unwrap_or(Err(FsError::ETIMEDOUT))
     }
 
     /// fsync(2): the file's data and the metadata naming it reach the store.
@@ -159,6 +167,26 @@ impl Core {
     /// Whether metadata changed since the last snapshot.
     pub fn has_unsynced_changes(&self) -> bool {
         self.changed.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks the state changed again unless disarmed (`.1 = false`).
+struct Unsynced<'a>(&'a std::sync::atomic::AtomicBool, bool);
+
+impl Drop for Unsynced<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Blocks a snapshot being uploaded references, pinned in the upload queue.
+struct Pinned<'a>(&'a BlockCache, Vec<ObjectId>);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.0.unpin(&self.1);
     }
 }
 

@@ -18,6 +18,27 @@ const BS: u32 = 64 * 1024;
 struct Fixture {
     store: Arc<MemoryStore>,
     ring: Arc<Keyring>,
+    /// Each core gets its own cache directory in here: a fresh host.
+    caches: tempfile::TempDir,
+}
+
+/// A block cache in a new directory under `parent`, uploading to `store`.
+fn new_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<BlockCache> {
+    let cache = idle_cache(parent, store);
+    cache.spawn_uploader();
+    cache
+}
+
+/// `new_cache` without its uploader running yet.
+fn idle_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<BlockCache> {
+    let dir = tempfile::tempdir_in(parent).unwrap().keep();
+    let config = crate::cache::CacheConfig {
+        limit: 1 << 30,
+        min_free: crate::cache::MinFree::Bytes(0),
+        max_dirty: 1 << 30,
+        upload_concurrency: 4,
+    };
+    BlockCache::open(&dir, config, store).unwrap()
 }
 
 impl Fixture {
@@ -26,6 +47,7 @@ impl Fixture {
         Fixture {
             store: Arc::new(MemoryStore::default()),
             ring,
+            caches: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -40,6 +62,7 @@ impl Fixture {
         Core::new(
             Box::new(meta),
             self.store.clone(),
+            new_cache(self.caches.path(), self.store.clone()),
             self.ring.clone(),
             BS,
             CoreOptions::default(),
@@ -187,6 +210,7 @@ async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
     let fx = Fixture::new();
     let core = fx.core();
     let victim = write_file(&core, b"victim", &[1u8; 100]).await;
+    core.cache.wait_all_uploaded().await;
     let before = fx.data_objects().await;
     let other = write_file(&core, b"other", &[2u8; 100]).await;
     core.sync().await.unwrap();
@@ -229,6 +253,7 @@ async fn sparse_file_stores_only_written_blocks() {
     .unwrap();
     core.write(0, inode.ino, far, b"needle").await.unwrap();
     core.release(0, inode.ino).await.unwrap();
+    core.cache.wait_all_uploaded().await;
     assert_eq!(fx.data_objects().await.len(), 1);
     assert_eq!(core.getattr(inode.ino).unwrap().size, 6 << 30);
     core.open_handle(inode.ino, libc::O_RDONLY, &root()).unwrap();
@@ -348,31 +373,61 @@ async fn names_longer_than_255_bytes_are_refused() {
 }
 
 #[tokio::test]
-async fn failed_upload_keeps_the_data_buffered() {
+async fn an_unreachable_store_delays_durability_but_loses_nothing() {
     let memory = Arc::new(MemoryStore::default());
     let store = Arc::new(FaultyStore::new(memory.clone()));
-    let ring = Arc::new(Keyring::new(&SecretKey::random(), [3; 16]));
     let fx = Fixture {
         store: memory.clone(),
-        ring: ring.clone(),
+        ..Fixture::new()
     };
     let core = Core::new(
         Box::new(fx.root_meta()),
         store.clone(),
-        ring,
+        new_cache(fx.caches.path(), store.clone()),
+        fx.ring.clone(),
+        BS,
+        CoreOptions::default(),
+    );
+    store.fail_writes(true);
+    // Writes and closes complete into the cache; reads see them.
+    let ino = write_file(&core, b"f", b"precious").await;
+    assert_eq!(read_all(&core, ino).await.unwrap(), b"precious");
+    // Nothing can be made durable while the store is down, and a bounded
+    // sync says so instead of pretending.
+    let limit = std::time::Duration::from_millis(300);
+    assert_eq!(core.sync_within(limit).await, Err(FsError::ETIMEDOUT));
+    assert!(core.has_unsynced_changes());
+    assert!(memory.list("").await.unwrap().is_empty());
+    store.fail_writes(false);
+    core.sync().await.unwrap();
+    assert_eq!(read_all(&fx.remount().await, ino).await.unwrap(), b"precious");
+}
+
+#[tokio::test]
+async fn a_block_rewritten_before_its_upload_is_uploaded_once() {
+    let fx = Fixture::new();
+    let cache = idle_cache(fx.caches.path(), fx.store.clone());
+    let core = Core::new(
+        Box::new(fx.root_meta()),
+        fx.store.clone(),
+        cache.clone(),
+        fx.ring.clone(),
         BS,
         CoreOptions::default(),
     );
     let (inode, _) = core.create(&root(), ROOT_INO, b"f", 0o644, libc::O_WRONLY).unwrap();
-    core.write(0, inode.ino, 0, b"precious").await.unwrap();
-    store.fail_writes(true);
-    assert_eq!(core.flush(inode.ino).await, Err(FsError::EIO));
-    assert_eq!(core.sync().await, Err(FsError::EIO));
-    assert_eq!(core.read(0, inode.ino, 0, 8).await.unwrap(), b"precious");
-    store.fail_writes(false);
     core.release(0, inode.ino).await.unwrap();
+    // The uploader is not running yet: each close replaces a queued block.
+    for round in 0..5u8 {
+        core.open_handle(inode.ino, libc::O_WRONLY, &root()).unwrap();
+        core.write(0, inode.ino, 0, &[round + 1; 100]).await.unwrap();
+        core.release(0, inode.ino).await.unwrap();
+    }
+    assert_eq!(cache.status().pending_uploads, 1);
+    cache.spawn_uploader();
     core.sync().await.unwrap();
-    assert_eq!(read_all(&fx.remount().await, inode.ino).await.unwrap(), b"precious");
+    assert_eq!(fx.data_objects().await.len(), 1, "one upload for five rewrites");
+    assert_eq!(read_all(&fx.remount().await, inode.ino).await.unwrap(), vec![5u8; 100]);
 }
 
 #[tokio::test]
@@ -381,6 +436,7 @@ async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
     let core = fx.core();
     let len = 3 * BS as usize;
     let ino = write_file(&core, b"p", &vec![9u8; len]).await;
+    core.cache.wait_all_uploaded().await;
     assert_eq!(fx.data_objects().await.len(), 3);
     core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
