@@ -97,8 +97,15 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Flush everything to the object store, then unmount.
-    Umount { mountpoint: PathBuf },
+    /// Wait for every pending upload (with a progress bar), flush the
+    /// metadata, then unmount.
+    Umount {
+        mountpoint: PathBuf,
+        /// Give up, leaving the volume mounted, when uploads have failed
+        /// without progress for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+    },
     /// Show a running mount's state: open files, pending metadata, audit log.
     Status {
         mountpoint: PathBuf,
@@ -584,7 +591,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 code => std::process::exit(code),
             }
         }
-        Command::Umount { mountpoint } => umount(&mountpoint),
+        Command::Umount { mountpoint, timeout } => umount(&mountpoint, Duration::from_secs(timeout)),
         Command::Status { mountpoint, json } => status(&mountpoint, json),
         Command::Info { url, s3 } => {
             let location = Location::parse(&url).map_err(|e| usage(anyhow!(e)))?;
@@ -805,6 +812,22 @@ fn status(mountpoint: &Path, json: bool) -> Result<(), Exit> {
     Ok(())
 }
 
+/// 1536 as "1.5 KiB".
+fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// `{"audit": {"lost": 0}}` as rows like ("audit lost", "0"); times (keys
 /// ending in `_ns`) in RFC 3339.
 fn flatten_status(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, String)>) {
@@ -819,6 +842,17 @@ fn flatten_status(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(Strin
             serde_json::Value::Number(n) if key.ends_with("_ns") => {
                 rows.push((label, audit::output::rfc3339(n.as_i64().unwrap_or(0))))
             }
+            serde_json::Value::Number(n) if key.ends_with("_bytes") => rows.push((
+                label.trim_end_matches(" bytes").to_string(),
+                human_bytes(n.as_f64().unwrap_or(0.0)),
+            )),
+            serde_json::Value::Number(n) if key.ends_with("_bytes_per_sec") => rows.push((
+                label.replace(" bytes per sec", " rate"),
+                format!("{}/s", human_bytes(n.as_f64().unwrap_or(0.0))),
+            )),
+            serde_json::Value::Number(n) if key.ends_with("_ratio") => {
+                rows.push((label, format!("{:.1}%", n.as_f64().unwrap_or(0.0) * 100.0)))
+            }
             serde_json::Value::String(s) => rows.push((label, s.clone())),
             other => rows.push((label, other.to_string())),
         }
@@ -826,12 +860,14 @@ fn flatten_status(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(Strin
 }
 
 /// Asks the mount daemon to flush and unmount, then waits for it to exit.
-/// The daemon refuses to unmount when the flush fails: the buffered data
-/// would be lost.
-fn umount(mountpoint: &Path) -> Result<(), Exit> {
+/// Pending uploads are waited for first, with a progress bar; the daemon
+/// refuses to unmount when the flush fails, and so do we when the store
+/// stops taking uploads: the data waiting in the cache stays served.
+fn umount(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mount point {}", mountpoint.display()))
         .map_err(usage)?;
+    wait_for_uploads(&mountpoint, stall_limit)?;
     let pid: i32 = s3vault::control::request(&mountpoint, "pid")
         .map_err(|e| usage(anyhow!(e)))?
         .parse()
@@ -854,6 +890,77 @@ fn umount(mountpoint: &Path) -> Result<(), Exit> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// The cache figures `umount` follows.
+#[derive(serde::Deserialize)]
+struct UploadState {
+    dirty_bytes: u64,
+    pending_uploads: u64,
+    uploaded_bytes: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+fn upload_state(mountpoint: &Path) -> Result<UploadState, Exit> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        cache: UploadState,
+    }
+    let answer = s3vault::control::request(mountpoint, "status").map_err(|e| usage(anyhow!(e)))?;
+    let status: Status = serde_json::from_str(&answer).map_err(runtime_err)?;
+    Ok(status.cache)
+}
+
+/// Waits until the mount has nothing left to upload, drawing a progress bar
+/// on a terminal; fails when uploads fail without progress for `stall_limit`.
+fn wait_for_uploads(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit> {
+    let first = upload_state(mountpoint)?;
+    if first.pending_uploads == 0 {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(first.dirty_bytes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .map_err(runtime_err)?,
+    );
+    if !std::io::stderr().is_terminal() {
+        eprintln!("s3vault: waiting for {} bytes to upload", first.dirty_bytes);
+    }
+    let started = std::time::Instant::now();
+    let (mut last_uploaded, mut last_progress) = (first.uploaded_bytes, std::time::Instant::now());
+    loop {
+        let state = upload_state(mountpoint)?;
+        let done = state.uploaded_bytes - first.uploaded_bytes;
+        bar.set_length(done + state.dirty_bytes);
+        bar.set_position(done);
+        if state.pending_uploads == 0 {
+            bar.finish_and_clear();
+            eprintln!(
+                "s3vault: uploaded {} bytes in {:.1} s",
+                done,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if state.uploaded_bytes != last_uploaded {
+            (last_uploaded, last_progress) = (state.uploaded_bytes, std::time::Instant::now());
+        } else if state.errors > first.errors && last_progress.elapsed() >= stall_limit {
+            bar.abandon();
+            return Err(runtime_err(anyhow!(
+                "uploads have failed for {} s ({}); {} bytes in {} blocks wait in the cache; \
+                 {} stays mounted so nothing is lost (retry once the store is reachable)",
+                stall_limit.as_secs(),
+                state.last_error.as_deref().unwrap_or("no error detail"),
+                state.dirty_bytes,
+                state.pending_uploads,
+                mountpoint.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn main() {

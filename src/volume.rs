@@ -234,7 +234,7 @@ pub fn lock_cache_dir(path: &Path) -> Result<CacheLock, VolumeError> {
 /// Opens the volume's metadata database in `cache_dir`, rebuilding it from
 /// the newest snapshot in the store when it is missing, unreadable or older
 /// (a fresh host, or another host wrote since). Returns the store and
-/// whether it holds changes the object store does not have yet.
+/// whether it may hold changes the object store does not have yet.
 pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteStore, bool), VolumeError> {
     let path = cache_dir.join(DATABASE_FILE);
     let newest = core_fs::snapshot_generations(volume.store.as_ref())
@@ -246,7 +246,10 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
             Ok(db) if db.inode(ROOT_INO)?.is_some() => {
                 let local = db.generation()?;
                 if newest.is_none_or(|n| local >= n) {
-                    return Ok((db, newest != Some(local)));
+                    // Unsynced, whatever the generations say: a daemon killed
+                    // after its last snapshot leaves changes made since then
+                    // (closed files among them) that only this database holds.
+                    return Ok((db, true));
                 }
                 tracing::info!(local, newest, "local metadata is older than the store's; rebuilding");
             }

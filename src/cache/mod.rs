@@ -147,17 +147,17 @@ struct Counters {
     misses: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
-    /// Unix seconds of the last successful upload, 0 for none yet.
+    /// Unix nanoseconds of the last successful upload, 0 for none yet.
     last_upload: AtomicU64,
 }
 
 /// A snapshot of the cache for `s3vault status`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CacheStatus {
-    pub bytes: u64,
-    pub limit: u64,
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
     pub dirty_bytes: u64,
-    pub max_dirty: u64,
+    pub max_dirty_bytes: u64,
     pub pending_uploads: u64,
     pub uploads_in_flight: u64,
     pub upload_bytes_per_sec: f64,
@@ -169,8 +169,7 @@ pub struct CacheStatus {
     pub hit_ratio: Option<f64>,
     pub errors: u64,
     pub retries: u64,
-    /// Unix seconds.
-    pub last_upload: Option<u64>,
+    pub last_upload_ns: Option<i64>,
     pub last_error: Option<String>,
 }
 
@@ -191,8 +190,10 @@ pub struct BlockCache {
 
 const RATE_WINDOW: usize = 5;
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl BlockCache {
@@ -537,10 +538,10 @@ impl BlockCache {
         let blocks = self.blocks();
         let last_upload = c.last_upload.load(Ordering::Relaxed);
         CacheStatus {
-            bytes: blocks.clean_bytes + blocks.dirty_bytes,
-            limit: self.config.limit,
+            used_bytes: blocks.clean_bytes + blocks.dirty_bytes,
+            limit_bytes: self.config.limit,
             dirty_bytes: blocks.dirty_bytes,
-            max_dirty: self.config.max_dirty,
+            max_dirty_bytes: self.config.max_dirty,
             pending_uploads: blocks.dirty.len() as u64,
             uploads_in_flight: blocks.dirty.values().filter(|p| p.uploading).count() as u64,
             upload_bytes_per_sec: upload_rate,
@@ -552,7 +553,7 @@ impl BlockCache {
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
             errors: c.errors.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
-            last_upload: (last_upload > 0).then_some(last_upload),
+            last_upload_ns: (last_upload > 0).then_some(last_upload as i64),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }

@@ -56,8 +56,11 @@ async fn staged_blocks_upload_and_stay_cached_clean() {
     );
     assert_eq!(cache.get(&id(1)).unwrap(), Bytes::from_static(b"sealed one"));
     let status = cache.status();
-    assert_eq!((status.dirty_bytes, status.pending_uploads, status.bytes), (0, 0, 10));
-    assert!(status.last_upload.is_some());
+    assert_eq!(
+        (status.dirty_bytes, status.pending_uploads, status.used_bytes),
+        (0, 0, 10)
+    );
+    assert!(status.last_upload_ns.is_some());
     assert!(dir.path().join("clean").join(hex::encode(id(1))).exists());
 }
 
@@ -118,7 +121,7 @@ async fn clean_blocks_are_evicted_least_recently_used_first_dirty_never() {
     assert!(cache.get(&id(1)).is_some() && cache.get(&id(3)).is_some());
     cache.stage(id(10), &[10; 100]).await.unwrap();
     cache.stage(id(11), &[11; 100]).await.unwrap();
-    assert!(cache.status().bytes <= 300);
+    assert!(cache.status().used_bytes <= 300);
     // Only dirty blocks left: staging more than the limit goes over it, and
     // nothing pending is lost.
     cache.keep(id(4), &[4; 100]);

@@ -3,7 +3,7 @@
 //! dropped because the store failed; it leaves the queue only when uploaded
 //! or when the metadata no longer references it.
 
-use super::{BlockCache, backoff, data_key, unix_now};
+use super::{BlockCache, backoff, data_key, unix_now_ns};
 use crate::codec::ObjectId;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -73,7 +73,7 @@ impl BlockCache {
                     self.counters
                         .uploaded_bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    self.counters.last_upload.store(unix_now(), Ordering::Relaxed);
+                    self.counters.last_upload.store(unix_now_ns(), Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# The write-back cache's promises (README "Durability"): close(2) means in the
+# local cache, surviving kill -9 of the daemon; fsync(2) means in the store,
+# visible from a fresh host; the cache stays under its size limit; writes go
+# on while the store is unreachable and arrive when it is back; a full cache
+# disk gives ENOSPC and harms nothing written before; `umount` waits for
+# uploads and refuses, rather than pretends, when the store is down; a cache
+# directory in memory is refused.
+#
+# Usage: [E2E_URL=... E2E_ENDPOINT=...] bash tests/e2e/cache.sh
+# An outage of the store is made by stopping the S3 server (S3S_FS_BIN: the
+# suite then runs its own s3s-fs for those checks) or, on a file:// store,
+# by moving the store's directory away.
+# shellcheck disable=SC2317 # functions run through `check`
+set -euo pipefail
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+e2e_init cache
+
+KEY=$WORK/key
+GEN=$E2E_DIR/filegen.py
+
+setup() {
+    sv_keygen "$KEY" >/dev/null
+}
+
+new_volume() {
+    sv_init "$1" --key-file "$KEY" >/dev/null
+}
+
+# The pid of the daemon serving $1.
+daemon_pid() {
+    "$S3VAULT" status "$1" --json >/dev/null
+    daemon_pids "$1" | head -n 1
+}
+
+status_field() { # MOUNTPOINT FIELD (of the cache section)
+    "$S3VAULT" status "$1" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['cache']['$2'])"
+}
+
+# ---------------------------------------------------------------------------
+# A store we can take down: our own s3s-fs, or a file:// store moved away.
+
+# Set here, not in a check: checks run in child shells.
+if [[ $E2E_URL == s3://* && -n ${S3S_FS_BIN:-} ]]; then
+    OUTAGE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    OUTAGE_URL=s3://outage/vol
+else
+    OUTAGE_PORT=""
+    OUTAGE_URL=file://$WORK/outage-store
+fi
+
+start_outage_store() {
+    if [[ -n $OUTAGE_PORT ]]; then
+        mkdir -p "$WORK/outage-root"
+        outage_server_up
+        E2E_ENDPOINT=http://127.0.0.1:$OUTAGE_PORT python3 "$E2E_DIR/s3tool.py" mb outage
+    fi
+    E2E_ENDPOINT=http://127.0.0.1:${OUTAGE_PORT:-0} new_volume "$OUTAGE_URL"
+}
+
+outage_server_up() {
+    "$S3S_FS_BIN" --host 127.0.0.1 --port "$OUTAGE_PORT" \
+        --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
+        "$WORK/outage-root" >>"$WORK/logs/outage-s3s.log" 2>&1 &
+    echo $! >"$WORK/outage.pid"
+    E2E_ENDPOINT=http://127.0.0.1:$OUTAGE_PORT timeout 60 python3 "$E2E_DIR/s3tool.py" wait 30
+}
+
+store_down() {
+    if [[ -n $OUTAGE_PORT ]]; then
+        kill "$(cat "$WORK/outage.pid")"
+        wait "$(cat "$WORK/outage.pid")" 2>/dev/null || true
+    else
+        # A file in its place, so the store cannot recreate the directory.
+        mv "$WORK/outage-store" "$WORK/outage-store.away"
+        : >"$WORK/outage-store"
+    fi
+}
+
+store_up() {
+    if [[ -n $OUTAGE_PORT ]]; then
+        outage_server_up
+    else
+        rm "$WORK/outage-store"
+        mv "$WORK/outage-store.away" "$WORK/outage-store"
+    fi
+}
+
+outage_mount() { # MOUNTPOINT CACHE [flags...]
+    local mp=$1 cache=$2
+    shift 2
+    E2E_ENDPOINT=http://127.0.0.1:${OUTAGE_PORT:-0} sv_mount "$OUTAGE_URL" "$mp" "$cache" --key-file "$KEY" "$@"
+}
+
+# ---------------------------------------------------------------------------
+
+# A cache directory on tmpfs loses what is not uploaded at a reboot: refused
+# with a one-line reason, accepted with --allow-volatile-cache.
+tmpfs_cache_refused() {
+    local url t=$WORK/tmpfs-cache
+    url=$(vol_url tmpfs)
+    new_volume "$url"
+    mkdir -p "$t"
+    mount -t tmpfs -o size=64m tmpfs "$t"
+    local rc=0
+    sv_mount_refused 2 "tmpfs.*--allow-volatile-cache" "$url" "$WORK/mnt-tmpfs" "$t/c" --key-file "$KEY" || rc=$?
+    if ((rc == 0)); then
+        sv_mount "$url" "$WORK/mnt-tmpfs" "$t/c" --key-file "$KEY" --allow-volatile-cache || rc=$?
+        echo hi >"$WORK/mnt-tmpfs/x" || rc=$?
+        sv_umount "$WORK/mnt-tmpfs" || rc=$?
+    fi
+    umount "$t"
+    return "$rc"
+}
+
+# kill -9 while files are being written: what was closed is intact after a
+# remount of the same cache; what was fsynced is there on a fresh host;
+# nothing half-written shows as data.
+KILL_URL=$(vol_url kill)
+kill_during_writes() {
+    new_volume "$KILL_URL"
+    local mp=$WORK/mnt-kill pid writer
+    sv_mount "$KILL_URL" "$mp" "$WORK/cache-kill" --key-file "$KEY" --metadata-interval 3600
+    : >"$WORK/kill-closed"
+    : >"$WORK/kill-fsynced"
+    python3 "$GEN" write "$mp" 100000 "$WORK/kill-closed" --fsync-every 7 --fsynced "$WORK/kill-fsynced" &
+    writer=$!
+    # Let it write a while (some files fsynced, most only closed).
+    for _ in $(seq 300); do
+        (($(wc -l <"$WORK/kill-closed") >= 60)) && break
+        sleep 0.1
+    done
+    pid=$(daemon_pids "$mp" | head -n 1)
+    kill -9 "$pid"
+    wait "$writer" || true
+    fusermount3 -uz "$mp" 2>/dev/null || umount -l "$mp"
+    echo "closed before the kill: $(wc -l <"$WORK/kill-closed"), fsynced: $(wc -l <"$WORK/kill-fsynced")"
+    (($(wc -l <"$WORK/kill-fsynced") >= 3))
+}
+
+fsynced_files_on_a_fresh_host() {
+    local mp=$WORK/mnt-fresh1
+    sv_mount "$KILL_URL" "$mp" "$WORK/cache-fresh1" --key-file "$KEY" -o ro
+    python3 "$GEN" verify "$mp" "$WORK/kill-fsynced"
+    sv_umount "$mp"
+}
+
+closed_files_after_remount() {
+    local mp=$WORK/mnt-kill
+    sv_mount "$KILL_URL" "$mp" "$WORK/cache-kill" --key-file "$KEY"
+    python3 "$GEN" verify "$mp" "$WORK/kill-closed"
+    sv_umount "$mp"
+}
+
+closed_files_reach_the_store() {
+    local mp=$WORK/mnt-fresh2
+    sv_mount "$KILL_URL" "$mp" "$WORK/cache-fresh2" --key-file "$KEY" -o ro
+    python3 "$GEN" verify "$mp" "$WORK/kill-closed"
+    sv_umount "$mp"
+}
+
+# Writing three times the cache size keeps the cache under its limit, and
+# everything arrives.
+cache_limit_honoured() {
+    local url mp=$WORK/mnt-limit cache=$WORK/cache-limit max=0 used sampler
+    url=$(vol_url limit)
+    new_volume "$url"
+    sv_mount "$url" "$mp" "$cache" --key-file "$KEY" --cache-size 64M --max-dirty 16M
+    (
+        while :; do
+            du -sb "$cache/blocks" | cut -f1
+            sleep 0.2
+        done
+    ) >"$WORK/limit-samples" &
+    sampler=$!
+    : >"$WORK/limit-closed"
+    python3 "$GEN" write "$mp" 48 "$WORK/limit-closed" --size-kib 4096
+    sv_umount "$mp"
+    kill "$sampler"
+    max=$(sort -n "$WORK/limit-samples" | tail -n 1)
+    echo "largest cache seen: $max bytes over $(wc -l <"$WORK/limit-samples") samples (limit 64 MiB)"
+    # The limit counts sealed blocks; allow for directory entries.
+    ((max <= 64 * 1024 * 1024 + 1024 * 1024))
+    sv_mount "$url" "$mp" "$WORK/cache-limit2" --key-file "$KEY" -o ro
+    python3 "$GEN" verify "$mp" "$WORK/limit-closed" --size-kib 4096
+    sv_umount "$mp"
+}
+
+# The store goes away while files are written within the cache size: writes,
+# closes and reads go on; umount refuses instead of pretending; once the
+# store is back everything arrives and umount succeeds.
+writes_survive_an_outage() {
+    local mp=$WORK/mnt-outage rc=0 out
+    outage_mount "$mp" "$WORK/cache-outage"
+    echo before >"$mp/before"
+    "$S3VAULT" umount "$mp" --timeout 1 >/dev/null 2>&1 || true # nothing pending: unmounts
+    mountpoint -q "$mp" && return 1
+    outage_mount "$mp" "$WORK/cache-outage"
+    store_down
+    : >"$WORK/outage-closed"
+    python3 "$GEN" write "$mp" 12 "$WORK/outage-closed"
+    python3 "$GEN" verify "$mp" "$WORK/outage-closed" --no-extra-check
+    cat "$mp/before" | grep -qx before
+    sleep 2
+    echo "pending uploads: $(status_field "$mp" pending_uploads), errors: $(status_field "$mp" errors)"
+    (($(status_field "$mp" pending_uploads) > 0))
+    (($(status_field "$mp" errors) > 0))
+    out=$("$S3VAULT" umount "$mp" --timeout 3 2>&1) || rc=$?
+    echo "umount during the outage: exit $rc: $out"
+    ((rc == 1))
+    grep -q "uploads have failed" <<<"$out"
+    mountpoint -q "$mp"
+    store_up
+    "$S3VAULT" umount "$mp"
+    ! mountpoint -q "$mp"
+    outage_mount "$mp" "$WORK/cache-outage2" -o ro
+    python3 "$GEN" verify "$mp" "$WORK/outage-closed"
+    sv_umount "$mp"
+}
+
+# A full cache disk (a small tmpfs, store unreachable so nothing drains):
+# writers get ENOSPC; what was closed before stays readable and arrives.
+full_cache_disk() {
+    local t=$WORK/small-cache mp=$WORK/mnt-full rc=0
+    mkdir -p "$t"
+    mount -t tmpfs -o size=48m tmpfs "$t"
+    outage_mount "$mp" "$t/c" --allow-volatile-cache --cache-size 64M --max-dirty 64M \
+        --cache-min-free 6M || rc=$?
+    if ((rc == 0)); then
+        store_down
+        : >"$WORK/full-closed"
+        python3 "$GEN" fill "$mp" "$WORK/full-closed" --size-kib 2048 || rc=$?
+        echo "closed before the disk filled: $(wc -l <"$WORK/full-closed")"
+        (($(wc -l <"$WORK/full-closed") >= 5)) || rc=1
+        python3 "$GEN" verify "$mp" "$WORK/full-closed" --size-kib 2048 --no-extra-check || rc=$?
+        store_up
+        "$S3VAULT" umount "$mp" || rc=$?
+    fi
+    if ((rc == 0)); then
+        outage_mount "$mp" "$WORK/cache-full2" -o ro
+        python3 "$GEN" verify "$mp" "$WORK/full-closed" --size-kib 2048 --no-extra-check || rc=$?
+        sv_umount "$mp" || rc=$?
+    fi
+    mountpoint -q "$mp" && force_unmount "$mp"
+    umount "$t"
+    return "$rc"
+}
+
+# status shows the cache: size, limit, dirty bytes, rates, hit ratio.
+status_shows_the_cache() {
+    local url mp=$WORK/mnt-status out
+    url=$(vol_url status)
+    new_volume "$url"
+    sv_mount "$url" "$mp" "$WORK/cache-status" --key-file "$KEY" --cache-size 1G
+    head -c 3000000 /dev/urandom >"$mp/f"
+    cat "$mp/f" >/dev/null
+    out=$("$S3VAULT" status "$mp")
+    echo "$out"
+    for row in "cache used " "cache limit *1.0 GiB" "cache dirty " "cache pending uploads" \
+        "cache upload rate" "cache hit ratio" "cache errors" "cache last upload"; do
+        grep -q "^$row" <<<"$out" || {
+            echo "missing row: $row"
+            return 1
+        }
+    done
+    sv_umount "$mp"
+}
+
+cleanup_outage_store() {
+    [[ -f $WORK/outage.pid ]] || return 0
+    kill "$(cat "$WORK/outage.pid")" 2>/dev/null || true
+}
+trap 'cleanup_outage_store; e2e_cleanup' EXIT
+
+require "setup" setup
+check "a cache directory on tmpfs is refused without --allow-volatile-cache" tmpfs_cache_refused
+require "kill -9 of the daemon while files are written" kill_during_writes
+check "fsynced files are on a fresh host after kill -9" fsynced_files_on_a_fresh_host
+check "closed files are intact after kill -9 and remount" closed_files_after_remount
+check "closed files reach the store after the remount" closed_files_reach_the_store
+check "writing 3x the cache size stays under the limit" cache_limit_honoured
+check "status shows the cache" status_shows_the_cache
+require "outage store" start_outage_store
+check "writes go on while the store is down; umount refuses, then succeeds" writes_survive_an_outage
+check "a full cache disk gives ENOSPC and keeps earlier files" full_cache_disk
+e2e_finish
