@@ -272,8 +272,11 @@ impl Filesystem for FuseAdapter {
         let caller = caller(req);
         self.spawn(
             move |core| async move { core.open(&caller, ino, flags).await },
+            // Keep the page cache across opens: every change to a file goes
+            // through this mount, and the kernel drops what a write,
+            // truncate or hole punch makes stale by itself.
             move |result| match result {
-                Ok(fh) => reply.opened(fh, 0),
+                Ok(fh) => reply.opened(fh, fuser::consts::FOPEN_KEEP_CACHE),
                 Err(e) => reply.error(e.errno()),
             },
         );
@@ -492,7 +495,7 @@ impl Filesystem for FuseAdapter {
             .core
             .create(&caller(req), parent, name.as_bytes(), mode & !umask, flags)
         {
-            Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, 0),
+            Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, fuser::consts::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -8,10 +8,11 @@
 //! `persist.rs` uploads a metadata state only after every block it
 //! references is in the store (invariant 3).
 
+use super::fetch::Wanted;
 use super::trail::subject;
 use super::{Caller, Core, FsError, FsResult, Inode, purge};
 use crate::audit::{Event, Record, Subject};
-use crate::cache::{CacheError, data_key};
+use crate::cache::CacheError;
 use crate::codec::{self, BlockAddress};
 use crate::meta::{BlockRef, FileKind};
 use std::collections::BTreeMap;
@@ -19,6 +20,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 const NONE: u64 = u64::MAX;
+/// How far ahead of a sequential reader blocks are fetched: this many
+/// bytes, but no more blocks than `READ_AHEAD_BLOCKS` (small block sizes).
+const READ_AHEAD_BYTES: u64 = 32 << 20;
+const READ_AHEAD_BLOCKS: u64 = 64;
+/// Reads this close to where the last one ended still count as sequential:
+/// the kernel's parallel readahead requests may arrive out of order.
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
+
+/// Copies the part of a block (starting at file offset `block_start`) that
+/// overlaps `out` (starting at file offset `offset`).
+fn copy_block(out: &mut [u8], offset: u64, block_start: u64, content: &[u8]) {
+    let from = offset.max(block_start);
+    let to = (offset + out.len() as u64).min(block_start + content.len() as u64);
+    if from < to {
+        out[(from - offset) as usize..(to - offset) as usize]
+            .copy_from_slice(&content[(from - block_start) as usize..(to - block_start) as usize]);
+    }
+}
 
 pub(super) struct OpenFile {
     ino: u64,
@@ -28,6 +47,11 @@ pub(super) struct OpenFile {
     /// the buffer lock (getattr runs on the FUSE thread).
     pending_size: AtomicU64,
     pending_mtime: AtomicI64,
+    /// Read-ahead state: where the next sequential read starts, the window
+    /// in blocks, and the first block not yet fetched ahead.
+    next_read: AtomicU64,
+    window: AtomicU64,
+    fetched_ahead: AtomicU64,
 }
 
 /// One open(2)'s file handle: what the close record reports.
@@ -66,7 +90,33 @@ impl OpenFile {
             buffer: tokio::sync::Mutex::new(WriteBuffer::default()),
             pending_size: AtomicU64::new(NONE),
             pending_mtime: AtomicI64::new(i64::MIN),
+            next_read: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            fetched_ahead: AtomicU64::new(0),
         }
+    }
+
+    /// Notes a read of `offset..end`; for a sequential reader, returns the
+    /// blocks `from..=to` to fetch ahead, a window that doubles with each
+    /// sequential read up to `max` blocks and restarts after a seek.
+    fn readahead(&self, offset: u64, end: u64, bs: u64, max: u64) -> Option<(u64, u64)> {
+        let expected = self.next_read.fetch_max(end, Ordering::SeqCst);
+        if offset.abs_diff(expected) > SEQUENTIAL_SLACK {
+            self.next_read.store(end, Ordering::SeqCst);
+            self.window.store(0, Ordering::SeqCst);
+            self.fetched_ahead.store(0, Ordering::SeqCst);
+            return None;
+        }
+        let window = (self.window.load(Ordering::SeqCst) * 2).clamp(1, max);
+        self.window.store(window, Ordering::SeqCst);
+        let last = (end - 1) / bs;
+        let from = self.fetched_ahead.load(Ordering::SeqCst).max(last + 1);
+        let to = last + window;
+        if from > to {
+            return None;
+        }
+        self.fetched_ahead.fetch_max(to + 1, Ordering::SeqCst);
+        Some((from, to))
     }
 
     pub(super) fn apply_pending(&self, inode: &mut Inode) {
@@ -287,36 +337,56 @@ impl Core {
 
     async fn read_at(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.files().get(&ino).cloned().ok_or(FsError::EBADF)?;
-        let buffer = file.buffer.lock().await;
-        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
-        let file_size = buffer.size.unwrap_or(inode.size);
-        let end = file_size.min(offset.saturating_add(size as u64));
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        let bs = self.block_size;
-        for index in offset / bs..=(end - 1) / bs {
-            let block_start = index * bs;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + bs);
-            let dest = &mut out[(from - offset) as usize..(to - offset) as usize];
-            let src_from = (from - block_start) as usize;
-            let copy = |content: &[u8], dest: &mut [u8]| {
-                if src_from < content.len() {
-                    let n = dest.len().min(content.len() - src_from);
-                    dest[..n].copy_from_slice(&content[src_from..src_from + n]);
-                }
-            };
-            if let Some(content) = buffer.dirty.get(&index) {
-                copy(content, dest);
-            } else if buffer.cut.is_none_or(|cut| index < cut)
-                && let Some(content) = self.stored_block(ino, index).await?
-            {
-                copy(&content, dest);
+        // Plan under the buffer lock (buffered blocks are copied, stored ones
+        // looked up), fetch after releasing it, so reads of one file proceed
+        // in parallel. Objects are immutable: what the plan names stays valid.
+        let (mut out, stored, ahead) = {
+            let buffer = file.buffer.lock().await;
+            let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+            let file_size = buffer.size.unwrap_or(inode.size);
+            let end = file_size.min(offset.saturating_add(size as u64));
+            if offset >= end {
+                return Ok(Vec::new());
             }
+            let mut out = vec![0u8; (end - offset) as usize];
+            let bs = self.block_size;
+            let (first, last) = (offset / bs, (end - 1) / bs);
+            for (index, content) in buffer.dirty.range(first..=last) {
+                copy_block(&mut out, offset, index * bs, content);
+            }
+            let stored = self.stored_blocks(&buffer, ino, first, last)?;
+            let ahead = match file.readahead(offset, end, bs, self.max_ahead()) {
+                Some((from, to)) if from * bs < file_size => {
+                    self.stored_blocks(&buffer, ino, from, to.min((file_size - 1) / bs))?
+                }
+                _ => Vec::new(),
+            };
+            (out, stored, ahead)
+        };
+        // Start every block this read needs at once, and what comes next.
+        self.fetcher
+            .prefetch(stored.iter().skip(1).chain(ahead.iter()).copied().collect());
+        for wanted in stored {
+            let content = self.fetcher.get(wanted).await?;
+            copy_block(&mut out, offset, wanted.index * self.block_size, &content);
         }
         Ok(out)
+    }
+
+    /// Stored (not buffered, not truncated away) blocks `first..=last`.
+    fn stored_blocks(&self, buffer: &WriteBuffer, ino: u64, first: u64, last: u64) -> FsResult<Vec<Wanted>> {
+        Ok(self
+            .meta()
+            .blocks(ino, first, last)?
+            .into_iter()
+            .filter(|(index, _)| !buffer.dirty.contains_key(index) && buffer.cut.is_none_or(|cut| *index < cut))
+            .map(|(index, block)| Wanted { ino, index, block })
+            .collect())
+    }
+
+    /// Blocks fetched ahead of a sequential reader, at most.
+    fn max_ahead(&self) -> u64 {
+        (READ_AHEAD_BYTES / self.block_size).clamp(2, READ_AHEAD_BLOCKS)
     }
 
     /// Writes through handle `fh` (0 if unknown, as in tests).
@@ -493,46 +563,7 @@ impl Core {
         let Some((_, block)) = self.meta().blocks(ino, index, index)?.into_iter().next() else {
             return Ok(None);
         };
-        if let Some(hit) = self
-            .read_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&block.object_id)
-        {
-            self.cache.count_hit();
-            return Ok(Some(hit.clone()));
-        }
-        let object = match self.cache.get(&block.object_id) {
-            Some(object) => object,
-            None => {
-                let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
-                    tracing::error!(ino, index, error = %e, "cannot fetch data block");
-                    FsError::EIO
-                })?;
-                self.cache.count_download(object.len() as u64);
-                self.cache.keep(block.object_id, &object);
-                object
-            }
-        };
-        let addr = BlockAddress {
-            object_id: block.object_id,
-            ino,
-            index,
-        };
-        let plain = codec::open_block(&self.ring, &addr, &object).map_err(|e| {
-            tracing::error!(ino, index, error = %e, "data block failed its integrity check");
-            FsError::EIO
-        })?;
-        if plain.len() != block.len as usize {
-            tracing::error!(ino, index, "data block has the wrong length");
-            return Err(FsError::EIO);
-        }
-        let plain = Arc::new(plain);
-        self.read_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(block.object_id, plain.clone());
-        Ok(Some(plain))
+        self.fetcher.get(Wanted { ino, index, block }).await.map(Some)
     }
 
     /// Stages buffered blocks in the cache (all of them, or only whole ones
@@ -602,13 +633,11 @@ impl Core {
         // What was just written is the likeliest to be read next: keep it
         // instead of fetching it back from the store.
         let mut contents: std::collections::HashMap<u64, Vec<u8>> = blocks.into_iter().collect();
-        let mut cache = self.read_cache.lock().unwrap_or_else(|e| e.into_inner());
         for (index, block) in &uploaded {
             if let (Some(block), Some(content)) = (block, contents.remove(index)) {
-                cache.put(block.object_id, Arc::new(content));
+                self.fetcher.remember(block.object_id, content);
             }
         }
-        drop(cache);
         buffer.dirty_bytes = buffer.dirty.len() * bs;
         if all {
             buffer.size = None;

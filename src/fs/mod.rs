@@ -9,6 +9,7 @@
 mod access;
 mod data;
 mod error;
+mod fetch;
 mod persist;
 mod trail;
 mod xattr;
@@ -52,7 +53,8 @@ pub struct CoreOptions {
     /// Plaintext blocks kept in memory for reads, in bytes.
     pub read_cache_bytes: usize,
     /// Dirty bytes a file may hold in memory before its full blocks are
-    /// uploaded ahead of close.
+    /// staged in the cache ahead of close (cheap: a local write), which
+    /// bounds the daemon's memory while many files are being written.
     pub file_dirty_limit: usize,
     pub overrides: AttrOverrides,
 }
@@ -61,8 +63,8 @@ impl Default for CoreOptions {
     fn default() -> Self {
         CoreOptions {
             read_only: false,
-            read_cache_bytes: 128 << 20,
-            file_dirty_limit: 64 << 20,
+            read_cache_bytes: 96 << 20,
+            file_dirty_limit: 16 << 20,
             overrides: AttrOverrides::default(),
         }
     }
@@ -115,7 +117,7 @@ pub struct Core {
     audit: Option<Arc<AuditLog>>,
     /// Paths of directories, for audit records.
     dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
-    read_cache: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
+    fetcher: Arc<fetch::Fetcher>,
     /// Set by every metadata change; cleared when a snapshot is taken.
     changed: AtomicBool,
     sync_lock: tokio::sync::Mutex<()>,
@@ -147,6 +149,7 @@ impl Core {
         options: CoreOptions,
     ) -> Core {
         let blocks = (options.read_cache_bytes / block_size as usize).max(4);
+        let fetcher = Arc::new(fetch::Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks));
         Core {
             meta: Mutex::new(meta),
             store,
@@ -161,7 +164,7 @@ impl Core {
                 NonZeroUsize::new(DIR_PATHS_CACHED).unwrap_or(NonZeroUsize::MIN),
             )),
             next_fh: AtomicU64::new(1),
-            read_cache: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
+            fetcher,
             changed: AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
         }

@@ -546,3 +546,36 @@ async fn operations_are_audited_with_current_paths_and_callers() {
     assert_eq!(records[5].new_path.as_deref(), Some("/z"));
     assert_eq!(records[2].flags.as_deref(), Some("O_WRONLY|O_CREAT"));
 }
+
+#[tokio::test]
+async fn sequential_readers_get_blocks_fetched_ahead_once_each() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let data: Vec<u8> = (0..8 * BS as usize).map(|i| (i % 251) as u8).collect();
+    let ino = write_file(&core, b"seq", &data).await;
+    core.sync().await.unwrap();
+    let fresh = fx.remount().await;
+    fresh.open_handle(ino, libc::O_RDONLY, &root()).unwrap();
+    let chunk = BS / 4;
+    let mut got = Vec::new();
+    for n in 0..4u64 {
+        got.extend(fresh.read(0, ino, n * chunk as u64, chunk).await.unwrap());
+    }
+    // Reading the first block sequentially started fetching the next ones.
+    let sealed_block = BS as u64 + 100;
+    for _ in 0..500 {
+        if fresh.cache.status().downloaded_bytes >= 4 * BS as u64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        fresh.cache.status().downloaded_bytes >= 4 * BS as u64,
+        "nothing was fetched ahead"
+    );
+    got.extend(fresh.read(0, ino, BS as u64, 7 * BS).await.unwrap());
+    assert_eq!(got, data);
+    fresh.release(0, ino).await.unwrap();
+    // Every block came from the store exactly once.
+    assert!(fresh.cache.status().downloaded_bytes <= 8 * sealed_block);
+}

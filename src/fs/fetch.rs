@@ -1,0 +1,129 @@
+//! Reading stored blocks: plaintext in memory (LRU), sealed on the cache
+//! disk, or fetched from the store — each block fetched once however many
+//! readers want it, and fetched ahead for sequential readers.
+
+use crate::cache::{BlockCache, data_key};
+use crate::codec::{self, BlockAddress, ObjectId};
+use crate::keyring::Keyring;
+use crate::meta::BlockRef;
+use crate::store::ObjectStore;
+use lru::LruCache;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{FsError, FsResult};
+
+/// A stored block to read: where it lives and what it should hold.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Wanted {
+    pub ino: u64,
+    pub index: u64,
+    pub block: BlockRef,
+}
+
+type Plain = Arc<Vec<u8>>;
+
+pub(super) struct Fetcher {
+    store: Arc<dyn ObjectStore>,
+    cache: Arc<BlockCache>,
+    ring: Arc<Keyring>,
+    /// Opened blocks by object id; ids are never reused, so never stale.
+    memory: Mutex<LruCache<ObjectId, Plain>>,
+    /// Fetches in progress: a second reader of the same block waits for
+    /// the first instead of fetching it again.
+    inflight: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Fetcher {
+    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<BlockCache>, ring: Arc<Keyring>, blocks: usize) -> Fetcher {
+        Fetcher {
+            store,
+            cache,
+            ring,
+            memory: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, LruCache<ObjectId, Plain>> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a block just written: the likeliest to be read next.
+    pub fn remember(&self, id: ObjectId, content: Vec<u8>) {
+        self.memory().put(id, Arc::new(content));
+    }
+
+    /// The plaintext of a stored block.
+    pub async fn get(&self, wanted: Wanted) -> FsResult<Plain> {
+        let id = wanted.block.object_id;
+        if let Some(hit) = self.memory().get(&id) {
+            self.cache.count_hit();
+            return Ok(hit.clone());
+        }
+        let slot = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        let _fetching = slot.lock().await;
+        // Whoever held the slot before us may have fetched it.
+        if let Some(hit) = self.memory().get(&id) {
+            self.cache.count_hit();
+            return Ok(hit.clone());
+        }
+        let result = self.load(wanted).await;
+        if let Ok(plain) = &result {
+            self.memory().put(id, plain.clone());
+        }
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        result
+    }
+
+    /// Starts fetching blocks a sequential reader will want next.
+    pub fn prefetch(self: &Arc<Self>, blocks: Vec<Wanted>) {
+        for wanted in blocks {
+            if self.memory().contains(&wanted.block.object_id) {
+                continue;
+            }
+            let fetcher = self.clone();
+            tokio::spawn(async move {
+                // A failure is reported when (if) the reader gets there.
+                let _ = fetcher.get(wanted).await;
+            });
+        }
+    }
+
+    /// From the cache disk or the store, opened and checked.
+    async fn load(&self, Wanted { ino, index, block }: Wanted) -> FsResult<Plain> {
+        let object = match self.cache.get(&block.object_id) {
+            Some(object) => object,
+            None => {
+                let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
+                    tracing::error!(ino, index, error = %e, "cannot fetch data block");
+                    FsError::EIO
+                })?;
+                self.cache.count_download(object.len() as u64);
+                self.cache.keep(block.object_id, &object);
+                object
+            }
+        };
+        let addr = BlockAddress {
+            object_id: block.object_id,
+            ino,
+            index,
+        };
+        let plain = codec::open_block(&self.ring, &addr, &object).map_err(|e| {
+            tracing::error!(ino, index, error = %e, "data block failed its integrity check");
+            FsError::EIO
+        })?;
+        if plain.len() != block.len as usize {
+            tracing::error!(ino, index, "data block has the wrong length");
+            return Err(FsError::EIO);
+        }
+        Ok(Arc::new(plain))
+    }
+}
