@@ -101,6 +101,32 @@ impl FuseAdapter {
         let future = work(self.core.clone());
         self.runtime.spawn(async move { done(future.await) });
     }
+
+    /// Like `spawn`, but first polls `work` once on this thread: a request
+    /// that completes without waiting (an open, a small file's close, a
+    /// read of cached data) is answered at once, saving two thread
+    /// hand-offs, which dominate small-file workloads. One that waits (on
+    /// the store, a lock, backpressure) continues on a tokio worker, so the
+    /// request loop never stalls on the network. Not for requests that may
+    /// burn much CPU before their first wait (large writes seal blocks).
+    fn run<T, W, D>(&self, work: impl FnOnce(Arc<Core>) -> W, done: D)
+    where
+        W: Future<Output = FsResult<T>> + Send + 'static,
+        D: FnOnce(FsResult<T>) + Send + 'static,
+        T: Send + 'static,
+    {
+        let _context = self.runtime.enter();
+        let mut future = Box::pin(work(self.core.clone()));
+        // A waker registered during this poll is replaced when the task
+        // polls again; futures must accept that.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => done(result),
+            std::task::Poll::Pending => {
+                self.runtime.spawn(async move { done(future.await) });
+            }
+        }
+    }
 }
 
 /// getxattr/listxattr: a size probe (`size` 0) gets the length, a buffer
@@ -181,7 +207,7 @@ impl Filesystem for FuseAdapter {
         };
         let caller = caller(req);
         let core = self.core.clone();
-        self.spawn(
+        self.run(
             move |core| async move { core.setattr(&caller, ino, change, fh.is_some()).await },
             move |result| match result {
                 Ok(inode) => reply.attr(&TTL, &file_attr(&core, &inode)),
@@ -270,7 +296,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let caller = caller(req);
-        self.spawn(
+        self.run(
             move |core| async move { core.open(&caller, ino, flags).await },
             // Keep the page cache across opens: every change to a file goes
             // through this mount, and the kernel drops what a write,
@@ -300,7 +326,7 @@ impl Filesystem for FuseAdapter {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
-        self.spawn(
+        self.run(
             move |core| async move { core.read(fh, ino, offset, size).await },
             move |result| match result {
                 Ok(data) => reply.data(&data),
@@ -335,7 +361,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
-        self.spawn(
+        self.run(
             move |core| async move { core.flush(ino).await },
             move |r| reply_empty(r, reply),
         );
@@ -351,14 +377,14 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(
+        self.run(
             move |core| async move { core.release(fh, ino).await },
             move |r| reply_empty(r, reply),
         );
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(
+        self.run(
             move |core| async move { core.fsync(ino).await },
             move |r| reply_empty(r, reply),
         );
@@ -407,7 +433,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(
+        self.run(
             move |core| async move { core.sync().await },
             move |r| reply_empty(r, reply),
         );

