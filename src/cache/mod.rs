@@ -183,6 +183,8 @@ pub struct BlockCache {
     /// An upload finished or a block left the queue (wakes waiters).
     progress: Notify,
     counters: Counters,
+    /// Set when the mount is fenced: nothing more is uploaded.
+    paused: std::sync::atomic::AtomicBool,
     last_error: Mutex<Option<String>>,
     /// (when, uploaded bytes, downloaded bytes), one per second, for rates.
     samples: Mutex<VecDeque<(Instant, u64, u64)>>,
@@ -249,6 +251,7 @@ impl BlockCache {
             queued: Notify::new(),
             progress: Notify::new(),
             counters: Counters::default(),
+            paused: std::sync::atomic::AtomicBool::new(false),
             last_error: Mutex::new(None),
             samples: Mutex::new(VecDeque::new()),
         });
@@ -347,6 +350,13 @@ impl BlockCache {
                 None
             }
         }
+    }
+
+    /// Stops uploading (blocks in flight finish): dirty blocks stay in the
+    /// cache directory.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        self.progress.notify_waiters();
     }
 
     /// Counts a read served from memory, for the hit ratio.
@@ -498,10 +508,15 @@ impl BlockCache {
         }
     }
 
-    /// Waits until none of `ids` is waiting for upload.
+    /// Waits until none of `ids` is waiting for upload, or uploads are
+    /// paused (check `is_paused` after).
     pub async fn wait_uploaded(&self, ids: &[ObjectId]) {
-        self.wait_until(|b| !ids.iter().any(|id| b.dirty.contains_key(id)))
+        self.wait_until(|b| self.is_paused() || !ids.iter().any(|id| b.dirty.contains_key(id)))
             .await
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Waits until nothing is waiting for upload.

@@ -30,13 +30,14 @@ impl BlockCache {
         });
     }
 
-    /// Takes the next queued block, marking it in flight.
+    /// Takes the next queued block, marking it in flight; never returns
+    /// once paused.
     async fn next_queued(&self) -> ObjectId {
         loop {
             let queued = self.queued.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            {
+            if !self.paused.load(Ordering::SeqCst) {
                 let mut blocks = self.blocks();
                 while let Some(id) = blocks.queue.pop_front() {
                     if let Some(p) = blocks.dirty.get_mut(&id) {
@@ -64,6 +65,12 @@ impl BlockCache {
         let key = data_key(&id);
         let mut attempt = 0;
         loop {
+            if self.paused.load(Ordering::SeqCst) {
+                if let Some(p) = self.blocks().dirty.get_mut(&id) {
+                    p.uploading = false;
+                }
+                return;
+            }
             if self.blocks().dirty.get(&id).is_none_or(|p| p.discard) {
                 break;
             }

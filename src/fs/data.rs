@@ -203,7 +203,7 @@ impl Core {
     /// `open_handle` of a file whose path (for the close record) is known.
     pub(super) fn open_handle_at(&self, ino: u64, flags: i32, caller: &Caller, path: Vec<u8>) -> FsResult<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if write && self.options.read_only {
+        if write && self.is_read_only() {
             return Err(FsError::EROFS);
         }
         let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
@@ -399,7 +399,7 @@ impl Core {
     }
 
     async fn write_at(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        if self.options.read_only {
+        if self.is_read_only() {
             return Err(FsError::EROFS);
         }
         let end = offset.checked_add(data.len() as u64).ok_or(FsError::EFBIG)?;
@@ -446,7 +446,7 @@ impl Core {
     /// store but extend the size as asked; PUNCH_HOLE | KEEP_SIZE zeroes a
     /// range, and blocks it covers whole become holes that store nothing.
     pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
-        if self.options.read_only {
+        if self.is_read_only() {
             return Err(FsError::EROFS);
         }
         let end = offset
@@ -499,7 +499,7 @@ impl Core {
 
     /// Changes the size of `ino`, zeroing what a later extension would expose.
     pub(super) async fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
-        if self.options.read_only {
+        if self.is_read_only() {
             return Err(FsError::EROFS);
         }
         if new_size > i64::MAX as u64 {
@@ -594,7 +594,7 @@ impl Core {
         let ino = file.ino;
         let block_size = self.block_size;
         let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
-        let result = self.transact(|m| {
+        let result = self.transact_local(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
             let mut replaced = Vec::new();
             if let Some(cut) = cut.filter(|_| all) {

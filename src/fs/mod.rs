@@ -120,6 +120,8 @@ pub struct Core {
     fetcher: Arc<fetch::Fetcher>,
     /// Set by every metadata change; cleared when a snapshot is taken.
     changed: AtomicBool,
+    /// Another writer took the volume over: read-only from now on.
+    fenced: AtomicBool,
     sync_lock: tokio::sync::Mutex<()>,
 }
 
@@ -166,6 +168,7 @@ impl Core {
             next_fh: AtomicU64::new(1),
             fetcher,
             changed: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -188,6 +191,16 @@ impl Core {
 
     /// Runs `f` as one metadata transaction and marks the state changed.
     fn transact<T>(&self, f: impl FnOnce(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+        if self.is_read_only() {
+            return Err(FsError::EROFS);
+        }
+        self.transact_local(f)
+    }
+
+    /// `transact` that a fence does not stop: data written before another
+    /// writer took over is still committed to the local database, so it
+    /// stays recoverable from the cache directory.
+    fn transact_local<T>(&self, f: impl FnOnce(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
         if self.options.read_only {
             return Err(FsError::EROFS);
         }
@@ -235,7 +248,7 @@ impl Core {
     /// access(2) and the kernel's search check for chdir.
     pub fn access(&self, caller: &Caller, ino: u64, mask: i32) -> FsResult<()> {
         let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
-        if mask & libc::W_OK != 0 && self.options.read_only {
+        if mask & libc::W_OK != 0 && self.is_read_only() {
             return Err(FsError::EROFS);
         }
         self.check(&inode, caller, (mask & 0o7) as u32)
@@ -810,8 +823,27 @@ impl Core {
         self.files().contains_key(&ino)
     }
 
+    /// Stops writing for good: another host took the volume over (its lease
+    /// or its metadata generation got there first). Changes not yet in the
+    /// store stay in the cache directory — blocks and database — for an
+    /// administrator to recover; nothing more is uploaded.
+    pub fn fence(&self, why: &str) {
+        if !self.fenced.swap(true, Ordering::SeqCst) {
+            self.cache.pause();
+            tracing::error!(
+                reason = why,
+                "FENCED: another writer has taken this volume over; the mount is now read-only and \
+                 unuploaded changes stay in the cache directory"
+            );
+        }
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
     pub fn is_read_only(&self) -> bool {
-        self.options.read_only
+        self.options.read_only || self.fenced.load(Ordering::SeqCst)
     }
 }
 
@@ -853,7 +885,7 @@ fn purge(m: &mut dyn MetadataStore, ino: u64) -> FsResult<Vec<ObjectId>> {
 impl Core {
     /// Deletes inodes left without links by a crash while they were open.
     pub fn remove_orphans(&self) -> FsResult<usize> {
-        if self.options.read_only {
+        if self.is_read_only() {
             return Ok(0);
         }
         let orphans = self.meta().orphans()?;
@@ -889,7 +921,8 @@ impl Core {
     /// What `s3vault status` shows of the filesystem.
     pub fn status(&self) -> CoreStatus {
         CoreStatus {
-            read_only: self.options.read_only,
+            read_only: self.is_read_only(),
+            fenced: self.is_fenced(),
             open_files: self.files().len(),
             open_handles: self.handles().len(),
             unsynced_metadata: self.changed.load(Ordering::SeqCst),
@@ -902,6 +935,8 @@ impl Core {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CoreStatus {
     pub read_only: bool,
+    /// Another writer took over; see `Core::fence`.
+    pub fenced: bool,
     /// Files with in-memory state (open, or with data not yet uploaded).
     pub open_files: usize,
     pub open_handles: usize,

@@ -93,26 +93,43 @@ impl Core {
     pub async fn sync(&self) -> FsResult<()> {
         let _one_at_a_time = self.sync_lock.lock().await;
         self.flush_all().await?;
+        if self.is_fenced() {
+            return Err(FsError::EROFS);
+        }
         if self.options.read_only || !self.changed.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
         // Until the snapshot is in the store, the state counts as changed.
         let mut unsynced = Unsynced(&self.changed, true);
         let (key, sealed, garbage, generation, pending) = {
-            let mut meta = self.meta();
+            let meta = self.meta();
+            // The next generation after the last one uploaded, whatever
+            // failed since: two writers of a volume always collide on it.
             let generation = meta.generation()? + 1;
-            meta.set_generation(generation)?;
             let key = snapshot_key(generation);
             let plain = encode_snapshot(|sink| meta.export(sink))?;
             let garbage = meta.garbage()?;
             // Under the metadata lock, so no block the export references
             // can be dropped from the upload queue before we pin it.
             let pending = Pinned(&self.cache, self.cache.pin_pending());
-            let sealed = codec::seal_metadata(&self.ring, &key, &plain);
+            let sealed = Bytes::from(codec::seal_metadata(&self.ring, &key, &plain));
             (key, sealed, garbage, generation, pending)
         };
         self.cache.wait_uploaded(&pending.1).await;
-        self.store.put(&key, Bytes::from(sealed)).await?;
+        if self.is_fenced() {
+            return Err(FsError::EROFS);
+        }
+        match self.store.put_new(&key, sealed.clone()).await {
+            Ok(()) => {}
+            // A PUT the SDK retried after a lost answer finds its own object.
+            Err(StoreError::AlreadyExists) if self.store.get(&key).await.is_ok_and(|b| b == sealed) => {}
+            Err(StoreError::AlreadyExists) => {
+                self.fence("another writer uploaded the next metadata generation first");
+                return Err(FsError::EROFS);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.meta().set_generation(generation)?;
         drop(pending);
         unsynced.1 = false;
         tracing::debug!(generation, "metadata snapshot uploaded");

@@ -579,3 +579,29 @@ async fn sequential_readers_get_blocks_fetched_ahead_once_each() {
     // Every block came from the store exactly once.
     assert!(fresh.cache.status().downloaded_bytes <= 8 * sealed_block);
 }
+
+#[tokio::test]
+async fn a_second_writer_fences_the_first_at_the_next_generation() {
+    let fx = Fixture::new();
+    let first = fx.core();
+    write_file(&first, b"before", b"shared").await;
+    first.sync().await.unwrap();
+    // Another host takes the volume over from the same snapshot and writes.
+    let second = fx.remount().await;
+    write_file(&second, b"theirs", b"new owner").await;
+    second.sync().await.unwrap();
+    // The first writer's next snapshot collides with theirs: it stops.
+    let ino = write_file(&first, b"mine", b"local only").await;
+    assert_eq!(first.sync().await, Err(FsError::EROFS));
+    assert!(first.is_fenced() && first.status().fenced);
+    assert_eq!(
+        first.create(&root(), ROOT_INO, b"more", 0o644, libc::O_WRONLY).err(),
+        Some(FsError::EROFS)
+    );
+    // What it wrote stays readable locally, and the store keeps the
+    // second writer's state.
+    assert_eq!(read_all(&first, ino).await.unwrap(), b"local only");
+    let now = fx.remount().await;
+    assert!(now.lookup(&root(), ROOT_INO, b"theirs").is_ok());
+    assert_eq!(now.lookup(&root(), ROOT_INO, b"mine").err(), Some(FsError::ENOENT));
+}
