@@ -32,6 +32,10 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16])))
 }
 
+/// The answer to `unmount` from a fenced mount, after unmounting it.
+pub const FENCED: &str = "fenced: another writer took this volume over; unmounted, and the changes this \
+                          mount could not upload stay in its cache directory";
+
 /// Ends the mount: unmounts it, so the FUSE session loop returns.
 pub type Unmount = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -73,6 +77,13 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                 },
                 // Flush first and unmount only if that worked: buffered data
                 // must not be dropped because the store is unreachable.
+                // Fenced: nothing can be uploaded any more; unmount, and say
+                // where the rest is.
+                "unmount" if core.is_fenced() => match tokio::task::spawn_blocking(move || unmount()).await {
+                    Ok(Ok(())) => format!("error {FENCED}"),
+                    Ok(Err(e)) => format!("error cannot unmount: {e}"),
+                    Err(e) => format!("error {e}"),
+                },
                 "unmount" => match core.sync_within(crate::mount::FINAL_SYNC_LIMIT).await {
                     Ok(()) => match tokio::task::spawn_blocking(move || unmount()).await {
                         Ok(Ok(())) => "ok".to_string(),

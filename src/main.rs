@@ -873,6 +873,9 @@ fn umount(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit> {
         .parse()
         .map_err(|_| runtime_err(anyhow!("the mount daemon gave an invalid pid")))?;
     s3vault::control::request(&mountpoint, "unmount").map_err(|e| {
+        if e == s3vault::control::FENCED {
+            return runtime_err(anyhow!(e));
+        }
         runtime_err(anyhow!(
             "{e}; {} stays mounted so nothing is lost (retry once the cause is fixed)",
             mountpoint.display()
@@ -895,6 +898,9 @@ fn umount(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit> {
 /// The cache figures `umount` follows.
 #[derive(serde::Deserialize)]
 struct UploadState {
+    /// From the status's top level: nothing more will be uploaded.
+    #[serde(default)]
+    fenced: bool,
     dirty_bytes: u64,
     pending_uploads: u64,
     uploaded_bytes: u64,
@@ -905,18 +911,22 @@ struct UploadState {
 fn upload_state(mountpoint: &Path) -> Result<UploadState, Exit> {
     #[derive(serde::Deserialize)]
     struct Status {
+        fenced: bool,
         cache: UploadState,
     }
     let answer = s3vault::control::request(mountpoint, "status").map_err(|e| usage(anyhow!(e)))?;
     let status: Status = serde_json::from_str(&answer).map_err(runtime_err)?;
-    Ok(status.cache)
+    Ok(UploadState {
+        fenced: status.fenced,
+        ..status.cache
+    })
 }
 
 /// Waits until the mount has nothing left to upload, drawing a progress bar
 /// on a terminal; fails when uploads fail without progress for `stall_limit`.
 fn wait_for_uploads(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit> {
     let first = upload_state(mountpoint)?;
-    if first.pending_uploads == 0 {
+    if first.pending_uploads == 0 || first.fenced {
         return Ok(());
     }
     let bar = indicatif::ProgressBar::new(first.dirty_bytes);
@@ -936,7 +946,7 @@ fn wait_for_uploads(mountpoint: &Path, stall_limit: Duration) -> Result<(), Exit
         let done = state.uploaded_bytes - first.uploaded_bytes;
         bar.set_length(done + state.dirty_bytes);
         bar.set_position(done);
-        if state.pending_uploads == 0 {
+        if state.pending_uploads == 0 || state.fenced {
             bar.finish_and_clear();
             eprintln!(
                 "s3vault: uploaded {} bytes in {:.1} s",

@@ -267,6 +267,38 @@ status_shows_the_cache() {
     sv_umount "$mp"
 }
 
+# Two hosts writing one volume (nothing stops it yet): the first to upload
+# the next metadata generation wins; the other is fenced — writes fail with
+# EROFS, status says so, umount unmounts and says where its changes are.
+second_writer_fences_the_first() {
+    local url a=$WORK/mnt-wa b=$WORK/mnt-wb out rc=0
+    url=$(vol_url fence)
+    new_volume "$url"
+    sv_mount "$url" "$a" "$WORK/cache-wa" --key-file "$KEY"
+    python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("a"); f.flush(); os.fsync(f.fileno())' "$a/from-a"
+    sv_mount "$url" "$b" "$WORK/cache-wb" --key-file "$KEY"
+    python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("b"); f.flush(); os.fsync(f.fileno())' "$b/from-b"
+    if python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("late"); f.flush(); os.fsync(f.fileno())' "$a/late"; then
+        echo "the first writer's fsync succeeded after the second wrote"
+        return 1
+    fi
+    [[ $("$S3VAULT" status "$a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["fenced"])') == True ]]
+    if touch "$a/after" 2>"$WORK/touch.err"; then
+        echo "a fenced mount accepted a new file"
+        return 1
+    fi
+    grep -q "Read-only file system" "$WORK/touch.err"
+    out=$("$S3VAULT" umount "$a" 2>&1) || rc=$?
+    echo "umount of the fenced mount: exit $rc: $out"
+    ((rc == 1))
+    grep -q "fenced" <<<"$out"
+    ! mountpoint -q "$a"
+    sv_umount "$b"
+    sv_mount "$url" "$b" "$WORK/cache-wc" --key-file "$KEY" -o ro
+    [[ $(cat "$b/from-b") == b && ! -e $b/late ]]
+    sv_umount "$b"
+}
+
 cleanup_outage_store() {
     [[ -f $WORK/outage.pid ]] || return 0
     kill "$(cat "$WORK/outage.pid")" 2>/dev/null || true
@@ -281,6 +313,7 @@ check "closed files are intact after kill -9 and remount" closed_files_after_rem
 check "closed files reach the store after the remount" closed_files_reach_the_store
 check "writing 3x the cache size stays under the limit" cache_limit_honoured
 check "status shows the cache" status_shows_the_cache
+check "a second writer fences the first" second_writer_fences_the_first
 require "outage store" start_outage_store
 check "writes go on while the store is down; umount refuses, then succeeds" writes_survive_an_outage
 check "a full cache disk gives ENOSPC and keeps earlier files" full_cache_disk
