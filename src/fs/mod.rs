@@ -823,13 +823,18 @@ impl Core {
         self.files().contains_key(&ino)
     }
 
-    /// Stops writing for good: another host took the volume over (its lease
-    /// or its metadata generation got there first). Changes not yet in the
-    /// store stay in the cache directory — blocks and database — for an
-    /// administrator to recover; nothing more is uploaded.
+    /// Stops writing for good: another host took the volume over (its
+    /// metadata generation got there first). Nothing more is uploaded;
+    /// changes not yet in the store stay in the cache directory until its
+    /// next mount, which rebuilds the metadata from the store.
     pub fn fence(&self, why: &str) {
         if !self.fenced.swap(true, Ordering::SeqCst) {
             self.cache.pause();
+            // The next mount of this cache directory must rebuild from the
+            // store, not upload this diverged state over the new writer's.
+            if let Err(e) = self.meta().set_generation(0) {
+                tracing::error!(error = %e, "cannot mark the local metadata as superseded");
+            }
             tracing::error!(
                 reason = why,
                 "FENCED: another writer has taken this volume over; the mount is now read-only and \

@@ -102,10 +102,13 @@ impl Core {
         // Until the snapshot is in the store, the state counts as changed.
         let mut unsynced = Unsynced(&self.changed, true);
         let (key, sealed, garbage, generation, pending) = {
-            let meta = self.meta();
-            // The next generation after the last one uploaded, whatever
-            // failed since: two writers of a volume always collide on it.
+            let mut meta = self.meta();
+            // Recorded before the upload: a database that may hold more than
+            // the store's newest snapshot must count as newer at the next
+            // mount, or a crash right after the upload would throw away what
+            // changed since the export.
             let generation = meta.generation()? + 1;
+            meta.set_generation(generation)?;
             let key = snapshot_key(generation);
             let plain = encode_snapshot(|sink| meta.export(sink))?;
             let garbage = meta.garbage()?;
@@ -129,8 +132,16 @@ impl Core {
             }
             Err(e) => return Err(e.into()),
         }
-        self.meta().set_generation(generation)?;
         drop(pending);
+        // Another writer that got further and reclaimed its older snapshots
+        // frees names like ours: a newer generation means we lost too.
+        if let Ok(gens) = snapshot_generations(self.store.as_ref()).await
+            && gens.last().is_some_and(|newest| *newest > generation)
+        {
+            self.fence("another writer's newer metadata is in the store");
+            let _ = self.store.delete(&key).await;
+            return Err(FsError::EROFS);
+        }
         unsynced.1 = false;
         tracing::debug!(generation, "metadata snapshot uploaded");
         self.reclaim(generation, garbage).await;

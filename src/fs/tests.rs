@@ -605,3 +605,24 @@ async fn a_second_writer_fences_the_first_at_the_next_generation() {
     assert!(now.lookup(&root(), ROOT_INO, b"theirs").is_ok());
     assert_eq!(now.lookup(&root(), ROOT_INO, b"mine").err(), Some(FsError::ENOENT));
 }
+
+#[tokio::test]
+async fn a_writer_left_two_generations_behind_is_fenced_too() {
+    let fx = Fixture::new();
+    let first = fx.core();
+    write_file(&first, b"before", b"shared").await;
+    first.sync().await.unwrap();
+    // The other writer uploads twice, deleting the older snapshot, so the
+    // name the first writer uses next is free again.
+    let second = fx.remount().await;
+    for name in [&b"one"[..], b"two"] {
+        write_file(&second, name, b"theirs").await;
+        second.sync().await.unwrap();
+    }
+    write_file(&first, b"mine", b"local only").await;
+    assert_eq!(first.sync().await, Err(FsError::EROFS));
+    assert!(first.is_fenced());
+    let now = fx.remount().await;
+    assert!(now.lookup(&root(), ROOT_INO, b"two").is_ok());
+    assert_eq!(now.lookup(&root(), ROOT_INO, b"mine").err(), Some(FsError::ENOENT));
+}
