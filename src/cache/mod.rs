@@ -443,21 +443,26 @@ impl BlockCache {
     /// before any snapshot names it: drops it if its upload has not been
     /// tried yet. Returns true if the store never saw it (nothing to delete).
     pub fn drop_unreferenced(&self, id: &ObjectId) -> bool {
-        let mut blocks = self.blocks();
+        let blocks = self.blocks();
         let Some(p) = blocks.dirty.get(id) else {
             return false;
         };
         if p.uploading || p.attempted || p.pins > 0 {
             return false;
         }
-        let len = p.len;
-        blocks.dirty.remove(id);
-        blocks.dirty_bytes -= len;
-        blocks.queue.retain(|q| q != id);
+        self.cancel_upload(blocks, id);
+        true
+    }
+
+    /// Takes a queued (not in flight) block out of the queue and the cache.
+    fn cancel_upload(&self, mut blocks: MutexGuard<'_, Blocks>, id: &ObjectId) {
+        if let Some(p) = blocks.dirty.remove(id) {
+            blocks.dirty_bytes -= p.len;
+            blocks.queue.retain(|q| q != id);
+        }
         drop(blocks);
         let _ = std::fs::remove_file(self.path("dirty", id));
         self.progress.notify_waiters();
-        true
     }
 
     /// Forgets a block the metadata no longer references and no snapshot in
@@ -470,13 +475,7 @@ impl BlockCache {
                 p.discard = true;
                 return;
             }
-            let len = p.len;
-            blocks.dirty.remove(id);
-            blocks.dirty_bytes -= len;
-            blocks.queue.retain(|q| q != id);
-            drop(blocks);
-            let _ = std::fs::remove_file(self.path("dirty", id));
-            self.progress.notify_waiters();
+            self.cancel_upload(blocks, id);
             return;
         }
         if let Some(len) = blocks.clean().pop(id) {
