@@ -31,7 +31,7 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit recovery}
 BACKENDS=${E2E_BACKENDS-file s3s moto}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1

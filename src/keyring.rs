@@ -21,6 +21,7 @@ pub mod purpose {
     pub const SUPERBLOCK: &[u8] = b"s3vault v1 superblock mac";
     pub const OBJECT: &[u8] = b"s3vault v1 object key";
     pub const AUDIT_CHAIN: &[u8] = b"s3vault v1 audit chain";
+    pub const SNAPSHOT_NAME: &[u8] = b"s3vault v1 snapshot name";
 }
 
 pub struct Keyring {
@@ -92,6 +93,13 @@ impl Keyring {
     /// The HMAC key that chains audit records.
     pub fn audit_chain_key(&self) -> SecretKey {
         self.keys.audit.derive(&[], &[purpose::AUDIT_CHAIN])
+    }
+
+    /// The id naming snapshot `name` in the store: a keyed hash, so object
+    /// names reveal nothing of the snapshot's name.
+    pub fn snapshot_name_id(&self, name: &[u8]) -> [u8; 16] {
+        let derived = self.keys.metadata.derive(&[], &[purpose::SNAPSHOT_NAME, name]);
+        derived.as_bytes()[..16].try_into().expect("16 of 32 bytes")
     }
 
     /// The raw SQLCipher key of the local metadata database.

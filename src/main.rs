@@ -11,6 +11,8 @@ use s3vault::daemon::{self, Readiness, Role};
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
 use s3vault::options;
+use s3vault::restore;
+use s3vault::snapshots;
 use s3vault::store::{Location, S3Options};
 use s3vault::superblock::{self, DEFAULT_ARGON2, Unlock};
 use s3vault::volume;
@@ -96,6 +98,15 @@ enum Command {
         audit_syslog_paths: bool,
         #[command(flatten)]
         cache: CacheArgs,
+        /// Mount read-write even though another host holds the volume's
+        /// lease (only when that host is known to be dead: its next metadata
+        /// upload is refused and it turns read-only).
+        #[arg(long)]
+        force_takeover: bool,
+        /// Mount this named snapshot instead of the live volume (read-only;
+        /// `s3vault snapshot list` names them).
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
     },
     /// Wait for every pending upload (with a progress bar), flush the
     /// metadata, then unmount.
@@ -128,6 +139,29 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
+    },
+    /// Create, list or delete named point-in-time snapshots of a volume.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotCommand,
+    },
+    /// Copy files out of a snapshot into a local directory, byte for byte,
+    /// never overwriting anything there.
+    Restore {
+        url: String,
+        /// Paths in the volume, e.g. /reports/2026 ("/" for everything).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        /// The snapshot to copy from.
+        #[arg(long, value_name = "NAME")]
+        snapshot: String,
+        /// Directory to copy into: each PATH becomes DIR/<its last name>.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
     },
 }
 
@@ -321,6 +355,32 @@ enum KeyCommand {
         key: KeyArgs,
         #[command(flatten)]
         s3: S3Args,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Pin the volume's newest metadata state in the store, and every block
+    /// it references, under NAME. A mounted writer uploads its state every
+    /// --metadata-interval and at every fsync.
+    Create {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        name: String,
+    },
+    /// List the snapshots, oldest first.
+    List {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot and the blocks only it kept.
+    Delete {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        name: String,
     },
 }
 
@@ -518,6 +578,8 @@ fn run(cli: Cli) -> Result<(), Exit> {
             audit_syslog,
             audit_syslog_paths,
             cache,
+            force_takeover,
+            snapshot,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
@@ -562,12 +624,20 @@ fn run(cli: Cli) -> Result<(), Exit> {
             };
             let filter = log_filter(log_level.or(o.log_level).as_deref().unwrap_or("info"))?;
             let foreground = foreground || o.foreground;
+            let snapshot = snapshot.or(o.snapshot);
+            if let Some(name) = &snapshot {
+                snapshots::validate_name(name).map_err(snapshot_exit)?;
+                if o.read_write {
+                    return Err(usage(anyhow!("a snapshot is mounted read-only; drop -o rw")));
+                }
+            }
             let unlock = read_unlock(&key, false)?;
             let config = MountConfig {
                 url,
                 mountpoint,
                 cache_dir: cache_dir.or(o.cache_dir).map(absolute).transpose()?,
-                read_only: o.read_only,
+                read_only: o.read_only || snapshot.is_some(),
+                snapshot,
                 allow_other: o.allow_other,
                 overrides: o.overrides,
                 s3,
@@ -575,6 +645,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 audit,
                 allow_volatile_cache,
                 cache,
+                force_takeover: force_takeover || o.force_takeover,
             };
             let ready = if foreground {
                 Readiness::foreground()
@@ -607,7 +678,188 @@ fn run(cli: Cli) -> Result<(), Exit> {
         }
         Command::Key { action } => key_command(action),
         Command::Audit { action } => audit_command(action),
+        Command::Snapshot { action } => snapshot_command(action),
+        Command::Restore {
+            url,
+            paths,
+            snapshot,
+            to,
+            key,
+            s3,
+        } => restore_command(&url, &paths, &snapshot, &to, &key, &s3),
     }
+}
+
+/// Unlocks the volume at `url` for a one-shot command.
+async fn open_volume(
+    location: &Location,
+    url: &str,
+    unlock: &Unlock,
+    s3: &S3Options,
+) -> Result<volume::Volume, volume::VolumeError> {
+    let store = location.open(s3).await?;
+    volume::unlock(store, url, unlock, s3).await
+}
+
+fn snapshot_exit(e: snapshots::SnapshotError) -> Exit {
+    match e {
+        snapshots::SnapshotError::BadName => usage(e),
+        e => runtime_err(e),
+    }
+}
+
+fn snapshot_command(action: SnapshotCommand) -> Result<(), Exit> {
+    let (SnapshotCommand::Create { volume, .. }
+    | SnapshotCommand::List { volume, .. }
+    | SnapshotCommand::Delete { volume, .. }) = &action;
+    let VolumeArgs { url, key, s3 } = volume;
+    if let SnapshotCommand::Create { name, .. } | SnapshotCommand::Delete { name, .. } = &action {
+        snapshots::validate_name(name).map_err(snapshot_exit)?;
+    }
+    let location = Location::parse(url).map_err(|e| usage(anyhow!(e)))?;
+    let unlock = read_unlock(key, false)?;
+    init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+    let s3 = s3.options()?;
+    block_on(async {
+        let volume = open_volume(&location, url, &unlock, &s3).await.map_err(volume_exit)?;
+        let (store, ring) = (volume.store.clone(), volume.ring.clone());
+        let (event, detail) = match &action {
+            SnapshotCommand::List { json, .. } => {
+                let all = snapshots::list(store.as_ref(), &ring).await.map_err(snapshot_exit)?;
+                print_snapshots(all.iter().map(|s| &s.info), *json);
+                return Ok(());
+            }
+            SnapshotCommand::Create { name, .. } => {
+                let info = snapshots::create(store.as_ref(), &ring, name)
+                    .await
+                    .map_err(snapshot_exit)?;
+                println!(
+                    "created snapshot {name}: {} inodes, {} of files (metadata generation {})",
+                    info.inodes,
+                    human_bytes(info.bytes as f64),
+                    info.generation
+                );
+                (
+                    audit::Event::SnapshotCreate,
+                    format!("snapshot={name} generation={}", info.generation),
+                )
+            }
+            SnapshotCommand::Delete { name, .. } => {
+                let freed = snapshots::delete(store.as_ref(), &ring, name)
+                    .await
+                    .map_err(snapshot_exit)?;
+                println!("deleted snapshot {name} and {freed} blocks only it kept");
+                (audit::Event::SnapshotDelete, format!("snapshot={name}"))
+            }
+        };
+        record_cli_event(ring, store, event, detail)
+            .await
+            .map_err(|e| runtime_err(anyhow!("done, but its audit record is not stored: {e}")))
+    })?
+}
+
+fn print_snapshots<'a>(all: impl Iterator<Item = &'a snapshots::SnapshotInfo>, json: bool) {
+    if json {
+        for info in all {
+            println!("{}", serde_json::to_string(info).unwrap_or_default());
+        }
+        return;
+    }
+    println!("{:<24}  {:<24}  {:>10}  {:>10}", "NAME", "CREATED", "INODES", "SIZE");
+    for info in all {
+        println!(
+            "{:<24}  {:<24}  {:>10}  {:>10}",
+            info.name,
+            audit::output::rfc3339(info.created_ns),
+            info.inodes,
+            human_bytes(info.bytes as f64)
+        );
+    }
+}
+
+fn restore_command(url: &str, paths: &[String], name: &str, to: &Path, key: &KeyArgs, s3: &S3Args) -> Result<(), Exit> {
+    snapshots::validate_name(name).map_err(snapshot_exit)?;
+    let location = Location::parse(url).map_err(|e| usage(anyhow!(e)))?;
+    let unlock = read_unlock(key, false)?;
+    init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+    let s3 = s3.options()?;
+    let to = std::path::absolute(to).map_err(usage)?;
+    block_on(async {
+        let volume = open_volume(&location, url, &unlock, &s3).await.map_err(volume_exit)?;
+        let (store, ring) = (volume.store.clone(), volume.ring.clone());
+        let snapshot = snapshots::load(store.as_ref(), &ring, name)
+            .await
+            .map_err(snapshot_exit)?;
+        let log = audit::AuditLog::one_shot(ring.clone(), store.clone(), cli_audit_settings(store.as_ref()).await);
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "restoring {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .map_err(runtime_err)?,
+        );
+        let (uid, gid) = owner();
+        let subject = audit::Subject {
+            uid,
+            gid,
+            pid: std::process::id(),
+        };
+        let mut unaudited = None;
+        let detail = format!("snapshot={name} to={}", to.display());
+        let mut restorer = restore::Restorer::new(
+            store.clone(),
+            ring.clone(),
+            volume.superblock.block_size,
+            snapshot,
+            |done: restore::Restored<'_>| {
+                bar.inc(done.bytes);
+                if done.bytes == 0 {
+                    let record = audit::Record::new(audit::Event::Restore, subject, None)
+                        .path(done.path)
+                        .ino(Some(done.inode.ino))
+                        .detail(detail.clone());
+                    if let Err(e) = log.record(record) {
+                        unaudited.get_or_insert(e);
+                    }
+                }
+            },
+        )
+        .map_err(runtime_err)?;
+        let mut total = 0;
+        for path in paths {
+            total += restorer.size_of(path).map_err(runtime_err)?;
+        }
+        bar.set_length(total);
+        let mut copied = Ok(());
+        for path in paths {
+            copied = restorer.restore(path, &to).await;
+            if copied.is_err() {
+                break;
+            }
+        }
+        let summary = copied.and_then(|()| restorer.finish());
+        bar.finish_and_clear();
+        let uploaded = log.upload().await;
+        let summary = summary.map_err(runtime_err)?;
+        println!(
+            "restored {} files ({}), {} directories, {} symlinks, {} hard links, {} other; skipped {} (sockets{}){}",
+            summary.files,
+            human_bytes(summary.bytes as f64),
+            summary.directories,
+            summary.symlinks,
+            summary.hard_links,
+            summary.others,
+            summary.skipped,
+            if owner().0 == 0 { "" } else { ", devices: not root" },
+            if summary.xattrs_skipped > 0 {
+                format!("; {} extended attributes not permitted here", summary.xattrs_skipped)
+            } else {
+                String::new()
+            }
+        );
+        uploaded.map_err(|e| runtime_err(anyhow!("restored, but the audit records are not stored: {e}")))?;
+        Ok(())
+    })?
 }
 
 fn audit_command(action: AuditCommand) -> Result<(), Exit> {
@@ -763,6 +1015,15 @@ fn key_command(action: KeyCommand) -> Result<(), Exit> {
     recorded.map_err(|e| runtime_err(anyhow!("the change is made, but its audit record is not stored: {e}")))
 }
 
+/// Audit settings of a one-shot command's own chain.
+async fn cli_audit_settings(store: &dyn s3vault::store::ObjectStore) -> AuditSettings {
+    let requested = Duration::from_secs(audit::DEFAULT_RETENTION_DAYS * 86_400);
+    AuditSettings {
+        retain_for: audit::retention_for(store, Some(requested)).await,
+        ..AuditSettings::default()
+    }
+}
+
 /// Records a command's change in an audit chain of its own and uploads it.
 async fn record_cli_event(
     ring: std::sync::Arc<s3vault::keyring::Keyring>,
@@ -776,11 +1037,7 @@ async fn record_cli_event(
         gid,
         pid: std::process::id(),
     };
-    let requested = Duration::from_secs(audit::DEFAULT_RETENTION_DAYS * 86_400);
-    let settings = AuditSettings {
-        retain_for: audit::retention_for(store.as_ref(), Some(requested)).await,
-        ..AuditSettings::default()
-    };
+    let settings = cli_audit_settings(store.as_ref()).await;
     let log = audit::AuditLog::one_shot(ring, store, settings);
     log.record(audit::Record::new(event, subject, None).detail(detail))?;
     log.upload().await.map(|_| ())

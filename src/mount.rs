@@ -7,6 +7,7 @@ use crate::control;
 use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
 use crate::fuse::{AttrOverrides, FuseAdapter};
+use crate::lease::{HEARTBEAT, Lease, LeaseError};
 use crate::store::{Location, S3Options};
 use crate::superblock::Unlock;
 use crate::volume::{self, VolumeError};
@@ -29,6 +30,10 @@ pub struct MountConfig {
     pub cache: CacheConfig,
     /// Accept a cache directory on tmpfs or ramfs.
     pub allow_volatile_cache: bool,
+    /// Take the writer's lease even if another host holds it.
+    pub force_takeover: bool,
+    /// Mount this named snapshot (read-only) instead of the live state.
+    pub snapshot: Option<String>,
 }
 
 /// How long unmounting waits for uploads before giving up (the store is
@@ -53,7 +58,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         }
     };
     // `_cache_lock` is held until the daemon exits.
-    let (core, mountpoint, cache_dir, _cache_lock) = match runtime.block_on(prepare(&config, unlock)) {
+    let (core, mountpoint, cache_dir, _cache_lock, lease) = match runtime.block_on(prepare(&config, unlock)) {
         Ok(prepared) => prepared,
         Err((code, message)) => {
             if !ready.is_background() {
@@ -106,6 +111,9 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         runtime.spawn(audit_periodically(log.clone()));
     }
     runtime.spawn(unmount_on_signal(unmount, core.clone()));
+    if let Some(lease) = &lease {
+        runtime.spawn(heartbeat(lease.clone(), core.clone()));
+    }
     if ready.is_background() {
         let log = cache_dir.join("s3vault.log");
         if let Err(e) = crate::daemon::detach_stdio(&log) {
@@ -127,6 +135,11 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     // that ended without one (the mount was torn down from outside).
     let synced = runtime.block_on(core.sync_within(FINAL_SYNC_LIMIT));
     let audited = runtime.block_on(close_audit(&core));
+    if let Some(lease) = lease.filter(|_| !core.is_fenced())
+        && let Err(e) = runtime.block_on(lease.release())
+    {
+        tracing::warn!(error = %e, "cannot release the volume's lease; the next mount elsewhere needs --force-takeover");
+    }
     match (synced, audited) {
         (Ok(()), Ok(())) => {
             tracing::info!("unmounted; everything is in the object store");
@@ -188,7 +201,7 @@ async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
 fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
     format!(
         "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s \
-         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={}",
+         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={} force_takeover={} snapshot={}",
         config.url,
         config.mountpoint.display(),
         cache_dir.display(),
@@ -200,10 +213,12 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
         config.cache.min_free,
         config.cache.max_dirty,
         config.cache.upload_concurrency,
+        config.force_takeover,
+        config.snapshot.as_deref().unwrap_or("-"),
     )
 }
 
-type Prepared = (Arc<Core>, PathBuf, PathBuf, volume::CacheLock);
+type Prepared = (Arc<Core>, PathBuf, PathBuf, volume::CacheLock, Option<Arc<Lease>>);
 
 async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failure> {
     let location = Location::parse(&config.url).map_err(|e| (2, e))?;
@@ -217,10 +232,15 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         .await
         .map_err(volume_failure)?;
     drop(unlock);
-    let cache_dir = config
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| volume::default_cache_dir(&volume.superblock.volume_id));
+    let cache_dir = config.cache_dir.clone().unwrap_or_else(|| {
+        let live = volume::default_cache_dir(&volume.superblock.volume_id);
+        match &config.snapshot {
+            Some(name) => live
+                .join("snapshots")
+                .join(hex::encode(volume.ring.snapshot_name_id(name.as_bytes()))),
+            None => live,
+        }
+    });
     volume::prepare_cache_dir(&cache_dir).map_err(volume_failure)?;
     if !config.allow_volatile_cache && cache::is_volatile(&cache_dir).unwrap_or(false) {
         return Err((
@@ -233,9 +253,36 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         ));
     }
     let cache_lock = volume::lock_cache_dir(&cache_dir).map_err(volume_failure)?;
-    let (meta, unsynced) = volume::load_metadata(&volume, &cache_dir)
-        .await
-        .map_err(volume_failure)?;
+    let lease = if config.read_only {
+        None
+    } else {
+        let writer = volume::writer_id(&cache_dir).map_err(volume_failure)?;
+        let lease = Lease::acquire(store.clone(), volume.ring.clone(), &writer, config.force_takeover)
+            .await
+            .map_err(|e| match e {
+                LeaseError::Held(_) | LeaseError::Unreadable(_) => (2, e.to_string()),
+                e => (1, format!("cannot take the volume's lease: {e}")),
+            })?;
+        if let Some(previous) = lease.taken_from() {
+            tracing::warn!(
+                host = %previous.host,
+                pid = previous.pid,
+                "took the volume over from another writer (--force-takeover)"
+            );
+        }
+        Some(Arc::new(lease))
+    };
+    let (meta, unsynced) = match &config.snapshot {
+        Some(name) => (
+            volume::load_snapshot(&volume, &cache_dir, name)
+                .await
+                .map_err(volume_failure)?,
+            false,
+        ),
+        None => volume::load_metadata(&volume, &cache_dir)
+            .await
+            .map_err(volume_failure)?,
+    };
     let options = CoreOptions {
         read_only: config.read_only,
         overrides: config.overrides,
@@ -291,7 +338,18 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
     if unsynced || orphans > 0 {
         core.mark_changed();
     }
-    Ok((core, mountpoint, cache_dir, cache_lock))
+    if lease.as_ref().is_some_and(|l| l.taken_from().is_some()) {
+        // Claim the next metadata generation now: the previous writer's next
+        // upload then collides with it and fences that writer.
+        core.mark_changed();
+        core.sync().await.map_err(|e| {
+            (
+                1,
+                format!("took the lease, but cannot claim the volume ({e}); the previous writer may still be writing"),
+            )
+        })?;
+    }
+    Ok((core, mountpoint, cache_dir, cache_lock, lease))
 }
 
 async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {
@@ -316,6 +374,23 @@ async fn audit_periodically(log: Arc<AuditLog>) {
             if let Err(e) = log.upload().await {
                 tracing::warn!(error = %e, "audit upload failed; will retry");
             }
+        }
+    }
+}
+
+/// Renews the lease every `HEARTBEAT`; a takeover fences this mount.
+async fn heartbeat(lease: Arc<Lease>, core: Arc<Core>) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match lease.renew().await {
+            Ok(()) => {}
+            Err(LeaseError::Lost(who)) => {
+                core.fence(&format!("the lease was taken over by {who}"));
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the volume's lease; will retry"),
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct MountOptions {
     pub max_dirty: Option<u64>,
     pub upload_concurrency: Option<u64>,
     pub allow_volatile_cache: bool,
+    pub force_takeover: bool,
+    pub snapshot: Option<String>,
+    /// `rw` was given (a snapshot mount refuses it).
+    pub read_write: bool,
 }
 
 /// Options mount(8), mount.fuse3 and systemd use themselves. `nodev`,
@@ -97,7 +101,10 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
         let id = || number(10).and_then(|n| u32::try_from(n).map_err(|_| format!("{option}: out of range")));
         match name.as_str() {
             "ro" => o.read_only = true,
-            "rw" => o.read_only = false,
+            "rw" => {
+                o.read_only = false;
+                o.read_write = true;
+            }
             "allow_other" => o.allow_other = true,
             "uid" => o.overrides.uid = Some(id()?),
             "gid" => o.overrides.gid = Some(id()?),
@@ -123,6 +130,8 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "max_dirty" => o.max_dirty = Some(parse_bytes(&text()?)?),
             "upload_concurrency" => o.upload_concurrency = Some(number(10)?),
             "allow_volatile_cache" => o.allow_volatile_cache = true,
+            "force_takeover" => o.force_takeover = true,
+            "snapshot" => o.snapshot = Some(text()?),
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 pub const SUPERBLOCK_KEY: &str = "superblock";
 const DATABASE_FILE: &str = "metadata.db";
+const SNAPSHOT_DATABASE_FILE: &str = "snapshot.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -37,6 +38,8 @@ pub enum VolumeError {
     Meta(#[from] crate::meta::MetaError),
     #[error(transparent)]
     Restore(#[from] core_fs::RestoreError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshots::SnapshotError),
 }
 
 impl VolumeError {
@@ -48,6 +51,10 @@ impl VolumeError {
             | VolumeError::AlreadyInitialised(_)
             | VolumeError::CacheDir { .. }
             | VolumeError::SlotInUse => true,
+            VolumeError::Snapshot(e) => matches!(
+                e,
+                crate::snapshots::SnapshotError::NotFound(_) | crate::snapshots::SnapshotError::BadName
+            ),
             VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
             VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_) | StoreError::Credentials(_)),
             VolumeError::Kms(e) => e.is_usage(),
@@ -231,6 +238,50 @@ pub fn lock_cache_dir(path: &Path) -> Result<CacheLock, VolumeError> {
     Ok(CacheLock { _file: file })
 }
 
+/// This cache directory's writer id (created on first use): the lease
+/// recognises a mount of the same directory coming back after a crash.
+pub fn writer_id(cache_dir: &Path) -> Result<String, VolumeError> {
+    let path = cache_dir.join("writer");
+    let fail = |reason: String| VolumeError::CacheDir {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 32 => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let id = hex::encode(crate::crypto::random_bytes::<16>());
+            std::fs::write(&path, &id).map_err(|e| fail(format!("cannot write its writer id: {e}")))?;
+            Ok(id)
+        }
+    }
+}
+
+/// The database of a snapshot mount, `snapshot.db` in its cache
+/// directory: made anew from the snapshot at every mount.
+pub async fn load_snapshot(volume: &Volume, cache_dir: &Path, name: &str) -> Result<SqliteStore, VolumeError> {
+    let snapshot = crate::snapshots::load(volume.store.as_ref(), &volume.ring, name).await?;
+    remove_database(cache_dir, SNAPSHOT_DATABASE_FILE)?;
+    let mut db = SqliteStore::open(&cache_dir.join(SNAPSHOT_DATABASE_FILE), volume.ring.database_key())?;
+    snapshot.import_into(&mut db)?;
+    Ok(db)
+}
+
+/// Deletes database `file` of `cache_dir` with its WAL and shared memory.
+fn remove_database(cache_dir: &Path, file: &str) -> Result<(), VolumeError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = cache_dir.join(format!("{file}{suffix}"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(VolumeError::CacheDir {
+                path,
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Opens the volume's metadata database in `cache_dir`, rebuilding it from
 /// the newest snapshot in the store when it is missing, unreadable or older
 /// (a fresh host, or another host wrote since). Returns the store and
@@ -256,17 +307,7 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
             Ok(_) => tracing::warn!("local metadata database is empty; rebuilding from the store"),
             Err(e) => tracing::warn!(error = %e, "local metadata database is unusable; rebuilding from the store"),
         }
-        for suffix in ["", "-wal", "-shm"] {
-            let file = cache_dir.join(format!("{DATABASE_FILE}{suffix}"));
-            if let Err(e) = std::fs::remove_file(&file)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(VolumeError::CacheDir {
-                    path: file,
-                    reason: e.to_string(),
-                });
-            }
-        }
+        remove_database(cache_dir, DATABASE_FILE)?;
     }
     let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
     match newest {

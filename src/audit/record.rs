@@ -32,10 +32,14 @@ pub enum Event {
     KeyAdd,
     KeyRemove,
     Init,
+    SnapshotCreate,
+    SnapshotDelete,
+    /// A file copied out of a snapshot by `s3vault restore`.
+    Restore,
 }
 
 impl Event {
-    pub const ALL: [Event; 22] = [
+    pub const ALL: [Event; 25] = [
         Event::Open,
         Event::Create,
         Event::Mkdir,
@@ -58,6 +62,9 @@ impl Event {
         Event::KeyAdd,
         Event::KeyRemove,
         Event::Init,
+        Event::SnapshotCreate,
+        Event::SnapshotDelete,
+        Event::Restore,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,12 +91,15 @@ impl Event {
             Event::KeyAdd => "key-add",
             Event::KeyRemove => "key-remove",
             Event::Init => "init",
+            Event::SnapshotCreate => "snapshot-create",
+            Event::SnapshotDelete => "snapshot-delete",
+            Event::Restore => "restore",
         }
     }
 
     /// Events that read or write a file's content (for reports).
     pub fn opens(self) -> bool {
-        matches!(self, Event::Open | Event::Create)
+        matches!(self, Event::Open | Event::Create | Event::Restore)
     }
 }
 

@@ -148,8 +148,9 @@ impl Core {
         Ok(())
     }
 
-    /// Deletes snapshots older than `generation`, then the data objects that
-    /// only they referenced. Failures are logged and retried next time.
+    /// Deletes metadata states older than `generation`, then the data
+    /// objects that only they referenced, except those a named snapshot
+    /// keeps. Failures are logged and retried next time.
     async fn reclaim(&self, generation: u64, garbage: Vec<ObjectId>) {
         let older = match snapshot_generations(self.store.as_ref()).await {
             Ok(gens) => gens.into_iter().filter(|g| *g < generation).collect::<Vec<_>>(),
@@ -164,15 +165,33 @@ impl Core {
                 return;
             }
         }
-        let mut deleted = Vec::with_capacity(garbage.len());
+        if garbage.is_empty() {
+            return;
+        }
+        // Listed only now that every superseded state is gone (see
+        // `snapshots`): a snapshot copying one of them is visible by now.
+        let kept = match crate::snapshots::referenced_blocks(self.store.as_ref(), &self.ring).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the volume's snapshots; will retry");
+                return;
+            }
+        };
+        // Blocks a snapshot keeps are forgotten too: deleting the snapshot
+        // reclaims them.
+        let mut settled = Vec::with_capacity(garbage.len());
         for id in garbage {
+            if kept.contains(&id) {
+                settled.push(id);
+                continue;
+            }
             self.cache.remove(&id);
             match self.store.delete(&data_key(&id)).await {
-                Ok(()) => deleted.push(id),
+                Ok(()) => settled.push(id),
                 Err(e) => tracing::warn!(error = %e, "cannot delete an unreferenced block; will retry"),
             }
         }
-        if let Err(e) = self.meta().remove_garbage(&deleted) {
+        if let Err(e) = self.meta().remove_garbage(&settled) {
             tracing::warn!(error = %e, "cannot record reclaimed blocks");
         }
     }

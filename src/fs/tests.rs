@@ -626,3 +626,48 @@ async fn a_writer_left_two_generations_behind_is_fenced_too() {
     assert!(now.lookup(&root(), ROOT_INO, b"two").is_ok());
     assert_eq!(now.lookup(&root(), ROOT_INO, b"mine").err(), Some(FsError::ENOENT));
 }
+
+#[tokio::test]
+async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
+    use crate::snapshots::{self, SnapshotError};
+    let fx = Fixture::new();
+    let core = fx.core();
+    let (store, ring) = (fx.store.as_ref(), fx.ring.as_ref());
+    assert!(matches!(
+        snapshots::create(store, ring, "empty").await,
+        Err(SnapshotError::NoState)
+    ));
+    write_file(&core, b"report", b"version one").await;
+    core.sync().await.unwrap();
+    let info = snapshots::create(store, ring, "before").await.unwrap();
+    assert_eq!((info.inodes, info.bytes), (2, 11));
+    assert!(matches!(
+        snapshots::create(store, ring, "before").await,
+        Err(SnapshotError::Exists(_))
+    ));
+    // The live state drops the file; its block stays for the snapshot.
+    core.unlink(&root(), ROOT_INO, b"report").unwrap();
+    write_file(&core, b"other", b"kept by the live state").await;
+    core.sync().await.unwrap();
+    assert_eq!(fx.data_objects().await.len(), 2);
+    let mut meta = SqliteStore::in_memory().unwrap();
+    snapshots::load(store, ring, "before")
+        .await
+        .unwrap()
+        .import_into(&mut meta)
+        .unwrap();
+    let old = fx.core_with(meta);
+    let ino = old.lookup(&root(), ROOT_INO, b"report").unwrap().ino;
+    assert_eq!(read_all(&old, ino).await.unwrap(), b"version one");
+    assert_eq!(old.lookup(&root(), ROOT_INO, b"other").err(), Some(FsError::ENOENT));
+    // Deleting the snapshot deletes what only it referenced.
+    assert_eq!(snapshots::delete(store, ring, "before").await.unwrap(), 1);
+    assert_eq!(fx.data_objects().await.len(), 1);
+    assert!(matches!(
+        snapshots::load(store, ring, "before").await,
+        Err(SnapshotError::NotFound(_))
+    ));
+    let now = fx.remount().await;
+    let ino = now.lookup(&root(), ROOT_INO, b"other").unwrap().ino;
+    assert_eq!(read_all(&now, ino).await.unwrap(), b"kept by the live state");
+}

@@ -59,6 +59,16 @@ impl ObjectStore for FaultyStore {
         self.inner.get(key).await
     }
 
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.get_tagged(key).await
+    }
+
+    async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.put_if_tag(key, data, tag).await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.delete(key).await

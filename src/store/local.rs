@@ -106,6 +106,23 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl LocalStore {
+    /// An exclusive flock(2) on the store, held until the file is dropped.
+    fn lock(&self) -> Result<File, StoreError> {
+        use std::os::fd::AsRawFd;
+        let dir = self.root.join(TMP_DIR);
+        fs::create_dir_all(&dir).map_err(|e| io_err("lock", e))?;
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("lock"))
+            .map_err(|e| io_err("lock", e))?;
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err("lock", io::Error::last_os_error()));
+        }
+        Ok(file)
+    }
+
     fn handle(&self) -> LocalStore {
         LocalStore {
             root: self.root.clone(),
@@ -142,6 +159,32 @@ impl ObjectStore for LocalStore {
             Ok(data) => Ok(Bytes::from(data)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound),
             Err(e) => Err(io_err("get", e)),
+        })
+        .await
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
+        let data = self.get(key).await?;
+        let tag = super::content_tag(&data);
+        Ok((data, tag))
+    }
+
+    async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
+        let (this, key, tag) = (self.handle(), key.to_string(), tag.to_string());
+        blocking(move || {
+            // Compare and replace under an exclusive lock on the store, so
+            // two processes sharing the directory cannot both win.
+            let _locked = this.lock()?;
+            let current = match fs::read(this.path(&key)?) {
+                Ok(current) => current,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(io_err("put", e)),
+            };
+            if super::content_tag(&current) != tag {
+                return Err(StoreError::AlreadyExists);
+            }
+            this.write_then(&key, &data, |tmp, target| fs::rename(tmp, target))?;
+            Ok(super::content_tag(&data))
         })
         .await
     }

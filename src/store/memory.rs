@@ -42,6 +42,25 @@ impl ObjectStore for MemoryStore {
         self.objects().get(key).cloned().ok_or(StoreError::NotFound)
     }
 
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
+        let data = self.get(key).await?;
+        let tag = super::content_tag(&data);
+        Ok((data, tag))
+    }
+
+    async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
+        let mut objects = self.objects();
+        match objects.get(key) {
+            Some(current) if super::content_tag(current) == tag => {
+                let new_tag = super::content_tag(&data);
+                objects.insert(key.to_string(), data);
+                Ok(new_tag)
+            }
+            Some(_) => Err(StoreError::AlreadyExists),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.objects().remove(key);
         Ok(())

@@ -62,11 +62,26 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// The whole object, or [`StoreError::NotFound`].
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
 
+    /// The object and a tag that changes whenever it is replaced (S3: its
+    /// ETag), for [`ObjectStore::put_if_tag`].
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError>;
+
+    /// Replaces `key` only if its tag is still `tag` (S3: `If-Match`);
+    /// [`StoreError::AlreadyExists`] (the precondition failed) otherwise.
+    /// Returns the new tag.
+    async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError>;
+
     /// Deletes `key`; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// The tag of a stored object for stores without one of their own.
+pub(crate) fn content_tag(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
 }
 
 /// Where a volume lives, parsed from `s3://bucket[/prefix]` or `file:///path`.
@@ -155,6 +170,21 @@ mod tests {
         ));
         store.put_new("data/c", Bytes::new()).await.unwrap();
         assert_eq!(store.get("data/c").await.unwrap().len(), 0);
+        let (_, tag) = store.get_tagged("data/b").await.unwrap();
+        let new_tag = store
+            .put_if_tag("data/b", Bytes::from_static(b"2"), &tag)
+            .await
+            .unwrap();
+        assert_ne!(tag, new_tag);
+        assert!(matches!(
+            store.put_if_tag("data/b", Bytes::from_static(b"3"), &tag).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        assert_eq!(
+            store.get_tagged("data/b").await.unwrap(),
+            (Bytes::from_static(b"2"), new_tag)
+        );
+        store.put("data/b", Bytes::from_static(b"two")).await.unwrap();
         store.delete("data/a").await.unwrap();
         store.delete("data/a").await.unwrap();
         assert_eq!(store.list("").await.unwrap(), vec!["data/b", "data/c", "meta/1"]);

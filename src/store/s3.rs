@@ -239,6 +239,10 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        Ok(self.get_tagged(key).await?.0)
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
         let resp = self
             .client
             .get_object()
@@ -247,12 +251,27 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.map("s3:GetObject", e))?;
+        let tag = resp.e_tag().unwrap_or_default().to_string();
         let body = resp
             .body
             .collect()
             .await
             .map_err(|e| StoreError::Unreachable(e.to_string()))?;
-        Ok(body.into_bytes())
+        Ok((body.into_bytes(), tag))
+    }
+
+    async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
+        let resp = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .if_match(tag)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.map("s3:PutObject", e))?;
+        Ok(resp.e_tag().unwrap_or_default().to_string())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -276,16 +276,19 @@ status_shows_the_cache() {
     sv_umount "$mp"
 }
 
-# Two hosts writing one volume (nothing stops it yet): the first to upload
-# the next metadata generation wins; the other is fenced — writes fail with
-# EROFS, status says so, umount unmounts and says where its changes are.
+# A second read-write mount is refused, naming the holder; with
+# --force-takeover it claims the next metadata generation, so the first
+# mount is fenced — writes fail with EROFS, status says so, umount unmounts
+# and says where its changes are — and the lease is free again afterwards.
 second_writer_fences_the_first() {
     local url a=$WORK/mnt-wa b=$WORK/mnt-wb out rc=0
     url=$(vol_url fence)
     new_volume "$url"
     sv_mount "$url" "$a" "$WORK/cache-wa" --key-file "$KEY"
     python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("a"); f.flush(); os.fsync(f.fileno())' "$a/from-a"
-    sv_mount "$url" "$b" "$WORK/cache-wb" --key-file "$KEY"
+    sv_mount_refused 2 "mounted read-write on .*pid [0-9]+.*--force-takeover" "$url" "$b" "$WORK/cache-wb" \
+        --key-file "$KEY"
+    sv_mount "$url" "$b" "$WORK/cache-wb" --key-file "$KEY" --force-takeover
     python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("b"); f.flush(); os.fsync(f.fileno())' "$b/from-b"
     if python3 -c 'import os,sys; f=open(sys.argv[1],"w"); f.write("late"); f.flush(); os.fsync(f.fileno())' "$a/late"; then
         echo "the first writer's fsync succeeded after the second wrote"
@@ -303,7 +306,7 @@ second_writer_fences_the_first() {
     grep -q "fenced" <<<"$out"
     ! mountpoint -q "$a"
     sv_umount "$b"
-    sv_mount "$url" "$b" "$WORK/cache-wc" --key-file "$KEY" -o ro
+    sv_mount "$url" "$b" "$WORK/cache-wc" --key-file "$KEY"
     [[ $(cat "$b/from-b") == b && ! -e $b/late ]]
     sv_umount "$b"
 }
@@ -322,7 +325,7 @@ check "closed files are intact after kill -9 and remount" closed_files_after_rem
 check "closed files reach the store after the remount" closed_files_reach_the_store
 check "writing 3x the cache size stays under the limit" cache_limit_honoured
 check "status shows the cache" status_shows_the_cache
-check "a second writer fences the first" second_writer_fences_the_first
+check "a second writer is refused; a forced takeover fences the first" second_writer_fences_the_first
 require "outage store" start_outage_store
 check "writes go on while the store is down; umount refuses, then succeeds" writes_survive_an_outage
 check "a full cache disk gives ENOSPC and keeps earlier files" full_cache_disk

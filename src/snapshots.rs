@@ -1,0 +1,275 @@
+//! Named point-in-time snapshots: `snapshots/<id>`, each a sealed copy of
+//! one metadata state the store held, with its name and creation time.
+//!
+//! Data objects are never overwritten, so a copy of a metadata state is an
+//! exact copy of every file in it as long as the objects it references
+//! stay. The writer keeps them: before it deletes a block no longer
+//! referenced by the live state, it lists the snapshots (after deleting the
+//! superseded metadata states) and leaves alone every block one of them
+//! references. That is race-free with `create`, which copies the newest
+//! state, stores the snapshot, and then checks that the state it copied is
+//! still in the store: if it is, the writer has not yet listed snapshots for
+//! any block that state references, and will see this one when it does.
+//!
+//! The object's name is a keyed hash of the snapshot's name, so the bucket
+//! does not show names, and a second snapshot of the same name is refused by
+//! the store itself (`If-None-Match: *`).
+
+use crate::codec::{self, ObjectId};
+use crate::fs::{snapshot_generations, snapshot_key};
+use crate::keyring::Keyring;
+use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_snapshot};
+use crate::store::{ObjectStore, StoreError};
+use bytes::Bytes;
+use std::collections::HashSet;
+
+pub const PREFIX: &str = "snapshots/";
+const VERSION: u8 = 1;
+const MAX_NAME: usize = 128;
+/// Attempts when the writer keeps replacing the state being copied.
+const ATTEMPTS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("a snapshot name is 1 to {MAX_NAME} bytes of UTF-8 without control characters")]
+    BadName,
+    #[error("a snapshot named {0:?} already exists")]
+    Exists(String),
+    #[error("there is no snapshot named {0:?}")]
+    NotFound(String),
+    #[error("the volume has no metadata in the store yet: mount it read-write once")]
+    NoState,
+    #[error("the volume's metadata changed {ATTEMPTS} times while it was being copied; try again")]
+    Contended,
+    #[error("{0} failed its integrity check: {1}")]
+    Integrity(String, codec::CodecError),
+    #[error("{0} is malformed")]
+    Malformed(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `list` shows of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub created_ns: i64,
+    /// The metadata generation it copies.
+    pub generation: u64,
+    /// Files, directories and other inodes.
+    pub inodes: u64,
+    /// Bytes of regular files (their sizes, holes included).
+    pub bytes: u64,
+}
+
+/// A snapshot read back: its description and its metadata records.
+pub struct Snapshot {
+    pub info: SnapshotInfo,
+    pub records: Vec<Record>,
+}
+
+impl Snapshot {
+    /// Every data object the snapshot references.
+    pub fn blocks(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.records.iter().filter_map(|r| match r {
+            Record::Block { block, .. } => Some(block.object_id),
+            _ => None,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Loads the snapshot's state into an empty metadata store.
+    pub fn import_into(self, meta: &mut dyn MetadataStore) -> Result<(), MetaError> {
+        meta.import(&mut self.records.into_iter())?;
+        meta.set_generation(self.info.generation)
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(SnapshotError::BadName);
+    }
+    Ok(())
+}
+
+/// `snapshots/<32 hex digits>`: a keyed hash of the name.
+pub fn object_key(ring: &Keyring, name: &str) -> String {
+    format!("{PREFIX}{}", hex::encode(ring.snapshot_name_id(name.as_bytes())))
+}
+
+fn encode(info: &SnapshotInfo, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 2 + info.name.len() + 32 + state.len());
+    out.push(VERSION);
+    out.extend_from_slice(&(info.name.len() as u16).to_be_bytes());
+    out.extend_from_slice(info.name.as_bytes());
+    out.extend_from_slice(&info.created_ns.to_be_bytes());
+    for n in [info.generation, info.inodes, info.bytes] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out.extend_from_slice(state);
+    out
+}
+
+fn decode(key: &str, plain: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let malformed = || SnapshotError::Malformed(key.to_string());
+    let (&version, rest) = plain.split_first().ok_or_else(malformed)?;
+    if version != VERSION || rest.len() < 2 {
+        return Err(malformed());
+    }
+    let name_len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() < name_len + 32 {
+        return Err(malformed());
+    }
+    let name = String::from_utf8(rest[..name_len].to_vec()).map_err(|_| malformed())?;
+    let field = |i: usize| {
+        let at = name_len + 8 * i;
+        u64::from_be_bytes(rest[at..at + 8].try_into().expect("8 bytes"))
+    };
+    let info = SnapshotInfo {
+        name,
+        created_ns: field(0) as i64,
+        generation: field(1),
+        inodes: field(2),
+        bytes: field(3),
+    };
+    let records = decode_snapshot(&rest[name_len + 32..])?;
+    Ok(Snapshot { info, records })
+}
+
+/// Counts what a state holds, for `list`.
+fn summarize(records: &[Record]) -> (u64, u64) {
+    records.iter().fold((0, 0), |(inodes, bytes), r| match r {
+        Record::Inode(i) if i.kind == FileKind::File => (inodes + 1, bytes + i.size),
+        Record::Inode(_) => (inodes + 1, bytes),
+        _ => (inodes, bytes),
+    })
+}
+
+async fn read_object(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<Snapshot, SnapshotError> {
+    let sealed = store.get(key).await?;
+    let plain = codec::open_metadata(ring, key, &sealed).map_err(|e| SnapshotError::Integrity(key.to_string(), e))?;
+    decode(key, &plain)
+}
+
+/// Copies the newest metadata state in the store into a snapshot `name`.
+pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<SnapshotInfo, SnapshotError> {
+    validate_name(name)?;
+    let key = object_key(ring, name);
+    match store.get(&key).await {
+        Ok(_) => return Err(SnapshotError::Exists(name.to_string())),
+        Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut stored = false;
+    for _ in 0..ATTEMPTS {
+        let Some(generation) = snapshot_generations(store).await?.last().copied() else {
+            return Err(SnapshotError::NoState);
+        };
+        let state_key = snapshot_key(generation);
+        let sealed = match store.get(&state_key).await {
+            Ok(sealed) => sealed,
+            // Superseded and deleted between listing and reading.
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let state = codec::open_metadata(ring, &state_key, &sealed)
+            .map_err(|e| SnapshotError::Integrity(state_key.clone(), e))?;
+        let (inodes, bytes) = summarize(&decode_snapshot(&state)?);
+        let info = SnapshotInfo {
+            name: name.to_string(),
+            created_ns: crate::fs::now_ns(),
+            generation,
+            inodes,
+            bytes,
+        };
+        let object = Bytes::from(codec::seal_metadata(ring, &key, &encode(&info, &state)));
+        if stored {
+            store.put(&key, object).await?;
+        } else {
+            match store.put_new(&key, object.clone()).await {
+                Ok(()) => {}
+                // A PUT the SDK retried after a lost answer finds its own object.
+                Err(StoreError::AlreadyExists) if store.get(&key).await.is_ok_and(|b| b == object) => {}
+                Err(StoreError::AlreadyExists) => return Err(SnapshotError::Exists(name.to_string())),
+                Err(e) => return Err(e.into()),
+            }
+            stored = true;
+        }
+        if snapshot_generations(store).await?.contains(&generation) {
+            return Ok(info);
+        }
+    }
+    if stored {
+        let _ = store.delete(&key).await;
+    }
+    Err(SnapshotError::Contended)
+}
+
+/// Reads snapshot `name`.
+pub async fn load(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<Snapshot, SnapshotError> {
+    validate_name(name)?;
+    match read_object(store, ring, &object_key(ring, name)).await {
+        Err(SnapshotError::Store(StoreError::NotFound)) => Err(SnapshotError::NotFound(name.to_string())),
+        other => other,
+    }
+}
+
+/// Every snapshot, oldest first.
+pub async fn list(store: &dyn ObjectStore, ring: &Keyring) -> Result<Vec<Snapshot>, SnapshotError> {
+    let mut all = Vec::new();
+    for key in store.list(PREFIX).await? {
+        match read_object(store, ring, &key).await {
+            Ok(snapshot) => all.push(snapshot),
+            // Deleted since the listing.
+            Err(SnapshotError::Store(StoreError::NotFound)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    all.sort_by_key(|s| s.info.created_ns);
+    Ok(all)
+}
+
+/// Every data object some snapshot references. A caller deciding whether a
+/// block may be deleted lists the metadata states it keeps *before* calling
+/// this (see the module comment).
+pub async fn referenced_blocks(store: &dyn ObjectStore, ring: &Keyring) -> Result<HashSet<ObjectId>, SnapshotError> {
+    Ok(list(store, ring).await?.iter().flat_map(Snapshot::blocks).collect())
+}
+
+/// Deletes snapshot `name`, then the data objects only it referenced (not
+/// the live state, any metadata state still in the store, nor another
+/// snapshot). Returns how many objects were deleted.
+pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<usize, SnapshotError> {
+    let snapshot = load(store, ring, name).await?;
+    store.delete(&object_key(ring, name)).await?;
+    let mut candidates: HashSet<ObjectId> = snapshot.blocks().collect();
+    // States first, snapshots second: a snapshot being created from a state
+    // that is gone by now was stored before that state went (module comment).
+    for generation in snapshot_generations(store).await? {
+        let key = snapshot_key(generation);
+        let sealed = match store.get(&key).await {
+            Ok(sealed) => sealed,
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| SnapshotError::Integrity(key.clone(), e))?;
+        for record in decode_snapshot(&plain)? {
+            if let Record::Block { block, .. } = record {
+                candidates.remove(&block.object_id);
+            }
+        }
+    }
+    for id in referenced_blocks(store, ring).await? {
+        candidates.remove(&id);
+    }
+    let mut deleted = 0;
+    for id in candidates {
+        store.delete(&crate::cache::data_key(&id)).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
