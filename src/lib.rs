@@ -15,6 +15,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod fs;
+pub mod fsck;
 pub mod fuse;
 pub mod hardening;
 pub mod keyfile;

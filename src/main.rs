@@ -8,6 +8,7 @@ use s3vault::admin;
 use s3vault::audit::{self, AuditMode, AuditSettings};
 use s3vault::cache;
 use s3vault::daemon::{self, Readiness, Role};
+use s3vault::fsck;
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
 use s3vault::options;
@@ -144,6 +145,36 @@ enum Command {
     Snapshot {
         #[command(subcommand)]
         action: SnapshotCommand,
+    },
+    /// Check that every file's blocks are in the store and open with the key
+    /// (live state and snapshots); find objects nothing references. Exit
+    /// codes as e2fsck: 0 clean, 1 errors corrected, 4 errors left, 8 failed.
+    Fsck {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        /// Delete unreferenced objects older than --min-age (files with
+        /// missing or damaged blocks are reported, never dropped).
+        #[arg(long)]
+        repair: bool,
+        /// Check that blocks exist with the right size, without downloading them.
+        #[arg(long)]
+        quick: bool,
+        /// Unreferenced objects younger than this may be uploads about to be
+        /// referenced, and are left alone.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        min_age: Duration,
+    },
+    /// Delete data objects that neither the volume nor any snapshot
+    /// references (safe while the volume is mounted).
+    Gc {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        /// Unreferenced objects younger than this are left alone.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        min_age: Duration,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Copy files out of a snapshot into a local directory, byte for byte,
     /// never overwriting anything there.
@@ -679,6 +710,33 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Command::Key { action } => key_command(action),
         Command::Audit { action } => audit_command(action),
         Command::Snapshot { action } => snapshot_command(action),
+        Command::Fsck {
+            volume,
+            repair,
+            quick,
+            min_age,
+        } => fsck_command(
+            &volume,
+            &fsck::Options {
+                verify: !quick,
+                repair,
+                min_age,
+            },
+            false,
+        ),
+        Command::Gc {
+            volume,
+            min_age,
+            dry_run,
+        } => fsck_command(
+            &volume,
+            &fsck::Options {
+                verify: false,
+                repair: !dry_run,
+                min_age,
+            },
+            true,
+        ),
         Command::Restore {
             url,
             paths,
@@ -756,6 +814,97 @@ fn snapshot_command(action: SnapshotCommand) -> Result<(), Exit> {
             .await
             .map_err(|e| runtime_err(anyhow!("done, but its audit record is not stored: {e}")))
     })?
+}
+
+/// `fsck`, or with `gc` its quick form that reports what it deleted.
+fn fsck_command(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), Exit> {
+    let VolumeArgs { url, key, s3 } = volume;
+    let location = Location::parse(url).map_err(|e| usage(anyhow!(e)))?;
+    let unlock = read_unlock(key, false)?;
+    init_logging(log_filter("warn")?, std::io::stderr().is_terminal());
+    let s3 = s3.options()?;
+    let report = block_on(async {
+        let volume = open_volume(&location, url, &unlock, &s3).await.map_err(volume_exit)?;
+        let bar = indicatif::ProgressBar::hidden();
+        if options.verify && std::io::stderr().is_terminal() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("verifying {bar:30} {pos}/{len} blocks, {per_sec}, ETA {eta}")
+                    .map_err(runtime_err)?,
+            );
+        }
+        let progress = |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        };
+        let report = fsck::run(
+            volume.store.clone(),
+            volume.ring.clone(),
+            volume.superblock.block_size,
+            options,
+            &progress,
+        )
+        .await;
+        bar.finish_and_clear();
+        report.map_err(|e| Exit(if gc { 1 } else { 8 }, e.into()))
+    })??;
+    let orphans = format!(
+        "{} unreferenced objects ({})",
+        report.orphans,
+        human_bytes(report.orphan_bytes as f64)
+    );
+    let recent = if report.recent > 0 {
+        format!(
+            "; {} younger than {} left alone",
+            report.recent,
+            humantime::format_duration(options.min_age)
+        )
+    } else {
+        String::new()
+    };
+    if gc {
+        let verb = if options.repair { "deleted" } else { "would delete" };
+        println!("{verb} {orphans}{recent}");
+        if !report.problems.is_empty() {
+            eprintln!(
+                "s3vault: {} problems seen on the way; run `s3vault fsck`",
+                report.problems.len()
+            );
+        }
+    } else {
+        println!(
+            "checked the live state and {} snapshots ({} metadata generations in the store)",
+            report.snapshots, report.states
+        );
+        println!(
+            "{} data objects in the store, {} referenced, {} downloaded and opened with the key",
+            report.objects, report.referenced, report.verified
+        );
+        for problem in &report.problems {
+            println!("PROBLEM {problem}");
+        }
+        let action = match (report.deleted, options.repair) {
+            (0, false) if report.orphans > 0 => " (--repair deletes them)".to_string(),
+            (n, true) if n > 0 => format!(", {n} deleted"),
+            _ => String::new(),
+        };
+        println!("{orphans}{action}{recent}");
+    }
+    if let Some(why) = &report.deletion_refused {
+        eprintln!("s3vault: nothing deleted: {why}, so what it references is unknown");
+    }
+    match report.exit_code() {
+        0 => Ok(()),
+        _ if gc && report.deletion_refused.is_none() => Ok(()),
+        code => Err(Exit(
+            code,
+            anyhow!(if code == 1 {
+                "errors corrected"
+            } else {
+                "the volume has errors"
+            }),
+        )),
+    }
 }
 
 fn print_snapshots<'a>(all: impl Iterator<Item = &'a snapshots::SnapshotInfo>, json: bool) {

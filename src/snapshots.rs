@@ -149,7 +149,8 @@ fn summarize(records: &[Record]) -> (u64, u64) {
     })
 }
 
-async fn read_object(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<Snapshot, SnapshotError> {
+/// Reads the snapshot object `key` (from a listing of [`PREFIX`]).
+pub async fn read(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<Snapshot, SnapshotError> {
     let sealed = store.get(key).await?;
     let plain = codec::open_metadata(ring, key, &sealed).map_err(|e| SnapshotError::Integrity(key.to_string(), e))?;
     decode(key, &plain)
@@ -212,7 +213,7 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
 /// Reads snapshot `name`.
 pub async fn load(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<Snapshot, SnapshotError> {
     validate_name(name)?;
-    match read_object(store, ring, &object_key(ring, name)).await {
+    match read(store, ring, &object_key(ring, name)).await {
         Err(SnapshotError::Store(StoreError::NotFound)) => Err(SnapshotError::NotFound(name.to_string())),
         other => other,
     }
@@ -222,7 +223,7 @@ pub async fn load(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result
 pub async fn list(store: &dyn ObjectStore, ring: &Keyring) -> Result<Vec<Snapshot>, SnapshotError> {
     let mut all = Vec::new();
     for key in store.list(PREFIX).await? {
-        match read_object(store, ring, &key).await {
+        match read(store, ring, &key).await {
             Ok(snapshot) => all.push(snapshot),
             // Deleted since the listing.
             Err(SnapshotError::Store(StoreError::NotFound)) => {}

@@ -650,6 +650,19 @@ async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
     write_file(&core, b"other", b"kept by the live state").await;
     core.sync().await.unwrap();
     assert_eq!(fx.data_objects().await.len(), 2);
+    // fsck checks the snapshot too and finds nothing to delete.
+    let options = crate::fsck::Options {
+        verify: true,
+        repair: true,
+        min_age: std::time::Duration::ZERO,
+    };
+    let report = crate::fsck::run(fx.store.clone(), fx.ring.clone(), BS, &options, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.snapshots, report.verified, report.deleted, report.exit_code()),
+        (1, 2, 0, 0)
+    );
     let mut meta = SqliteStore::in_memory().unwrap();
     snapshots::load(store, ring, "before")
         .await
@@ -670,4 +683,65 @@ async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
     let now = fx.remount().await;
     let ino = now.lookup(&root(), ROOT_INO, b"other").unwrap().ino;
     assert_eq!(read_all(&now, ino).await.unwrap(), b"kept by the live state");
+}
+
+#[tokio::test]
+async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() {
+    use crate::fsck::{self, Options};
+    let fx = Fixture::new();
+    let core = fx.core();
+    write_file(&core, b"kept", b"intact").await;
+    let lost = write_file(&core, b"lost", b"gone by hand").await;
+    let damaged = write_file(&core, b"damaged", b"flipped").await;
+    core.sync().await.unwrap();
+    let store: Arc<dyn ObjectStore> = fx.store.clone();
+    let run = |repair: bool, min_age: u64| {
+        let (store, ring) = (store.clone(), fx.ring.clone());
+        async move {
+            let options = Options {
+                verify: true,
+                repair,
+                min_age: std::time::Duration::from_secs(min_age),
+            };
+            fsck::run(store, ring, BS, &options, &|_, _| {}).await.unwrap()
+        }
+    };
+    let clean = run(false, 0).await;
+    assert_eq!((clean.problems.len(), clean.verified, clean.exit_code()), (0, 3, 0));
+
+    let key_of = |ino: u64| {
+        let meta = core.meta();
+        crate::cache::data_key(&meta.blocks(ino, 0, 0).unwrap()[0].1.object_id)
+    };
+    fx.store.delete(&key_of(lost)).await.unwrap();
+    let flipped = key_of(damaged);
+    let mut bytes = fx.store.get(&flipped).await.unwrap().to_vec();
+    bytes[20] ^= 1;
+    fx.store.overwrite(&flipped, bytes.into());
+    fx.store.overwrite(
+        &format!("data/{}", "ab".repeat(16)),
+        bytes::Bytes::from_static(b"stray"),
+    );
+    fx.store
+        .overwrite("data/not-an-id", bytes::Bytes::from_static(b"stray too"));
+
+    // A just-written stray may be an upload in progress: left alone.
+    let young = run(true, 3600).await;
+    assert_eq!((young.orphans, young.recent, young.deleted), (0, 2, 0));
+    let found = run(false, 0).await;
+    let text: Vec<String> = found.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(text.iter().any(|p| p.contains("/lost: block 0 is missing")), "{text:?}");
+    assert!(
+        text.iter().any(|p| p.contains("/damaged: block 0 does not open")),
+        "{text:?}"
+    );
+    assert_eq!((found.orphans, found.deleted, found.exit_code()), (2, 0, 4));
+    // Repair deletes the strays and still reports the damaged files.
+    let repaired = run(true, 0).await;
+    assert_eq!(
+        (repaired.deleted, repaired.problems.len(), repaired.exit_code()),
+        (2, 2, 4)
+    );
+    assert_eq!(fx.data_objects().await.len(), 2);
 }

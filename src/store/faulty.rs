@@ -1,7 +1,7 @@
 //! A fault-injecting wrapper for tests: makes writes or reads of an inner
 //! store fail on demand, as an unreachable endpoint would.
 
-use super::{ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -74,8 +74,8 @@ impl ObjectStore for FaultyStore {
         self.inner.delete(key).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.list(prefix).await
+        self.inner.list_objects(prefix).await
     }
 }

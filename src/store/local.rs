@@ -5,7 +5,7 @@
 //! the directory is fsync'd, so a crash leaves either the old object or the
 //! new one, never a torn file.
 
-use super::{ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::{self, File};
@@ -59,7 +59,7 @@ impl LocalStore {
         result.map_err(|e| io_err("put", e))
     }
 
-    fn list_into(&self, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    fn list_into(&self, dir: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -76,7 +76,12 @@ impl LocalStore {
             } else if let Ok(rel) = path.strip_prefix(&self.root)
                 && let Some(key) = rel.to_str()
             {
-                out.push(key.to_string());
+                let meta = entry.metadata()?;
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                });
             }
         }
         Ok(())
@@ -199,15 +204,15 @@ impl ObjectStore for LocalStore {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let (this, prefix) = (self.handle(), prefix.to_string());
         blocking(move || {
-            let mut keys = Vec::new();
+            let mut objects = Vec::new();
             let root = this.root.clone();
-            this.list_into(&root, &mut keys).map_err(|e| io_err("list", e))?;
-            keys.retain(|k| k.starts_with(&prefix));
-            keys.sort();
-            Ok(keys)
+            this.list_into(&root, &mut objects).map_err(|e| io_err("list", e))?;
+            objects.retain(|o| o.key.starts_with(&prefix));
+            objects.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(objects)
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! An object store in memory, for unit tests of everything above the store.
 
-use super::{ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -66,12 +66,18 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    /// Every object reads as stored just now.
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let now = std::time::SystemTime::now();
         Ok(self
             .objects()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(key, data)| ObjectInfo {
+                key: key.clone(),
+                size: data.len() as u64,
+                modified: now,
+            })
             .collect())
     }
 }

@@ -74,8 +74,22 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Deletes `key`; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
     /// Every key that starts with `prefix`, sorted.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list_objects(prefix).await?.into_iter().map(|o| o.key).collect())
+    }
+}
+
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// When it was stored (S3: LastModified).
+    pub modified: std::time::SystemTime,
 }
 
 /// The tag of a stored object for stores without one of their own.
@@ -188,6 +202,11 @@ mod tests {
         store.delete("data/a").await.unwrap();
         store.delete("data/a").await.unwrap();
         assert_eq!(store.list("").await.unwrap(), vec!["data/b", "data/c", "meta/1"]);
+        let listed = store.list_objects("data/").await.unwrap();
+        let sizes: Vec<(&str, u64)> = listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
+        assert_eq!(sizes, vec![("data/b", 3), ("data/c", 0)]);
+        let age = std::time::SystemTime::now().duration_since(listed[0].modified);
+        assert!(age.is_ok_and(|age| age < std::time::Duration::from_secs(60)));
     }
 
     #[tokio::test]

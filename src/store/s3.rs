@@ -5,7 +5,7 @@
 //! exponential backoff with jitter. Blocks are at most 16 MiB, far below the
 //! 5 GiB single-PUT limit, so multipart upload is never needed.
 
-use super::{ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, StoreError};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -291,8 +291,8 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut objects = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let resp = self
@@ -306,7 +306,14 @@ impl ObjectStore for S3Store {
                 .map_err(|e| self.map("s3:ListBucket", e))?;
             for object in resp.contents() {
                 if let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) {
-                    keys.push(key.to_string());
+                    objects.push(ObjectInfo {
+                        key: key.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        modified: object
+                            .last_modified()
+                            .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                            .unwrap_or(std::time::UNIX_EPOCH),
+                    });
                 }
             }
             match resp.next_continuation_token() {
@@ -314,8 +321,8 @@ impl ObjectStore for S3Store {
                 _ => break,
             }
         }
-        keys.sort();
-        Ok(keys)
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
     }
 }
 

@@ -4,7 +4,8 @@
 # on; a snapshot mounts read-only and shows exactly the old contents;
 # `restore` copies files out of it byte for byte, never overwriting; the
 # writer does not delete a block a snapshot needs, and deleting the snapshot
-# frees it; every step is in the audit trail.
+# frees it; every step is in the audit trail; fsck finds objects deleted
+# or added by hand, and --repair and gc delete only what nothing references.
 #
 # Usage: [E2E_URL=... E2E_ENDPOINT=...] bash tests/e2e/recovery.sh
 # shellcheck disable=SC2317 # functions run through `check`
@@ -160,6 +161,59 @@ delete_frees_what_only_it_kept() {
     sv_umount "$LIVE"
 }
 
+fsck_is_clean() {
+    local out
+    out=$(sv fsck "$URL")
+    echo "$out"
+    grep -q '^0 unreferenced objects' <<<"$out"
+    ! grep -q PROBLEM <<<"$out"
+}
+
+stray_key() {
+    echo "data/$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+}
+
+fsck_finds_damage_and_repairs_strays() {
+    local victim stray out rc=0 before after
+    victim=$(store_ls "$URL" data | head -n 1)
+    stray=$(stray_key)
+    store_rm "$URL" "$victim"
+    echo "not a block" >"$WORK/stray"
+    store_put "$WORK/stray" "$URL" "$stray"
+    store_put "$WORK/stray" "$URL" data/junk
+    out=$(sv fsck "$URL" --min-age 0) || rc=$?
+    echo "$out"
+    ((rc == 4)) || { echo "exit $rc, expected 4"; return 1; }
+    grep -q "PROBLEM the live state: /.*is missing from the store ($victim)" <<<"$out"
+    grep -q '2 unreferenced objects .*--repair' <<<"$out"
+    # A young stray may be an upload about to be referenced.
+    out=$(sv fsck "$URL" --repair) || true
+    grep -q '2 younger than 1day left alone' <<<"$out"
+    before=$(data_objects)
+    rc=0
+    out=$(sv fsck "$URL" --repair --min-age 0) || rc=$?
+    echo "$out"
+    after=$(data_objects)
+    ((rc == 4)) && grep -q ', 2 deleted' <<<"$out" && ((after == before - 2))
+    # The damaged file is still reported, never dropped.
+    grep -q "is missing from the store ($victim)" <<<"$out"
+}
+
+gc_deletes_only_old_strays() {
+    local stray out
+    stray=$(stray_key)
+    store_put "$WORK/stray" "$URL" "$stray"
+    out=$(sv gc "$URL")
+    echo "$out"
+    grep -q 'deleted 0 unreferenced objects .* 1 younger than' <<<"$out"
+    store_ls "$URL" data | grep -qx "$stray"
+    out=$(sv gc "$URL" --min-age 0 --dry-run)
+    grep -q 'would delete 1 unreferenced' <<<"$out"
+    store_ls "$URL" data | grep -qx "$stray"
+    sv gc "$URL" --min-age 0
+    ! store_ls "$URL" data | grep -qx "$stray"
+}
+
 require "setup: a volume with a tree of every kind of file" setup
 check "snapshot create, list; a duplicate and a bad name are refused" snapshot_created_and_listed
 require "the live volume changes and syncs" live_volume_moves_on
@@ -170,4 +224,7 @@ check "restore of one path; an existing file is never overwritten" restore_one_p
 check "restores and snapshots are in the audit trail" restore_is_audited
 check "the snapshot is whole after the writer reclaimed, from a fresh host" snapshot_survives_a_fresh_host
 check "snapshot delete frees the blocks only it kept; the live volume is intact" delete_frees_what_only_it_kept
+check "fsck of the volume is clean" fsck_is_clean
+check "fsck finds an object deleted and objects added by hand; --repair deletes only those" fsck_finds_damage_and_repairs_strays
+check "gc deletes unreferenced objects older than --min-age" gc_deletes_only_old_strays
 e2e_finish

@@ -1,0 +1,388 @@
+//! `s3vault fsck` and `s3vault gc`: is the volume in the store whole, and
+//! which data objects does nothing reference?
+//!
+//! The live state (the newest `meta/` generation) and every named snapshot
+//! are *checked*: each block they reference must be in the store with the
+//! size its length gives and (unless skipped) open with the volume key under
+//! its inode and index; entries, inodes, links and blocks must agree. Older
+//! generations still in the store only count as references. A data object
+//! nothing references is an orphan (a crash between an upload and the
+//! metadata naming it, or a reclaim cut short).
+//!
+//! Deleting orphans is safe against a writer at work: metadata states are
+//! listed and read before snapshots (FORMAT.md, "Named snapshots"), and an
+//! object younger than `min_age` is never deleted, because a writer uploads
+//! a block shortly before the state that references it.
+
+use crate::cache::data_key;
+use crate::codec::{self, BlockAddress, ObjectId};
+use crate::fs::{snapshot_generations, snapshot_key};
+use crate::keyring::Keyring;
+use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_snapshot};
+use crate::snapshots;
+use crate::store::{ObjectInfo, ObjectStore, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinSet;
+
+/// Objects fetched and opened at once when verifying contents.
+const PARALLEL: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Download every referenced block and open it with the key.
+    pub verify: bool,
+    /// Delete orphans (old enough).
+    pub repair: bool,
+    /// Unreferenced objects younger than this are left alone.
+    pub min_age: Duration,
+}
+
+/// Something wrong in a checked state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// "the live state" or "snapshot NAME".
+    pub state: String,
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.state, self.what)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Metadata generations in the store.
+    pub states: usize,
+    pub snapshots: usize,
+    /// Data objects in the store.
+    pub objects: usize,
+    pub referenced: usize,
+    pub verified: usize,
+    pub problems: Vec<Problem>,
+    /// Unreferenced objects at least `min_age` old.
+    pub orphans: usize,
+    pub orphan_bytes: u64,
+    /// Unreferenced objects younger than `min_age`, left alone.
+    pub recent: usize,
+    pub deleted: usize,
+    /// Why orphans were not deleted although asked to.
+    pub deletion_refused: Option<String>,
+}
+
+impl Report {
+    /// e2fsck's exit codes: 0 clean, 1 errors corrected, 4 errors left.
+    pub fn exit_code(&self) -> i32 {
+        if !self.problems.is_empty() || self.orphans > self.deleted {
+            4
+        } else if self.deleted > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One checked state, enough of it to name files and check its blocks.
+struct Checked {
+    label: String,
+    /// ino → (parent, name) of one of its links.
+    names: HashMap<u64, (u64, Vec<u8>)>,
+    /// (object, ino, index, plaintext length).
+    blocks: Vec<(ObjectId, u64, u64, u32)>,
+}
+
+impl Checked {
+    fn path(&self, ino: u64) -> String {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INO && parts.len() < 4096 {
+            let Some((parent, name)) = self.names.get(&at) else {
+                return format!("<inode {ino}, not linked>");
+            };
+            parts.push(crate::audit::display_bytes(name));
+            at = *parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn problem(&self, what: String) -> Problem {
+        Problem {
+            state: self.label.clone(),
+            what,
+        }
+    }
+}
+
+/// Reads `records` as state `label`, noting what does not add up.
+fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &mut Vec<Problem>) -> Checked {
+    let mut inodes: HashMap<u64, Inode> = HashMap::new();
+    let mut links: HashMap<u64, u32> = HashMap::new();
+    let mut checked = Checked {
+        label,
+        names: HashMap::new(),
+        blocks: Vec::new(),
+    };
+    let mut entries = Vec::new();
+    for record in records {
+        match record {
+            Record::Inode(inode) => {
+                inodes.insert(inode.ino, inode);
+            }
+            Record::Entry { parent, name, ino } => entries.push((parent, name, ino)),
+            Record::Block { ino, index, block } => checked.blocks.push((block.object_id, ino, index, block.len)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (parent, name, ino) in entries {
+        *links.entry(ino).or_default() += 1;
+        checked.names.entry(ino).or_insert((parent, name));
+        match inodes.get(&parent).map(|p| p.kind) {
+            Some(FileKind::Dir) => {}
+            Some(_) => found.push(format!("an entry of inode {parent}, which is not a directory")),
+            None => found.push(format!("an entry of inode {parent}, which does not exist")),
+        }
+        if !inodes.contains_key(&ino) {
+            found.push(format!(
+                "{} names inode {ino}, which does not exist",
+                checked.path(parent)
+            ));
+        }
+    }
+    if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == FileKind::Dir) {
+        found.push("the root directory is missing".to_string());
+    }
+    let mut inos: Vec<&Inode> = inodes.values().collect();
+    inos.sort_by_key(|i| i.ino);
+    for inode in inos {
+        let count = links.get(&inode.ino).copied().unwrap_or(0);
+        if inode.kind != FileKind::Dir && inode.nlink > 0 && count != inode.nlink {
+            found.push(format!(
+                "{} has {} links but {count} names",
+                checked.path(inode.ino),
+                inode.nlink
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (object, ino, index, len) in &checked.blocks {
+        match inodes.get(ino) {
+            Some(inode) if inode.kind == FileKind::File => {
+                if index * block_size >= inode.size || u64::from(*len) > block_size {
+                    found.push(format!(
+                        "{} has a block past its end (block {index})",
+                        checked.path(*ino)
+                    ));
+                }
+            }
+            _ => found.push(format!("a block of inode {ino}, which is not a regular file")),
+        }
+        if !seen.insert(*object) {
+            found.push(format!("{} shares an object with another block", checked.path(*ino)));
+        }
+    }
+    problems.extend(found.into_iter().map(|what| checked.problem(what)));
+    checked
+}
+
+/// Checks the volume; deletes orphans when `options.repair`. `progress`
+/// hears (done, total) of the objects being verified.
+pub async fn run(
+    store: Arc<dyn ObjectStore>,
+    ring: Arc<Keyring>,
+    block_size: u32,
+    options: &Options,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Report, FsckError> {
+    let block_size = u64::from(block_size);
+    let mut report = Report::default();
+    let mut referenced: HashSet<ObjectId> = HashSet::new();
+    let mut checked = Vec::new();
+    let mut unreadable = None;
+    // States first, then snapshots: see the module comment.
+    let generations = snapshot_generations(store.as_ref()).await?;
+    report.states = generations.len();
+    let newest = generations.last().copied();
+    for generation in generations {
+        let key = snapshot_key(generation);
+        let sealed = match store.get(&key).await {
+            Ok(sealed) => sealed,
+            // Superseded by the writer meanwhile: its blocks are either in
+            // a newer state or garbage.
+            Err(StoreError::NotFound) if Some(generation) != newest => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let records = match codec::open_metadata(&ring, &key, &sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| decode_snapshot(&plain).map_err(|e| e.to_string()))
+        {
+            Ok(records) => records,
+            Err(e) => {
+                report.problems.push(Problem {
+                    state: format!("metadata {key}"),
+                    what: format!("does not open: {e}"),
+                });
+                unreadable = Some(format!("{key} does not open"));
+                continue;
+            }
+        };
+        if Some(generation) == newest {
+            checked.push(check_tree(
+                "the live state".into(),
+                records,
+                block_size,
+                &mut report.problems,
+            ));
+        } else {
+            referenced.extend(records.iter().filter_map(|r| match r {
+                Record::Block { block, .. } => Some(block.object_id),
+                _ => None,
+            }));
+        }
+    }
+    let snapshot_keys = store.list(snapshots::PREFIX).await?;
+    for key in snapshot_keys {
+        match snapshots::read(store.as_ref(), &ring, &key).await {
+            Ok(snapshot) => {
+                report.snapshots += 1;
+                let label = format!("snapshot {}", snapshot.info.name);
+                checked.push(check_tree(label, snapshot.records, block_size, &mut report.problems));
+            }
+            Err(snapshots::SnapshotError::Store(StoreError::NotFound)) => {}
+            Err(e) => {
+                report.problems.push(Problem {
+                    state: format!("snapshot object {key}"),
+                    what: format!("does not open: {e}"),
+                });
+                unreadable = Some(format!("{key} does not open"));
+            }
+        }
+    }
+    // By key: a stray object under data/ need not have an object id's name.
+    let objects: HashMap<String, ObjectInfo> = store
+        .list_objects("data/")
+        .await?
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
+    report.objects = objects.len();
+
+    // Each referenced object once, checked against the first state naming it.
+    let mut to_verify = Vec::new();
+    let mut verified_ids = HashSet::new();
+    for (which, state) in checked.iter().enumerate() {
+        for &(object, ino, index, len) in &state.blocks {
+            referenced.insert(object);
+            if !verified_ids.insert(object) {
+                continue;
+            }
+            match objects.get(&data_key(&object)) {
+                None => report.problems.push(state.problem(format!(
+                    "{}: block {index} is missing from the store ({})",
+                    state.path(ino),
+                    data_key(&object)
+                ))),
+                Some(info) if info.size != codec::sealed_block_len(len as usize) as u64 => {
+                    report.problems.push(state.problem(format!(
+                        "{}: block {index} has {} bytes in the store, not {} ({})",
+                        state.path(ino),
+                        info.size,
+                        codec::sealed_block_len(len as usize),
+                        data_key(&object)
+                    )))
+                }
+                Some(_) if options.verify => to_verify.push((which, object, ino, index)),
+                Some(_) => {}
+            }
+        }
+    }
+    report.referenced = referenced.len();
+
+    let total = to_verify.len() as u64;
+    let mut tasks = JoinSet::new();
+    let mut queue = to_verify.into_iter();
+    let mut done = 0;
+    progress(0, total);
+    loop {
+        while tasks.len() < PARALLEL
+            && let Some((which, object, ino, index)) = queue.next()
+        {
+            let (store, ring) = (store.clone(), ring.clone());
+            tasks.spawn(async move {
+                let outcome = match store.get(&data_key(&object)).await {
+                    Ok(sealed) => codec::open_block(
+                        &ring,
+                        &BlockAddress {
+                            object_id: object,
+                            ino,
+                            index,
+                        },
+                        &sealed,
+                    )
+                    .map(|_| ())
+                    .map_err(|e| format!("does not open with the volume key ({e})")),
+                    Err(StoreError::NotFound) => Err("is missing from the store".to_string()),
+                    Err(e) => return Err(e),
+                };
+                Ok((which, object, ino, index, outcome))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else { break };
+        let (which, object, ino, index, outcome) =
+            joined.map_err(|e| StoreError::Unreachable(format!("verification task failed: {e}")))??;
+        done += 1;
+        progress(done, total);
+        match outcome {
+            Ok(()) => report.verified += 1,
+            Err(why) => {
+                let state = &checked[which];
+                report.problems.push(state.problem(format!(
+                    "{}: block {index} {why} ({})",
+                    state.path(ino),
+                    data_key(&object)
+                )));
+            }
+        }
+    }
+
+    let now = SystemTime::now();
+    let mut orphans = Vec::new();
+    let referenced: HashSet<String> = referenced.iter().map(data_key).collect();
+    for (key, info) in &objects {
+        if referenced.contains(key) {
+            continue;
+        }
+        let age = now.duration_since(info.modified).unwrap_or_default();
+        if age >= options.min_age {
+            report.orphan_bytes += info.size;
+            orphans.push(info.key.clone());
+        } else {
+            report.recent += 1;
+        }
+    }
+    report.orphans = orphans.len();
+    if options.repair && !orphans.is_empty() {
+        match unreadable {
+            Some(why) => report.deletion_refused = Some(why),
+            None => {
+                for key in orphans {
+                    store.delete(&key).await?;
+                    report.deleted += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
