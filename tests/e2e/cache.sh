@@ -168,7 +168,7 @@ closed_files_reach_the_store() {
 # Writing three times the cache size keeps the cache under its limit, and
 # everything arrives.
 cache_limit_honoured() {
-    local url mp=$WORK/mnt-limit cache=$WORK/cache-limit max=0 used sampler
+    local url mp=$WORK/mnt-limit cache=$WORK/cache-limit max=0 sampler
     url=$(vol_url limit)
     new_volume "$url"
     sv_mount "$url" "$mp" "$cache" --key-file "$KEY" --cache-size 64M --max-dirty 16M
@@ -210,7 +210,7 @@ writes_survive_an_outage() {
     : >"$WORK/outage-closed"
     python3 "$GEN" write "$mp" 12 "$WORK/outage-closed"
     python3 "$GEN" verify "$mp" "$WORK/outage-closed" --no-extra-check
-    cat "$mp/before" | grep -qx before
+    grep -qx before "$mp/before"
     sleep 2
     echo "pending uploads: $(status_field "$mp" pending_uploads), errors: $(status_field "$mp" errors)"
     (($(status_field "$mp" pending_uploads) > 0))
@@ -222,7 +222,10 @@ writes_survive_an_outage() {
     mountpoint -q "$mp"
     store_up
     "$S3VAULT" umount "$mp"
-    ! mountpoint -q "$mp"
+    if mountpoint -q "$mp"; then
+        echo "still mounted after umount succeeded"
+        return 1
+    fi
     outage_mount "$mp" "$WORK/cache-outage2" -o ro
     python3 "$GEN" verify "$mp" "$WORK/outage-closed"
     sv_umount "$mp"
@@ -304,7 +307,10 @@ second_writer_fences_the_first() {
     echo "umount of the fenced mount: exit $rc: $out"
     ((rc == 1))
     grep -q "fenced" <<<"$out"
-    ! mountpoint -q "$a"
+    if mountpoint -q "$a"; then
+        echo "the fenced mount is still mounted"
+        return 1
+    fi
     sv_umount "$b"
     sv_mount "$url" "$b" "$WORK/cache-wc" --key-file "$KEY"
     [[ $(cat "$b/from-b") == b && ! -e $b/late ]]

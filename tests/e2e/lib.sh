@@ -109,6 +109,11 @@ e2e_cleanup() {
             if mountpoint -q "$mp" 2>/dev/null; then force_unmount "$mp"; fi
             kill_daemons "$mp"
         done < <(sort -u "$WORK/mounts")
+        # Helper processes a suite started (servers, proxies) register here.
+        if [[ -f $WORK/pids ]]; then
+            # shellcheck disable=SC2046 # a list of PIDs
+            kill $(cat "$WORK/pids") 2>/dev/null
+        fi
         if [[ ${E2E_KEEP:-} == 1 ]]; then
             echo "kept $WORK" >&2
         else
