@@ -84,7 +84,7 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                     Ok(Err(e)) => format!("error cannot unmount: {e}"),
                     Err(e) => format!("error {e}"),
                 },
-                "unmount" => match core.sync_within(crate::mount::FINAL_SYNC_LIMIT).await {
+                "unmount" => match core.final_sync(crate::mount::FINAL_SYNC_LIMIT).await {
                     Ok(()) => match tokio::task::spawn_blocking(move || unmount()).await {
                         Ok(Ok(())) => "ok".to_string(),
                         Ok(Err(e)) => format!("error cannot unmount: {e}"),

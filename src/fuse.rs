@@ -80,6 +80,17 @@ impl FuseAdapter {
         FuseAdapter { core, runtime }
     }
 
+    /// Keep the page cache across opens when every change to the volume
+    /// goes through this mount: the kernel drops what a write, truncate or
+    /// hole punch makes stale by itself. A follower's files change under it.
+    fn open_flags(&self) -> u32 {
+        if self.core.keeps_page_cache() {
+            fuser::consts::FOPEN_KEEP_CACHE
+        } else {
+            0
+        }
+    }
+
     fn attr(&self, inode: &Inode) -> FileAttr {
         file_attr(&self.core, inode)
     }
@@ -162,7 +173,7 @@ impl Filesystem for FuseAdapter {
     fn destroy(&mut self) {
         if let Err(e) = self
             .runtime
-            .block_on(self.core.sync_within(crate::mount::FINAL_SYNC_LIMIT))
+            .block_on(self.core.final_sync(crate::mount::FINAL_SYNC_LIMIT))
         {
             tracing::error!(error = %e, "final sync at unmount failed");
         }
@@ -296,13 +307,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let caller = caller(req);
+        let open_flags = self.open_flags();
         self.run(
             move |core| async move { core.open(&caller, ino, flags).await },
-            // Keep the page cache across opens: every change to a file goes
-            // through this mount, and the kernel drops what a write,
-            // truncate or hole punch makes stale by itself.
             move |result| match result {
-                Ok(fh) => reply.opened(fh, fuser::consts::FOPEN_KEEP_CACHE),
+                Ok(fh) => reply.opened(fh, open_flags),
                 Err(e) => reply.error(e.errno()),
             },
         );
@@ -521,7 +530,7 @@ impl Filesystem for FuseAdapter {
             .core
             .create(&caller(req), parent, name.as_bytes(), mode & !umask, flags)
         {
-            Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, fuser::consts::FOPEN_KEEP_CACHE),
+            Ok((inode, fh)) => reply.created(&ENTRY_TTL, &self.attr(&inode), 0, fh, self.open_flags()),
             Err(e) => reply.error(e.errno()),
         }
     }

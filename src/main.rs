@@ -108,6 +108,10 @@ enum Command {
         /// `s3vault snapshot list` names them).
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
+        /// With -o ro: seconds between looks for the writer's newer
+        /// metadata, so other hosts' changes appear (0: never) [default: 5].
+        #[arg(long, value_name = "SECONDS")]
+        follow_interval: Option<u64>,
     },
     /// Wait for every pending upload (with a progress bar), flush the
     /// metadata, then unmount.
@@ -611,6 +615,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             cache,
             force_takeover,
             snapshot,
+            follow_interval,
         } => {
             // Command-line flags win over their -o forms.
             let o = options::parse(&options).map_err(|e| usage(anyhow!(e)))?;
@@ -668,6 +673,9 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 mountpoint,
                 cache_dir: cache_dir.or(o.cache_dir).map(absolute).transpose()?,
                 read_only: o.read_only || snapshot.is_some(),
+                follow_interval: Some(follow_interval.or(o.follow_interval).unwrap_or(5))
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
                 snapshot,
                 allow_other: o.allow_other,
                 overrides: o.overrides,

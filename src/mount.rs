@@ -34,7 +34,15 @@ pub struct MountConfig {
     pub force_takeover: bool,
     /// Mount this named snapshot (read-only) instead of the live state.
     pub snapshot: Option<String>,
+    /// A read-only mount of the live state: how often to look for the
+    /// writer's newer metadata (`None`: never).
+    pub follow_interval: Option<Duration>,
 }
+
+/// How long a block the writer stopped using stays in the store, so that
+/// followers (which catch up every few seconds) and hosts mounting right now
+/// can still read it.
+pub const RECLAIM_GRACE: Duration = Duration::from_secs(60);
 
 /// How long unmounting waits for uploads before giving up (the store is
 /// unreachable); what is left stays in the cache for the next mount.
@@ -133,7 +141,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     }
     // The kernel's destroy request already synced; this catches a session
     // that ended without one (the mount was torn down from outside).
-    let synced = runtime.block_on(core.sync_within(FINAL_SYNC_LIMIT));
+    let synced = runtime.block_on(core.final_sync(FINAL_SYNC_LIMIT));
     let audited = runtime.block_on(close_audit(&core));
     if let Some(lease) = lease.filter(|_| !core.is_fenced())
         && let Err(e) = runtime.block_on(lease.release())
@@ -201,7 +209,7 @@ async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
 fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
     format!(
         "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s \
-         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={} force_takeover={} snapshot={}",
+         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={} force_takeover={} snapshot={} follow_interval={:?}",
         config.url,
         config.mountpoint.display(),
         cache_dir.display(),
@@ -215,6 +223,7 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
         config.cache.upload_concurrency,
         config.force_takeover,
         config.snapshot.as_deref().unwrap_or("-"),
+        config.follow_interval,
     )
 }
 
@@ -283,9 +292,14 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             .await
             .map_err(volume_failure)?,
     };
+    let follow = config
+        .follow_interval
+        .filter(|_| config.read_only && config.snapshot.is_none());
     let options = CoreOptions {
         read_only: config.read_only,
         overrides: config.overrides,
+        reclaim_grace: RECLAIM_GRACE,
+        follower: follow.is_some(),
         ..CoreOptions::default()
     };
     let mut audit_settings = config.audit.clone();
@@ -349,7 +363,39 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             )
         })?;
     }
+    if let Some(interval) = follow {
+        tokio::spawn(follow_writer(core.clone(), volume, cache_dir.clone(), interval));
+    }
     Ok((core, mountpoint, cache_dir, cache_lock, lease))
+}
+
+/// Keeps a read-only mount of a live volume up to date: every `interval`,
+/// loads the writer's newer metadata state, if any, and switches to it.
+async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathBuf, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<PathBuf> = None;
+    loop {
+        ticker.tick().await;
+        let current = match core.generation() {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the metadata generation");
+                continue;
+            }
+        };
+        match volume::load_newer(&volume, &cache_dir, current).await {
+            Ok(Some((db, path))) => {
+                core.replace_metadata(Box::new(db));
+                tracing::debug!(from = current, "followed the writer to a newer metadata state");
+                if let Some(old) = previous.replace(path) {
+                    volume::remove_followed(&old);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot load the writer's newer metadata; will retry"),
+        }
+    }
 }
 
 async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {
@@ -428,7 +474,7 @@ async fn unmount_on_signal(unmount: control::Unmount, core: Arc<Core>) {
         _ = int.recv() => {}
     }
     tracing::info!("signal received; flushing and unmounting");
-    if let Err(e) = core.sync_within(FINAL_SYNC_LIMIT).await {
+    if let Err(e) = core.final_sync(FINAL_SYNC_LIMIT).await {
         tracing::error!(error = %e, "flush before unmount failed");
     }
     if let Err(e) = tokio::task::spawn_blocking(move || unmount())

@@ -39,6 +39,7 @@ pub struct MountOptions {
     pub allow_volatile_cache: bool,
     pub force_takeover: bool,
     pub snapshot: Option<String>,
+    pub follow_interval: Option<u64>,
     /// `rw` was given (a snapshot mount refuses it).
     pub read_write: bool,
 }
@@ -132,6 +133,7 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, String> {
             "allow_volatile_cache" => o.allow_volatile_cache = true,
             "force_takeover" => o.force_takeover = true,
             "snapshot" => o.snapshot = Some(text()?),
+            "follow_interval" => o.follow_interval = Some(number(10)?),
             _ if is_ignored(raw_name) => {}
             _ => unknown.push(option.to_string()),
         }

@@ -310,12 +310,65 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
         remove_database(cache_dir, DATABASE_FILE)?;
     }
     let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
-    match newest {
-        Some(generation) => core_fs::restore(volume.store.as_ref(), &volume.ring, &mut db, generation).await?,
-        None => {
-            tracing::warn!("volume has no metadata snapshot; starting from an empty root");
-            db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
+    let restored = restore_newest(volume, &mut db).await?;
+    if restored.is_none() {
+        tracing::warn!("volume has no metadata snapshot; starting from an empty root");
+        db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
+    }
+    Ok((db, restored.is_none()))
+}
+
+/// Loads the newest metadata state in the store into the empty `db`;
+/// returns its generation, or `None` when the store has none. A writer may
+/// delete the newest state right after superseding it: then the next one.
+async fn restore_newest(volume: &Volume, db: &mut SqliteStore) -> Result<Option<u64>, VolumeError> {
+    const ATTEMPTS: usize = 10;
+    for attempt in 1.. {
+        let Some(newest) = core_fs::snapshot_generations(volume.store.as_ref())
+            .await?
+            .last()
+            .copied()
+        else {
+            return Ok(None);
+        };
+        match core_fs::restore(volume.store.as_ref(), &volume.ring, db, newest).await {
+            Err(core_fs::RestoreError::Store(StoreError::NotFound)) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(e.into()),
+            Ok(()) => return Ok(Some(newest)),
         }
     }
-    Ok((db, newest.is_none()))
+    unreachable!("the loop returns at its last attempt")
+}
+
+/// For a read-only mount following a writer: the store's newest state in a
+/// new database `follow-<generation>.db` of `cache_dir`, if it is newer
+/// than `current`.
+pub async fn load_newer(
+    volume: &Volume,
+    cache_dir: &Path,
+    current: u64,
+) -> Result<Option<(SqliteStore, PathBuf)>, VolumeError> {
+    let newest = core_fs::snapshot_generations(volume.store.as_ref())
+        .await?
+        .last()
+        .copied();
+    let Some(newest) = newest.filter(|n| *n > current) else {
+        return Ok(None);
+    };
+    let file = format!("follow-{newest}.db");
+    remove_database(cache_dir, &file)?;
+    let mut db = SqliteStore::open(&cache_dir.join(&file), volume.ring.database_key())?;
+    if restore_newest(volume, &mut db).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((db, cache_dir.join(file))))
+}
+
+/// Deletes a database made by `load_newer` once it is no longer in use.
+pub fn remove_followed(path: &Path) {
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        && let Err(e) = remove_database(dir, name)
+    {
+        tracing::warn!(error = %e, "cannot remove a superseded metadata database");
+    }
 }

@@ -57,6 +57,13 @@ pub struct CoreOptions {
     /// bounds the daemon's memory while many files are being written.
     pub file_dirty_limit: usize,
     pub overrides: AttrOverrides,
+    /// How long a block the live state stopped using stays in the store
+    /// before it is deleted: readers that loaded an earlier state (read-only
+    /// followers, a host mounting right now) can still read it meanwhile.
+    pub reclaim_grace: std::time::Duration,
+    /// A read-only mount following another host's writes: the state may
+    /// change under the kernel, so its page cache is not kept across opens.
+    pub follower: bool,
 }
 
 impl Default for CoreOptions {
@@ -66,6 +73,8 @@ impl Default for CoreOptions {
             read_cache_bytes: 96 << 20,
             file_dirty_limit: 16 << 20,
             overrides: AttrOverrides::default(),
+            reclaim_grace: std::time::Duration::ZERO,
+            follower: false,
         }
     }
 }
@@ -117,6 +126,9 @@ pub struct Core {
     audit: Option<Arc<AuditLog>>,
     /// Paths of directories, for audit records.
     dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
+    /// When each unreferenced block was first seen by a reclaim, for
+    /// `CoreOptions::reclaim_grace`.
+    garbage_seen: Mutex<HashMap<crate::codec::ObjectId, std::time::Instant>>,
     fetcher: Arc<fetch::Fetcher>,
     /// Set by every metadata change; cleared when a snapshot is taken.
     changed: AtomicBool,
@@ -170,6 +182,7 @@ impl Core {
             changed: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
+            garbage_seen: Mutex::new(HashMap::new()),
         }
     }
 

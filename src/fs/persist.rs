@@ -144,14 +144,14 @@ impl Core {
         }
         unsynced.1 = false;
         tracing::debug!(generation, "metadata snapshot uploaded");
-        self.reclaim(generation, garbage).await;
+        self.reclaim(generation, garbage, true).await;
         Ok(())
     }
 
     /// Deletes metadata states older than `generation`, then the data
     /// objects that only they referenced, except those a named snapshot
     /// keeps. Failures are logged and retried next time.
-    async fn reclaim(&self, generation: u64, garbage: Vec<ObjectId>) {
+    async fn reclaim(&self, generation: u64, garbage: Vec<ObjectId>, with_grace: bool) {
         let older = match snapshot_generations(self.store.as_ref()).await {
             Ok(gens) => gens.into_iter().filter(|g| *g < generation).collect::<Vec<_>>(),
             Err(e) => {
@@ -165,7 +165,12 @@ impl Core {
                 return;
             }
         }
-        if garbage.is_empty() {
+        let ripe = if with_grace {
+            self.ripe_garbage(&garbage)
+        } else {
+            garbage.into_iter().collect()
+        };
+        if ripe.is_empty() {
             return;
         }
         // Listed only now that every superseded state is gone (see
@@ -179,8 +184,8 @@ impl Core {
         };
         // Blocks a snapshot keeps are forgotten too: deleting the snapshot
         // reclaims them.
-        let mut settled = Vec::with_capacity(garbage.len());
-        for id in garbage {
+        let mut settled = Vec::with_capacity(ripe.len());
+        for id in ripe {
             if kept.contains(&id) {
                 settled.push(id);
                 continue;
@@ -194,6 +199,59 @@ impl Core {
         if let Err(e) = self.meta().remove_garbage(&settled) {
             tracing::warn!(error = %e, "cannot record reclaimed blocks");
         }
+    }
+
+    /// The unreferenced blocks whose grace period is over (the others are
+    /// noted as seen now, if they were not yet).
+    fn ripe_garbage(&self, garbage: &[ObjectId]) -> std::collections::HashSet<ObjectId> {
+        let now = std::time::Instant::now();
+        let mut seen = self.garbage_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let current: std::collections::HashSet<&ObjectId> = garbage.iter().collect();
+        seen.retain(|id, _| current.contains(id));
+        garbage
+            .iter()
+            .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= self.options.reclaim_grace)
+            .copied()
+            .collect()
+    }
+
+    /// Replaces the whole metadata state with a newer one from the store (a
+    /// read-only follower catching up).
+    pub fn replace_metadata(&self, meta: Box<dyn MetadataStore>) {
+        *self.meta() = meta;
+        self.forget_dir_paths();
+    }
+
+    /// The generation of the metadata state in use.
+    pub fn generation(&self) -> FsResult<u64> {
+        Ok(self.meta().generation()?)
+    }
+
+    /// Whether the kernel may keep a file's pages across opens.
+    pub fn keeps_page_cache(&self) -> bool {
+        !self.options.follower
+    }
+
+    /// At unmount: `sync_within(limit)`, then delete every block the live
+    /// state no longer uses, grace period or not: once this mount is gone,
+    /// nobody else would delete them.
+    pub async fn final_sync(&self, limit: std::time::Duration) -> FsResult<()> {
+        self.sync_within(limit).await?;
+        if self.options.read_only || self.is_fenced() {
+            return Ok(());
+        }
+        let (generation, garbage) = {
+            let meta = self.meta();
+            (meta.generation()?, meta.garbage()?)
+        };
+        if !garbage.is_empty()
+            && tokio::time::timeout(limit, self.reclaim(generation, garbage, false))
+                .await
+                .is_err()
+        {
+            tracing::warn!("unused blocks not all deleted at unmount; the next mount of this cache deletes them");
+        }
+        Ok(())
     }
 
     /// `sync`, giving up after `limit` (an unreachable store): the unmount

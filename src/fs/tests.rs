@@ -745,3 +745,40 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     );
     assert_eq!(fx.data_objects().await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_follower_reads_its_state_until_it_catches_up() {
+    let fx = Fixture::new();
+    let options = CoreOptions {
+        reclaim_grace: std::time::Duration::from_secs(3600),
+        ..CoreOptions::default()
+    };
+    let writer = Core::new(
+        Box::new(fx.root_meta()),
+        fx.store.clone(),
+        new_cache(fx.caches.path(), fx.store.clone()),
+        fx.ring.clone(),
+        BS,
+        options,
+    );
+    let old = write_file(&writer, b"report", b"version one").await;
+    writer.sync().await.unwrap();
+    let follower = fx.remount().await;
+    // The writer replaces the file and syncs twice: its old block is no
+    // longer referenced, but stays for the grace period.
+    writer.unlink(&root(), ROOT_INO, b"report").unwrap();
+    write_file(&writer, b"report", b"version two").await;
+    writer.sync().await.unwrap();
+    write_file(&writer, b"other", b"x").await;
+    writer.sync().await.unwrap();
+    assert_eq!(read_all(&follower, old).await.unwrap(), b"version one");
+    // Catching up switches to the writer's state.
+    let newest = *snapshot_generations(fx.store.as_ref()).await.unwrap().last().unwrap();
+    let mut meta = SqliteStore::in_memory().unwrap();
+    restore(fx.store.as_ref(), &fx.ring, &mut meta, newest).await.unwrap();
+    follower.replace_metadata(Box::new(meta));
+    assert_eq!(follower.generation().unwrap(), newest);
+    let now = follower.lookup(&root(), ROOT_INO, b"report").unwrap().ino;
+    assert_eq!(read_all(&follower, now).await.unwrap(), b"version two");
+    assert!(follower.lookup(&root(), ROOT_INO, b"other").is_ok());
+}

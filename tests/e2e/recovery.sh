@@ -135,6 +135,39 @@ restore_is_audited() {
     grep -q 'before change' "$WORK/log.json"
 }
 
+# wait_for SECONDS CONDITION: poll until the bash CONDITION holds.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    until eval "$2"; do
+        if ((SECONDS >= deadline)); then
+            echo "not within $1 s: $2"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+follower_sees_the_writer() {
+    local f=$WORK/mnt-follow t0
+    sv_mount "$URL" "$f" "$WORK/cache-follow" --key-file "$KEY" -o ro --follow-interval 1
+    [[ $(cat "$f/new-file") == new ]]
+    t0=$SECONDS
+    echo "from the writer" >"$LIVE/followed"
+    echo "short-lived" >"$LIVE/doomed"
+    fsync_tree "$LIVE/followed"
+    wait_for 20 '[[ $(cat "$f/followed" 2>/dev/null) == "from the writer" && -e $f/doomed ]]'
+    echo "a new file appeared on the follower $((SECONDS - t0)) s after the writer's fsync"
+    echo changed >"$LIVE/new-file"
+    rm "$LIVE/doomed"
+    fsync_tree "$LIVE/new-file"
+    wait_for 20 '[[ $(cat "$f/new-file") == changed && ! -e $f/doomed ]]'
+    if touch "$f/mine" 2>/dev/null; then
+        echo "a follower accepted a write"
+        return 1
+    fi
+    sv_umount "$f"
+}
+
 snapshot_survives_a_fresh_host() {
     # The live writer has synced and reclaimed several times by now.
     echo more >"$LIVE/more"
@@ -225,6 +258,7 @@ check "a snapshot mounts only read-only, and only if it exists" snapshot_mount_r
 check "restore / copies the snapshot out exactly" restore_everything
 check "restore of one path; an existing file is never overwritten" restore_one_path_never_overwrites
 check "restores and snapshots are in the audit trail" restore_is_audited
+check "a read-only mount on another host follows the writer" follower_sees_the_writer
 check "the snapshot is whole after the writer reclaimed, from a fresh host" snapshot_survives_a_fresh_host
 check "snapshot delete frees the blocks only it kept; the live volume is intact" delete_frees_what_only_it_kept
 check "fsck of the volume is clean" fsck_is_clean
