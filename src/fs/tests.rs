@@ -782,3 +782,58 @@ async fn a_follower_reads_its_state_until_it_catches_up() {
     assert_eq!(read_all(&follower, now).await.unwrap(), b"version two");
     assert!(follower.lookup(&root(), ROOT_INO, b"other").is_ok());
 }
+
+#[tokio::test]
+async fn the_journal_replayed_on_the_starting_state_gives_the_same_state() {
+    use crate::meta::journal::{apply, decode_ops};
+    let fx = Fixture::new();
+    let mut journaled = fx.root_meta();
+    journaled.enable_journal();
+    let core = fx.core_with(journaled);
+    let me = root();
+    let dir = core.mkdir(&me, ROOT_INO, b"dir", 0o755).unwrap().ino;
+    let a = write_file(&core, b"a", &vec![7u8; 3 * BS as usize + 10]).await;
+    let b = write_file(&core, b"b", b"bee").await;
+    core.symlink(&me, dir, b"link-to-a", b"../a").unwrap();
+    core.link(&me, b, dir, b"b-again").unwrap();
+    core.setxattr(&me, a, b"user.kind", b"scan", 0).unwrap();
+    core.setxattr(&me, b, b"user.gone", b"soon", 0).unwrap();
+    core.removexattr(&me, b, b"user.gone").unwrap();
+    core.rename(&me, ROOT_INO, b"a", dir, b"a-moved", 0).unwrap();
+    core.open_handle(a, libc::O_RDWR, &me).unwrap();
+    core.fallocate(
+        a,
+        BS as u64,
+        BS as u64,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .await
+    .unwrap();
+    let truncate = SetAttr {
+        size: Some(BS as u64 + 1),
+        ..SetAttr::default()
+    };
+    core.setattr(&me, a, truncate, false).await.unwrap();
+    core.release(0, a).await.unwrap();
+    core.unlink(&me, ROOT_INO, b"b").unwrap();
+    let gone = core.mkdir(&me, dir, b"empty", 0o700).unwrap().ino;
+    core.rmdir(&me, dir, b"empty").unwrap();
+    assert!(core.getattr(gone).is_err());
+    core.flush_all().await.unwrap();
+
+    let export = |meta: &dyn MetadataStore| {
+        let mut records = Vec::new();
+        meta.export(&mut |r| records.push(format!("{r:?}"))).unwrap();
+        records.sort();
+        records
+    };
+    let mut replayed = fx.root_meta();
+    let entries = core.meta().journal_after(0, usize::MAX).unwrap();
+    assert!(entries.len() > 10);
+    for (_, bytes) in entries {
+        for op in decode_ops(&bytes).unwrap() {
+            apply(&mut replayed, op).unwrap();
+        }
+    }
+    assert_eq!(export(&replayed), export(core.meta().as_ref()));
+}
