@@ -213,7 +213,7 @@ impl MetadataStore for SqliteStore {
     fn trim_journal(&mut self, upto: u64) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-            .execute([upto as i64])?;
+            .execute([upto.min(i64::MAX as u64) as i64])?;
         Ok(())
     }
 
@@ -663,7 +663,10 @@ mod tests {
         )
         .unwrap();
         create_schema(&conn).unwrap();
-        let mut store = SqliteStore { conn, journaling: false };
+        let mut store = SqliteStore {
+            conn,
+            journaling: false,
+        };
         assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048876);
         store.remove_blocks_from(2, 1).unwrap();
         assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048576);
