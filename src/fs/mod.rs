@@ -11,6 +11,7 @@ mod data;
 mod error;
 mod fetch;
 mod persist;
+pub mod segments;
 mod trail;
 mod xattr;
 

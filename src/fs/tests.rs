@@ -782,3 +782,107 @@ async fn a_follower_reads_its_state_until_it_catches_up() {
     assert_eq!(read_all(&follower, now).await.unwrap(), b"version two");
     assert!(follower.lookup(&root(), ROOT_INO, b"other").is_ok());
 }
+
+#[tokio::test]
+async fn the_journal_replayed_on_the_starting_state_gives_the_same_state() {
+    use crate::meta::journal::{apply, decode_ops};
+    let fx = Fixture::new();
+    let mut journaled = fx.root_meta();
+    journaled.enable_journal();
+    let core = fx.core_with(journaled);
+    let me = root();
+    let dir = core.mkdir(&me, ROOT_INO, b"dir", 0o755).unwrap().ino;
+    let a = write_file(&core, b"a", &vec![7u8; 3 * BS as usize + 10]).await;
+    let b = write_file(&core, b"b", b"bee").await;
+    core.symlink(&me, dir, b"link-to-a", b"../a").unwrap();
+    core.link(&me, b, dir, b"b-again").unwrap();
+    core.setxattr(&me, a, b"user.kind", b"scan", 0).unwrap();
+    core.setxattr(&me, b, b"user.gone", b"soon", 0).unwrap();
+    core.removexattr(&me, b, b"user.gone").unwrap();
+    core.rename(&me, ROOT_INO, b"a", dir, b"a-moved", 0).unwrap();
+    core.open_handle(a, libc::O_RDWR, &me).unwrap();
+    core.fallocate(
+        a,
+        BS as u64,
+        BS as u64,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .await
+    .unwrap();
+    let truncate = SetAttr {
+        size: Some(BS as u64 + 1),
+        ..SetAttr::default()
+    };
+    core.setattr(&me, a, truncate, false).await.unwrap();
+    core.release(0, a).await.unwrap();
+    core.unlink(&me, ROOT_INO, b"b").unwrap();
+    let gone = core.mkdir(&me, dir, b"empty", 0o700).unwrap().ino;
+    core.rmdir(&me, dir, b"empty").unwrap();
+    assert!(core.getattr(gone).is_err());
+    core.flush_all().await.unwrap();
+
+    let export = |meta: &dyn MetadataStore| {
+        let mut records = Vec::new();
+        meta.export(&mut |r| records.push(format!("{r:?}"))).unwrap();
+        records.sort();
+        records
+    };
+    let mut replayed = fx.root_meta();
+    let entries = core.meta().journal_after(0, usize::MAX).unwrap();
+    assert!(entries.len() > 10);
+    for (_, bytes) in entries {
+        for op in decode_ops(&bytes).unwrap() {
+            apply(&mut replayed, op).unwrap();
+        }
+    }
+    assert_eq!(export(&replayed), export(core.meta().as_ref()));
+}
+
+/// The state as sorted debug lines, to compare two stores.
+fn state_lines(meta: &dyn MetadataStore) -> Vec<String> {
+    let mut records = Vec::new();
+    meta.export(&mut |r| records.push(format!("{r:?}"))).unwrap();
+    records.sort();
+    records
+}
+
+#[tokio::test]
+async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
+    use crate::fs::segments::{load_state, seal_segment, segment_key};
+    let fx = Fixture::new();
+    let mut journaled = fx.root_meta();
+    journaled.enable_journal();
+    let core = fx.core_with(journaled);
+    write_file(&core, b"in-checkpoint", b"1").await;
+    core.sync().await.unwrap();
+    let checkpoint = core.generation().unwrap();
+    let mut uploaded = u64::MAX;
+    let mut upload_segment = async |number: u64| {
+        let entries = core.meta().journal_after(0, usize::MAX).unwrap();
+        let last = entries.last().unwrap().0;
+        let ops: Vec<Vec<u8>> = entries.into_iter().map(|(_, op)| op).collect();
+        let sealed = seal_segment(&fx.ring, number, &ops);
+        fx.store.put_new(&segment_key(number), sealed).await.unwrap();
+        core.meta().trim_journal(last).unwrap();
+        uploaded = number;
+    };
+    core.meta().trim_journal(u64::MAX).unwrap();
+    core.flush_all().await.unwrap();
+    core.mkdir(&root(), ROOT_INO, b"in-segment-1", 0o755).unwrap();
+    upload_segment(checkpoint + 1).await;
+    write_file(&core, b"in-segment-2", b"22").await;
+    core.rename(&root(), ROOT_INO, b"in-checkpoint", ROOT_INO, b"renamed-in-2", 0)
+        .unwrap();
+    core.flush_all().await.unwrap();
+    upload_segment(checkpoint + 2).await;
+    let expected = state_lines(core.meta().as_ref());
+    // After a gap, segments do not count.
+    core.mkdir(&root(), ROOT_INO, b"after-a-gap", 0o755).unwrap();
+    upload_segment(checkpoint + 4).await;
+    assert_eq!(uploaded, checkpoint + 4);
+
+    let mut loaded = SqliteStore::in_memory().unwrap();
+    let generation = load_state(fx.store.as_ref(), &fx.ring, &mut loaded).await.unwrap();
+    assert_eq!(generation, Some(checkpoint + 2));
+    assert_eq!(state_lines(&loaded), expected);
+}

@@ -5,6 +5,7 @@
 //! operations run between [`MetadataStore::begin`] and
 //! [`MetadataStore::commit`], so a crash never leaves half a rename.
 
+pub mod journal;
 mod snapshot;
 mod sqlite;
 
@@ -140,6 +141,8 @@ pub trait MetadataStore: Send {
     /// (not its blocks).
     fn delete_inode(&mut self, ino: u64) -> Result<()>;
     fn allocate_ino(&mut self) -> Result<u64>;
+    /// Sets the next inode number `allocate_ino` hands out.
+    fn set_next_ino(&mut self, next: u64) -> Result<()>;
     /// Inodes with no link left (unlinked while open, then a crash).
     fn orphans(&self) -> Result<Vec<u64>>;
 
@@ -183,6 +186,12 @@ pub trait MetadataStore: Send {
 
     /// (inodes, bytes of file data stored).
     fn usage(&self) -> Result<(u64, u64)>;
+
+    /// Journal entries after sequence number `after`, at most `limit`,
+    /// oldest first (see `journal`); empty unless journaling is on.
+    fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Forgets journal entries up to `upto`.
+    fn trim_journal(&mut self, upto: u64) -> Result<()>;
 
     /// Every record of the state, for a snapshot.
     fn export(&self, sink: &mut dyn FnMut(Record)) -> Result<()>;

@@ -17,7 +17,7 @@ pub fn encode_snapshot(export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>
     Ok(out)
 }
 
-fn encode_record(out: &mut Vec<u8>, record: &Record) {
+pub(super) fn encode_record(out: &mut Vec<u8>, record: &Record) {
     match record {
         Record::Inode(i) => {
             out.push(TAG_INODE);
@@ -74,79 +74,85 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<Record>> {
     }
     let mut records = Vec::new();
     while !r.0.is_empty() {
-        let record = match r.u8()? {
-            TAG_INODE => Record::Inode(Inode {
-                ino: r.u64()?,
-                kind: FileKind::from_code(r.u8()?).ok_or_else(|| corrupt("unknown file kind"))?,
-                perm: r.u32()?,
-                uid: r.u32()?,
-                gid: r.u32()?,
-                nlink: r.u32()?,
-                size: r.u64()?,
-                atime: r.u64()? as i64,
-                mtime: r.u64()? as i64,
-                ctime: r.u64()? as i64,
-                rdev: r.u32()?,
-                allocated: 0,
-            }),
-            TAG_SYMLINK => {
-                let ino = r.u64()?;
-                let len = r.u32()? as usize;
-                Record::SymlinkTarget {
-                    ino,
-                    target: r.take(len)?.to_vec(),
-                }
-            }
-            TAG_ENTRY => {
-                let parent = r.u64()?;
-                let ino = r.u64()?;
-                let len = r.u16()? as usize;
-                Record::Entry {
-                    parent,
-                    ino,
-                    name: r.take(len)?.to_vec(),
-                }
-            }
-            TAG_BLOCK => {
-                let ino = r.u64()?;
-                let index = r.u64()?;
-                let object_id = r.take(16)?.try_into().map_err(|_| corrupt("short object id"))?;
-                Record::Block {
-                    ino,
-                    index,
-                    block: BlockRef {
-                        object_id,
-                        len: r.u32()?,
-                    },
-                }
-            }
-            TAG_NEXT_INO => Record::NextIno(r.u64()?),
-            TAG_XATTR => {
-                let ino = r.u64()?;
-                let name_len = r.u8()? as usize;
-                let name = r.take(name_len)?.to_vec();
-                let value_len = r.u32()? as usize;
-                Record::Xattr {
-                    ino,
-                    name,
-                    value: r.take(value_len)?.to_vec(),
-                }
-            }
-            tag => return Err(corrupt(&format!("unknown record tag {tag}"))),
-        };
-        records.push(record);
+        let tag = r.u8()?;
+        records.push(decode_record(&mut r, tag)?.ok_or_else(|| corrupt(&format!("unknown record tag {tag}")))?);
     }
     Ok(records)
+}
+
+/// The record with `tag` at the cursor; `None` for a tag that is not a
+/// record's (the journal uses further tags).
+pub(super) fn decode_record(r: &mut Cursor<'_>, tag: u8) -> Result<Option<Record>> {
+    Ok(Some(match tag {
+        TAG_INODE => Record::Inode(Inode {
+            ino: r.u64()?,
+            kind: FileKind::from_code(r.u8()?).ok_or_else(|| corrupt("unknown file kind"))?,
+            perm: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+            nlink: r.u32()?,
+            size: r.u64()?,
+            atime: r.u64()? as i64,
+            mtime: r.u64()? as i64,
+            ctime: r.u64()? as i64,
+            rdev: r.u32()?,
+            allocated: 0,
+        }),
+        TAG_SYMLINK => {
+            let ino = r.u64()?;
+            let len = r.u32()? as usize;
+            Record::SymlinkTarget {
+                ino,
+                target: r.take(len)?.to_vec(),
+            }
+        }
+        TAG_ENTRY => {
+            let parent = r.u64()?;
+            let ino = r.u64()?;
+            let len = r.u16()? as usize;
+            Record::Entry {
+                parent,
+                ino,
+                name: r.take(len)?.to_vec(),
+            }
+        }
+        TAG_BLOCK => {
+            let ino = r.u64()?;
+            let index = r.u64()?;
+            let object_id = r.take(16)?.try_into().map_err(|_| corrupt("short object id"))?;
+            Record::Block {
+                ino,
+                index,
+                block: BlockRef {
+                    object_id,
+                    len: r.u32()?,
+                },
+            }
+        }
+        TAG_NEXT_INO => Record::NextIno(r.u64()?),
+        TAG_XATTR => {
+            let ino = r.u64()?;
+            let name_len = r.u8()? as usize;
+            let name = r.take(name_len)?.to_vec();
+            let value_len = r.u32()? as usize;
+            Record::Xattr {
+                ino,
+                name,
+                value: r.take(value_len)?.to_vec(),
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 fn corrupt(what: &str) -> MetaError {
     MetaError::Corrupt(format!("snapshot: {what}"))
 }
 
-struct Cursor<'a>(&'a [u8]);
+pub(super) struct Cursor<'a>(pub(super) &'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
             return Err(corrupt("truncated record"));
         }
@@ -154,19 +160,19 @@ impl<'a> Cursor<'a> {
         self.0 = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         self.take(N)?.try_into().map_err(|_| corrupt("truncated record"))
     }
-    fn u8(&mut self) -> Result<u8> {
+    pub(super) fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16> {
+    pub(super) fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_be_bytes(self.array()?))
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(super) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64> {
+    pub(super) fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 }

@@ -4,6 +4,7 @@
 //! volume master key, so names, sizes and block maps never reach the disk in
 //! the clear, while queries and indexes work as in plain SQLite.
 
+use super::journal::{JournalOp, encode_op};
 use super::{BlockRef, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
 use crate::codec::ObjectId;
 use crate::crypto::SecretKey;
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, object BLOB NOT NULL,
     len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (object BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, op BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
@@ -52,6 +54,8 @@ const INODE_READ_COLUMNS: &str = "ino, kind, perm, uid, gid, nlink, size, atime,
 
 pub struct SqliteStore {
     conn: Connection,
+    /// Whether mutations are recorded in the `journal` table.
+    journaling: bool,
 }
 
 impl SqliteStore {
@@ -66,7 +70,10 @@ impl SqliteStore {
     pub fn in_memory() -> Result<SqliteStore> {
         let conn = Connection::open_in_memory()?;
         create_schema(&conn)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            journaling: false,
+        })
     }
 
     fn setup(conn: Connection, key: &SecretKey) -> Result<SqliteStore> {
@@ -86,7 +93,26 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         create_schema(&conn)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            journaling: false,
+        })
+    }
+
+    /// From now on, record every mutation in the `journal` table.
+    pub fn enable_journal(&mut self) {
+        self.journaling = true;
+    }
+
+    fn record(&mut self, op: &JournalOp) -> Result<()> {
+        if self.journaling {
+            let mut bytes = Vec::new();
+            encode_op(&mut bytes, op);
+            self.conn
+                .prepare_cached("INSERT INTO journal (op) VALUES (?1)")?
+                .execute([bytes])?;
+        }
+        Ok(())
     }
 
     fn setting(&self, name: &str) -> Result<Option<u64>> {
@@ -174,6 +200,23 @@ fn block_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Block
 }
 
 impl MetadataStore for SqliteStore {
+    fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, op FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn trim_journal(&mut self, upto: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
+            .execute([upto.min(i64::MAX as u64) as i64])?;
+        Ok(())
+    }
+
     fn begin(&mut self) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(())
@@ -196,6 +239,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_inode(&mut self, i: &Inode) -> Result<()> {
+        self.record(&JournalOp::Put(Record::Inode(i.clone())))?;
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO inodes (ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -208,6 +252,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn delete_inode(&mut self, ino: u64) -> Result<()> {
+        self.record(&JournalOp::DeleteInode(ino))?;
         self.conn
             .prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
             .execute([ino as i64])?;
@@ -225,6 +270,11 @@ impl MetadataStore for SqliteStore {
     }
 
     fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        self.record(&JournalOp::Put(Record::Xattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+        }))?;
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)")?
             .execute(params![ino as i64, name, value])?;
@@ -232,6 +282,10 @@ impl MetadataStore for SqliteStore {
     }
 
     fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<bool> {
+        self.record(&JournalOp::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        })?;
         let n = self
             .conn
             .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
@@ -249,8 +303,13 @@ impl MetadataStore for SqliteStore {
 
     fn allocate_ino(&mut self) -> Result<u64> {
         let next = self.setting("next_ino")?.unwrap_or(super::ROOT_INO + 1);
-        self.set_setting("next_ino", next + 1)?;
+        self.set_next_ino(next + 1)?;
         Ok(next)
+    }
+
+    fn set_next_ino(&mut self, next: u64) -> Result<()> {
+        self.record(&JournalOp::Put(Record::NextIno(next)))?;
+        self.set_setting("next_ino", next)
     }
 
     fn orphans(&self) -> Result<Vec<u64>> {
@@ -291,6 +350,11 @@ impl MetadataStore for SqliteStore {
     }
 
     fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        self.record(&JournalOp::Put(Record::Entry {
+            parent,
+            name: name.to_vec(),
+            ino,
+        }))?;
         let mut stmt = self
             .conn
             .prepare_cached("INSERT INTO entries (parent, name, ino) VALUES (?1, ?2, ?3)")?;
@@ -299,6 +363,10 @@ impl MetadataStore for SqliteStore {
     }
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        self.record(&JournalOp::RemoveEntry {
+            parent,
+            name: name.to_vec(),
+        })?;
         let mut stmt = self
             .conn
             .prepare_cached("DELETE FROM entries WHERE parent = ?1 AND name = ?2")?;
@@ -339,6 +407,10 @@ impl MetadataStore for SqliteStore {
     }
 
     fn set_symlink_target(&mut self, ino: u64, target: &[u8]) -> Result<()> {
+        self.record(&JournalOp::Put(Record::SymlinkTarget {
+            ino,
+            target: target.to_vec(),
+        }))?;
         let n = self.conn.execute(
             "UPDATE inodes SET target = ?2 WHERE ino = ?1",
             params![ino as i64, target],
@@ -361,6 +433,10 @@ impl MetadataStore for SqliteStore {
     }
 
     fn set_block(&mut self, ino: u64, index: u64, block: Option<BlockRef>) -> Result<Option<BlockRef>> {
+        self.record(&match block {
+            Some(block) => JournalOp::Put(Record::Block { ino, index, block }),
+            None => JournalOp::UnmapBlock { ino, index },
+        })?;
         let old = self
             .conn
             .prepare_cached("SELECT object, len FROM blocks WHERE ino = ?1 AND idx = ?2")?
@@ -385,6 +461,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn remove_blocks_from(&mut self, ino: u64, first: u64) -> Result<Vec<BlockRef>> {
+        self.record(&JournalOp::RemoveBlocksFrom { ino, first })?;
         let removed: Vec<BlockRef> = {
             let mut stmt = self
                 .conn
@@ -586,7 +663,10 @@ mod tests {
         )
         .unwrap();
         create_schema(&conn).unwrap();
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore {
+            conn,
+            journaling: false,
+        };
         assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048876);
         store.remove_blocks_from(2, 1).unwrap();
         assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048576);
