@@ -1,11 +1,12 @@
 //! `s3vault fsck` and `s3vault gc`: is the volume in the store whole, and
 //! which data objects does nothing reference?
 //!
-//! The live state (the newest `meta/` generation) and every named snapshot
-//! are *checked*: each block they reference must be in the store with the
-//! size its length gives and (unless skipped) open with the volume key under
-//! its inode and index; entries, inodes, links and blocks must agree. Older
-//! generations still in the store only count as references. A data object
+//! The live state (the newest checkpoint plus the journal segments after
+//! it) and every named snapshot are *checked*: each block they reference
+//! must be in the store with the size its length gives and (unless skipped)
+//! open with the volume key under its inode and index; entries, inodes,
+//! links and blocks must agree. Checkpoints still in the store only count
+//! as references. A data object
 //! nothing references is an orphan (a crash between an upload and the
 //! metadata naming it, or a reclaim cut short).
 //!
@@ -16,7 +17,8 @@
 
 use crate::cache::data_key;
 use crate::codec::{self, BlockAddress, ObjectId};
-use crate::fs::{snapshot_generations, snapshot_key};
+use crate::fs::segments::live_state;
+use crate::fs::{RestoreError, snapshot_generations, snapshot_key};
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_snapshot};
 use crate::snapshots;
@@ -212,44 +214,50 @@ pub async fn run(
     let mut checked = Vec::new();
     let mut unreadable = None;
     // States first, then snapshots: see the module comment.
+    match live_state(store.as_ref(), &ring).await {
+        Ok(Some(live)) => checked.push(check_tree(
+            "the live state".into(),
+            live.records,
+            block_size,
+            &mut report.problems,
+        )),
+        Ok(None) => {}
+        Err(RestoreError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            report.problems.push(Problem {
+                state: "the live state".into(),
+                what: format!("does not load: {e}"),
+            });
+            unreadable = Some(format!("the live state does not load: {e}"));
+        }
+    }
+    // Checkpoints older than the live state's may still be read by a host
+    // mounting right now: their blocks count as referenced.
     let generations = snapshot_generations(store.as_ref()).await?;
     report.states = generations.len();
-    let newest = generations.last().copied();
     for generation in generations {
         let key = snapshot_key(generation);
         let sealed = match store.get(&key).await {
             Ok(sealed) => sealed,
-            // Superseded by the writer meanwhile: its blocks are either in
-            // a newer state or garbage.
-            Err(StoreError::NotFound) if Some(generation) != newest => continue,
+            // Superseded by the writer meanwhile.
+            Err(StoreError::NotFound) => continue,
             Err(e) => return Err(e.into()),
         };
-        let records = match codec::open_metadata(&ring, &key, &sealed)
+        match codec::open_metadata(&ring, &key, &sealed)
             .map_err(|e| e.to_string())
             .and_then(|plain| decode_snapshot(&plain).map_err(|e| e.to_string()))
         {
-            Ok(records) => records,
+            Ok(records) => referenced.extend(records.iter().filter_map(|r| match r {
+                Record::Block { block, .. } => Some(block.object_id),
+                _ => None,
+            })),
             Err(e) => {
                 report.problems.push(Problem {
                     state: format!("metadata {key}"),
                     what: format!("does not open: {e}"),
                 });
                 unreadable = Some(format!("{key} does not open"));
-                continue;
             }
-        };
-        if Some(generation) == newest {
-            checked.push(check_tree(
-                "the live state".into(),
-                records,
-                block_size,
-                &mut report.problems,
-            ));
-        } else {
-            referenced.extend(records.iter().filter_map(|r| match r {
-                Record::Block { block, .. } => Some(block.object_id),
-                _ => None,
-            }));
         }
     }
     let snapshot_keys = store.list(snapshots::PREFIX).await?;

@@ -71,7 +71,7 @@ enum Command {
         /// Stay in the foreground (for systemd); log to stderr.
         #[arg(long)]
         foreground: bool,
-        /// Seconds between metadata uploads while files change [default: 30].
+        /// Seconds between journal segment uploads while metadata changes [default: 1].
         #[arg(long, value_name = "SECONDS")]
         metadata_interval: Option<u64>,
         /// Log level: error, warn, info, debug or trace [default: info].
@@ -395,9 +395,9 @@ enum KeyCommand {
 
 #[derive(Subcommand)]
 enum SnapshotCommand {
-    /// Pin the volume's newest metadata state in the store, and every block
-    /// it references, under NAME. A mounted writer uploads its state every
-    /// --metadata-interval and at every fsync.
+    /// Pin the volume's live metadata state in the store, and every block
+    /// it references, under NAME. A mounted writer uploads its changes every
+    /// --metadata-interval (1 s) and at every fsync.
     Create {
         #[command(flatten)]
         volume: VolumeArgs,
@@ -642,7 +642,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
                 kms_endpoint: s3.kms_endpoint.or(o.kms_endpoint),
             }
             .options()?;
-            let metadata_interval = metadata_interval.or(o.metadata_interval).unwrap_or(30);
+            let metadata_interval = metadata_interval.or(o.metadata_interval).unwrap_or(1);
             if metadata_interval == 0 {
                 return Err(usage(anyhow!("the metadata interval must be at least 1 second")));
             }

@@ -5,7 +5,7 @@ use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
 use crate::cache::{self, BlockCache, CacheConfig};
 use crate::control;
 use crate::daemon::Readiness;
-use crate::fs::{Core, CoreOptions};
+use crate::fs::{Core, CoreOptions, segments};
 use crate::fuse::{AttrOverrides, FuseAdapter};
 use crate::lease::{HEARTBEAT, Lease, LeaseError};
 use crate::store::{Location, S3Options};
@@ -43,6 +43,10 @@ pub struct MountConfig {
 /// followers (which catch up every few seconds) and hosts mounting right now
 /// can still read it.
 pub const RECLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// How often, at most, the writer uploads a full checkpoint of the
+/// metadata besides the journal: bounds what a fresh host replays.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long unmounting waits for uploads before giving up (the store is
 /// unreachable); what is left stays in the cache for the next mount.
@@ -299,6 +303,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         read_only: config.read_only,
         overrides: config.overrides,
         reclaim_grace: RECLAIM_GRACE,
+        checkpoint_interval: CHECKPOINT_INTERVAL,
         follower: follow.is_some(),
         ..CoreOptions::default()
     };
@@ -370,7 +375,8 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
 }
 
 /// Keeps a read-only mount of a live volume up to date: every `interval`,
-/// loads the writer's newer metadata state, if any, and switches to it.
+/// applies the writer's new journal segments, or loads its newer state
+/// whole when those were already folded into a checkpoint and deleted.
 async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathBuf, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,6 +390,14 @@ async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathB
                 continue;
             }
         };
+        match follow_segments(&core, &volume, current).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the writer's journal; will retry");
+                continue;
+            }
+        }
         match volume::load_newer(&volume, &cache_dir, current).await {
             Ok(Some((db, path))) => {
                 core.replace_metadata(Box::new(db));
@@ -396,6 +410,22 @@ async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathB
             Err(e) => tracing::warn!(error = %e, "cannot load the writer's newer metadata; will retry"),
         }
     }
+}
+
+/// Applies the segments after generation `current`; `false` when they no
+/// longer lead to the live state (a newer checkpoint replaced them).
+async fn follow_segments(core: &Core, volume: &volume::Volume, current: u64) -> anyhow::Result<bool> {
+    let store = volume.store.as_ref();
+    let fetched = segments::fetch_after(store, &volume.ring, current).await?;
+    let reached = fetched.last().map_or(current, |(n, _)| *n);
+    if segments::newest_checkpoint(store).await?.is_some_and(|c| c > reached) {
+        return Ok(false);
+    }
+    if !fetched.is_empty() {
+        core.follow(fetched).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::debug!(from = current, to = reached, "applied the writer's journal");
+    }
+    Ok(true)
 }
 
 async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {

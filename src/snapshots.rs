@@ -3,22 +3,25 @@
 //!
 //! Data objects are never overwritten, so a copy of a metadata state is an
 //! exact copy of every file in it as long as the objects it references
-//! stay. The writer keeps them: before it deletes a block no longer
-//! referenced by the live state, it lists the snapshots (after deleting the
-//! superseded metadata states) and leaves alone every block one of them
-//! references. That is race-free with `create`, which copies the newest
-//! state, stores the snapshot, and then checks that the state it copied is
-//! still in the store: if it is, the writer has not yet listed snapshots for
-//! any block that state references, and will see this one when it does.
+//! stay. The writer keeps them: it deletes a block only after a checkpoint
+//! that no longer references it, once it has deleted the older checkpoints,
+//! and then only if no snapshot it lists references the block. That is
+//! race-free with `create`, which copies the live state (a checkpoint plus
+//! the journal segments after it), stores the snapshot, and then checks
+//! that the checkpoint it started from is still in the store: if it is, the
+//! writer has not yet listed snapshots for any block the copied state
+//! references (such a block is garbage only at a later checkpoint, whose
+//! reclaim deletes this one first), and will see this snapshot when it does.
 //!
 //! The object's name is a keyed hash of the snapshot's name, so the bucket
 //! does not show names, and a second snapshot of the same name is refused by
 //! the store itself (`If-None-Match: *`).
 
 use crate::codec::{self, ObjectId};
+use crate::fs::segments::live_state;
 use crate::fs::{snapshot_generations, snapshot_key};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_snapshot};
+use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_snapshot, encode_snapshot};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -49,6 +52,8 @@ pub enum SnapshotError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] crate::fs::RestoreError),
 }
 
 /// What `list` shows of a snapshot.
@@ -156,7 +161,7 @@ pub async fn read(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<
     decode(key, &plain)
 }
 
-/// Copies the newest metadata state in the store into a snapshot `name`.
+/// Copies the live metadata state in the store into a snapshot `name`.
 pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<SnapshotInfo, SnapshotError> {
     validate_name(name)?;
     let key = object_key(ring, name);
@@ -167,23 +172,18 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
     }
     let mut stored = false;
     for _ in 0..ATTEMPTS {
-        let Some(generation) = snapshot_generations(store).await?.last().copied() else {
+        let Some(live) = live_state(store, ring).await? else {
             return Err(SnapshotError::NoState);
         };
-        let state_key = snapshot_key(generation);
-        let sealed = match store.get(&state_key).await {
-            Ok(sealed) => sealed,
-            // Superseded and deleted between listing and reading.
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let state = codec::open_metadata(ring, &state_key, &sealed)
-            .map_err(|e| SnapshotError::Integrity(state_key.clone(), e))?;
-        let (inodes, bytes) = summarize(&decode_snapshot(&state)?);
+        let (inodes, bytes) = summarize(&live.records);
+        let state = encode_snapshot(|sink| {
+            live.records.iter().cloned().for_each(sink);
+            Ok(())
+        })?;
         let info = SnapshotInfo {
             name: name.to_string(),
             created_ns: crate::fs::now_ns(),
-            generation,
+            generation: live.generation,
             inodes,
             bytes,
         };
@@ -200,7 +200,7 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
             }
             stored = true;
         }
-        if snapshot_generations(store).await?.contains(&generation) {
+        if snapshot_generations(store).await?.contains(&live.checkpoint) {
             return Ok(info);
         }
     }
@@ -248,6 +248,14 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
     let snapshot = load(store, ring, name).await?;
     store.delete(&object_key(ring, name)).await?;
     let mut candidates: HashSet<ObjectId> = snapshot.blocks().collect();
+    // The live state, which may reference blocks no checkpoint does yet.
+    if let Some(live) = live_state(store, ring).await? {
+        for record in live.records {
+            if let Record::Block { block, .. } = record {
+                candidates.remove(&block.object_id);
+            }
+        }
+    }
     // States first, snapshots second: a snapshot being created from a state
     // that is gone by now was stored before that state went (module comment).
     for generation in snapshot_generations(store).await? {

@@ -2,7 +2,7 @@
 //! into the local cache directory.
 
 use crate::crypto::SecretKey;
-use crate::fs::{self as core_fs};
+use crate::fs::{self as core_fs, segments};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
 use crate::store::{ObjectStore, S3Options, StoreError};
@@ -283,64 +283,67 @@ fn remove_database(cache_dir: &Path, file: &str) -> Result<(), VolumeError> {
 }
 
 /// Opens the volume's metadata database in `cache_dir`, rebuilding it from
-/// the newest snapshot in the store when it is missing, unreadable or older
-/// (a fresh host, or another host wrote since). Returns the store and
-/// whether it may hold changes the object store does not have yet.
+/// the store's live state when it is missing, unreadable or older (a fresh
+/// host, or another host wrote since). Returns the store and whether it may
+/// hold changes the object store does not have yet.
 pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteStore, bool), VolumeError> {
     let path = cache_dir.join(DATABASE_FILE);
-    let newest = core_fs::snapshot_generations(volume.store.as_ref())
-        .await?
-        .last()
-        .copied();
     if path.exists() {
         match SqliteStore::open(&path, volume.ring.database_key()) {
             Ok(db) if db.inode(ROOT_INO)?.is_some() => {
-                let local = db.generation()?;
-                if newest.is_none_or(|n| local >= n) {
+                if local_is_current(volume, &db).await? {
                     // Unsynced, whatever the generations say: a daemon killed
-                    // after its last snapshot leaves changes made since then
+                    // after its last upload leaves changes made since then
                     // (closed files among them) that only this database holds.
                     return Ok((db, true));
                 }
-                tracing::info!(local, newest, "local metadata is older than the store's; rebuilding");
+                tracing::info!("local metadata is older than the store's; rebuilding");
             }
             Ok(_) => tracing::warn!("local metadata database is empty; rebuilding from the store"),
             Err(e) => tracing::warn!(error = %e, "local metadata database is unusable; rebuilding from the store"),
         }
+    }
+    let loaded = segments::load_state(volume.store.as_ref(), &volume.ring, || {
         remove_database(cache_dir, DATABASE_FILE)?;
-    }
-    let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
-    let restored = restore_newest(volume, &mut db).await?;
-    if restored.is_none() {
-        tracing::warn!("volume has no metadata snapshot; starting from an empty root");
-        db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
-    }
-    Ok((db, restored.is_none()))
-}
-
-/// Loads the newest metadata state in the store into the empty `db`;
-/// returns its generation, or `None` when the store has none. A writer may
-/// delete the newest state right after superseding it: then the next one.
-async fn restore_newest(volume: &Volume, db: &mut SqliteStore) -> Result<Option<u64>, VolumeError> {
-    const ATTEMPTS: usize = 10;
-    for attempt in 1.. {
-        let Some(newest) = core_fs::snapshot_generations(volume.store.as_ref())
-            .await?
-            .last()
-            .copied()
-        else {
-            return Ok(None);
-        };
-        match core_fs::restore(volume.store.as_ref(), &volume.ring, db, newest).await {
-            Err(core_fs::RestoreError::Store(StoreError::NotFound)) if attempt < ATTEMPTS => continue,
-            Err(e) => return Err(e.into()),
-            Ok(()) => return Ok(Some(newest)),
+        Ok::<_, VolumeError>(SqliteStore::open(&path, volume.ring.database_key())?)
+    })
+    .await?;
+    match loaded {
+        Some(loaded) => Ok((loaded.meta, false)),
+        None => {
+            tracing::warn!("volume has no metadata checkpoint; starting from an empty root");
+            remove_database(cache_dir, DATABASE_FILE)?;
+            let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
+            db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
+            Ok((db, true))
         }
     }
-    unreachable!("the loop returns at its last attempt")
 }
 
-/// For a read-only mount following a writer: the store's newest state in a
+/// Whether the local database holds the live state (and maybe more): the
+/// store is at its generation, or one further with a segment this cache
+/// uploaded just before it stopped (its operations begin the local
+/// journal; the first sync takes note of it).
+async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, VolumeError> {
+    let local = db.generation()?;
+    let Some(newest) = segments::newest_generation(volume.store.as_ref()).await? else {
+        return Ok(true);
+    };
+    if newest <= local {
+        return Ok(true);
+    }
+    if newest > local + 1 {
+        return Ok(false);
+    }
+    Ok(
+        match segments::read_segment(volume.store.as_ref(), &volume.ring, newest).await? {
+            Some(ops) => segments::journal_prefix(db, &ops)?.is_some(),
+            None => false,
+        },
+    )
+}
+
+/// For a read-only mount following a writer: the store's live state in a
 /// new database `follow-<generation>.db` of `cache_dir`, if it is newer
 /// than `current`.
 pub async fn load_newer(
@@ -348,20 +351,20 @@ pub async fn load_newer(
     cache_dir: &Path,
     current: u64,
 ) -> Result<Option<(SqliteStore, PathBuf)>, VolumeError> {
-    let newest = core_fs::snapshot_generations(volume.store.as_ref())
+    if segments::newest_generation(volume.store.as_ref())
         .await?
-        .last()
-        .copied();
-    let Some(newest) = newest.filter(|n| *n > current) else {
-        return Ok(None);
-    };
-    let file = format!("follow-{newest}.db");
-    remove_database(cache_dir, &file)?;
-    let mut db = SqliteStore::open(&cache_dir.join(&file), volume.ring.database_key())?;
-    if restore_newest(volume, &mut db).await?.is_none() {
+        .is_none_or(|n| n <= current)
+    {
         return Ok(None);
     }
-    Ok(Some((db, cache_dir.join(file))))
+    // Named after the state being left, so never the database in use.
+    let file = format!("follow-{current}.db");
+    let loaded = segments::load_state(volume.store.as_ref(), &volume.ring, || {
+        remove_database(cache_dir, &file)?;
+        Ok::<_, VolumeError>(SqliteStore::open(&cache_dir.join(&file), volume.ring.database_key())?)
+    })
+    .await?;
+    Ok(loaded.map(|l| (l.meta, cache_dir.join(file))))
 }
 
 /// Deletes a database made by `load_newer` once it is no longer in use.

@@ -65,6 +65,10 @@ pub struct CoreOptions {
     /// A read-only mount following another host's writes: the state may
     /// change under the kernel, so its page cache is not kept across opens.
     pub follower: bool,
+    /// How often, at most, a sync uploads a full checkpoint besides its
+    /// journal segment (zero: every sync). Unused blocks are deleted only
+    /// after a checkpoint that no longer references them.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for CoreOptions {
@@ -76,6 +80,7 @@ impl Default for CoreOptions {
             overrides: AttrOverrides::default(),
             reclaim_grace: std::time::Duration::ZERO,
             follower: false,
+            checkpoint_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Core {
     /// Another writer took the volume over: read-only from now on.
     fenced: AtomicBool,
     sync_lock: tokio::sync::Mutex<()>,
+    /// When the next checkpoint is due (see `persist`).
+    checkpoints: Mutex<persist::Checkpoints>,
 }
 
 pub fn now_ns() -> i64 {
@@ -156,7 +163,7 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 
 impl Core {
     pub fn new(
-        meta: Box<dyn MetadataStore>,
+        mut meta: Box<dyn MetadataStore>,
         store: Arc<dyn ObjectStore>,
         cache: Arc<BlockCache>,
         ring: Arc<Keyring>,
@@ -165,6 +172,7 @@ impl Core {
     ) -> Core {
         let blocks = (options.read_cache_bytes / block_size as usize).max(4);
         let fetcher = Arc::new(fetch::Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks));
+        meta.set_journaling(!options.read_only);
         Core {
             meta: Mutex::new(meta),
             store,
@@ -184,6 +192,7 @@ impl Core {
             fenced: AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
             garbage_seen: Mutex::new(HashMap::new()),
+            checkpoints: Mutex::new(persist::Checkpoints::default()),
         }
     }
 
@@ -944,7 +953,7 @@ impl Core {
             fenced: self.is_fenced(),
             open_files: self.files().len(),
             open_handles: self.handles().len(),
-            unsynced_metadata: self.changed.load(Ordering::SeqCst),
+            unsynced_metadata: self.has_unsynced_changes(),
             cache: self.cache.status(),
             audit: self.audit.as_ref().map(|log| log.stats()),
         }
@@ -959,7 +968,8 @@ pub struct CoreStatus {
     /// Files with in-memory state (open, or with data not yet uploaded).
     pub open_files: usize,
     pub open_handles: usize,
-    /// Metadata changed since the last snapshot reached the store.
+    /// Metadata changed since the last journal segment reached the store
+    /// (or a sync is under way).
     pub unsynced_metadata: bool,
     pub cache: CacheStatus,
     pub audit: Option<crate::audit::AuditStats>,

@@ -1,22 +1,28 @@
 //! Journal segments in the object store: `journal/<number>` (20 digits),
-//! each a sealed run of metadata operations (`meta::journal`), numbered on
-//! from the checkpoint (`meta/<number>.snap`, the full state after segment
-//! `<number>`) they follow. A state is the newest checkpoint plus the
-//! segments after it, applied in order up to the first missing number.
+//! each a sealed run of metadata operations (`meta::journal`) taking the
+//! state from generation `number - 1` to `number`. Checkpoints
+//! (`meta/<number>.snap`) hold the full state of a generation. The live
+//! state is the newest checkpoint plus the segments after it, applied in
+//! order up to the first missing number.
 //!
-//! (Work in progress: the writer does not upload segments yet.)
+//! The writer uploads segment `n` create-only: whoever creates it owns
+//! generation `n`, so a second writer finds it taken and stops (fencing).
+//! After a checkpoint `c` the writer deletes the segments before `c` and the
+//! older checkpoints; a reader that meets a gap checks whether a newer
+//! checkpoint appeared meanwhile and starts again from it.
+//! Layout: FORMAT.md, "Journal segments".
 
 use super::persist::{RestoreError, restore, snapshot_generations};
 use crate::codec;
 use crate::keyring::Keyring;
-use crate::meta::MetadataStore;
-use crate::meta::journal::{apply, decode_ops};
+use crate::meta::journal::{JournalOp, apply, decode_ops};
+use crate::meta::{MetaError, MetadataStore, Record, SqliteStore};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 
 const PREFIX: &str = "journal/";
 const VERSION: u8 = 1;
-/// Attempts when the writer deletes the checkpoint being read.
+/// Attempts when the writer deletes what is being read.
 const ATTEMPTS: usize = 10;
 
 pub fn segment_key(number: u64) -> String {
@@ -35,79 +41,183 @@ pub async fn segment_numbers(store: &dyn ObjectStore) -> Result<Vec<u64>, StoreE
     Ok(numbers)
 }
 
-/// Seals encoded operations (each as `MetadataStore::journal_after` gives
-/// them) as segment `number`.
-pub fn seal_segment(ring: &Keyring, number: u64, ops: &[Vec<u8>]) -> Bytes {
-    let mut plain = Vec::with_capacity(1 + ops.iter().map(Vec::len).sum::<usize>());
+/// Seals encoded operations (back to back, as the journal table holds them)
+/// as segment `number`.
+pub fn seal_segment(ring: &Keyring, number: u64, ops: &[u8]) -> Bytes {
+    let mut plain = Vec::with_capacity(1 + ops.len());
     plain.push(VERSION);
-    for op in ops {
-        plain.extend_from_slice(op);
-    }
+    plain.extend_from_slice(ops);
     Bytes::from(codec::seal_metadata(ring, &segment_key(number), &plain))
 }
 
-/// Applies segment `number` from the store to `meta`; `false` if it is not
-/// in the store.
-async fn apply_segment(
+/// The encoded operations of segment `number`, `None` if it is not in the
+/// store.
+pub async fn read_segment(
     store: &dyn ObjectStore,
     ring: &Keyring,
-    meta: &mut dyn MetadataStore,
     number: u64,
-) -> Result<bool, RestoreError> {
+) -> Result<Option<Vec<u8>>, RestoreError> {
     let key = segment_key(number);
     let sealed = match store.get(&key).await {
         Ok(sealed) => sealed,
-        Err(StoreError::NotFound) => return Ok(false),
+        Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| RestoreError::Integrity(number, e))?;
-    let Some((&VERSION, ops)) = plain.split_first() else {
-        return Err(RestoreError::Meta(crate::meta::MetaError::Corrupt(format!(
+    let mut plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| RestoreError::Integrity(number, e))?;
+    if plain.first() != Some(&VERSION) {
+        return Err(RestoreError::Meta(MetaError::Corrupt(format!(
             "journal segment {number}: unknown version"
         ))));
-    };
-    for op in decode_ops(ops)? {
-        apply(meta, op)?;
     }
-    Ok(true)
+    plain.remove(0);
+    Ok(Some(plain))
 }
 
-/// Loads the volume's state into the empty `meta`: the newest checkpoint,
-/// then every segment after it up to the first missing number. Returns the
-/// number of the last segment applied (the state's generation), or `None`
-/// when the store holds no checkpoint.
-pub async fn load_state(
+/// The segments after generation `after`, in order, up to the first
+/// missing one.
+pub async fn fetch_after(
     store: &dyn ObjectStore,
     ring: &Keyring,
-    meta: &mut dyn MetadataStore,
-) -> Result<Option<u64>, RestoreError> {
+    after: u64,
+) -> Result<Vec<(u64, Vec<JournalOp>)>, RestoreError> {
+    let mut segments = Vec::new();
+    let mut next = after + 1;
+    while let Some(ops) = read_segment(store, ring, next).await? {
+        segments.push((next, decode_ops(&ops)?));
+        next += 1;
+    }
+    Ok(segments)
+}
+
+/// Applies fetched segments to `meta` in one transaction and moves it to
+/// the generation of the last.
+pub fn apply_segments(meta: &mut dyn MetadataStore, segments: Vec<(u64, Vec<JournalOp>)>) -> Result<(), MetaError> {
+    let Some(last) = segments.last().map(|(n, _)| *n) else {
+        return Ok(());
+    };
+    meta.begin()?;
+    let applied = segments
+        .into_iter()
+        .flat_map(|(_, ops)| ops)
+        .try_for_each(|op| apply(meta, op))
+        .and_then(|()| meta.set_generation(last));
+    match applied {
+        Ok(()) => meta.commit(),
+        Err(e) => {
+            meta.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// If the encoded operations `ops` (a segment found in the store) are the
+/// first entries of `meta`'s journal — this cache uploaded them, and then
+/// lost the answer or crashed — the sequence number of the last of them.
+pub fn journal_prefix(meta: &dyn MetadataStore, ops: &[u8]) -> Result<Option<u64>, MetaError> {
+    let mut mine = Vec::with_capacity(ops.len());
+    let mut upto = 0;
+    let mut after = 0;
+    while mine.len() < ops.len() {
+        let entries = meta.journal_after(after, 1024)?;
+        let Some((last, _)) = entries.last() else { break };
+        after = *last;
+        for (seq, op) in entries {
+            if mine.len() >= ops.len() {
+                break;
+            }
+            mine.extend_from_slice(&op);
+            upto = seq;
+        }
+    }
+    Ok((mine == ops).then_some(upto))
+}
+
+/// The newest checkpoint's generation, if any.
+pub async fn newest_checkpoint(store: &dyn ObjectStore) -> Result<Option<u64>, StoreError> {
+    Ok(snapshot_generations(store).await?.last().copied())
+}
+
+/// The generation of the live state: the newest checkpoint's plus the
+/// consecutive segments after it (from listings only).
+pub async fn newest_generation(store: &dyn ObjectStore) -> Result<Option<u64>, StoreError> {
+    let Some(checkpoint) = newest_checkpoint(store).await? else {
+        return Ok(None);
+    };
+    let segments = segment_numbers(store).await?;
+    let mut generation = checkpoint;
+    while segments.binary_search(&(generation + 1)).is_ok() {
+        generation += 1;
+    }
+    Ok(Some(generation))
+}
+
+/// A live state loaded from the store.
+pub struct Loaded<M> {
+    pub meta: M,
+    /// The checkpoint it was built on.
+    pub checkpoint: u64,
+    pub generation: u64,
+}
+
+/// Loads the live state into a store `fresh` makes (empty each time it is
+/// called; called again when the writer moves on while we read); `None`
+/// when the volume has no checkpoint.
+pub async fn load_state<M, E>(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    mut fresh: impl FnMut() -> Result<M, E>,
+) -> Result<Option<Loaded<M>>, E>
+where
+    M: MetadataStore,
+    E: From<RestoreError> + From<StoreError> + From<MetaError>,
+{
     for attempt in 1.. {
-        let Some(checkpoint) = snapshot_generations(store).await?.last().copied() else {
+        let retry = attempt < ATTEMPTS;
+        let Some(checkpoint) = newest_checkpoint(store).await? else {
             return Ok(None);
         };
-        match restore(store, ring, meta, checkpoint).await {
-            Err(RestoreError::Store(StoreError::NotFound)) if attempt < ATTEMPTS => continue,
-            Err(e) => return Err(e),
+        let mut meta = fresh()?;
+        match restore(store, ring, &mut meta, checkpoint).await {
+            // Superseded by a newer checkpoint and deleted meanwhile.
+            Err(RestoreError::Store(StoreError::NotFound)) if retry => continue,
+            Err(e) => return Err(e.into()),
             Ok(()) => {}
         }
-        let mut last = checkpoint;
-        meta.begin()?;
-        let applied = async {
-            while apply_segment(store, ring, meta, last + 1).await? {
-                last += 1;
-            }
-            Ok::<_, RestoreError>(())
+        let segments = fetch_after(store, ring, checkpoint).await?;
+        let generation = segments.last().map_or(checkpoint, |(n, _)| *n);
+        // A gap the writer made by checkpointing and deleting the segments
+        // we were about to read: the newer checkpoint is listed by now.
+        if retry && newest_checkpoint(store).await?.is_some_and(|c| c > generation) {
+            continue;
         }
-        .await;
-        match applied {
-            Ok(()) => meta.commit()?,
-            Err(e) => {
-                meta.rollback();
-                return Err(e);
-            }
-        }
-        meta.set_generation(last)?;
-        return Ok(Some(last));
+        apply_segments(&mut meta, segments)?;
+        return Ok(Some(Loaded {
+            meta,
+            checkpoint,
+            generation,
+        }));
     }
     unreachable!("the loop returns at its last attempt")
+}
+
+/// The live state as records (for copying it into a snapshot or checking
+/// it), with its generation and the checkpoint it was built on.
+pub struct LiveState {
+    pub checkpoint: u64,
+    pub generation: u64,
+    pub records: Vec<Record>,
+}
+
+/// Loads the live state in memory; `None` when the volume has no checkpoint.
+pub async fn live_state(store: &dyn ObjectStore, ring: &Keyring) -> Result<Option<LiveState>, RestoreError> {
+    let Some(loaded) = load_state(store, ring, || Ok::<_, RestoreError>(SqliteStore::in_memory()?)).await? else {
+        return Ok(None);
+    };
+    let mut records = Vec::new();
+    loaded.meta.export(&mut |r| records.push(r))?;
+    Ok(Some(LiveState {
+        checkpoint: loaded.checkpoint,
+        generation: loaded.generation,
+        records,
+    }))
 }

@@ -73,14 +73,38 @@ impl Fixture {
         self.core_with(self.root_meta())
     }
 
-    /// A core on a fresh host: metadata rebuilt from the newest snapshot.
+    /// A core on a fresh host: metadata rebuilt from the live state in the
+    /// store (newest checkpoint and the journal after it).
     async fn remount(&self) -> Core {
-        let generation = *snapshot_generations(self.store.as_ref()).await.unwrap().last().unwrap();
-        let mut meta = SqliteStore::in_memory().unwrap();
-        restore(self.store.as_ref(), &self.ring, &mut meta, generation)
-            .await
-            .unwrap();
-        self.core_with(meta)
+        self.core_with(self.load().await)
+    }
+
+    /// The live state in the store.
+    async fn load(&self) -> SqliteStore {
+        segments::load_state(self.store.as_ref(), &self.ring, || {
+            Ok::<_, RestoreError>(SqliteStore::in_memory()?)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .meta
+    }
+
+    /// A core whose syncs upload checkpoints only when forced (at
+    /// unmount): the rest go to the journal.
+    fn journaling_core(&self) -> Core {
+        let options = CoreOptions {
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            ..CoreOptions::default()
+        };
+        Core::new(
+            Box::new(self.root_meta()),
+            self.store.clone(),
+            new_cache(self.caches.path(), self.store.clone()),
+            self.ring.clone(),
+            BS,
+            options,
+        )
     }
 
     async fn data_objects(&self) -> Vec<String> {
@@ -773,10 +797,8 @@ async fn a_follower_reads_its_state_until_it_catches_up() {
     writer.sync().await.unwrap();
     assert_eq!(read_all(&follower, old).await.unwrap(), b"version one");
     // Catching up switches to the writer's state.
-    let newest = *snapshot_generations(fx.store.as_ref()).await.unwrap().last().unwrap();
-    let mut meta = SqliteStore::in_memory().unwrap();
-    restore(fx.store.as_ref(), &fx.ring, &mut meta, newest).await.unwrap();
-    follower.replace_metadata(Box::new(meta));
+    let newest = writer.generation().unwrap();
+    follower.replace_metadata(Box::new(fx.load().await));
     assert_eq!(follower.generation().unwrap(), newest);
     let now = follower.lookup(&root(), ROOT_INO, b"report").unwrap().ino;
     assert_eq!(read_all(&follower, now).await.unwrap(), b"version two");
@@ -788,7 +810,7 @@ async fn the_journal_replayed_on_the_starting_state_gives_the_same_state() {
     use crate::meta::journal::{apply, decode_ops};
     let fx = Fixture::new();
     let mut journaled = fx.root_meta();
-    journaled.enable_journal();
+    journaled.set_journaling(true);
     let core = fx.core_with(journaled);
     let me = root();
     let dir = core.mkdir(&me, ROOT_INO, b"dir", 0o755).unwrap().ino;
@@ -848,41 +870,159 @@ fn state_lines(meta: &dyn MetadataStore) -> Vec<String> {
 
 #[tokio::test]
 async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
-    use crate::fs::segments::{load_state, seal_segment, segment_key};
     let fx = Fixture::new();
-    let mut journaled = fx.root_meta();
-    journaled.enable_journal();
-    let core = fx.core_with(journaled);
+    let core = fx.journaling_core();
     write_file(&core, b"in-checkpoint", b"1").await;
     core.sync().await.unwrap();
     let checkpoint = core.generation().unwrap();
-    let mut uploaded = u64::MAX;
-    let mut upload_segment = async |number: u64| {
-        let entries = core.meta().journal_after(0, usize::MAX).unwrap();
-        let last = entries.last().unwrap().0;
-        let ops: Vec<Vec<u8>> = entries.into_iter().map(|(_, op)| op).collect();
-        let sealed = seal_segment(&fx.ring, number, &ops);
-        fx.store.put_new(&segment_key(number), sealed).await.unwrap();
-        core.meta().trim_journal(last).unwrap();
-        uploaded = number;
-    };
-    core.meta().trim_journal(u64::MAX).unwrap();
-    core.flush_all().await.unwrap();
     core.mkdir(&root(), ROOT_INO, b"in-segment-1", 0o755).unwrap();
-    upload_segment(checkpoint + 1).await;
+    core.sync().await.unwrap();
     write_file(&core, b"in-segment-2", b"22").await;
     core.rename(&root(), ROOT_INO, b"in-checkpoint", ROOT_INO, b"renamed-in-2", 0)
         .unwrap();
-    core.flush_all().await.unwrap();
-    upload_segment(checkpoint + 2).await;
+    core.sync().await.unwrap();
+    assert_eq!(core.generation().unwrap(), checkpoint + 2);
+    assert_eq!(snapshot_generations(fx.store.as_ref()).await.unwrap(), [checkpoint]);
     let expected = state_lines(core.meta().as_ref());
     // After a gap, segments do not count.
-    core.mkdir(&root(), ROOT_INO, b"after-a-gap", 0o755).unwrap();
-    upload_segment(checkpoint + 4).await;
-    assert_eq!(uploaded, checkpoint + 4);
+    let mut op = Vec::new();
+    crate::meta::journal::encode_op(&mut op, &crate::meta::journal::JournalOp::DeleteInode(ROOT_INO));
+    let stray = segments::seal_segment(&fx.ring, checkpoint + 4, &op);
+    fx.store
+        .put_new(&segments::segment_key(checkpoint + 4), stray)
+        .await
+        .unwrap();
 
-    let mut loaded = SqliteStore::in_memory().unwrap();
-    let generation = load_state(fx.store.as_ref(), &fx.ring, &mut loaded).await.unwrap();
-    assert_eq!(generation, Some(checkpoint + 2));
-    assert_eq!(state_lines(&loaded), expected);
+    let loaded = segments::load_state(fx.store.as_ref(), &fx.ring, || {
+        Ok::<_, RestoreError>(SqliteStore::in_memory()?)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((loaded.checkpoint, loaded.generation), (checkpoint, checkpoint + 2));
+    assert_eq!(state_lines(&loaded.meta), expected);
+    // A follower at the checkpoint gets there by applying the segments.
+    let mut at_checkpoint = SqliteStore::in_memory().unwrap();
+    restore(fx.store.as_ref(), &fx.ring, &mut at_checkpoint, checkpoint)
+        .await
+        .unwrap();
+    let follower = Core::new(
+        Box::new(at_checkpoint),
+        fx.store.clone(),
+        new_cache(fx.caches.path(), fx.store.clone()),
+        fx.ring.clone(),
+        BS,
+        CoreOptions {
+            read_only: true,
+            ..CoreOptions::default()
+        },
+    );
+    let fetched = segments::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint)
+        .await
+        .unwrap();
+    follower.follow(fetched).unwrap();
+    assert_eq!(follower.generation().unwrap(), checkpoint + 2);
+    assert_eq!(state_lines(follower.meta().as_ref()), expected);
+}
+
+/// Uploads `core`'s journal as segment `generation` behind its back, as a
+/// sync whose answer was lost would have.
+async fn upload_journal_as(fx: &Fixture, core: &Core, generation: u64) {
+    let ops: Vec<u8> = core
+        .meta()
+        .journal_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, op)| op)
+        .collect();
+    let sealed = segments::seal_segment(&fx.ring, generation, &ops);
+    fx.store
+        .put_new(&segments::segment_key(generation), sealed)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_segment_whose_answer_was_lost_is_taken_as_done() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    core.sync().await.unwrap();
+    let start = core.generation().unwrap();
+    write_file(&core, b"a", b"landed").await;
+    core.flush_all().await.unwrap();
+    upload_journal_as(&fx, &core, start + 1).await;
+    // More changes after the lost answer go into the next segment.
+    core.mkdir(&root(), ROOT_INO, b"later", 0o755).unwrap();
+    core.sync().await.unwrap();
+    assert!(!core.is_fenced());
+    assert_eq!(core.generation().unwrap(), start + 2);
+    assert_eq!(state_lines(&fx.load().await), state_lines(core.meta().as_ref()));
+}
+
+#[tokio::test]
+async fn another_writers_segment_fences_this_one() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    core.sync().await.unwrap();
+    let start = core.generation().unwrap();
+    let other = fx.remount().await;
+    other.mkdir(&root(), ROOT_INO, b"theirs", 0o755).unwrap();
+    upload_journal_as(&fx, &other, start + 1).await;
+    core.mkdir(&root(), ROOT_INO, b"ours", 0o755).unwrap();
+    assert_eq!(core.sync().await, Err(FsError::EROFS));
+    assert!(core.is_fenced());
+    let live = fx.remount().await;
+    assert!(live.lookup(&root(), ROOT_INO, b"theirs").is_ok());
+    assert!(live.lookup(&root(), ROOT_INO, b"ours").is_err());
+}
+
+#[tokio::test]
+async fn unused_blocks_and_segments_go_only_after_a_checkpoint() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    write_file(&core, b"f", b"first version").await;
+    core.sync().await.unwrap();
+    let first = fx.data_objects().await;
+    assert_eq!(first.len(), 1);
+    core.unlink(&root(), ROOT_INO, b"f").unwrap();
+    write_file(&core, b"f", b"second version").await;
+    core.sync().await.unwrap();
+    core.mkdir(&root(), ROOT_INO, b"d", 0o755).unwrap();
+    core.sync().await.unwrap();
+    // The checkpoint still references the first block: it stays.
+    assert_eq!(fx.data_objects().await.len(), 2);
+    assert_eq!(segments::segment_numbers(fx.store.as_ref()).await.unwrap().len(), 3);
+    core.final_sync(std::time::Duration::from_secs(30)).await.unwrap();
+    let generation = core.generation().unwrap();
+    assert_eq!(snapshot_generations(fx.store.as_ref()).await.unwrap(), [generation]);
+    assert_eq!(
+        segments::segment_numbers(fx.store.as_ref()).await.unwrap(),
+        [generation]
+    );
+    let left = fx.data_objects().await;
+    assert_eq!(left.len(), 1);
+    assert!(!left.contains(&first[0]));
+    let fresh = fx.remount().await;
+    let ino = fresh.lookup(&root(), ROOT_INO, b"f").unwrap().ino;
+    assert_eq!(read_all(&fresh, ino).await.unwrap(), b"second version");
+}
+
+#[tokio::test]
+async fn deleting_a_snapshot_keeps_blocks_only_the_journal_references() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    write_file(&core, b"old", b"in the checkpoint").await;
+    core.sync().await.unwrap();
+    write_file(&core, b"new", b"only in a segment").await;
+    core.sync().await.unwrap();
+    crate::snapshots::create(fx.store.as_ref(), &fx.ring, "s")
+        .await
+        .unwrap();
+    crate::snapshots::delete(fx.store.as_ref(), &fx.ring, "s")
+        .await
+        .unwrap();
+    assert_eq!(fx.data_objects().await.len(), 2);
+    let fresh = fx.remount().await;
+    let ino = fresh.lookup(&root(), ROOT_INO, b"new").unwrap().ino;
+    assert_eq!(read_all(&fresh, ino).await.unwrap(), b"only in a segment");
 }

@@ -187,6 +187,9 @@ pub trait MetadataStore: Send {
     /// (inodes, bytes of file data stored).
     fn usage(&self) -> Result<(u64, u64)>;
 
+    /// Whether mutations from now on are recorded in the journal (a
+    /// writer's store; off for replays and read-only copies).
+    fn set_journaling(&mut self, on: bool);
     /// Journal entries after sequence number `after`, at most `limit`,
     /// oldest first (see `journal`); empty unless journaling is on.
     fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;

@@ -99,11 +99,6 @@ impl SqliteStore {
         })
     }
 
-    /// From now on, record every mutation in the `journal` table.
-    pub fn enable_journal(&mut self) {
-        self.journaling = true;
-    }
-
     fn record(&mut self, op: &JournalOp) -> Result<()> {
         if self.journaling {
             let mut bytes = Vec::new();
@@ -200,11 +195,15 @@ fn block_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Block
 }
 
 impl MetadataStore for SqliteStore {
+    fn set_journaling(&mut self, on: bool) {
+        self.journaling = on;
+    }
+
     fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, op FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        let rows = stmt.query_map(params![after as i64, limit.min(i64::MAX as usize) as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -239,7 +238,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_inode(&mut self, i: &Inode) -> Result<()> {
-        self.record(&JournalOp::Put(Record::Inode(i.clone())))?;
+        self.record(&JournalOp::Put(Record::Inode(*i)))?;
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO inodes (ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)

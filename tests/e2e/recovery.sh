@@ -5,7 +5,8 @@
 # `restore` copies files out of it byte for byte, never overwriting; the
 # writer does not delete a block a snapshot needs, and deleting the snapshot
 # frees it; every step is in the audit trail; fsck finds objects deleted
-# or added by hand, and --repair and gc delete only what nothing references.
+# or added by hand, and --repair and gc delete only what nothing references;
+# changes reach a fresh host through the journal without fsync.
 #
 # Usage: [E2E_URL=... E2E_ENDPOINT=...] bash tests/e2e/recovery.sh
 # shellcheck disable=SC2317 # functions run through `check`
@@ -168,6 +169,18 @@ follower_sees_the_writer() {
     sv_umount "$f"
 }
 
+journal_reaches_the_store_without_fsync() {
+    local f=$WORK/mnt-fresh t0=$SECONDS
+    echo "closed, never fsynced" >"$LIVE/unsynced"
+    wait_for 30 '"$S3VAULT" status "$LIVE" --json | grep -q "\"unsynced_metadata\":false"'
+    echo "the change was in the store $((SECONDS - t0)) s after close (--metadata-interval 1)"
+    store_ls "$URL" journal | grep -q .
+    # A fresh host replays the newest checkpoint and the journal after it.
+    sv_mount "$URL" "$f" "$WORK/cache-fresh-journal" --key-file "$KEY" -o ro --follow-interval 0
+    [[ $(cat "$f/unsynced") == "closed, never fsynced" ]]
+    sv_umount "$f"
+}
+
 snapshot_survives_a_fresh_host() {
     # The live writer has synced and reclaimed several times by now.
     echo more >"$LIVE/more"
@@ -258,6 +271,7 @@ check "a snapshot mounts only read-only, and only if it exists" snapshot_mount_r
 check "restore / copies the snapshot out exactly" restore_everything
 check "restore of one path; an existing file is never overwritten" restore_one_path_never_overwrites
 check "restores and snapshots are in the audit trail" restore_is_audited
+check "a closed file reaches a fresh host through the journal, without fsync" journal_reaches_the_store_without_fsync
 check "a read-only mount on another host follows the writer" follower_sees_the_writer
 check "the snapshot is whole after the writer reclaimed, from a fresh host" snapshot_survives_a_fresh_host
 check "snapshot delete frees the blocks only it kept; the live volume is intact" delete_frees_what_only_it_kept
