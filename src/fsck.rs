@@ -8,7 +8,8 @@
 //! links and blocks must agree. Checkpoints still in the store only count
 //! as references. A data object
 //! nothing references is an orphan (a crash between an upload and the
-//! metadata naming it, or a reclaim cut short).
+//! metadata naming it, or a reclaim cut short), and so is a journal segment
+//! older than the live state's checkpoint.
 //!
 //! Deleting orphans is safe against a writer at work: metadata states are
 //! listed and read before snapshots (FORMAT.md, "Named snapshots"), and an
@@ -17,7 +18,7 @@
 
 use crate::cache::data_key;
 use crate::codec::{self, BlockAddress, ObjectId};
-use crate::fs::segments::live_state;
+use crate::fs::segments::{self, live_state};
 use crate::fs::{RestoreError, snapshot_generations, snapshot_key};
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_snapshot};
@@ -213,14 +214,18 @@ pub async fn run(
     let mut referenced: HashSet<ObjectId> = HashSet::new();
     let mut checked = Vec::new();
     let mut unreadable = None;
+    let mut live_checkpoint = None;
     // States first, then snapshots: see the module comment.
     match live_state(store.as_ref(), &ring).await {
-        Ok(Some(live)) => checked.push(check_tree(
-            "the live state".into(),
-            live.records,
-            block_size,
-            &mut report.problems,
-        )),
+        Ok(Some(live)) => {
+            live_checkpoint = Some(live.checkpoint);
+            checked.push(check_tree(
+                "the live state".into(),
+                live.records,
+                block_size,
+                &mut report.problems,
+            ));
+        }
         Ok(None) => {}
         Err(RestoreError::Store(e)) => return Err(e.into()),
         Err(e) => {
@@ -365,6 +370,17 @@ pub async fn run(
         }
     }
 
+    // Segments below the live state's checkpoint are superseded (a writer's
+    // clean-up cut short): unreferenced too. Those after it are the live
+    // state, or one a writer is uploading right now.
+    let mut objects = objects;
+    if let Some(checkpoint) = live_checkpoint {
+        for info in store.list_objects(segments::PREFIX).await? {
+            if segments::segment_number(&info.key).is_some_and(|n| n < checkpoint) {
+                objects.insert(info.key.clone(), info);
+            }
+        }
+    }
     let now = SystemTime::now();
     let mut orphans = Vec::new();
     let referenced: HashSet<String> = referenced.iter().map(data_key).collect();

@@ -89,7 +89,7 @@ pub async fn upload_snapshot(
 }
 
 /// Journal entries in one segment at most (a few MiB).
-const SEGMENT_OPS: usize = 50_000;
+pub(super) const SEGMENT_OPS: usize = 50_000;
 
 /// Segments between checkpoints at most, whatever the interval.
 const CHECKPOINT_SEGMENTS: u32 = 64;

@@ -20,7 +20,7 @@ use crate::meta::{MetaError, MetadataStore, Record, SqliteStore};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 
-const PREFIX: &str = "journal/";
+pub const PREFIX: &str = "journal/";
 const VERSION: u8 = 1;
 /// Attempts when the writer deletes what is being read.
 const ATTEMPTS: usize = 10;
@@ -29,13 +29,18 @@ pub fn segment_key(number: u64) -> String {
     format!("{PREFIX}{number:020}")
 }
 
+/// The number of the segment with object key `key`.
+pub fn segment_number(key: &str) -> Option<u64> {
+    key.strip_prefix(PREFIX)?.parse().ok()
+}
+
 /// Numbers of the segments in the store, in order.
 pub async fn segment_numbers(store: &dyn ObjectStore) -> Result<Vec<u64>, StoreError> {
     let mut numbers: Vec<u64> = store
         .list(PREFIX)
         .await?
         .iter()
-        .filter_map(|k| k.strip_prefix(PREFIX)?.parse().ok())
+        .filter_map(|k| segment_number(k))
         .collect();
     numbers.sort_unstable();
     Ok(numbers)

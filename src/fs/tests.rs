@@ -748,10 +748,13 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     );
     fx.store
         .overwrite("data/not-an-id", bytes::Bytes::from_static(b"stray too"));
+    // A segment the checkpoint superseded, left by a clean-up cut short.
+    let superseded = segments::segment_key(core.generation().unwrap() - 1);
+    fx.store.overwrite(&superseded, bytes::Bytes::from_static(b"old"));
 
     // A just-written stray may be an upload in progress: left alone.
     let young = run(true, 3600).await;
-    assert_eq!((young.orphans, young.recent, young.deleted), (0, 2, 0));
+    assert_eq!((young.orphans, young.recent, young.deleted), (0, 3, 0));
     let found = run(false, 0).await;
     let text: Vec<String> = found.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(text.len(), 2, "{text:?}");
@@ -760,14 +763,21 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
         text.iter().any(|p| p.contains("/damaged: block 0 does not open")),
         "{text:?}"
     );
-    assert_eq!((found.orphans, found.deleted, found.exit_code()), (2, 0, 4));
+    assert_eq!((found.orphans, found.deleted, found.exit_code()), (3, 0, 4));
     // Repair deletes the strays and still reports the damaged files.
     let repaired = run(true, 0).await;
     assert_eq!(
         (repaired.deleted, repaired.problems.len(), repaired.exit_code()),
-        (2, 2, 4)
+        (3, 2, 4)
     );
     assert_eq!(fx.data_objects().await.len(), 2);
+    assert!(fx.store.get(&superseded).await.is_err());
+    assert!(
+        fx.store
+            .get(&segments::segment_key(core.generation().unwrap()))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -1025,4 +1035,24 @@ async fn deleting_a_snapshot_keeps_blocks_only_the_journal_references() {
     let fresh = fx.remount().await;
     let ino = fresh.lookup(&root(), ROOT_INO, b"new").unwrap().ino;
     assert_eq!(read_all(&fresh, ino).await.unwrap(), b"only in a segment");
+}
+
+#[tokio::test]
+async fn a_long_journal_goes_up_in_bounded_segments() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    core.sync().await.unwrap();
+    let start = core.generation().unwrap();
+    // Each mkdir journals four operations (the next inode number, the new
+    // inode, its entry, the parent's times): more than one segment's worth.
+    let dirs = persist::SEGMENT_OPS / 4 + 100;
+    for i in 0..dirs {
+        core.mkdir(&root(), ROOT_INO, format!("d{i}").as_bytes(), 0o755)
+            .unwrap();
+    }
+    assert!(core.meta().journal_after(0, usize::MAX).unwrap().len() > persist::SEGMENT_OPS);
+    core.sync().await.unwrap();
+    assert_eq!(core.generation().unwrap(), start + 2);
+    assert!(core.meta().journal_after(0, 1).unwrap().is_empty());
+    assert_eq!(state_lines(&fx.load().await), state_lines(core.meta().as_ref()));
 }
