@@ -99,9 +99,9 @@ run cat "$MNT/notes/visit.txt"
 run diff -r /usr/share/common-licenses "$MNT/licenses"
 echo "identical"
 
-say "What the store holds: a superblock, encrypted data objects, encrypted metadata"
+say "What the store holds: a superblock, encrypted data objects, encrypted metadata (a checkpoint in meta/, journal segments after it in journal/)"
 run ls -l "$STORE"
-run ls "$STORE/meta"
+run ls "$STORE/meta" "$STORE/journal"
 FIRST_OBJECT=$(find "$STORE/data" -type f | sed -n 1p)
 printf '$ ls %s | head -n 5\n' "$STORE/data"
 find "$STORE/data" -type f -printf '%f\n' | sed -n 1,5p

@@ -9,7 +9,7 @@
 # changes reach a fresh host through the journal without fsync.
 #
 # Usage: [E2E_URL=... E2E_ENDPOINT=...] bash tests/e2e/recovery.sh
-# shellcheck disable=SC2317 # functions run through `check`
+# shellcheck disable=SC2317,SC2016 # functions run through `check`; wait_for evals its condition
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
