@@ -227,20 +227,9 @@ impl Core {
         if self.options.read_only {
             return Err(FsError::EROFS);
         }
-        let mut guard = self.meta();
-        let meta: &mut dyn MetadataStore = guard.as_mut();
-        meta.begin()?;
-        match f(meta) {
-            Ok(v) => {
-                meta.commit()?;
-                self.changed.store(true, Ordering::SeqCst);
-                Ok(v)
-            }
-            Err(e) => {
-                meta.rollback();
-                Err(e)
-            }
-        }
+        let v = crate::meta::in_transaction(self.meta().as_mut(), f)?;
+        self.changed.store(true, Ordering::SeqCst);
+        Ok(v)
     }
 
     /// The inode as callers must see it: with the size and mtime of writes

@@ -16,7 +16,7 @@ use super::{Core, FsError, FsResult};
 use crate::cache::{BlockCache, data_key};
 use crate::codec::{self, ObjectId};
 use crate::keyring::Keyring;
-use crate::meta::{MetaError, MetadataStore, decode_snapshot, encode_snapshot};
+use crate::meta::{MetaError, MetadataStore, decode_snapshot, encode_snapshot, in_transaction};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -292,16 +292,10 @@ impl Core {
     /// segment `generation`: both at once, or a crash in between would make
     /// the next mount take its own segment for another writer's.
     fn record_uploaded(&self, upto: u64, generation: u64) -> FsResult<()> {
-        let mut meta = self.meta();
-        meta.begin()?;
-        let noted = meta.trim_journal(upto).and_then(|()| meta.set_generation(generation));
-        match noted {
-            Ok(()) => Ok(meta.commit()?),
-            Err(e) => {
-                meta.rollback();
-                Err(e.into())
-            }
-        }
+        Ok(in_transaction(self.meta().as_mut(), |meta| {
+            meta.trim_journal(upto)?;
+            meta.set_generation(generation)
+        })?)
     }
 
     /// Uploads the checkpoint of `generation`, then reclaims what it made

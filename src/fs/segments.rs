@@ -16,7 +16,7 @@ use super::persist::{RestoreError, restore, snapshot_generations};
 use crate::codec;
 use crate::keyring::Keyring;
 use crate::meta::journal::{JournalOp, apply, decode_ops};
-use crate::meta::{MetaError, MetadataStore, Record, SqliteStore};
+use crate::meta::{MetaError, MetadataStore, Record, SqliteStore, in_transaction};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 
@@ -100,19 +100,12 @@ pub fn apply_segments(meta: &mut dyn MetadataStore, segments: Vec<(u64, Vec<Jour
     let Some(last) = segments.last().map(|(n, _)| *n) else {
         return Ok(());
     };
-    meta.begin()?;
-    let applied = segments
-        .into_iter()
-        .flat_map(|(_, ops)| ops)
-        .try_for_each(|op| apply(meta, op))
-        .and_then(|()| meta.set_generation(last));
-    match applied {
-        Ok(()) => meta.commit(),
-        Err(e) => {
-            meta.rollback();
-            Err(e)
+    in_transaction(meta, |meta| {
+        for op in segments.into_iter().flat_map(|(_, ops)| ops) {
+            apply(meta, op)?;
         }
-    }
+        meta.set_generation(last)
+    })
 }
 
 /// If the encoded operations `ops` (a segment found in the store) are the

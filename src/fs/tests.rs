@@ -59,13 +59,18 @@ impl Fixture {
     }
 
     fn core_with(&self, meta: SqliteStore) -> Core {
+        self.core_with_options(meta, CoreOptions::default())
+    }
+
+    /// A core on `meta` with its own cache directory.
+    fn core_with_options(&self, meta: SqliteStore, options: CoreOptions) -> Core {
         Core::new(
             Box::new(meta),
             self.store.clone(),
             new_cache(self.caches.path(), self.store.clone()),
             self.ring.clone(),
             BS,
-            CoreOptions::default(),
+            options,
         )
     }
 
@@ -97,14 +102,7 @@ impl Fixture {
             checkpoint_interval: std::time::Duration::from_secs(3600),
             ..CoreOptions::default()
         };
-        Core::new(
-            Box::new(self.root_meta()),
-            self.store.clone(),
-            new_cache(self.caches.path(), self.store.clone()),
-            self.ring.clone(),
-            BS,
-            options,
-        )
+        self.core_with_options(self.root_meta(), options)
     }
 
     async fn data_objects(&self) -> Vec<String> {
@@ -787,14 +785,7 @@ async fn a_follower_reads_its_state_until_it_catches_up() {
         reclaim_grace: std::time::Duration::from_secs(3600),
         ..CoreOptions::default()
     };
-    let writer = Core::new(
-        Box::new(fx.root_meta()),
-        fx.store.clone(),
-        new_cache(fx.caches.path(), fx.store.clone()),
-        fx.ring.clone(),
-        BS,
-        options,
-    );
+    let writer = fx.core_with_options(fx.root_meta(), options);
     let old = write_file(&writer, b"report", b"version one").await;
     writer.sync().await.unwrap();
     let follower = fx.remount().await;
@@ -916,17 +907,11 @@ async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
     restore(fx.store.as_ref(), &fx.ring, &mut at_checkpoint, checkpoint)
         .await
         .unwrap();
-    let follower = Core::new(
-        Box::new(at_checkpoint),
-        fx.store.clone(),
-        new_cache(fx.caches.path(), fx.store.clone()),
-        fx.ring.clone(),
-        BS,
-        CoreOptions {
-            read_only: true,
-            ..CoreOptions::default()
-        },
-    );
+    let read_only = CoreOptions {
+        read_only: true,
+        ..CoreOptions::default()
+    };
+    let follower = fx.core_with_options(at_checkpoint, read_only);
     let fetched = segments::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint)
         .await
         .unwrap();

@@ -34,6 +34,24 @@ impl From<rusqlite::Error> for MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+/// Runs `f` between `begin` and `commit`; rolls back when it fails.
+pub fn in_transaction<T, E: From<MetaError>>(
+    meta: &mut dyn MetadataStore,
+    f: impl FnOnce(&mut dyn MetadataStore) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    meta.begin()?;
+    match f(meta) {
+        Ok(v) => {
+            meta.commit()?;
+            Ok(v)
+        }
+        Err(e) => {
+            meta.rollback();
+            Err(e)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
     File = 1,
