@@ -110,11 +110,11 @@ pub async fn add_slot(
     let mut sb = volume::read_superblock(store.as_ref(), url).await?;
     let (_, master) = volume::open_slot(&sb, unlock, aws).await?;
     match new {
-        NewSlot::Local(new) => sb.add_slot(&master, new, cost, now())?,
+        NewSlot::Local(new) => sb.add_slot(&master, new, cost, crate::os::now_secs())?,
         NewSlot::Kms(key_id) => {
             let kms = crate::kms::Kms::new(aws).await.map_err(VolumeError::KmsSetup)?;
             let blob = kms.wrap(key_id, &master, &sb.volume_id).await?;
-            sb.add_kms_slot(&master, key_id, blob, now())?;
+            sb.add_kms_slot(&master, key_id, blob, crate::os::now_secs())?;
         }
     }
     store.put(volume::SUPERBLOCK_KEY, Bytes::from(sb.encode())).await?;
@@ -148,12 +148,6 @@ pub async fn remove_slot(
     sb.remove_slot(&master, index)?;
     store.put(volume::SUPERBLOCK_KEY, Bytes::from(sb.encode())).await?;
     Ok(())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 fn runtime_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::os::effective_uid();
     if uid == 0 {
         PathBuf::from("/run/s3vault")
     } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
@@ -84,7 +83,7 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                     Ok(Err(e)) => format!("error cannot unmount: {e}"),
                     Err(e) => format!("error {e}"),
                 },
-                "unmount" => match core.final_sync(crate::mount::FINAL_SYNC_LIMIT).await {
+                "unmount" => match core.final_sync().await {
                     Ok(()) => match tokio::task::spawn_blocking(move || unmount()).await {
                         Ok(Ok(())) => "ok".to_string(),
                         Ok(Err(e)) => format!("error cannot unmount: {e}"),

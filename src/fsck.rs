@@ -18,11 +18,10 @@
 
 use crate::cache::data_key;
 use crate::codec::{self, BlockAddress, ObjectId};
-use crate::fs::segments::{self, live_state};
-use crate::fs::{RestoreError, snapshot_generations, snapshot_key};
+use crate::journal::live::live_state;
+use crate::journal::{StateError, checkpoint, segment, snapshots};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_snapshot};
-use crate::snapshots;
+use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_state};
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -227,7 +226,7 @@ pub async fn run(
             ));
         }
         Ok(None) => {}
-        Err(RestoreError::Store(e)) => return Err(e.into()),
+        Err(StateError::Store(e)) => return Err(e.into()),
         Err(e) => {
             report.problems.push(Problem {
                 state: "the live state".into(),
@@ -238,10 +237,10 @@ pub async fn run(
     }
     // Checkpoints older than the live state's may still be read by a host
     // mounting right now: their blocks count as referenced.
-    let generations = snapshot_generations(store.as_ref()).await?;
+    let generations = checkpoint::generations(store.as_ref()).await?;
     report.states = generations.len();
     for generation in generations {
-        let key = snapshot_key(generation);
+        let key = checkpoint::key(generation);
         let sealed = match store.get(&key).await {
             Ok(sealed) => sealed,
             // Superseded by the writer meanwhile.
@@ -250,7 +249,7 @@ pub async fn run(
         };
         match codec::open_metadata(&ring, &key, &sealed)
             .map_err(|e| e.to_string())
-            .and_then(|plain| decode_snapshot(&plain).map_err(|e| e.to_string()))
+            .and_then(|plain| decode_state(&plain).map_err(|e| e.to_string()))
         {
             Ok(records) => referenced.extend(records.iter().filter_map(|r| match r {
                 Record::Block { block, .. } => Some(block.object_id),
@@ -375,8 +374,8 @@ pub async fn run(
     // state, or one a writer is uploading right now.
     let mut objects = objects;
     if let Some(checkpoint) = live_checkpoint {
-        for info in store.list_objects(segments::PREFIX).await? {
-            if segments::segment_number(&info.key).is_some_and(|n| n < checkpoint) {
+        for info in store.list_objects(segment::PREFIX).await? {
+            if segment::number_of(&info.key).is_some_and(|n| n < checkpoint) {
                 objects.insert(info.key.clone(), info);
             }
         }

@@ -171,10 +171,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self
-            .runtime
-            .block_on(self.core.final_sync(crate::mount::FINAL_SYNC_LIMIT))
-        {
+        if let Err(e) = self.runtime.block_on(self.core.final_sync()) {
             tracing::error!(error = %e, "final sync at unmount failed");
         }
     }

@@ -52,11 +52,32 @@ pub fn unlock_memory(ptr: *const u8, len: usize) {
 
 #[cfg(test)]
 mod tests {
+    /// Kilobytes of this process locked in RAM, from /proc.
+    fn locked_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     #[test]
-    fn locking_a_heap_range_round_trips() {
-        let buf = Box::new([0u8; 64]);
-        if super::lock_memory(buf.as_ptr(), buf.len()) {
-            super::unlock_memory(buf.as_ptr(), buf.len());
+    fn locked_memory_is_pinned_until_unlocked() {
+        // 4 MiB, far more than the few pages other tests lock meanwhile.
+        const LEN: usize = 4 << 20;
+        let buf = vec![1u8; LEN];
+        let before = locked_kb();
+        if !super::lock_memory(buf.as_ptr(), LEN) {
+            // Only an unprivileged user under a low RLIMIT_MEMLOCK may fail.
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+            assert!(
+                !rustix::process::geteuid().is_root() && limit.current.is_some_and(|l| l < LEN as u64),
+                "mlock failed without a limit to blame"
+            );
+            return;
         }
+        let locked = locked_kb();
+        super::unlock_memory(buf.as_ptr(), LEN);
+        let after = locked_kb();
+        assert!(locked >= before + 3 * 1024, "VmLck went from {before} to {locked} kB");
+        assert!(after + 3 * 1024 <= locked, "VmLck stayed at {after} kB after unlocking");
     }
 }

@@ -9,11 +9,11 @@ use s3vault::audit::{self, AuditMode, AuditSettings};
 use s3vault::cache;
 use s3vault::daemon::{self, Readiness, Role};
 use s3vault::fsck;
+use s3vault::journal::snapshots;
 use s3vault::keyfile;
 use s3vault::mount::{self, MountConfig};
 use s3vault::options;
 use s3vault::restore;
-use s3vault::snapshots;
 use s3vault::store::{Location, S3Options};
 use s3vault::superblock::{self, DEFAULT_ARGON2, Unlock};
 use s3vault::volume;
@@ -559,11 +559,6 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Exit> {
     Ok(rt.block_on(f))
 }
 
-fn owner() -> (u32, u32) {
-    // SAFETY: getuid and getgid have no preconditions and cannot fail.
-    unsafe { (libc::getuid(), libc::getgid()) }
-}
-
 fn run(cli: Cli) -> Result<(), Exit> {
     match cli.command {
         Command::Keygen { path } => {
@@ -591,7 +586,15 @@ fn run(cli: Cli) -> Result<(), Exit> {
             let s3 = s3.options()?;
             let id = block_on(async {
                 let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
-                volume::init(store, &url, block_size, &unlock, DEFAULT_ARGON2, owner()).await
+                volume::init(
+                    store,
+                    &url,
+                    block_size,
+                    &unlock,
+                    DEFAULT_ARGON2,
+                    s3vault::os::real_ids(),
+                )
+                .await
             })?
             .map_err(volume_exit)?;
             println!("created volume {} at {url} (block size {block_size})", hex::encode(id));
@@ -955,7 +958,7 @@ fn restore_command(url: &str, paths: &[String], name: &str, to: &Path, key: &Key
             )
             .map_err(runtime_err)?,
         );
-        let (uid, gid) = owner();
+        let (uid, gid) = s3vault::os::real_ids();
         let subject = audit::Subject {
             uid,
             gid,
@@ -1007,7 +1010,11 @@ fn restore_command(url: &str, paths: &[String], name: &str, to: &Path, key: &Key
             summary.hard_links,
             summary.others,
             summary.skipped,
-            if owner().0 == 0 { "" } else { ", devices: not root" },
+            if s3vault::os::real_ids().0 == 0 {
+                ""
+            } else {
+                ", devices: not root"
+            },
             if summary.xattrs_skipped > 0 {
                 format!("; {} extended attributes not permitted here", summary.xattrs_skipped)
             } else {
@@ -1188,7 +1195,7 @@ async fn record_cli_event(
     event: audit::Event,
     detail: String,
 ) -> Result<(), audit::AuditError> {
-    let (uid, gid) = owner();
+    let (uid, gid) = s3vault::os::real_ids();
     let subject = audit::Subject {
         uid,
         gid,

@@ -2,12 +2,13 @@
 //! FUSE, keep metadata flowing to the store, and flush at the end.
 
 use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
-use crate::cache::{self, BlockCache, CacheConfig};
+use crate::cache::{BlockCache, CacheConfig};
 use crate::control;
 use crate::daemon::Readiness;
-use crate::fs::{Core, CoreOptions, segments};
+use crate::fs::{Core, CoreOptions};
 use crate::fuse::{AttrOverrides, FuseAdapter};
-use crate::lease::{HEARTBEAT, Lease, LeaseError};
+use crate::journal::lease::{HEARTBEAT, Lease, LeaseError};
+use crate::journal::{checkpoint, segment};
 use crate::store::{Location, S3Options};
 use crate::superblock::Unlock;
 use crate::volume::{self, VolumeError};
@@ -47,10 +48,6 @@ pub const RECLAIM_GRACE: Duration = Duration::from_secs(60);
 /// How often, at most, the writer uploads a full checkpoint of the
 /// metadata besides the journal: bounds what a fresh host replays.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
-
-/// How long unmounting waits for uploads before giving up (the store is
-/// unreachable); what is left stays in the cache for the next mount.
-pub const FINAL_SYNC_LIMIT: Duration = Duration::from_secs(60);
 
 /// An error with the exit code it maps to (2: configuration, 1: runtime).
 pub type Failure = (i32, String);
@@ -145,7 +142,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     }
     // The kernel's destroy request already synced; this catches a session
     // that ended without one (the mount was torn down from outside).
-    let synced = runtime.block_on(core.final_sync(FINAL_SYNC_LIMIT));
+    let synced = runtime.block_on(core.final_sync());
     let audited = runtime.block_on(close_audit(&core));
     if let Some(lease) = lease.filter(|_| !core.is_fenced())
         && let Err(e) = runtime.block_on(lease.release())
@@ -192,8 +189,7 @@ fn keep_block_buffers_out_of_the_heap() {
 
 /// The daemon itself, as the subject of mount and unmount records.
 fn daemon_subject() -> Subject {
-    // SAFETY: getuid and getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = crate::os::real_ids();
     Subject {
         uid,
         gid,
@@ -255,7 +251,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         }
     });
     volume::prepare_cache_dir(&cache_dir).map_err(volume_failure)?;
-    if !config.allow_volatile_cache && cache::is_volatile(&cache_dir).unwrap_or(false) {
+    if !config.allow_volatile_cache && crate::os::is_volatile(&cache_dir).unwrap_or(false) {
         return Err((
             2,
             format!(
@@ -416,9 +412,9 @@ async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathB
 /// longer lead to the live state (a newer checkpoint replaced them).
 async fn follow_segments(core: &Core, volume: &volume::Volume, current: u64) -> anyhow::Result<bool> {
     let store = volume.store.as_ref();
-    let fetched = segments::fetch_after(store, &volume.ring, current).await?;
+    let fetched = segment::fetch_after(store, &volume.ring, current).await?;
     let reached = fetched.last().map_or(current, |(n, _)| *n);
-    if segments::newest_checkpoint(store).await?.is_some_and(|c| c > reached) {
+    if checkpoint::newest(store).await?.is_some_and(|c| c > reached) {
         return Ok(false);
     }
     if !fetched.is_empty() {
@@ -504,7 +500,7 @@ async fn unmount_on_signal(unmount: control::Unmount, core: Arc<Core>) {
         _ = int.recv() => {}
     }
     tracing::info!("signal received; flushing and unmounting");
-    if let Err(e) = core.final_sync(FINAL_SYNC_LIMIT).await {
+    if let Err(e) = core.final_sync().await {
         tracing::error!(error = %e, "flush before unmount failed");
     }
     if let Err(e) = tokio::task::spawn_blocking(move || unmount())

@@ -8,9 +8,9 @@
 
 use crate::cache::data_key;
 use crate::codec::{self, BlockAddress};
+use crate::journal::snapshots::Snapshot;
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, Inode, MetaError, MetadataStore, ROOT_INO, SqliteStore};
-use crate::snapshots::Snapshot;
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -143,8 +143,7 @@ impl<'a> Restorer<'a> {
             ring,
             block_size: u64::from(block_size),
             meta,
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            as_root: unsafe { libc::geteuid() } == 0,
+            as_root: crate::os::effective_uid() == 0,
             linked: HashMap::new(),
             directories: Vec::new(),
             summary: Summary::default(),

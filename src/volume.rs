@@ -2,9 +2,10 @@
 //! into the local cache directory.
 
 use crate::crypto::SecretKey;
-use crate::fs::{self as core_fs, segments};
+use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
+use crate::os::now_ns;
 use crate::store::{ObjectStore, S3Options, StoreError};
 use crate::superblock::{Argon2Params, SlotKind, Superblock, SuperblockError, Unlock};
 use bytes::Bytes;
@@ -37,9 +38,9 @@ pub enum VolumeError {
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
     #[error(transparent)]
-    Restore(#[from] core_fs::RestoreError),
+    State(#[from] StateError),
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshots::SnapshotError),
+    Snapshot(#[from] snapshots::SnapshotError),
 }
 
 impl VolumeError {
@@ -53,7 +54,7 @@ impl VolumeError {
             | VolumeError::SlotInUse => true,
             VolumeError::Snapshot(e) => matches!(
                 e,
-                crate::snapshots::SnapshotError::NotFound(_) | crate::snapshots::SnapshotError::BadName
+                snapshots::SnapshotError::NotFound(_) | snapshots::SnapshotError::BadName
             ),
             VolumeError::Superblock(e) => !matches!(e, SuperblockError::Tampered),
             VolumeError::Store(e) => matches!(e, StoreError::NoSuchBucket(_) | StoreError::Credentials(_)),
@@ -73,12 +74,6 @@ pub struct Volume {
     pub slot: usize,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Creates a volume: first its initial metadata snapshot, then the
 /// superblock (written only if absent), so a superblock never names a
 /// volume without metadata.
@@ -95,11 +90,11 @@ pub async fn init(
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let (superblock, master) = Superblock::create(block_size, unlock, cost, now_secs())?;
+    let (superblock, master) = Superblock::create(block_size, unlock, cost, crate::os::now_secs())?;
     let ring = Keyring::new(&master, superblock.volume_id);
     let mut meta = SqliteStore::in_memory()?;
-    meta.put_inode(&Inode::root(owner.0, owner.1, core_fs::now_ns()))?;
-    core_fs::upload_snapshot(store.as_ref(), &ring, &meta, 1).await?;
+    meta.put_inode(&Inode::root(owner.0, owner.1, now_ns()))?;
+    checkpoint::store(store.as_ref(), &ring, &meta, 1).await?;
     match store.put_new(SUPERBLOCK_KEY, Bytes::from(superblock.encode())).await {
         Ok(()) => Ok(superblock.volume_id),
         Err(StoreError::AlreadyExists) => Err(VolumeError::AlreadyInitialised(url.to_string())),
@@ -259,7 +254,7 @@ pub fn writer_id(cache_dir: &Path) -> Result<String, VolumeError> {
 /// The database of a snapshot mount, `snapshot.db` in its cache
 /// directory: made anew from the snapshot at every mount.
 pub async fn load_snapshot(volume: &Volume, cache_dir: &Path, name: &str) -> Result<SqliteStore, VolumeError> {
-    let snapshot = crate::snapshots::load(volume.store.as_ref(), &volume.ring, name).await?;
+    let snapshot = snapshots::load(volume.store.as_ref(), &volume.ring, name).await?;
     remove_database(cache_dir, SNAPSHOT_DATABASE_FILE)?;
     let mut db = SqliteStore::open(&cache_dir.join(SNAPSHOT_DATABASE_FILE), volume.ring.database_key())?;
     snapshot.import_into(&mut db)?;
@@ -303,7 +298,7 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
             Err(e) => tracing::warn!(error = %e, "local metadata database is unusable; rebuilding from the store"),
         }
     }
-    let loaded = segments::load_state(volume.store.as_ref(), &volume.ring, || {
+    let loaded = live::load_state(volume.store.as_ref(), &volume.ring, || {
         remove_database(cache_dir, DATABASE_FILE)?;
         Ok::<_, VolumeError>(SqliteStore::open(&path, volume.ring.database_key())?)
     })
@@ -314,7 +309,7 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
             tracing::warn!("volume has no metadata checkpoint; starting from an empty root");
             remove_database(cache_dir, DATABASE_FILE)?;
             let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
-            db.put_inode(&Inode::root(0, 0, core_fs::now_ns()))?;
+            db.put_inode(&Inode::root(0, 0, now_ns()))?;
             Ok((db, true))
         }
     }
@@ -326,7 +321,7 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
 /// journal; the first sync takes note of it).
 async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, VolumeError> {
     let local = db.generation()?;
-    let Some(newest) = segments::newest_generation(volume.store.as_ref()).await? else {
+    let Some(newest) = live::newest_generation(volume.store.as_ref()).await? else {
         return Ok(true);
     };
     if newest <= local {
@@ -336,8 +331,8 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
         return Ok(false);
     }
     Ok(
-        match segments::read_segment(volume.store.as_ref(), &volume.ring, newest).await? {
-            Some(ops) => segments::journal_prefix(db, &ops)?.is_some(),
+        match segment::read(volume.store.as_ref(), &volume.ring, newest).await? {
+            Some(ops) => segment::journal_prefix(db, &ops)?.is_some(),
             None => false,
         },
     )
@@ -351,7 +346,7 @@ pub async fn load_newer(
     cache_dir: &Path,
     current: u64,
 ) -> Result<Option<(SqliteStore, PathBuf)>, VolumeError> {
-    if segments::newest_generation(volume.store.as_ref())
+    if live::newest_generation(volume.store.as_ref())
         .await?
         .is_none_or(|n| n <= current)
     {
@@ -359,7 +354,7 @@ pub async fn load_newer(
     }
     // Named after the state being left, so never the database in use.
     let file = format!("follow-{current}.db");
-    let loaded = segments::load_state(volume.store.as_ref(), &volume.ring, || {
+    let loaded = live::load_state(volume.store.as_ref(), &volume.ring, || {
         remove_database(cache_dir, &file)?;
         Ok::<_, VolumeError>(SqliteStore::open(&cache_dir.join(&file), volume.ring.database_key())?)
     })

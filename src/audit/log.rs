@@ -11,6 +11,7 @@ use super::record::Record;
 use super::segment::{self, FORMAT, GENESIS, LocalSegment, Mac, SegmentHeader};
 use crate::crypto::{self, SecretKey};
 use crate::keyring::Keyring;
+use crate::os::now_ns;
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -183,16 +184,6 @@ pub async fn retention_for(store: &dyn ObjectStore, requested: Option<Duration>)
     }
 }
 
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn now_ns() -> i64 {
-    crate::fs::now_ns()
-}
-
 impl AuditLog {
     /// Opens the audit log of a mount in `dir` (created 0700), uploading
     /// nothing yet: segments a crash left behind are closed and wait for
@@ -297,7 +288,7 @@ impl AuditLog {
             store,
             dir,
             writer_id,
-            host: host_name(),
+            host: crate::os::hostname(),
             settings,
             ids: Identities::default(),
             writer: Mutex::new(Writer::fresh()),

@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1_000_000_000));
         assert_eq!(parse_time("1970-01-02"), Ok(86_400_000_000_000));
         let day_ago = parse_time("24h").unwrap();
-        let now = crate::fs::now_ns();
+        let now = crate::os::now_ns();
         assert!((now - day_ago - 86_400_000_000_000).abs() < 5_000_000_000);
         assert!(parse_time("yesterday-ish").is_err());
         assert_eq!(rfc3339(1_500_000_000), "1970-01-01T00:00:01.500000000Z");

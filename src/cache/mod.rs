@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The store key of a data object.
@@ -192,12 +192,6 @@ pub struct BlockCache {
 
 const RATE_WINDOW: usize = 5;
 
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl BlockCache {
     /// Opens the cache in `dir` (created if needed), finding the blocks a
     /// previous daemon left: dirty ones are queued for upload again.
@@ -223,7 +217,10 @@ impl BlockCache {
                     blocks.dirty_bytes += meta.len();
                     blocks.queue.push_back(id);
                 } else {
-                    let used = meta.accessed().or_else(|_| meta.modified()).unwrap_or(UNIX_EPOCH);
+                    let used = meta
+                        .accessed()
+                        .or_else(|_| meta.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
                     clean.push((used, id, meta.len()));
                 }
             }
@@ -412,7 +409,7 @@ impl BlockCache {
 
     /// Bytes that may still be written before the disk reaches its floor.
     fn disk_room(&self) -> io::Result<u64> {
-        let (avail, total) = disk_space(&self.dir)?;
+        let (avail, total) = crate::os::disk_space(&self.dir)?;
         let floor = match self.config.min_free {
             MinFree::Bytes(b) => b,
             MinFree::Percent(p) => total / 100 * p as u64,
@@ -587,36 +584,6 @@ impl Pending {
 
 fn parse_id(name: &std::ffi::OsStr) -> Option<ObjectId> {
     hex::decode(name.to_str()?).ok()?.try_into().ok()
-}
-
-/// (available to unprivileged users, total) bytes of the filesystem at `dir`.
-fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a properly
-    // sized, writable statvfs that the call fills in.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let unit = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
-}
-
-/// Whether `dir` is on a filesystem that does not survive a reboot (tmpfs,
-/// ramfs): a write-back cache there loses what is not yet uploaded.
-pub fn is_volatile(dir: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: as in `disk_space`, for statfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let kind = st.f_type as i64;
-    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
 }
 
 /// Backoff before retry `attempt` (1-based): exponential from 100 ms to 30 s,

@@ -155,7 +155,7 @@ async fn writers_wait_while_dirty_data_is_above_its_limit() {
 async fn a_full_disk_refuses_new_blocks_and_keeps_the_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::default());
-    let (avail, _) = disk_space(dir.path()).unwrap();
+    let (avail, _) = crate::os::disk_space(dir.path()).unwrap();
     let mut cfg = config(1 << 40);
     cfg.min_free = MinFree::Bytes(avail + (1 << 30));
     let cache = BlockCache::open(dir.path(), cfg, store).unwrap();

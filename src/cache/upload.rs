@@ -3,7 +3,7 @@
 //! dropped because the store failed; it leaves the queue only when uploaded
 //! or when the metadata no longer references it.
 
-use super::{BlockCache, backoff, data_key, unix_now_ns};
+use super::{BlockCache, backoff, data_key};
 use crate::codec::ObjectId;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -80,7 +80,9 @@ impl BlockCache {
                     self.counters
                         .uploaded_bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    self.counters.last_upload.store(unix_now_ns(), Ordering::Relaxed);
+                    self.counters
+                        .last_upload
+                        .store(crate::os::now_ns() as u64, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {

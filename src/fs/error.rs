@@ -4,6 +4,7 @@
 //! logged here, once, with inode numbers but never names, and become EIO.
 
 use crate::codec::CodecError;
+use crate::journal::{StateError, SyncError};
 use crate::meta::MetaError;
 use crate::store::StoreError;
 
@@ -74,5 +75,23 @@ impl From<CodecError> for FsError {
     fn from(e: CodecError) -> Self {
         tracing::error!(error = %e, "object failed to open");
         FsError::EIO
+    }
+}
+
+impl From<StateError> for FsError {
+    fn from(e: StateError) -> Self {
+        tracing::error!(error = %e, "metadata state failure");
+        FsError::EIO
+    }
+}
+
+impl From<SyncError> for FsError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Fenced => FsError::EROFS,
+            SyncError::Store(e) => e.into(),
+            SyncError::Meta(e) => e.into(),
+            SyncError::State(e) => e.into(),
+        }
     }
 }

@@ -11,27 +11,26 @@ mod data;
 mod error;
 mod fetch;
 mod persist;
-pub mod segments;
 mod trail;
 mod xattr;
 
 pub use access::Caller;
 pub use error::{FsError, FsResult};
-pub use persist::{RestoreError, restore, snapshot_generations, snapshot_key, upload_snapshot};
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::cache::{BlockCache, CacheStatus};
 use crate::codec::ObjectId;
+use crate::journal::{SharedMeta, Writer, WriterOptions};
 use crate::keyring::Keyring;
 use crate::meta::{DirEntry, FileKind, Inode, MetadataStore, ROOT_INO};
+use crate::os::now_ns;
 use crate::store::ObjectStore;
 use data::{Handle, OpenFile};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use trail::subject;
 
 pub const NAME_MAX: usize = 255;
@@ -119,8 +118,7 @@ pub struct FsStats {
 /// Lock order: a file's write buffer (async), then the metadata store, then
 /// the open-file map; never the other way round.
 pub struct Core {
-    meta: Mutex<Box<dyn MetadataStore>>,
-    store: Arc<dyn ObjectStore>,
+    meta: SharedMeta,
     /// Sealed blocks on the cache disk and their write-back uploads.
     cache: Arc<BlockCache>,
     ring: Arc<Keyring>,
@@ -132,23 +130,9 @@ pub struct Core {
     audit: Option<Arc<AuditLog>>,
     /// Paths of directories, for audit records.
     dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
-    /// When each unreferenced block was first seen by a reclaim, for
-    /// `CoreOptions::reclaim_grace`.
-    garbage_seen: Mutex<HashMap<crate::codec::ObjectId, std::time::Instant>>,
     fetcher: Arc<fetch::Fetcher>,
-    /// Set by every metadata change; cleared when a snapshot is taken.
-    changed: AtomicBool,
-    /// Another writer took the volume over: read-only from now on.
-    fenced: AtomicBool,
-    sync_lock: tokio::sync::Mutex<()>,
-    /// When the next checkpoint is due (see `persist`).
-    checkpoints: Mutex<persist::Checkpoints>,
-}
-
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    /// Uploads the metadata changes (persistence layer).
+    journal: Writer,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -173,9 +157,20 @@ impl Core {
         let blocks = (options.read_cache_bytes / block_size as usize).max(4);
         let fetcher = Arc::new(fetch::Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks));
         meta.set_journaling(!options.read_only);
+        let meta: SharedMeta = Arc::new(Mutex::new(meta));
+        let journal = Writer::new(
+            meta.clone(),
+            store.clone(),
+            cache.clone(),
+            ring.clone(),
+            WriterOptions {
+                read_only: options.read_only,
+                checkpoint_interval: options.checkpoint_interval,
+                reclaim_grace: options.reclaim_grace,
+            },
+        );
         Core {
-            meta: Mutex::new(meta),
-            store,
+            meta,
             cache,
             ring,
             block_size: block_size as u64,
@@ -188,11 +183,7 @@ impl Core {
             )),
             next_fh: AtomicU64::new(1),
             fetcher,
-            changed: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
-            sync_lock: tokio::sync::Mutex::new(()),
-            garbage_seen: Mutex::new(HashMap::new()),
-            checkpoints: Mutex::new(persist::Checkpoints::default()),
+            journal,
         }
     }
 
@@ -228,7 +219,7 @@ impl Core {
             return Err(FsError::EROFS);
         }
         let v = crate::meta::in_transaction(self.meta().as_mut(), f)?;
-        self.changed.store(true, Ordering::SeqCst);
+        self.journal.mark_changed();
         Ok(v)
     }
 
@@ -835,32 +826,8 @@ impl Core {
         self.files().contains_key(&ino)
     }
 
-    /// Stops writing for good: another host took the volume over (its
-    /// metadata generation got there first). Nothing more is uploaded;
-    /// changes not yet in the store stay in the cache directory until its
-    /// next mount, which rebuilds the metadata from the store.
-    pub fn fence(&self, why: &str) {
-        if !self.fenced.swap(true, Ordering::SeqCst) {
-            self.cache.pause();
-            // The next mount of this cache directory must rebuild from the
-            // store, not upload this diverged state over the new writer's.
-            if let Err(e) = self.meta().set_generation(0) {
-                tracing::error!(error = %e, "cannot mark the local metadata as superseded");
-            }
-            tracing::error!(
-                reason = why,
-                "FENCED: another writer has taken this volume over; the mount is now read-only and \
-                 unuploaded changes stay in the cache directory"
-            );
-        }
-    }
-
-    pub fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::SeqCst)
-    }
-
     pub fn is_read_only(&self) -> bool {
-        self.options.read_only || self.fenced.load(Ordering::SeqCst)
+        self.options.read_only || self.is_fenced()
     }
 }
 
@@ -928,11 +895,6 @@ impl Core {
             // They stay on the garbage list; reclaim deletes nothing there.
             tracing::warn!(error = %e, "cannot forget blocks that never reached the store");
         }
-    }
-
-    /// Marks the state as differing from the newest snapshot in the store.
-    pub fn mark_changed(&self) {
-        self.changed.store(true, Ordering::SeqCst);
     }
 
     /// What `s3vault status` shows of the filesystem.

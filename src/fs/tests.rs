@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::crypto::SecretKey;
+use crate::journal::{checkpoint, segment};
 use crate::meta::SqliteStore;
 use crate::store::{FaultyStore, MemoryStore};
 use rand::rngs::StdRng;
@@ -86,8 +87,8 @@ impl Fixture {
 
     /// The live state in the store.
     async fn load(&self) -> SqliteStore {
-        segments::load_state(self.store.as_ref(), &self.ring, || {
-            Ok::<_, RestoreError>(SqliteStore::in_memory()?)
+        crate::journal::live::load_state(self.store.as_ref(), &self.ring, || {
+            Ok::<_, crate::journal::StateError>(SqliteStore::in_memory()?)
         })
         .await
         .unwrap()
@@ -651,7 +652,7 @@ async fn a_writer_left_two_generations_behind_is_fenced_too() {
 
 #[tokio::test]
 async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
-    use crate::snapshots::{self, SnapshotError};
+    use crate::journal::snapshots::{self, SnapshotError};
     let fx = Fixture::new();
     let core = fx.core();
     let (store, ring) = (fx.store.as_ref(), fx.ring.as_ref());
@@ -747,7 +748,7 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     fx.store
         .overwrite("data/not-an-id", bytes::Bytes::from_static(b"stray too"));
     // A segment the checkpoint superseded, left by a clean-up cut short.
-    let superseded = segments::segment_key(core.generation().unwrap() - 1);
+    let superseded = segment::key(core.generation().unwrap() - 1);
     fx.store.overwrite(&superseded, bytes::Bytes::from_static(b"old"));
 
     // A just-written stray may be an upload in progress: left alone.
@@ -770,12 +771,7 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     );
     assert_eq!(fx.data_objects().await.len(), 2);
     assert!(fx.store.get(&superseded).await.is_err());
-    assert!(
-        fx.store
-            .get(&segments::segment_key(core.generation().unwrap()))
-            .await
-            .is_ok()
-    );
+    assert!(fx.store.get(&segment::key(core.generation().unwrap())).await.is_ok());
 }
 
 #[tokio::test]
@@ -808,7 +804,7 @@ async fn a_follower_reads_its_state_until_it_catches_up() {
 
 #[tokio::test]
 async fn the_journal_replayed_on_the_starting_state_gives_the_same_state() {
-    use crate::meta::journal::{apply, decode_ops};
+    use crate::meta::ops::{apply, decode_ops};
     let fx = Fixture::new();
     let mut journaled = fx.root_meta();
     journaled.set_journaling(true);
@@ -883,19 +879,16 @@ async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
         .unwrap();
     core.sync().await.unwrap();
     assert_eq!(core.generation().unwrap(), checkpoint + 2);
-    assert_eq!(snapshot_generations(fx.store.as_ref()).await.unwrap(), [checkpoint]);
+    assert_eq!(checkpoint::generations(fx.store.as_ref()).await.unwrap(), [checkpoint]);
     let expected = state_lines(core.meta().as_ref());
     // After a gap, segments do not count.
     let mut op = Vec::new();
-    crate::meta::journal::encode_op(&mut op, &crate::meta::journal::JournalOp::DeleteInode(ROOT_INO));
-    let stray = segments::seal_segment(&fx.ring, checkpoint + 4, &op);
-    fx.store
-        .put_new(&segments::segment_key(checkpoint + 4), stray)
-        .await
-        .unwrap();
+    crate::meta::ops::encode_op(&mut op, &crate::meta::ops::JournalOp::DeleteInode(ROOT_INO));
+    let stray = segment::seal(&fx.ring, checkpoint + 4, &op);
+    fx.store.put_new(&segment::key(checkpoint + 4), stray).await.unwrap();
 
-    let loaded = segments::load_state(fx.store.as_ref(), &fx.ring, || {
-        Ok::<_, RestoreError>(SqliteStore::in_memory()?)
+    let loaded = crate::journal::live::load_state(fx.store.as_ref(), &fx.ring, || {
+        Ok::<_, crate::journal::StateError>(SqliteStore::in_memory()?)
     })
     .await
     .unwrap()
@@ -904,7 +897,7 @@ async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
     assert_eq!(state_lines(&loaded.meta), expected);
     // A follower at the checkpoint gets there by applying the segments.
     let mut at_checkpoint = SqliteStore::in_memory().unwrap();
-    restore(fx.store.as_ref(), &fx.ring, &mut at_checkpoint, checkpoint)
+    checkpoint::load(fx.store.as_ref(), &fx.ring, &mut at_checkpoint, checkpoint)
         .await
         .unwrap();
     let read_only = CoreOptions {
@@ -912,7 +905,7 @@ async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
         ..CoreOptions::default()
     };
     let follower = fx.core_with_options(at_checkpoint, read_only);
-    let fetched = segments::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint)
+    let fetched = segment::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint)
         .await
         .unwrap();
     follower.follow(fetched).unwrap();
@@ -930,11 +923,8 @@ async fn upload_journal_as(fx: &Fixture, core: &Core, generation: u64) {
         .into_iter()
         .flat_map(|(_, op)| op)
         .collect();
-    let sealed = segments::seal_segment(&fx.ring, generation, &ops);
-    fx.store
-        .put_new(&segments::segment_key(generation), sealed)
-        .await
-        .unwrap();
+    let sealed = segment::seal(&fx.ring, generation, &ops);
+    fx.store.put_new(&segment::key(generation), sealed).await.unwrap();
 }
 
 #[tokio::test]
@@ -986,14 +976,11 @@ async fn unused_blocks_and_segments_go_only_after_a_checkpoint() {
     core.sync().await.unwrap();
     // The checkpoint still references the first block: it stays.
     assert_eq!(fx.data_objects().await.len(), 2);
-    assert_eq!(segments::segment_numbers(fx.store.as_ref()).await.unwrap().len(), 3);
-    core.final_sync(std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(segment::numbers(fx.store.as_ref()).await.unwrap().len(), 3);
+    core.final_sync().await.unwrap();
     let generation = core.generation().unwrap();
-    assert_eq!(snapshot_generations(fx.store.as_ref()).await.unwrap(), [generation]);
-    assert_eq!(
-        segments::segment_numbers(fx.store.as_ref()).await.unwrap(),
-        [generation]
-    );
+    assert_eq!(checkpoint::generations(fx.store.as_ref()).await.unwrap(), [generation]);
+    assert_eq!(segment::numbers(fx.store.as_ref()).await.unwrap(), [generation]);
     let left = fx.data_objects().await;
     assert_eq!(left.len(), 1);
     assert!(!left.contains(&first[0]));
@@ -1010,10 +997,10 @@ async fn deleting_a_snapshot_keeps_blocks_only_the_journal_references() {
     core.sync().await.unwrap();
     write_file(&core, b"new", b"only in a segment").await;
     core.sync().await.unwrap();
-    crate::snapshots::create(fx.store.as_ref(), &fx.ring, "s")
+    crate::journal::snapshots::create(fx.store.as_ref(), &fx.ring, "s")
         .await
         .unwrap();
-    crate::snapshots::delete(fx.store.as_ref(), &fx.ring, "s")
+    crate::journal::snapshots::delete(fx.store.as_ref(), &fx.ring, "s")
         .await
         .unwrap();
     assert_eq!(fx.data_objects().await.len(), 2);
@@ -1030,12 +1017,12 @@ async fn a_long_journal_goes_up_in_bounded_segments() {
     let start = core.generation().unwrap();
     // Each mkdir journals four operations (the next inode number, the new
     // inode, its entry, the parent's times): more than one segment's worth.
-    let dirs = persist::SEGMENT_OPS / 4 + 100;
+    let dirs = crate::journal::SEGMENT_OPS / 4 + 100;
     for i in 0..dirs {
         core.mkdir(&root(), ROOT_INO, format!("d{i}").as_bytes(), 0o755)
             .unwrap();
     }
-    assert!(core.meta().journal_after(0, usize::MAX).unwrap().len() > persist::SEGMENT_OPS);
+    assert!(core.meta().journal_after(0, usize::MAX).unwrap().len() > crate::journal::SEGMENT_OPS);
     core.sync().await.unwrap();
     assert_eq!(core.generation().unwrap(), start + 2);
     assert!(core.meta().journal_after(0, 1).unwrap().is_empty());

@@ -5,12 +5,12 @@
 //! operations run between [`MetadataStore::begin`] and
 //! [`MetadataStore::commit`], so a crash never leaves half a rename.
 
-pub mod journal;
-mod snapshot;
+pub mod ops;
 mod sqlite;
+mod state;
 
-pub use snapshot::{decode_snapshot, encode_snapshot};
 pub use sqlite::SqliteStore;
+pub use state::{decode_state, encode_state};
 
 use crate::codec::ObjectId;
 

@@ -4,7 +4,7 @@
 //! volume master key, so names, sizes and block maps never reach the disk in
 //! the clear, while queries and indexes work as in plain SQLite.
 
-use super::journal::{JournalOp, encode_op};
+use super::ops::{JournalOp, encode_op};
 use super::{BlockRef, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
 use crate::codec::ObjectId;
 use crate::crypto::SecretKey;

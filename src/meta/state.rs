@@ -1,5 +1,6 @@
-//! Snapshot encoding: a full metadata state as a flat byte stream of records.
-//! Layout: FORMAT.md, "Metadata snapshot".
+//! State encoding: a full metadata state as a flat byte stream of records,
+//! the body of a checkpoint and of a named snapshot.
+//! Layout: FORMAT.md, "Metadata state".
 
 use super::{BlockRef, FileKind, Inode, MetaError, Record, Result};
 
@@ -11,7 +12,7 @@ const TAG_BLOCK: u8 = 4;
 const TAG_NEXT_INO: u8 = 5;
 const TAG_XATTR: u8 = 6;
 
-pub fn encode_snapshot(export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>) -> Result<Vec<u8>> {
+pub fn encode_state(export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>) -> Result<Vec<u8>> {
     let mut out = vec![VERSION];
     export(&mut |record| encode_record(&mut out, &record))?;
     Ok(out)
@@ -67,7 +68,7 @@ pub(super) fn encode_record(out: &mut Vec<u8>, record: &Record) {
     }
 }
 
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<Record>> {
+pub fn decode_state(bytes: &[u8]) -> Result<Vec<Record>> {
     let mut r = Cursor(bytes);
     if r.u8()? != VERSION {
         return Err(corrupt("unknown snapshot version"));
@@ -226,18 +227,18 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let records = sample();
-        let bytes = encode_snapshot(|sink| {
+        let bytes = encode_state(|sink| {
             records.iter().cloned().for_each(sink);
             Ok(())
         })
         .unwrap();
-        assert_eq!(decode_snapshot(&bytes).unwrap(), records);
+        assert_eq!(decode_state(&bytes).unwrap(), records);
     }
 
     #[test]
     fn truncated_snapshot_is_an_error() {
         let records = sample();
-        let bytes = encode_snapshot(|sink| {
+        let bytes = encode_state(|sink| {
             records.iter().cloned().for_each(sink);
             Ok(())
         })
@@ -257,7 +258,7 @@ mod tests {
         };
         for cut in 0..bytes.len() {
             if !boundaries.contains(&cut) {
-                assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+                assert!(decode_state(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }
     }

@@ -4,7 +4,7 @@
 //! PUT on its tag (`If-Match`): a holder whose heartbeat finds the tag
 //! changed has been taken over (`--force-takeover`) and must stop writing.
 //! The lease is the polite half of single-writer safety; the create-only
-//! metadata generations (`fs/persist.rs`) are the half that cannot be raced.
+//! metadata generations (`journal::writer`) are the half that cannot be raced.
 
 use crate::codec;
 use crate::keyring::Keyring;
@@ -65,19 +65,7 @@ pub struct Lease {
     taken_from: Option<Holder>,
 }
 
-fn now_ns() -> i64 {
-    crate::fs::now_ns()
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return "unknown host".to_string();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+use crate::os::{hostname, now_ns};
 
 fn seal(ring: &Keyring, holder: &Holder) -> Bytes {
     let json = serde_json::to_vec(holder).unwrap_or_default();

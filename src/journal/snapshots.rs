@@ -17,11 +17,11 @@
 //! does not show names, and a second snapshot of the same name is refused by
 //! the store itself (`If-None-Match: *`).
 
+use super::live::live_state;
+use super::{StateError, checkpoint};
 use crate::codec::{self, ObjectId};
-use crate::fs::segments::live_state;
-use crate::fs::{snapshot_generations, snapshot_key};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_snapshot, encode_snapshot};
+use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_state, encode_state};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -53,7 +53,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    State(#[from] crate::fs::RestoreError),
+    State(#[from] StateError),
 }
 
 /// What `list` shows of a snapshot.
@@ -141,7 +141,7 @@ fn decode(key: &str, plain: &[u8]) -> Result<Snapshot, SnapshotError> {
         inodes: field(2),
         bytes: field(3),
     };
-    let records = decode_snapshot(&rest[name_len + 32..])?;
+    let records = decode_state(&rest[name_len + 32..])?;
     Ok(Snapshot { info, records })
 }
 
@@ -176,13 +176,13 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
             return Err(SnapshotError::NoState);
         };
         let (inodes, bytes) = summarize(&live.records);
-        let state = encode_snapshot(|sink| {
+        let state = encode_state(|sink| {
             live.records.iter().cloned().for_each(sink);
             Ok(())
         })?;
         let info = SnapshotInfo {
             name: name.to_string(),
-            created_ns: crate::fs::now_ns(),
+            created_ns: crate::os::now_ns(),
             generation: live.generation,
             inodes,
             bytes,
@@ -200,7 +200,7 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
             }
             stored = true;
         }
-        if snapshot_generations(store).await?.contains(&live.checkpoint) {
+        if checkpoint::generations(store).await?.contains(&live.checkpoint) {
             return Ok(info);
         }
     }
@@ -258,15 +258,15 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
     }
     // States first, snapshots second: a snapshot being created from a state
     // that is gone by now was stored before that state went (module comment).
-    for generation in snapshot_generations(store).await? {
-        let key = snapshot_key(generation);
+    for generation in checkpoint::generations(store).await? {
+        let key = checkpoint::key(generation);
         let sealed = match store.get(&key).await {
             Ok(sealed) => sealed,
             Err(StoreError::NotFound) => continue,
             Err(e) => return Err(e.into()),
         };
         let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| SnapshotError::Integrity(key.clone(), e))?;
-        for record in decode_snapshot(&plain)? {
+        for record in decode_state(&plain)? {
             if let Record::Block { block, .. } = record {
                 candidates.remove(&block.object_id);
             }

@@ -4,11 +4,11 @@
 //! `SqliteStore` records the operations of each mutation in its `journal`
 //! table inside the same transaction (so a crash loses none that committed);
 //! the persistence layer seals runs of them into journal segments, and a
-//! reader replays them with [`apply`]. Additions reuse the snapshot records
+//! reader replays them with [`apply`]. Additions reuse the state records
 //! (an inode, an entry, a block, ...); removals have their own tags.
 //! Layout: FORMAT.md, "Journal segments".
 
-use super::snapshot::{Cursor, decode_record, encode_record};
+use super::state::{Cursor, decode_record, encode_record};
 use super::{MetaError, MetadataStore, Record, Result};
 
 const TAG_DELETE_INODE: u8 = 16;

@@ -1,0 +1,98 @@
+//! The live state: the newest checkpoint plus the segments after it,
+//! applied in order up to the first missing number. The writer deletes
+//! segments and older checkpoints after each checkpoint, so a reader that
+//! meets a gap checks whether a newer checkpoint appeared meanwhile and
+//! starts again from it.
+
+use super::{StateError, checkpoint, segment};
+use crate::keyring::Keyring;
+use crate::meta::{MetaError, MetadataStore, Record, SqliteStore};
+use crate::store::{ObjectStore, StoreError};
+
+/// Attempts when the writer deletes what is being read.
+const ATTEMPTS: usize = 10;
+
+/// The generation of the live state: the newest checkpoint's plus the
+/// consecutive segments after it (from listings only).
+pub async fn newest_generation(store: &dyn ObjectStore) -> Result<Option<u64>, StoreError> {
+    let Some(checkpoint) = checkpoint::newest(store).await? else {
+        return Ok(None);
+    };
+    let segments = segment::numbers(store).await?;
+    let mut generation = checkpoint;
+    while segments.binary_search(&(generation + 1)).is_ok() {
+        generation += 1;
+    }
+    Ok(Some(generation))
+}
+
+/// A live state loaded from the store.
+pub struct Loaded<M> {
+    pub meta: M,
+    /// The checkpoint it was built on.
+    pub checkpoint: u64,
+    pub generation: u64,
+}
+
+/// Loads the live state into a store `fresh` makes (empty each time it is
+/// called; called again when the writer moves on while we read); `None`
+/// when the volume has no checkpoint.
+pub async fn load_state<M, E>(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    mut fresh: impl FnMut() -> Result<M, E>,
+) -> Result<Option<Loaded<M>>, E>
+where
+    M: MetadataStore,
+    E: From<StateError> + From<StoreError> + From<MetaError>,
+{
+    for attempt in 1.. {
+        let retry = attempt < ATTEMPTS;
+        let Some(checkpoint) = checkpoint::newest(store).await? else {
+            return Ok(None);
+        };
+        let mut meta = fresh()?;
+        match checkpoint::load(store, ring, &mut meta, checkpoint).await {
+            // Superseded by a newer checkpoint and deleted meanwhile.
+            Err(StateError::Store(StoreError::NotFound)) if retry => continue,
+            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+        }
+        let segments = segment::fetch_after(store, ring, checkpoint).await?;
+        let generation = segments.last().map_or(checkpoint, |(n, _)| *n);
+        // A gap the writer made by checkpointing and deleting the segments
+        // we were about to read: the newer checkpoint is listed by now.
+        if retry && checkpoint::newest(store).await?.is_some_and(|c| c > generation) {
+            continue;
+        }
+        segment::apply_all(&mut meta, segments)?;
+        return Ok(Some(Loaded {
+            meta,
+            checkpoint,
+            generation,
+        }));
+    }
+    unreachable!("the loop returns at its last attempt")
+}
+
+/// The live state as records (for copying it into a snapshot or checking
+/// it), with its generation and the checkpoint it was built on.
+pub struct LiveState {
+    pub checkpoint: u64,
+    pub generation: u64,
+    pub records: Vec<Record>,
+}
+
+/// Loads the live state in memory; `None` when the volume has no checkpoint.
+pub async fn live_state(store: &dyn ObjectStore, ring: &Keyring) -> Result<Option<LiveState>, StateError> {
+    let Some(loaded) = load_state(store, ring, || Ok::<_, StateError>(SqliteStore::in_memory()?)).await? else {
+        return Ok(None);
+    };
+    let mut records = Vec::new();
+    loaded.meta.export(&mut |r| records.push(r))?;
+    Ok(Some(LiveState {
+        checkpoint: loaded.checkpoint,
+        generation: loaded.generation,
+        records,
+    }))
+}

@@ -1,0 +1,46 @@
+//! The volume's metadata in the object store: how a metadata state becomes
+//! objects, and objects a state again.
+//!
+//! Objects this layer owns (layouts in FORMAT.md):
+//!
+//! - `meta/<generation>.snap` — a **checkpoint**: the full state of one
+//!   generation (`checkpoint`);
+//! - `journal/<generation>` — a **segment**: the operations taking the
+//!   state from one generation to the next, created only if absent, so a
+//!   generation has one owner (`segment`);
+//! - `snapshots/<id>` — a user's **named snapshot**, a copy of one state
+//!   (`snapshots`);
+//! - `lease` — the read-write mount that holds the volume (`lease`).
+//!
+//! The **live state** is the newest checkpoint plus the segments after it,
+//! up to the first missing number (`live`). The writing mount uploads
+//! segments and checkpoints, decides whether a taken name is its own or
+//! another writer's, and reclaims what a checkpoint no longer references
+//! (`writer`). The filesystem core holds a [`Writer`]; the offline tools
+//! (fsck, gc, snapshots, restore) use the free functions. Nothing here
+//! knows about files or FUSE: it moves metadata states, sealed, between a
+//! `MetadataStore` and an `ObjectStore`.
+
+pub mod checkpoint;
+pub mod lease;
+pub mod live;
+pub mod segment;
+pub mod snapshots;
+mod writer;
+
+pub use writer::{FINAL_SYNC_LIMIT, SEGMENT_OPS, SharedMeta, SyncError, Writer, WriterOptions};
+
+use crate::codec::CodecError;
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+/// A metadata state could not be read from or written to the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("metadata {0} failed its integrity check: {1}")]
+    Integrity(String, CodecError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}

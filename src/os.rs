@@ -1,0 +1,81 @@
+//! Small operating-system helpers: the clock, the host name, user ids,
+//! file-system space. A leaf: it imports nothing else of the crate, and
+//! every other module takes these from here rather than calling libc.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
+    since_epoch().as_nanos() as i64
+}
+
+/// Whole seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    since_epoch().as_secs()
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// This machine's host name, as audit records and the lease show it.
+pub fn hostname() -> String {
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "unknown host".to_string()
+    } else {
+        name
+    }
+}
+
+/// The real user and group ids of this process.
+pub fn real_ids() -> (u32, u32) {
+    (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw())
+}
+
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// (available to unprivileged users, total) bytes of the filesystem at `dir`.
+pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+}
+
+/// Whether `dir` is on a filesystem that does not survive a reboot (tmpfs,
+/// ramfs).
+pub fn is_volatile(dir: &Path) -> io::Result<bool> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let kind = rustix::fs::statfs(dir)?.f_type as i64;
+    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_is_after_this_code_was_written() {
+        // 2026-01-01T00:00:00Z
+        assert!(now_secs() > 1_767_225_600);
+        assert!(now_ns() / 1_000_000_000 >= now_secs() as i64 - 1);
+    }
+
+    #[test]
+    fn hostname_matches_the_kernel() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(hostname(), kernel.trim());
+    }
+
+    #[test]
+    fn disk_space_is_within_total() {
+        let (free, total) = disk_space(Path::new("/")).unwrap();
+        assert!(total > 0 && free <= total);
+        assert!(!is_volatile(Path::new("/proc")).unwrap());
+    }
+}
