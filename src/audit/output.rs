@@ -2,7 +2,6 @@
 //! spreadsheets, JSON Lines for tools. Times are UTC, RFC 3339.
 
 use super::query::{Listed, UserSummary};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -24,31 +23,7 @@ impl std::str::FromStr for Format {
     }
 }
 
-pub fn rfc3339(ns: i64) -> String {
-    let t = if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    };
-    humantime::format_rfc3339_nanos(t).to_string()
-}
-
-/// A point in time from RFC 3339 ("2026-11-01T00:00:00Z", or a date) or
-/// relative to now ("24h", "30d", "90min"), as ns since the epoch.
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    let at = if let Ok(age) = humantime::parse_duration(s) {
-        SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)
-    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        t
-    } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
-        t
-    } else {
-        return Err(format!(
-            "{s:?} is neither a time like 2026-11-01T08:00:00Z nor an age like 24h or 30d"
-        ));
-    };
-    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64))
-}
+pub use crate::units::{parse_time, rfc3339};
 
 const COLUMNS: [&str; 14] = [
     "time", "host", "event", "result", "uid", "user", "pid", "process", "exe", "path", "new_path", "flags", "bytes",

@@ -48,33 +48,9 @@ impl std::str::FromStr for MinFree {
                 Ok(p) if p < 100 => Ok(MinFree::Percent(p)),
                 _ => Err(format!("{s:?}: a free-space floor in percent is 0% to 99%")),
             },
-            None => parse_bytes(s).map(MinFree::Bytes),
+            None => crate::units::parse_size(s).map(MinFree::Bytes),
         }
     }
-}
-
-/// Parses a byte count: `65536`, `512K`, `64M`, `10G`, `1T` (powers of 1024;
-/// `KiB`, `MB` and the like are accepted as the same).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 512M, 10G or 1048576"))?;
-    let shift = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches('B')
-        .trim_end_matches('I')
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
-    };
-    n.checked_mul(1 << shift).ok_or(format!("{s:?} is too large"))
 }
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,187 @@
+//! `s3vault keygen`, `init`, `info` and `key list|add|remove`: creating a
+//! volume and managing what unlocks it.
+
+use super::{
+    Exit, KeyArgs, S3Args, block_on, init_command_logging, init_logging, location, log_filter, read_unlock,
+    runtime_err, usage, volume_exit,
+};
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use s3vault::audit;
+use s3vault::superblock::{self, DEFAULT_ARGON2};
+use s3vault::{admin, keyfile, volume};
+use std::io::IsTerminal;
+use std::path::Path;
+
+#[derive(Args)]
+pub struct InitArgs {
+    url: String,
+    /// Block size: 64K..16M, a power of two.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_block_size)]
+    block_size: u32,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List the key slots (needs a key that unlocks the volume).
+    List {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Add a slot for a new key file or passphrase.
+    Add {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+        /// Key file the new slot opens with (write one with `s3vault keygen`).
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present_any = ["new_passphrase_file", "new_kms_key_id"],
+            conflicts_with_all = ["new_passphrase_file", "new_kms_key_id"]
+        )]
+        new_key_file: Option<std::path::PathBuf>,
+        /// File whose first line is the new slot's passphrase.
+        #[arg(long, value_name = "PATH", conflicts_with = "new_kms_key_id")]
+        new_passphrase_file: Option<std::path::PathBuf>,
+        /// AWS KMS key (id, ARN or alias) to wrap the volume key with (needs kms:Encrypt).
+        #[arg(long, value_name = "ARN")]
+        new_kms_key_id: Option<String>,
+    },
+    /// Remove a slot (by number or id from `key list`); unlock with another slot.
+    Remove {
+        url: String,
+        slot: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let size = s3vault::units::parse_size(s)?;
+    let size = u32::try_from(size).map_err(|_| format!("{s:?} is too large"))?;
+    superblock::check_block_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+pub fn keygen(path: &Path) -> Result<(), Exit> {
+    keyfile::write_new_key_file(path).map_err(usage)?;
+    println!(
+        "wrote a new key to {} (mode 0600); keep a copy somewhere safe: without it the volume cannot be read",
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn init(args: InitArgs) -> Result<(), Exit> {
+    let InitArgs {
+        url,
+        block_size,
+        key,
+        s3,
+    } = args;
+    let location = location(&url)?;
+    if key.kms {
+        return Err(usage(anyhow!(
+            "init needs a key file or a passphrase; add a KMS slot afterwards with `s3vault key add --new-kms-key-id`"
+        )));
+    }
+    let unlock = read_unlock(&key, true)?;
+    init_logging(log_filter("info")?, std::io::stderr().is_terminal());
+    let s3 = s3.options()?;
+    let id = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        volume::init(
+            store,
+            &url,
+            block_size,
+            &unlock,
+            DEFAULT_ARGON2,
+            s3vault::os::real_ids(),
+        )
+        .await
+    })?
+    .map_err(volume_exit)?;
+    println!("created volume {} at {url} (block size {block_size})", hex::encode(id));
+    Ok(())
+}
+
+pub fn info(url: &str, s3: &S3Args) -> Result<(), Exit> {
+    let location = location(url)?;
+    init_command_logging()?;
+    let s3 = s3.options()?;
+    let text = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        admin::info(store, url).await
+    })?
+    .map_err(volume_exit)?;
+    print!("{text}");
+    Ok(())
+}
+
+pub fn run(action: KeyCommand) -> Result<(), Exit> {
+    let (KeyCommand::List { url, key, s3 }
+    | KeyCommand::Add { url, key, s3, .. }
+    | KeyCommand::Remove { url, key, s3, .. }) = &action;
+    let location = location(url)?;
+    let unlock = read_unlock(key, false)?;
+    let new = match &action {
+        KeyCommand::Add {
+            new_key_file,
+            new_passphrase_file,
+            new_kms_key_id,
+            ..
+        } => Some(
+            admin::new_slot(
+                new_key_file.as_deref(),
+                new_passphrase_file.as_deref(),
+                new_kms_key_id.as_deref(),
+            )
+            .map_err(usage)?,
+        ),
+        _ => None,
+    };
+    init_command_logging()?;
+    let url = url.clone();
+    let s3 = s3.options()?;
+    let (message, recorded) = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        let volume = volume::unlock(store.clone(), &url, &unlock, &s3).await?;
+        let (message, change) = match (&action, &new) {
+            (KeyCommand::List { .. }, _) => (admin::describe_slots(&volume.superblock), None),
+            (KeyCommand::Add { .. }, Some(new)) => {
+                let id = admin::add_slot(store.clone(), &url, &unlock, &s3, new, DEFAULT_ARGON2).await?;
+                (format!("added key slot {id}\n"), Some((audit::Event::KeyAdd, id)))
+            }
+            (KeyCommand::Remove { slot, .. }, _) => {
+                admin::remove_slot(store.clone(), &url, &unlock, &s3, slot).await?;
+                (
+                    format!("removed key slot {slot}\n"),
+                    Some((audit::Event::KeyRemove, slot.clone())),
+                )
+            }
+            (KeyCommand::Add { .. }, None) => unreachable!("add always has a new slot"),
+        };
+        let recorded = match change {
+            Some((event, slot)) => {
+                super::audit::record_cli_event(volume.ring.clone(), store, event, format!("slot={slot}")).await
+            }
+            None => Ok(()),
+        };
+        Ok::<_, volume::VolumeError>((message, recorded))
+    })?
+    .map_err(volume_exit)?;
+    print!("{message}");
+    recorded.map_err(|e| runtime_err(anyhow!("the change is made, but its audit record is not stored: {e}")))
+}
