@@ -1,10 +1,11 @@
-//! The local block cache: sealed data blocks on the cache disk, and the
-//! write-back queue that uploads them.
+//! The local block cache: sealed data blocks on the cache disk, the
+//! write-back queue that uploads them and the fetcher that reads them.
 //!
 //! A block enters the cache sealed — the cache disk never holds plaintext —
 //! either *dirty* (written here, not yet in the store: `dirty/<id>`) or
 //! *clean* (a copy of an object in the store: `clean/<id>`). Dirty blocks are
-//! uploaded in the background (`upload.rs`) and then become clean; only clean
+//! uploaded in the background (`upload.rs`) and then become clean; reads
+//! fetch blocks into it (`fetch.rs`, with a plaintext LRU above); only clean
 //! blocks are evicted, least recently used first, to keep the cache under
 //! its size limit and the disk above its free-space floor. Because dirty
 //! blocks are files, a daemon killed with blocks pending finds them again at
@@ -13,7 +14,10 @@
 //! Object ids are random and never reused, so a cached block never goes
 //! stale: there is nothing to invalidate.
 
+mod fetch;
 mod upload;
+
+pub use fetch::{FetchError, Fetcher, Wanted};
 
 use crate::codec::ObjectId;
 use crate::store::ObjectStore;

@@ -8,11 +8,11 @@
 //! `persist.rs` uploads a metadata state only after every block it
 //! references is in the store (invariant 3).
 
-use super::fetch::Wanted;
 use super::trail::subject;
 use super::{Caller, Core, FsError, FsResult, Inode, purge};
 use crate::audit::{Event, Record, Subject};
 use crate::cache::CacheError;
+use crate::cache::Wanted;
 use crate::codec::{self, BlockAddress};
 use crate::meta::{BlockRef, FileKind};
 use std::collections::BTreeMap;
@@ -563,7 +563,7 @@ impl Core {
         let Some((_, block)) = self.meta().blocks(ino, index, index)?.into_iter().next() else {
             return Ok(None);
         };
-        self.fetcher.get(Wanted { ino, index, block }).await.map(Some)
+        Ok(Some(self.fetcher.get(Wanted { ino, index, block }).await?))
     }
 
     /// Stages buffered blocks in the cache (all of them, or only whole ones

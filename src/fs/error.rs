@@ -3,6 +3,7 @@
 //! Failures below the core (metadata database, object store, integrity) are
 //! logged here, once, with inode numbers but never names, and become EIO.
 
+use crate::cache::FetchError;
 use crate::codec::CodecError;
 use crate::journal::{StateError, SyncError};
 use crate::meta::MetaError;
@@ -93,5 +94,12 @@ impl From<SyncError> for FsError {
             SyncError::Meta(e) => e.into(),
             SyncError::State(e) => e.into(),
         }
+    }
+}
+
+impl From<FetchError> for FsError {
+    fn from(_: FetchError) -> Self {
+        // Logged where it happened, with the block's inode and index.
+        FsError::EIO
     }
 }

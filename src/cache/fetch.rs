@@ -1,22 +1,34 @@
 //! Reading stored blocks: plaintext in memory (LRU), sealed on the cache
 //! disk, or fetched from the store — each block fetched once however many
-//! readers want it, and fetched ahead for sequential readers.
+//! readers want it, and fetched ahead for sequential readers. The other
+//! direction, uploads, is `upload.rs`: this module and that one are the
+//! only ones that move sealed blocks between the cache and the store.
 
-use crate::cache::{BlockCache, data_key};
-use crate::codec::{self, BlockAddress, ObjectId};
+use super::{BlockCache, data_key};
+use crate::codec::{self, BlockAddress, CodecError, ObjectId};
 use crate::keyring::Keyring;
 use crate::meta::BlockRef;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FsError, FsResult};
+/// Why a stored block could not be read (already logged, with the block's
+/// inode number and index, where it happened).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot fetch data block: {0}")]
+    Store(StoreError),
+    #[error("data block failed its integrity check: {0}")]
+    Integrity(CodecError),
+    #[error("data block has the wrong length")]
+    Length,
+}
 
 /// A stored block to read: where it lives and what it should hold.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Wanted {
+pub struct Wanted {
     pub ino: u64,
     pub index: u64,
     pub block: BlockRef,
@@ -24,7 +36,7 @@ pub(super) struct Wanted {
 
 type Plain = Arc<Vec<u8>>;
 
-pub(super) struct Fetcher {
+pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
     cache: Arc<BlockCache>,
     ring: Arc<Keyring>,
@@ -56,7 +68,7 @@ impl Fetcher {
     }
 
     /// The plaintext of a stored block.
-    pub async fn get(&self, wanted: Wanted) -> FsResult<Plain> {
+    pub async fn get(&self, wanted: Wanted) -> Result<Plain, FetchError> {
         let id = wanted.block.object_id;
         if let Some(hit) = self.memory().get(&id) {
             self.cache.count_hit();
@@ -98,13 +110,13 @@ impl Fetcher {
     }
 
     /// From the cache disk or the store, opened and checked.
-    async fn load(&self, Wanted { ino, index, block }: Wanted) -> FsResult<Plain> {
+    async fn load(&self, Wanted { ino, index, block }: Wanted) -> Result<Plain, FetchError> {
         let object = match self.cache.get(&block.object_id) {
             Some(object) => object,
             None => {
                 let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
                     tracing::error!(ino, index, error = %e, "cannot fetch data block");
-                    FsError::EIO
+                    FetchError::Store(e)
                 })?;
                 self.cache.count_download(object.len() as u64);
                 self.cache.keep(block.object_id, &object);
@@ -118,11 +130,11 @@ impl Fetcher {
         };
         let plain = codec::open_block(&self.ring, &addr, &object).map_err(|e| {
             tracing::error!(ino, index, error = %e, "data block failed its integrity check");
-            FsError::EIO
+            FetchError::Integrity(e)
         })?;
         if plain.len() != block.len as usize {
             tracing::error!(ino, index, "data block has the wrong length");
-            return Err(FsError::EIO);
+            return Err(FetchError::Length);
         }
         Ok(Arc::new(plain))
     }
