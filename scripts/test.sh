@@ -11,6 +11,9 @@
 # Exit status is non-zero if anything failed. The last line is
 # "total: N passed, N failed".
 #
+# Lints run after the cargo tests: cargo fmt --check, cargo clippy
+# --all-targets -D warnings, and shellcheck on scripts/, tests/e2e/ and .ci/.
+#
 # Environment:
 #   S3VAULT_TOOLS   where s3s-fs, pjdfstest and fsx are installed
 #   E2E_SUITES      space-separated subset of suites to run
@@ -69,6 +72,7 @@ ensure_system_tools() {
     command -v fusermount3 >/dev/null || missing+=(fuse3)
     command -v setfattr >/dev/null || missing+=(attr)
     command -v flock >/dev/null || missing+=(util-linux)
+    command -v shellcheck >/dev/null || missing+=(shellcheck)
     command -v python3 >/dev/null || missing+=(python3 python3-pip python3-venv)
     if ((${#missing[@]})); then
         log "apt-get install ${missing[*]}"
@@ -222,6 +226,29 @@ run_suite() {
     record "$suite ($backend)" "$p" "$f"
 }
 
+# lint LABEL COMMAND...: one lint step, counted as one check; its output is
+# shown only when it fails.
+lint() {
+    local label=$1 out
+    shift
+    out=$RUN/lint-${label// /-}.out
+    log "$label"
+    if "$@" >"$out" 2>&1; then
+        record "$label" 1 0
+    else
+        cat "$out"
+        record "$label" 0 1
+    fi
+}
+
+# Formatting, clippy with warnings as errors, and shellcheck on every
+# script: each fails the run like a failed test.
+run_lints() {
+    lint "cargo fmt --check" cargo fmt --check
+    lint "cargo clippy" cargo_locked clippy --release --locked --all-targets -- -D warnings
+    lint "shellcheck" shellcheck scripts/*.sh tests/e2e/*.sh .ci/run
+}
+
 # cargo build, then cargo test with the same (release) profile so that the
 # tests reuse the build. A failed build ends the run: nothing else can run.
 cargo_build_and_test() {
@@ -274,6 +301,7 @@ main() {
         log "SKIP_CARGO=1: using the existing $S3VAULT"
     else
         cargo_build_and_test
+        run_lints
     fi
 
     [[ " $BACKENDS " != *" s3s "* ]] || start_s3s

@@ -50,7 +50,7 @@ pub struct BlockAddress {
 }
 
 impl BlockAddress {
-    fn aad(&self, ring: &Keyring) -> Vec<u8> {
+    pub(crate) fn aad(&self, ring: &Keyring) -> Vec<u8> {
         let mut aad = Vec::with_capacity(BLOCK_AAD.len() + 16 + BLOCK_HEADER_LEN + OBJECT_ID_LEN + 16);
         aad.extend_from_slice(BLOCK_AAD);
         aad.extend_from_slice(ring.volume_id());
@@ -93,7 +93,7 @@ pub fn sealed_block_len(len: usize) -> usize {
 /// Same layout, different magic, subkey and associated-data label, so one
 /// can never be passed off as the other.
 #[derive(Clone, Copy)]
-enum Framed {
+pub(crate) enum Framed {
     Metadata,
     Audit,
 }
@@ -113,7 +113,7 @@ impl Framed {
         }
     }
 
-    fn aad(self, ring: &Keyring, name: &str, object_id: &ObjectId, index: u32, last: bool) -> Vec<u8> {
+    pub(crate) fn aad(self, ring: &Keyring, name: &str, object_id: &ObjectId, index: u32, last: bool) -> Vec<u8> {
         let label = match self {
             Framed::Metadata => META_AAD,
             Framed::Audit => AUDIT_AAD,

@@ -30,3 +30,6 @@ pub mod store;
 pub mod superblock;
 pub mod units;
 pub mod volume;
+
+#[cfg(test)]
+mod format_tests;

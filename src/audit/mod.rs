@@ -15,7 +15,7 @@ pub mod output;
 mod process;
 mod query;
 mod record;
-mod segment;
+pub(crate) mod segment;
 mod syslog;
 
 pub use log::{

@@ -112,7 +112,7 @@ pub struct LocalSegment {
     pub path: PathBuf,
 }
 
-fn frame_aad(ring: &Keyring, id: &ObjectId, index: u64) -> Vec<u8> {
+pub(crate) fn frame_aad(ring: &Keyring, id: &ObjectId, index: u64) -> Vec<u8> {
     [
         LOCAL_AAD,
         ring.volume_id().as_slice(),

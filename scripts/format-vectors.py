@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Known-answer vectors of the volume format, written from FORMAT.md alone.
+
+This is a second implementation of the format's cryptographic layouts (key
+derivation, associated data, sealed objects, the superblock and its MAC, the
+audit chain), independent of the Rust code: `cargo test` opens and checks
+what it writes (src/format_tests.rs). Run it again only when the format
+changes on purpose (with a version bump in FORMAT.md):
+
+    python3 scripts/format-vectors.py > tests/golden/vectors.json
+
+Needs the `cryptography` package. Nonces are fixed here so the output is
+stable; s3vault itself always takes them from the CSPRNG.
+"""
+import hashlib
+import hmac
+import json
+import struct
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869), 32 bytes of output."""
+    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def seal(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+MASTER = bytes(range(32))
+VOLUME_ID = bytes(range(0xA0, 0xB0))
+OBJECT_ID = bytes(range(0xB0, 0xC0))
+KEY_FILE_KEY = bytes(range(0x40, 0x60))
+SLOT_SALT = bytes(range(0xC0, 0xD0))
+NONCE = bytes(range(0xE0, 0xEC))
+
+PURPOSES = {
+    "data": b"s3vault v1 data blocks",
+    "metadata": b"s3vault v1 metadata objects",
+    "audit": b"s3vault v1 audit log",
+    "database": b"s3vault v1 local metadata database",
+    "superblock": b"s3vault v1 superblock mac",
+}
+sub = {name: hkdf(MASTER, VOLUME_ID, info) for name, info in PURPOSES.items()}
+
+
+def object_key(subkey: bytes, object_id: bytes) -> bytes:
+    return hkdf(subkey, b"", b"s3vault v1 object key" + object_id)
+
+
+def block_aad(object_id: bytes, ino: int, index: int) -> bytes:
+    return b"s3vault v1 block" + VOLUME_ID + b"S3VB\x01" + object_id + struct.pack(">QQ", ino, index)
+
+
+def frame_aad(label: bytes, name: str, object_id: bytes, index: int, last: bool) -> bytes:
+    return label + VOLUME_ID + name.encode() + b"\x00" + object_id + struct.pack(">IB", index, last)
+
+
+def local_audit_aad(object_id: bytes, index: int) -> bytes:
+    return b"s3vault v1 audit local frame" + VOLUME_ID + object_id + struct.pack(">Q", index)
+
+
+def framed(magic: bytes, subkey: bytes, label: bytes, name: str, plaintext: bytes) -> bytes:
+    """A framed object with one frame (plaintexts here are under 1 MiB)."""
+    key = object_key(subkey, OBJECT_ID)
+    sealed = seal(key, NONCE, frame_aad(label, name, OBJECT_ID, 0, True), plaintext)
+    return magic + b"\x01" + OBJECT_ID + struct.pack(">I", len(sealed)) + sealed
+
+
+def superblock() -> bytes:
+    created = 1_790_000_000
+    slot_params = struct.pack(">BBQIII", 1, 0, created, 0, 0, 0) + SLOT_SALT
+    kek = hkdf(KEY_FILE_KEY, SLOT_SALT, b"s3vault v1 key-file slot")
+    wrapped = seal(kek, NONCE, b"s3vault v1 key slot" + VOLUME_ID + slot_params, MASTER)
+    slot = slot_params + struct.pack(">H", 0) + struct.pack(">H", len(wrapped)) + wrapped
+    body = b"S3VAULT\x00" + struct.pack(">H", 1) + VOLUME_ID + struct.pack(">IBQB", 1 << 20, 1, created, 1) + slot
+    return body + hmac.new(sub["superblock"], body, hashlib.sha256).digest()
+
+
+BLOCK = b"known answer: one block of one file"
+STATE = b"\x01known answer: a metadata state"
+AUDIT = b"known answer: an audit segment"
+CHECKPOINT = "meta/00000000000000000042.snap"
+AUDIT_NAME = "audit/0123456789abcdef/000000000001"
+chain_key = hkdf(sub["audit"], b"", b"s3vault v1 audit chain")
+prev = bytes(32)
+record = b'{"seq":1,"event":"open"}'
+
+vectors = {
+    "about": "Written by scripts/format-vectors.py from FORMAT.md; checked by src/format_tests.rs.",
+    "master": MASTER.hex(),
+    "volume_id": VOLUME_ID.hex(),
+    "object_id": OBJECT_ID.hex(),
+    "subkeys": {name: key.hex() for name, key in sub.items()},
+    "object_keys": {
+        "data": object_key(sub["data"], OBJECT_ID).hex(),
+        "metadata": object_key(sub["metadata"], OBJECT_ID).hex(),
+        "audit": object_key(sub["audit"], OBJECT_ID).hex(),
+    },
+    "audit_chain_key": chain_key.hex(),
+    "snapshot_name_id": hkdf(sub["metadata"], b"", b"s3vault v1 snapshot name" + b"before upgrade")[:16].hex(),
+    "aad": {
+        "block_ino7_index3": block_aad(OBJECT_ID, 7, 3).hex(),
+        "metadata_frame": frame_aad(b"s3vault v1 metadata frame", CHECKPOINT, OBJECT_ID, 0, True).hex(),
+        "audit_frame": frame_aad(b"s3vault v1 audit frame", AUDIT_NAME, OBJECT_ID, 1, False).hex(),
+        "local_audit_frame5": local_audit_aad(OBJECT_ID, 5).hex(),
+    },
+    "sealed": {
+        "block_ino7_index3": (b"S3VB\x01" + seal(object_key(sub["data"], OBJECT_ID), NONCE, block_aad(OBJECT_ID, 7, 3), BLOCK)).hex(),
+        "block_plaintext": BLOCK.hex(),
+        "checkpoint": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", CHECKPOINT, STATE).hex(),
+        "checkpoint_name": CHECKPOINT,
+        "checkpoint_plaintext": STATE.hex(),
+        "audit_segment": framed(b"S3VA", sub["audit"], b"s3vault v1 audit frame", AUDIT_NAME, AUDIT).hex(),
+        "audit_name": AUDIT_NAME,
+        "audit_plaintext": AUDIT.hex(),
+    },
+    "audit_chain": {
+        "prev": prev.hex(),
+        "record": record.decode(),
+        "mac": hmac.new(chain_key, b"s3vault v1 audit record" + prev + record, hashlib.sha256).hexdigest(),
+    },
+    "superblock": {
+        "key_file_key": KEY_FILE_KEY.hex(),
+        "bytes": superblock().hex(),
+        "block_size": 1 << 20,
+        "created": 1_790_000_000,
+    },
+}
+print(json.dumps(vectors, indent=2))
