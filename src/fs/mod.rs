@@ -482,3 +482,6 @@ pub struct CoreStatus {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod crash_tests;

@@ -10,7 +10,7 @@ mod local;
 mod memory;
 pub(crate) mod s3;
 
-pub use faulty::FaultyStore;
+pub use faulty::{Fault, FaultyStore, Op, Rule};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Options, S3Store, check_endpoint_url};

@@ -1,0 +1,347 @@
+//! Crash points: a workload runs on a core over a fault-injecting store that
+//! "kills the process" at its Nth call, for every N the workload makes —
+//! during segment uploads, checkpoints, reclaim, lease renewal and
+//! snapshot creation. After each crash the volume is reopened twice and
+//! compared with a model of the workload:
+//!
+//! - as a fresh host (the store alone): the state is one the workload asked
+//!   to make durable, no older than the last sync that returned success,
+//!   and every file in it reads back whole (invariants 3 and 4);
+//! - as the same host restarting on its surviving cache directory: every
+//!   operation that returned is there, and after one sync to a healthy
+//!   store a fresh host sees it all too (invariant 4, close(2)).
+
+use super::{Caller, Core, CoreOptions, FsResult};
+use crate::cache::{BlockCache, CacheConfig, MinFree};
+use crate::crypto::SecretKey;
+use crate::journal::{checkpoint, lease, snapshots};
+use crate::meta::{FileKind, Inode, MetadataStore, ROOT_INO, SqliteStore};
+use crate::store::{Fault, FaultyStore, MemoryStore, ObjectStore, Rule};
+use crate::superblock::{Argon2Params, Superblock, Unlock};
+use crate::volume::{self, Volume};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const BS: u32 = 64 * 1024;
+
+/// Paths to contents (`None`: a directory).
+type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+fn root() -> Caller {
+    Caller::root()
+}
+
+struct Volume0 {
+    inner: Arc<MemoryStore>,
+    volume: Volume,
+}
+
+/// A volume in memory with its first checkpoint, as `init` leaves it.
+async fn new_volume() -> Volume0 {
+    let key = SecretKey::random();
+    let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
+    let (superblock, master) = Superblock::create(BS, &Unlock::KeyFile(key), no_cost, 0).unwrap();
+    let ring = Arc::new(crate::keyring::Keyring::new(&master, superblock.volume_id));
+    let inner = Arc::new(MemoryStore::default());
+    let mut meta = SqliteStore::in_memory().unwrap();
+    meta.put_inode(&Inode::root(0, 0, 0)).unwrap();
+    checkpoint::store(inner.as_ref(), &ring, &meta, 1).await.unwrap();
+    let volume = Volume {
+        store: inner.clone(),
+        superblock,
+        ring,
+        slot: 0,
+    };
+    Volume0 { inner, volume }
+}
+
+impl Volume0 {
+    /// A mount of the volume on `cache_dir` through `store`, its metadata
+    /// loaded the way a real mount loads it.
+    async fn mount(&self, cache_dir: &Path, store: Arc<dyn ObjectStore>) -> Core {
+        let (meta, unsynced) = volume::load_metadata(&self.volume, cache_dir).await.unwrap();
+        let config = CacheConfig {
+            limit: 1 << 30,
+            min_free: MinFree::Bytes(0),
+            max_dirty: 1 << 30,
+            upload_concurrency: 2,
+        };
+        let cache = BlockCache::open(&cache_dir.join("blocks"), config, store.clone()).unwrap();
+        cache.spawn_uploader();
+        let core = Core::new(
+            Box::new(meta),
+            store,
+            cache,
+            self.volume.ring.clone(),
+            BS,
+            CoreOptions::default(),
+        );
+        if unsynced || core.remove_orphans().unwrap() > 0 {
+            core.mark_changed();
+        }
+        core
+    }
+}
+
+/// What the workload did: the model, and the states it asked to make durable.
+#[derive(Default)]
+struct Run {
+    model: Tree,
+    inos: BTreeMap<String, u64>,
+    /// The model at the start of every sync, in order.
+    synced: Vec<Tree>,
+    /// How many of `synced` returned success (the last such is durable).
+    durable: usize,
+}
+
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+impl Run {
+    fn parent(&self, path: &str) -> u64 {
+        let (dir, _) = split(path);
+        if dir.is_empty() { ROOT_INO } else { self.inos[dir] }
+    }
+
+    async fn write(&mut self, core: &Core, path: &str, offset: usize, data: &[u8]) -> FsResult<()> {
+        let ino = match self.inos.get(path) {
+            Some(ino) => {
+                core.open_handle(*ino, libc::O_RDWR, &root())?;
+                *ino
+            }
+            None => {
+                let parent = self.parent(path);
+                let ino = core
+                    .create(&root(), parent, split(path).1.as_bytes(), 0o644, libc::O_RDWR)?
+                    .0
+                    .ino;
+                self.inos.insert(path.to_string(), ino);
+                self.model.insert(path.to_string(), Some(Vec::new()));
+                ino
+            }
+        };
+        let written = core.write(0, ino, offset as u64, data).await;
+        let released = core.release(0, ino).await;
+        written?;
+        released?;
+        let content = self.model.get_mut(path).unwrap().as_mut().unwrap();
+        if content.len() < offset + data.len() {
+            content.resize(offset + data.len(), 0);
+        }
+        content[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn mkdir(&mut self, core: &Core, path: &str) -> FsResult<()> {
+        let ino = core
+            .mkdir(&root(), self.parent(path), split(path).1.as_bytes(), 0o755)?
+            .ino;
+        self.inos.insert(path.to_string(), ino);
+        self.model.insert(path.to_string(), None);
+        Ok(())
+    }
+
+    fn rename(&mut self, core: &Core, from: &str, to: &str) -> FsResult<()> {
+        let (from_dir, to_dir) = (self.parent(from), self.parent(to));
+        core.rename(
+            &root(),
+            from_dir,
+            split(from).1.as_bytes(),
+            to_dir,
+            split(to).1.as_bytes(),
+            0,
+        )?;
+        let ino = self.inos.remove(from).unwrap();
+        self.inos.insert(to.to_string(), ino);
+        let content = self.model.remove(from).unwrap();
+        self.model.insert(to.to_string(), content);
+        Ok(())
+    }
+
+    fn unlink(&mut self, core: &Core, path: &str) -> FsResult<()> {
+        core.unlink(&root(), self.parent(path), split(path).1.as_bytes())?;
+        self.inos.remove(path);
+        self.model.remove(path);
+        Ok(())
+    }
+
+    /// `sync` (or with `ino`, fsync of that file). A sync waits for the
+    /// store for as long as it takes; once the store has "crashed" the
+    /// process is dead, so the sync is abandoned there.
+    async fn sync(&mut self, core: &Core, ino: Option<&str>, store: &FaultyStore) -> FsResult<()> {
+        self.synced.push(self.model.clone());
+        let sync = async {
+            match ino {
+                Some(path) => core.fsync(self.inos[path]).await,
+                None => core.sync().await,
+            }
+        };
+        let dead = async {
+            while !store.crashed() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        };
+        tokio::select! {
+            synced = sync => synced?,
+            () = dead => return Err(super::FsError::EIO),
+        }
+        self.durable = self.synced.len();
+        Ok(())
+    }
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The workload: files across block boundaries, a directory, a rename, an
+/// overwrite (its old block becomes garbage), an unlink, syncs that
+/// checkpoint and reclaim, an fsync, a named snapshot and a lease renewal.
+/// Stops at the first error, as a killed process would.
+async fn workload(
+    run: &mut Run,
+    core: &Core,
+    store: &Arc<FaultyStore>,
+    ring: &Arc<crate::keyring::Keyring>,
+) -> FsResult<()> {
+    let b = BS as usize;
+    run.write(core, "a", 0, &content(1, b + 100)).await?;
+    run.sync(core, None, store).await?;
+    run.mkdir(core, "d")?;
+    run.write(core, "d/b", 0, &content(2, 3000)).await?;
+    run.rename(core, "a", "d/a")?;
+    run.sync(core, Some("d/b"), store).await?;
+    run.write(core, "d/a", 10, &content(3, 5000)).await?;
+    run.unlink(core, "d/b")?;
+    run.sync(core, None, store).await?;
+    let lease = lease::Lease::acquire(store.clone() as Arc<dyn ObjectStore>, ring.clone(), "crash-test", false).await;
+    if let Ok(lease) = &lease {
+        let _ = lease.renew().await;
+    }
+    if snapshots::create(store.as_ref(), ring, "s1").await.is_err() {
+        return Err(super::FsError::EIO);
+    }
+    run.write(core, "c", 0, &content(4, 2 * b)).await?;
+    run.sync(core, None, store).await?;
+    run.write(core, "c", b, &content(5, 10)).await?;
+    run.sync(core, None, store).await?;
+    if let Ok(lease) = lease {
+        let _ = lease.release().await;
+    }
+    Ok(())
+}
+
+/// Everything under the root of `core`, read through it.
+async fn tree(core: &Core) -> Tree {
+    let mut tree = Tree::new();
+    let mut dirs = vec![(ROOT_INO, String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        for entry in core.readdir(dir, 0, 10_000).unwrap() {
+            let name = String::from_utf8(entry.name).unwrap();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if entry.kind == FileKind::Dir {
+                tree.insert(path.clone(), None);
+                dirs.push((entry.ino, path));
+            } else {
+                let size = core.getattr(entry.ino).unwrap().size;
+                core.open_handle(entry.ino, libc::O_RDONLY, &root()).unwrap();
+                let data = core.read(0, entry.ino, 0, size as u32).await;
+                core.release(0, entry.ino).await.unwrap();
+                let data = data.unwrap_or_else(|e| panic!("{path} does not read back: {e:?}"));
+                tree.insert(path, Some(data));
+            }
+        }
+    }
+    tree
+}
+
+fn names(tree: &Tree) -> Vec<String> {
+    tree.iter()
+        .map(|(path, c)| format!("{path}:{}", c.as_ref().map_or(0, |c| c.len())))
+        .collect()
+}
+
+/// Runs the workload with a crash at store call `crash_at` (0: none);
+/// returns the number of store calls it made.
+async fn crash_and_reopen(crash_at: u64) -> u64 {
+    let vol = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let cache_dir = dirs.path().join("host");
+    std::fs::create_dir(&cache_dir).unwrap();
+    let faulty = Arc::new(FaultyStore::new(vol.inner.clone()));
+    if crash_at > 0 {
+        faulty.inject(Rule::new(Fault::Crash).nth(crash_at));
+    }
+    let mut run = Run::default();
+    {
+        let core = vol.mount(&cache_dir, faulty.clone()).await;
+        let result = workload(&mut run, &core, &faulty, &vol.volume.ring).await;
+        assert!(
+            result.is_ok() || faulty.crashed(),
+            "crash at call {crash_at}: the workload failed without a crash: {result:?}"
+        );
+        // kill -9: no final sync; what is running stops at the dead store.
+    }
+    let calls = faulty.calls();
+
+    // A fresh host sees a state the workload asked to make durable, no
+    // older than the last one it was told was.
+    let fresh = dirs.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let seen = tree(&vol.mount(&fresh, vol.inner.clone()).await).await;
+    let mut allowed: Vec<&Tree> = run.synced[run.durable.saturating_sub(1)..].iter().collect();
+    let empty = Tree::new();
+    if run.durable == 0 {
+        allowed.push(&empty);
+    }
+    assert!(
+        allowed.contains(&&seen),
+        "crash at call {crash_at}: a fresh host sees {:?}, not one of {:?}",
+        names(&seen),
+        allowed.iter().map(|t| names(t)).collect::<Vec<_>>()
+    );
+
+    // The same host restarting keeps every completed operation, and its
+    // first sync to a healthy store hands them all on.
+    let restarted = vol.mount(&cache_dir, vol.inner.clone()).await;
+    assert_eq!(
+        names(&tree(&restarted).await),
+        names(&run.model),
+        "crash at call {crash_at}: the restarted host lost operations"
+    );
+    assert_eq!(
+        tree(&restarted).await,
+        run.model,
+        "crash at call {crash_at}: contents differ"
+    );
+    restarted.final_sync().await.unwrap();
+    drop(restarted);
+    let later = dirs.path().join("later");
+    std::fs::create_dir(&later).unwrap();
+    assert_eq!(
+        tree(&vol.mount(&later, vol.inner.clone()).await).await,
+        run.model,
+        "crash at call {crash_at}: after the restarted host's sync, a fresh host differs"
+    );
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_store_call_loses_nothing_durable() {
+    let calls = crash_and_reopen(0).await;
+    assert!(calls > 20, "the workload made only {calls} store calls");
+    for crash_at in 1..=calls {
+        crash_and_reopen(crash_at).await;
+    }
+}
