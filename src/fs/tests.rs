@@ -1,13 +1,13 @@
-//! Core tests without a kernel: a reference model, durability through a
-//! snapshot, integrity of stored blocks, sparse files and unlinked files.
+//! Core tests without a kernel: a reference model (proptest, shrinking),
+//! durability through checkpoints and the journal, integrity of stored
+//! blocks, sparse files and unlinked files.
 
 use super::*;
 use crate::crypto::SecretKey;
 use crate::journal::{checkpoint, segment};
 use crate::meta::SqliteStore;
 use crate::store::{FaultyStore, MemoryStore};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use proptest::prelude::*;
 use std::collections::BTreeMap;
 
 fn root() -> Caller {
@@ -126,105 +126,150 @@ async fn write_file(core: &Core, name: &[u8], data: &[u8]) -> u64 {
     inode.ino
 }
 
-#[tokio::test]
-async fn proptest_random_operations_match_a_model() {
-    for seed in 0..4u64 {
-        let fx = Fixture::new();
-        let core = fx.core();
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut inos: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        for step in 0..300 {
-            let name = format!("f{}", rng.gen_range(0..6)).into_bytes();
-            match rng.gen_range(0..10) {
-                0..=3 => {
-                    let ino = match inos.get(&name) {
-                        Some(ino) => {
-                            core.open_handle(*ino, libc::O_RDWR, &root()).unwrap();
-                            *ino
-                        }
-                        None => {
-                            core.create(&root(), ROOT_INO, &name, 0o644, libc::O_WRONLY)
-                                .unwrap()
-                                .0
-                                .ino
-                        }
+/// One step of the reference-model test.
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Write { file: u8, offset: u32, len: u32, fill: u8 },
+    Truncate { file: u8, size: u32 },
+    Unlink { file: u8 },
+    Rename { from: u8, to: u8 },
+    Sync,
+    Read { file: u8 },
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let file = 0..6u8;
+    prop_oneof![
+        4 => (file.clone(), 0..3 * BS, 0..2 * BS, any::<u8>())
+            .prop_map(|(file, offset, len, fill)| ModelOp::Write { file, offset, len, fill }),
+        1 => (file.clone(), 0..4 * BS).prop_map(|(file, size)| ModelOp::Truncate { file, size }),
+        1 => file.clone().prop_map(|file| ModelOp::Unlink { file }),
+        1 => (file.clone(), file.clone()).prop_map(|(from, to)| ModelOp::Rename { from, to }),
+        1 => Just(ModelOp::Sync),
+        2 => file.prop_map(|file| ModelOp::Read { file }),
+    ]
+}
+
+fn file_name(file: u8) -> Vec<u8> {
+    format!("f{file}").into_bytes()
+}
+
+/// Applies `ops` to a core and to a map of names to contents, comparing
+/// reads on the way; then a fresh host must see the model, and the store
+/// must hold exactly the blocks it references.
+async fn core_matches_model(ops: Vec<ModelOp>) -> Result<(), TestCaseError> {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut inos: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            ModelOp::Write {
+                file,
+                offset,
+                len,
+                fill,
+            } => {
+                let name = file_name(file);
+                let ino = match inos.get(&name) {
+                    Some(ino) => {
+                        core.open_handle(*ino, libc::O_RDWR, &root()).unwrap();
+                        *ino
+                    }
+                    None => {
+                        core.create(&root(), ROOT_INO, &name, 0o644, libc::O_WRONLY)
+                            .unwrap()
+                            .0
+                            .ino
+                    }
+                };
+                let (offset, len) = (offset as usize, len as usize);
+                let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ fill).collect();
+                core.write(0, ino, offset as u64, &data).await.unwrap();
+                let content = model.entry(name.clone()).or_default();
+                if content.len() < offset + len {
+                    content.resize(offset + len, 0);
+                }
+                content[offset..offset + len].copy_from_slice(&data);
+                inos.insert(name, ino);
+                core.release(0, ino).await.unwrap();
+            }
+            ModelOp::Truncate { file, size } => {
+                let name = file_name(file);
+                if let Some(ino) = inos.get(&name) {
+                    let attr = SetAttr {
+                        size: Some(u64::from(size)),
+                        ..SetAttr::default()
                     };
-                    let content = model.entry(name.clone()).or_default();
-                    let offset = rng.gen_range(0..3 * BS as usize);
-                    let len = rng.gen_range(0..2 * BS as usize);
-                    let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
-                    core.write(0, ino, offset as u64, &data).await.unwrap();
-                    if content.len() < offset + len {
-                        content.resize(offset + len, 0);
-                    }
-                    content[offset..offset + len].copy_from_slice(&data);
-                    inos.insert(name, ino);
-                    core.release(0, ino).await.unwrap();
+                    core.setattr(&root(), *ino, attr, false).await.unwrap();
+                    model.get_mut(&name).unwrap().resize(size as usize, 0);
                 }
-                4 => {
-                    if let Some(ino) = inos.get(&name) {
-                        let size = rng.gen_range(0..4 * BS as u64);
-                        core.setattr(
-                            &root(),
-                            *ino,
-                            SetAttr {
-                                size: Some(size),
-                                ..SetAttr::default()
-                            },
-                            false,
-                        )
-                        .await
-                        .unwrap();
-                        model.get_mut(&name).unwrap().resize(size as usize, 0);
-                    }
+            }
+            ModelOp::Unlink { file } => {
+                let name = file_name(file);
+                if inos.remove(&name).is_some() {
+                    core.unlink(&root(), ROOT_INO, &name).unwrap();
+                    model.remove(&name);
+                } else {
+                    prop_assert_eq!(core.unlink(&root(), ROOT_INO, &name), Err(FsError::ENOENT));
                 }
-                5 => {
-                    if inos.remove(&name).is_some() {
-                        core.unlink(&root(), ROOT_INO, &name).unwrap();
-                        model.remove(&name);
-                    } else {
-                        assert_eq!(core.unlink(&root(), ROOT_INO, &name), Err(FsError::ENOENT));
-                    }
+            }
+            ModelOp::Rename { from, to } => {
+                let (from, to) = (file_name(from), file_name(to));
+                if let Some(ino) = inos.remove(&from) {
+                    core.rename(&root(), ROOT_INO, &from, ROOT_INO, &to, 0).unwrap();
+                    let content = model.remove(&from).unwrap();
+                    inos.insert(to.clone(), ino);
+                    model.insert(to, content);
                 }
-                6 => {
-                    let to = format!("f{}", rng.gen_range(0..6)).into_bytes();
-                    if let Some(ino) = inos.remove(&name) {
-                        core.rename(&root(), ROOT_INO, &name, ROOT_INO, &to, 0).unwrap();
-                        let content = model.remove(&name).unwrap();
-                        inos.insert(to.clone(), ino);
-                        model.insert(to, content);
-                    }
-                }
-                7 => core.sync().await.unwrap(),
-                _ => {
-                    if let Some(ino) = inos.get(&name) {
-                        let got = read_all(&core, *ino).await.unwrap();
-                        assert!(got == model[&name], "seed {seed} step {step}: content differs");
-                    }
+            }
+            ModelOp::Sync => core.sync().await.unwrap(),
+            ModelOp::Read { file } => {
+                let name = file_name(file);
+                if let Some(ino) = inos.get(&name) {
+                    let got = read_all(&core, *ino).await.unwrap();
+                    prop_assert!(got == model[&name], "step {}: content of {:?} differs", step, name);
                 }
             }
         }
-        core.sync().await.unwrap();
-        let fresh = fx.remount().await;
-        for (name, content) in &model {
-            let ino = fresh.lookup(&root(), ROOT_INO, name).unwrap().ino;
-            assert!(
-                read_all(&fresh, ino).await.unwrap() == *content,
-                "seed {seed}: differs after remount"
-            );
-        }
-        assert_eq!(fresh.readdir(ROOT_INO, 0, 100).unwrap().len(), model.len());
-        // Every block of every remaining file is referenced; nothing else is kept.
-        let live: usize = model
-            .values()
-            .map(|c| c.chunks(BS as usize).filter(|b| b.iter().any(|x| *x != 0)).count())
-            .sum();
-        assert_eq!(
-            fx.data_objects().await.len(),
-            live,
-            "seed {seed}: unreferenced objects were not reclaimed"
+    }
+    core.sync().await.unwrap();
+    let fresh = fx.remount().await;
+    for (name, content) in &model {
+        let ino = fresh.lookup(&root(), ROOT_INO, name).unwrap().ino;
+        prop_assert!(
+            read_all(&fresh, ino).await.unwrap() == *content,
+            "{:?} differs after remount",
+            name
         );
+    }
+    prop_assert_eq!(fresh.readdir(ROOT_INO, 0, 100).unwrap().len(), model.len());
+    // Every block of every remaining file is referenced; nothing else is kept.
+    let live: usize = model
+        .values()
+        .map(|c| c.chunks(BS as usize).filter(|b| b.iter().any(|x| *x != 0)).count())
+        .sum();
+    prop_assert_eq!(
+        fx.data_objects().await.len(),
+        live,
+        "unreferenced objects were not reclaimed"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The core against a reference model: random writes across blocks,
+    /// truncates, unlinks, renames over existing files, syncs and reads.
+    #[test]
+    fn proptest_random_operations_match_a_model(ops in proptest::collection::vec(model_op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(core_matches_model(ops))?;
     }
 }
 
