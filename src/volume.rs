@@ -199,7 +199,6 @@ pub struct CacheLock {
 /// pid), or says which process holds it.
 pub fn lock_cache_dir(path: &Path) -> Result<CacheLock, VolumeError> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |reason: String| VolumeError::CacheDir {
         path: path.to_path_buf(),
@@ -213,8 +212,8 @@ pub fn lock_cache_dir(path: &Path) -> Result<CacheLock, VolumeError> {
         .mode(0o600)
         .open(path.join("lock"))
         .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // flock(2): released when the file is closed, even by a killed daemon.
+    if file.try_lock().is_err() {
         let mut owner = String::new();
         let _ = file.read_to_string(&mut owner);
         let owner = owner.trim();

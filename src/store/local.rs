@@ -113,7 +113,6 @@ async fn blocking<T: Send + 'static>(
 impl LocalStore {
     /// An exclusive flock(2) on the store, held until the file is dropped.
     fn lock(&self) -> Result<File, StoreError> {
-        use std::os::fd::AsRawFd;
         let dir = self.root.join(TMP_DIR);
         fs::create_dir_all(&dir).map_err(|e| io_err("lock", e))?;
         let file = File::options()
@@ -121,10 +120,8 @@ impl LocalStore {
             .append(true)
             .open(dir.join("lock"))
             .map_err(|e| io_err("lock", e))?;
-        // SAFETY: flock on a descriptor we own; released when it is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err("lock", io::Error::last_os_error()));
-        }
+        // flock(2), released when the file is closed.
+        file.lock().map_err(|e| io_err("lock", e))?;
         Ok(file)
     }
 
