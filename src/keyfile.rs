@@ -1,7 +1,9 @@
 //! Reading and writing key files and passphrase files.
 //!
 //! Like ssh with identity files, a secret file that group or others can
-//! read is refused: the key would already be compromised.
+//! read is refused: the key would already be compromised. So is one owned
+//! by anyone but root or the caller, or reached through a symlink owned by
+//! anyone else: whoever owns it decides which key we use.
 
 use crate::crypto::{KEY_LEN, SecretKey};
 use std::fs::OpenOptions;
@@ -20,7 +22,21 @@ pub enum KeyFileError {
     Malformed(String),
     #[error("{0}: the passphrase is empty")]
     EmptyPassphrase(String),
+    #[error(
+        "{path} is owned by uid {uid}, not by root or by the user running s3vault (uid {us}); refusing a {what} someone else controls"
+    )]
+    UntrustedOwner {
+        path: String,
+        what: &'static str,
+        uid: u32,
+        us: u32,
+    },
+    #[error("{0} is not a regular file of at most 64 KiB")]
+    NotASecretFile(String),
 }
+
+/// Key and passphrase files are tiny; anything larger is not one.
+const MAX_SECRET_FILE: u64 = 64 << 10;
 
 fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     let name = path.display().to_string();
@@ -28,14 +44,35 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
         path: name.clone(),
         error,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    let us = crate::os::effective_uid();
+    let untrusted = |what, uid| KeyFileError::UntrustedOwner {
+        path: name.clone(),
+        what,
+        uid,
+        us,
+    };
+    let link = std::fs::symlink_metadata(path).map_err(io)?;
+    if link.file_type().is_symlink() && link.uid() != 0 && link.uid() != us {
+        return Err(untrusted("symlink", link.uid()));
+    }
+    // Checked on the file as opened, so it cannot be swapped in between.
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(KeyFileError::NotASecretFile(name));
+    }
+    if meta.uid() != 0 && meta.uid() != us {
+        return Err(untrusted("key file", meta.uid()));
+    }
     if meta.mode() & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
             path: name,
             mode: meta.mode() & 0o7777,
         });
     }
-    Ok(Zeroizing::new(std::fs::read(path).map_err(io)?))
+    let mut raw = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    std::io::Read::read_to_end(&mut file, &mut raw).map_err(io)?;
+    Ok(raw)
 }
 
 /// Reads a key file: 64 hex digits (an optional trailing newline allowed).
@@ -99,6 +136,52 @@ mod tests {
         write_new_key_file(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(read_key_file(&path), Err(KeyFileError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn a_key_file_or_symlink_owned_by_someone_else_is_refused() {
+        if crate::os::effective_uid() != 0 {
+            return; // giving a file away needs root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new_key_file(&path).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        read_key_file(&link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(4321), None).unwrap();
+        let e = read_key_file(&link).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KeyFileError::UntrustedOwner {
+                    what: "symlink",
+                    uid: 4321,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::os::unix::fs::chown(&path, Some(1234), None).unwrap();
+        let e = read_key_file(&path).unwrap_err();
+        assert!(matches!(e, KeyFileError::UntrustedOwner { uid: 1234, .. }), "{e}");
+        assert!(e.to_string().contains("uid 1234"), "{e}");
+    }
+
+    #[test]
+    fn directories_and_oversized_files_are_not_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_key_file(dir.path()),
+            Err(KeyFileError::NotASecretFile(_))
+        ));
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'a'; 100 << 10]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            read_passphrase_file(&path),
+            Err(KeyFileError::NotASecretFile(_))
+        ));
     }
 
     #[test]

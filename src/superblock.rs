@@ -36,6 +36,17 @@ pub const DEFAULT_ARGON2: Argon2Params = Argon2Params {
     p: 1,
 };
 
+/// The costliest Argon2id a key slot may ask for. The parameters are read
+/// from the superblock before its MAC can be checked (the MAC key comes
+/// from the master key the slot unwraps), so whoever can write the bucket
+/// chooses them: unbounded, m = 2^32 KiB would abort the process on a
+/// 4 TiB allocation and t = 2^32 would run for ever.
+pub const MAX_ARGON2: Argon2Params = Argon2Params {
+    m_kib: 4 << 20,
+    t: 100,
+    p: 64,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Argon2Params {
     pub m_kib: u32,
@@ -103,6 +114,11 @@ pub enum SuperblockError {
     NoSuchSlot,
     #[error("invalid Argon2 parameters: {0}")]
     Argon2(String),
+    #[error(
+        "a passphrase slot asks for Argon2id m={} KiB, t={}, p={}, beyond the limit (m <= {} KiB, t <= {}, p <= {}): \
+         the superblock was altered or is damaged", .0.m_kib, .0.t, .0.p, MAX_ARGON2.m_kib, MAX_ARGON2.t, MAX_ARGON2.p
+    )]
+    Argon2TooCostly(Argon2Params),
 }
 
 pub fn check_block_size(block_size: u32) -> Result<(), SuperblockError> {
@@ -135,6 +151,9 @@ impl Unlock {
         match self {
             Unlock::KeyFile(key) => Ok(key.derive(salt, &[KEY_FILE_SLOT])),
             Unlock::Passphrase(pass) => {
+                if cost.m_kib > MAX_ARGON2.m_kib || cost.t > MAX_ARGON2.t || cost.p > MAX_ARGON2.p {
+                    return Err(SuperblockError::Argon2TooCostly(cost));
+                }
                 let params = argon2::Params::new(cost.m_kib, cost.t, cost.p, Some(KEY_LEN))
                     .map_err(|e| SuperblockError::Argon2(e.to_string()))?;
                 let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -467,6 +486,36 @@ mod tests {
         assert_eq!(decoded, sb);
         let got = decoded.unlock(&Unlock::KeyFile(key)).unwrap();
         assert_eq!(got.as_bytes(), master.as_bytes());
+    }
+
+    #[test]
+    fn argon2_costs_from_the_bucket_are_bounded_before_any_derivation() {
+        let (sb, _) = Superblock::create(1 << 16, &passphrase("right"), TEST_COST, 1).unwrap();
+        for cost in [
+            Argon2Params {
+                m_kib: u32::MAX,
+                t: 1,
+                p: 1,
+            },
+            Argon2Params {
+                m_kib: 64,
+                t: u32::MAX,
+                p: 1,
+            },
+            Argon2Params {
+                m_kib: 64,
+                t: 1,
+                p: 1000,
+            },
+        ] {
+            let mut altered = sb.clone();
+            altered.slots[0].argon2 = cost;
+            let decoded = Superblock::decode(&altered.encode()).unwrap();
+            let started = std::time::Instant::now();
+            let e = decoded.unlock(&passphrase("right")).unwrap_err();
+            assert!(matches!(e, SuperblockError::Argon2TooCostly(c) if c == cost), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
     }
 
     #[test]
