@@ -109,26 +109,37 @@ impl Fetcher {
         }
     }
 
-    /// From the cache disk or the store, opened and checked.
-    async fn load(&self, Wanted { ino, index, block }: Wanted) -> Result<Plain, FetchError> {
-        let object = match self.cache.get(&block.object_id) {
-            Some(object) => object,
-            None => {
-                let object = self.store.get(&data_key(&block.object_id)).await.map_err(|e| {
-                    tracing::error!(ino, index, error = %e, "cannot fetch data block");
-                    FetchError::Store(e)
-                })?;
-                self.cache.count_download(object.len() as u64);
-                self.cache.keep(block.object_id, &object);
-                object
+    /// From the cache disk or the store, opened and checked. Only an object
+    /// that opened enters the cache: a wrong object in the store costs one
+    /// failed read, never a cache that keeps failing once it is put right.
+    async fn load(&self, wanted: Wanted) -> Result<Plain, FetchError> {
+        let id = wanted.block.object_id;
+        if let Some(object) = self.cache.get(&id) {
+            match self.open(wanted, &object) {
+                Ok(plain) => return Ok(plain),
+                // Damaged on the cache disk: fetched again below.
+                Err(_) => self.cache.drop_clean(&id),
             }
-        };
+        }
+        let expected = codec::sealed_block_len(wanted.block.len as usize) as u64;
+        let object = self.store.get_at_most(&data_key(&id), expected).await.map_err(|e| {
+            tracing::error!(ino = wanted.ino, index = wanted.index, error = %e, "cannot fetch data block");
+            FetchError::Store(e)
+        })?;
+        self.cache.count_download(object.len() as u64);
+        let plain = self.open(wanted, &object)?;
+        self.cache.keep(id, &object);
+        Ok(plain)
+    }
+
+    /// Opens a sealed block and checks it holds what the metadata says.
+    fn open(&self, Wanted { ino, index, block }: Wanted, object: &[u8]) -> Result<Plain, FetchError> {
         let addr = BlockAddress {
             object_id: block.object_id,
             ino,
             index,
         };
-        let plain = codec::open_block(&self.ring, &addr, &object).map_err(|e| {
+        let plain = codec::open_block(&self.ring, &addr, object).map_err(|e| {
             tracing::error!(ino, index, error = %e, "data block failed its integrity check");
             FetchError::Integrity(e)
         })?;

@@ -455,6 +455,14 @@ impl BlockCache {
             self.cancel_upload(blocks, id);
             return;
         }
+        drop(blocks);
+        self.drop_clean(id);
+    }
+
+    /// Drops the clean copy of a block, if there is one (it failed to open:
+    /// the next read fetches it again). A dirty block, the only copy, stays.
+    pub fn drop_clean(&self, id: &ObjectId) {
+        let mut blocks = self.blocks();
         if let Some(len) = blocks.clean().pop(id) {
             blocks.clean_bytes -= len;
             drop(blocks);

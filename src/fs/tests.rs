@@ -301,6 +301,26 @@ async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
 }
 
 #[tokio::test]
+async fn a_wrong_object_never_enters_the_cache() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let victim = write_file(&core, b"victim", &[1u8; 100]).await;
+    core.sync().await.unwrap();
+    let victim_key = fx.data_objects().await.remove(0);
+    write_file(&core, b"other", &[2u8; 100]).await;
+    core.sync().await.unwrap();
+    let other_key = fx.data_objects().await.into_iter().find(|k| *k != victim_key).unwrap();
+    let pristine = fx.store.get(&victim_key).await.unwrap();
+    // Another object of the same length in its place: refused...
+    fx.store.overwrite(&victim_key, fx.store.get(&other_key).await.unwrap());
+    let fresh = fx.remount().await;
+    assert_eq!(read_all(&fresh, victim).await, Err(FsError::EIO));
+    // ...and not kept: once the store is put right, the same host reads it.
+    fx.store.overwrite(&victim_key, pristine);
+    assert_eq!(read_all(&fresh, victim).await.unwrap(), vec![1u8; 100]);
+}
+
+#[tokio::test]
 async fn sparse_file_stores_only_written_blocks() {
     let fx = Fixture::new();
     let core = fx.core();

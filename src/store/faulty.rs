@@ -218,6 +218,10 @@ impl ObjectStore for FaultyStore {
         self.call(Op::Get, key, self.inner.get_tagged(key)).await
     }
 
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
+        self.call(Op::Get, key, self.inner.get_at_most(key, limit)).await
+    }
+
     async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
         self.call(Op::PutIfTag, key, self.inner.put_if_tag(key, data, tag))
             .await

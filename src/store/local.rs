@@ -165,6 +165,31 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
+        use std::io::Read;
+        let path = self.path(key)?;
+        blocking(move || {
+            let file = match fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(io_err("get", e)),
+            };
+            let len = file.metadata().map_err(|e| io_err("get", e))?.len();
+            if len > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            let mut data = Vec::with_capacity(len as usize);
+            file.take(limit + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| io_err("get", e))?;
+            if data.len() as u64 > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            Ok(Bytes::from(data))
+        })
+        .await
+    }
+
     async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
         let data = self.get(key).await?;
         let tag = super::content_tag(&data);

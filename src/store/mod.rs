@@ -35,6 +35,8 @@ pub enum StoreError {
     Unreachable(String),
     #[error("object store error during {action}: {detail}")]
     Other { action: &'static str, detail: String },
+    #[error("object is larger than the {limit} bytes expected")]
+    TooLarge { limit: u64 },
 }
 
 #[async_trait]
@@ -61,6 +63,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// The whole object, or [`StoreError::NotFound`].
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+
+    /// The object if it is at most `limit` bytes, else
+    /// [`StoreError::TooLarge`], reading no more than `limit` bytes of it:
+    /// whoever can write the bucket does not choose how much we allocate.
+    /// (This default, for stores that hold objects in memory anyway, reads
+    /// the whole object first.)
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
+        let data = self.get(key).await?;
+        if data.len() as u64 > limit {
+            return Err(StoreError::TooLarge { limit });
+        }
+        Ok(data)
+    }
 
     /// The object and a tag that changes whenever it is replaced (S3: its
     /// ETag), for [`ObjectStore::put_if_tag`].
@@ -177,6 +192,18 @@ mod tests {
         store.put("data/b", Bytes::from_static(b"two")).await.unwrap();
         store.put("meta/1", Bytes::from_static(b"m")).await.unwrap();
         assert_eq!(store.get("data/a").await.unwrap(), Bytes::from_static(b"one"));
+        assert_eq!(
+            store.get_at_most("data/a", 3).await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        assert!(matches!(
+            store.get_at_most("data/a", 2).await,
+            Err(StoreError::TooLarge { limit: 2 })
+        ));
+        assert!(matches!(
+            store.get_at_most("data/z", 9).await,
+            Err(StoreError::NotFound)
+        ));
         assert_eq!(store.list("data/").await.unwrap(), vec!["data/a", "data/b"]);
         assert!(matches!(
             store.put_new("data/a", Bytes::new()).await,

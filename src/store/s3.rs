@@ -96,6 +96,16 @@ pub(crate) async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConf
 }
 
 impl S3Store {
+    /// Starts a GET of `key`: headers read, body not yet.
+    async fn get_object(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| self.map("s3:GetObject", e))
+    }
     pub async fn new(bucket: &str, prefix: &str, opts: &S3Options) -> Result<S3Store, StoreError> {
         if let Some(endpoint) = &opts.endpoint {
             check_endpoint_url(endpoint).map_err(|detail| StoreError::Other {
@@ -242,15 +252,30 @@ impl ObjectStore for S3Store {
         Ok(self.get_tagged(key).await?.0)
     }
 
-    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
+        let resp = self.get_object(key).await?;
+        let too_large = StoreError::TooLarge { limit };
+        if resp.content_length().is_some_and(|n| n < 0 || n as u64 > limit) {
+            return Err(too_large);
+        }
+        // Read chunk by chunk, in case the length the server announced lies.
+        let mut body = resp.body;
+        let mut data = Vec::new();
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| self.map("s3:GetObject", e))?;
+            .map_err(|e| StoreError::Unreachable(e.to_string()))?
+        {
+            if (data.len() + chunk.len()) as u64 > limit {
+                return Err(too_large);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(data))
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
+        let resp = self.get_object(key).await?;
         let tag = resp.e_tag().unwrap_or_default().to_string();
         let body = resp
             .body
