@@ -93,6 +93,11 @@ pub enum AuditError {
     Damaged { path: PathBuf, reason: String },
     #[error("uploading audit segment {key}: {source}")]
     Upload { key: String, source: StoreError },
+    #[error(
+        "audit segment {key} is already in the store with other contents (planted or damaged); \
+         the records stay in the local segment and the upload is retried"
+    )]
+    Occupied { key: String },
 }
 
 /// Where the chain stands after the last uploaded segment; kept so a mount
@@ -516,8 +521,30 @@ impl AuditLog {
             None => self.store.put_new(key, object).await,
         };
         match stored {
-            // Uploaded before a crash that came before the local delete.
-            Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+            Ok(()) => Ok(()),
+            // Ours if it holds these very records (uploaded before a crash
+            // that came before the local delete); anything else there must
+            // not cost us the local copy.
+            Err(StoreError::AlreadyExists) => {
+                let upload_err = |source| AuditError::Upload {
+                    key: key.to_string(),
+                    source,
+                };
+                let existing = self.store.get(key).await.map_err(upload_err)?;
+                let theirs = crate::codec::open_audit(&self.ring, key, &existing)
+                    .ok()
+                    .and_then(|plain| segment::decode_body(&plain).ok());
+                match theirs {
+                    Some((h, l)) if h == *header && l == lines => Ok(()),
+                    _ => {
+                        tracing::error!(
+                            key,
+                            "audit segment name taken by another object; keeping the local segment"
+                        );
+                        Err(AuditError::Occupied { key: key.to_string() })
+                    }
+                }
+            }
             Err(source) => Err(AuditError::Upload {
                 key: key.to_string(),
                 source,

@@ -271,3 +271,31 @@ async fn a_segment_left_open_by_a_failed_close_does_not_rewind_the_chain() {
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     assert_eq!(v.records, 7);
 }
+
+#[tokio::test]
+async fn an_object_planted_at_the_next_segment_name_costs_no_record() {
+    let fx = Fixture::new();
+    let log = fx.open(AuditMode::Required);
+    fx.write(&log, 3, 10).await;
+    let first = fx.keys().await.remove(0);
+    let next = first.replace("000000000001", "000000000002");
+    assert_ne!(first, next);
+    fx.store.put_new(&next, Bytes::from_static(b"junk")).await.unwrap();
+    for i in 0..4 {
+        let subject = Subject {
+            uid: 4_000_000,
+            gid: 100,
+            pid: i,
+        };
+        log.record(Record::new(Event::Open, subject, None).path(b"/planted"))
+            .unwrap();
+    }
+    let e = log.upload().await.unwrap_err();
+    assert!(matches!(e, AuditError::Occupied { .. }), "{e}");
+    // The junk goes; the kept records go up and the chain verifies whole.
+    fx.store.delete(&next).await.unwrap();
+    assert_eq!(log.upload().await.unwrap(), 1);
+    let v = fx.verify().await;
+    assert_eq!(v.records, 7);
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+}
