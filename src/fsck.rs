@@ -225,7 +225,16 @@ pub async fn run(
                 &mut report.problems,
             ));
         }
-        Ok(None) => {}
+        // `init` stores the first checkpoint before the superblock: a volume
+        // without one has lost its metadata, and an empty state would make
+        // every block look unreferenced.
+        Ok(None) => {
+            report.problems.push(Problem {
+                state: "the live state".into(),
+                what: "is missing: the store holds no checkpoint (meta/<generation>.snap)".into(),
+            });
+            unreadable = Some("the live state is missing (no checkpoint in the store)".into());
+        }
         Err(StateError::Store(e)) => return Err(e.into()),
         Err(e) => {
             report.problems.push(Problem {

@@ -33,3 +33,7 @@ pub mod volume;
 
 #[cfg(test)]
 mod format_tests;
+#[cfg(test)]
+mod tamper_tests;
+#[cfg(test)]
+mod test_support;

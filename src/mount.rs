@@ -94,6 +94,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     let mut session = match fuser::Session::new(adapter, &mountpoint, &options) {
         Ok(s) => s,
         Err(e) => {
+            runtime.block_on(release_after_failure(lease.as_deref()));
             let message = format!("cannot mount at {}: {e}", mountpoint.display());
             if !ready.is_background() {
                 eprintln!("s3vault: {message}");
@@ -281,93 +282,116 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         }
         Some(Arc::new(lease))
     };
-    let (meta, unsynced) = match &config.snapshot {
-        Some(name) => (
-            volume::load_snapshot(&volume, &cache_dir, name)
+    // From here on the lease is ours: a mount that fails gives it back, or
+    // the next mount from another cache directory would be refused.
+    let rest: Result<Arc<Core>, Failure> = async {
+        let (meta, unsynced) = match &config.snapshot {
+            Some(name) => (
+                volume::load_snapshot(&volume, &cache_dir, name)
+                    .await
+                    .map_err(volume_failure)?,
+                false,
+            ),
+            None => volume::load_metadata(&volume, &cache_dir)
                 .await
                 .map_err(volume_failure)?,
-            false,
-        ),
-        None => volume::load_metadata(&volume, &cache_dir)
-            .await
-            .map_err(volume_failure)?,
-    };
-    let follow = config
-        .follow_interval
-        .filter(|_| config.read_only && config.snapshot.is_none());
-    let options = CoreOptions {
-        read_only: config.read_only,
-        overrides: config.overrides,
-        reclaim_grace: RECLAIM_GRACE,
-        checkpoint_interval: CHECKPOINT_INTERVAL,
-        follower: follow.is_some(),
-        ..CoreOptions::default()
-    };
-    let mut audit_settings = config.audit.clone();
-    audit_settings.retain_for = crate::audit::retention_for(store.as_ref(), audit_settings.retain_for).await;
-    let audit = AuditLog::open(
-        &cache_dir.join("audit"),
-        volume.ring.clone(),
-        store.clone(),
-        audit_settings,
-    )
-    .map_err(|e| (1, format!("cannot open the audit log: {e}")))?;
-    let slot = volume
-        .superblock
-        .slots
-        .get(volume.slot)
-        .map_or_else(String::new, |s| s.id());
-    let opened = [
-        Record::new(Event::Mount, daemon_subject(), None).detail(describe(config, &cache_dir)),
-        Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),
-    ];
-    for record in opened {
-        audit
-            .record(record)
-            .map_err(|e| (1, format!("cannot write the audit log: {e}")))?;
-    }
-    let blocks = BlockCache::open(&cache_dir.join("blocks"), config.cache.clone(), store.clone()).map_err(|e| {
-        (
-            1,
-            format!("cannot open the block cache in {}: {e}", cache_dir.display()),
+        };
+        let follow = config
+            .follow_interval
+            .filter(|_| config.read_only && config.snapshot.is_none());
+        let options = CoreOptions {
+            read_only: config.read_only,
+            overrides: config.overrides,
+            reclaim_grace: RECLAIM_GRACE,
+            checkpoint_interval: CHECKPOINT_INTERVAL,
+            follower: follow.is_some(),
+            ..CoreOptions::default()
+        };
+        let mut audit_settings = config.audit.clone();
+        audit_settings.retain_for = crate::audit::retention_for(store.as_ref(), audit_settings.retain_for).await;
+        let audit = AuditLog::open(
+            &cache_dir.join("audit"),
+            volume.ring.clone(),
+            store.clone(),
+            audit_settings,
         )
-    })?;
-    blocks.spawn_uploader();
-    tokio::spawn(sample_cache_rates(blocks.clone()));
-    let core = Core::new(
-        Box::new(meta),
-        store,
-        blocks,
-        volume.ring.clone(),
-        volume.superblock.block_size,
-        options,
-    );
-    let core = Arc::new(if config.audit.mode == AuditMode::Off {
-        core
-    } else {
-        core.with_audit(audit)
-    });
-    let orphans = core
-        .remove_orphans()
-        .map_err(|e| (1, format!("cannot clean up unlinked files: {e}")))?;
-    if unsynced || orphans > 0 {
-        core.mark_changed();
-    }
-    if lease.as_ref().is_some_and(|l| l.taken_from().is_some()) {
-        // Claim the next metadata generation now: the previous writer's next
-        // upload then collides with it and fences that writer.
-        core.mark_changed();
-        core.sync().await.map_err(|e| {
+        .map_err(|e| (1, format!("cannot open the audit log: {e}")))?;
+        let slot = volume
+            .superblock
+            .slots
+            .get(volume.slot)
+            .map_or_else(String::new, |s| s.id());
+        let opened = [
+            Record::new(Event::Mount, daemon_subject(), None).detail(describe(config, &cache_dir)),
+            Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),
+        ];
+        for record in opened {
+            audit
+                .record(record)
+                .map_err(|e| (1, format!("cannot write the audit log: {e}")))?;
+        }
+        let blocks = BlockCache::open(&cache_dir.join("blocks"), config.cache.clone(), store.clone()).map_err(|e| {
             (
                 1,
-                format!("took the lease, but cannot claim the volume ({e}); the previous writer may still be writing"),
+                format!("cannot open the block cache in {}: {e}", cache_dir.display()),
             )
         })?;
+        blocks.spawn_uploader();
+        tokio::spawn(sample_cache_rates(blocks.clone()));
+        let core = Core::new(
+            Box::new(meta),
+            store,
+            blocks,
+            volume.ring.clone(),
+            volume.superblock.block_size,
+            options,
+        );
+        let core = Arc::new(if config.audit.mode == AuditMode::Off {
+            core
+        } else {
+            core.with_audit(audit)
+        });
+        let orphans = core
+            .remove_orphans()
+            .map_err(|e| (1, format!("cannot clean up unlinked files: {e}")))?;
+        if unsynced || orphans > 0 {
+            core.mark_changed();
+        }
+        if lease.as_ref().is_some_and(|l| l.taken_from().is_some()) {
+            // Claim the next metadata generation now: the previous writer's next
+            // upload then collides with it and fences that writer.
+            core.mark_changed();
+            core.sync().await.map_err(|e| {
+                (
+                    1,
+                    format!(
+                        "took the lease, but cannot claim the volume ({e}); the previous writer may still be writing"
+                    ),
+                )
+            })?;
+        }
+        if let Some(interval) = follow {
+            tokio::spawn(follow_writer(core.clone(), volume, cache_dir.clone(), interval));
+        }
+        Ok(core)
     }
-    if let Some(interval) = follow {
-        tokio::spawn(follow_writer(core.clone(), volume, cache_dir.clone(), interval));
+    .await;
+    match rest {
+        Ok(core) => Ok((core, mountpoint, cache_dir, cache_lock, lease)),
+        Err(failure) => {
+            release_after_failure(lease.as_deref()).await;
+            Err(failure)
+        }
     }
-    Ok((core, mountpoint, cache_dir, cache_lock, lease))
+}
+
+/// Gives back the lease of a mount that failed before it served anything.
+async fn release_after_failure(lease: Option<&Lease>) {
+    if let Some(lease) = lease
+        && let Err(e) = lease.release().await
+    {
+        tracing::warn!(error = %e, "cannot release the volume's lease after a failed mount");
+    }
 }
 
 /// Keeps a read-only mount of a live volume up to date: every `interval`,
@@ -582,9 +606,62 @@ fn unmount_now(mountpoint: &std::path::Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::journal::{checkpoint, lease::LEASE_KEY};
+    use crate::store::{LocalStore, ObjectStore, StoreError};
+    use crate::superblock::Argon2Params;
+
     #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(super::unescape_mountinfo("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
         assert_eq!(super::unescape_mountinfo("/plain/é\\"), "/plain/é\\");
+    }
+
+    #[tokio::test]
+    async fn a_mount_that_fails_after_taking_the_lease_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/store", dir.path().display());
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("store")));
+        let key = SecretKey::random();
+        let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
+        volume::init(
+            store.clone(),
+            &url,
+            1 << 16,
+            &Unlock::KeyFile(key.clone()),
+            no_cost,
+            (0, 0),
+        )
+        .await
+        .unwrap();
+        // Loading the metadata fails after the lease is taken.
+        store.delete(&checkpoint::key(1)).await.unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let config = MountConfig {
+            url,
+            mountpoint,
+            cache_dir: Some(dir.path().join("cache")),
+            read_only: false,
+            allow_other: false,
+            overrides: AttrOverrides::default(),
+            s3: S3Options::default(),
+            metadata_interval: Duration::from_secs(1),
+            audit: AuditSettings::default(),
+            cache: crate::test_support::cache_config(),
+            allow_volatile_cache: true,
+            force_takeover: false,
+            snapshot: None,
+            follow_interval: None,
+        };
+        let Err((_, message)) = prepare(&config, Unlock::KeyFile(key)).await else {
+            panic!("mounted without metadata");
+        };
+        assert!(message.contains("no checkpoint"), "{message}");
+        assert!(
+            matches!(store.get(LEASE_KEY).await, Err(StoreError::NotFound)),
+            "the lease was left behind"
+        );
     }
 }

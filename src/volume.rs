@@ -33,6 +33,12 @@ pub enum VolumeError {
     Kms(#[from] crate::kms::KmsError),
     #[error("AWS KMS: {0}")]
     KmsSetup(String),
+    #[error(
+        "the volume's metadata is missing from the store: no checkpoint (meta/<generation>.snap) is left, so \
+         nothing was mounted. Run `s3vault fsck` to see what is there; put meta/ and journal/ back from the \
+         bucket's versions or a backup, or mount a named snapshot with --snapshot"
+    )]
+    StateMissing,
     #[error("unlock with another key slot to remove this one")]
     SlotInUse,
     #[error(transparent)]
@@ -304,13 +310,9 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
     .await?;
     match loaded {
         Some(loaded) => Ok((loaded.meta, false)),
-        None => {
-            tracing::warn!("volume has no metadata checkpoint; starting from an empty root");
-            remove_database(cache_dir, DATABASE_FILE)?;
-            let mut db = SqliteStore::open(&path, volume.ring.database_key())?;
-            db.put_inode(&Inode::root(0, 0, now_ns()))?;
-            Ok((db, true))
-        }
+        // `init` stores the first checkpoint before the superblock, so a
+        // volume without one has lost its metadata: absent is not empty.
+        None => Err(VolumeError::StateMissing),
     }
 }
 

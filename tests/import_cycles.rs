@@ -3,7 +3,8 @@
 //!
 //! Reads the sources, not the compiled crate: an edge is any path through
 //! `crate::<module>` (or `super::<sibling>` inside a directory module) in
-//! code outside `#[cfg(test)]`. Two graphs must be acyclic: the top-level
+//! code outside `#[cfg(test)]` (items, and modules declared
+//! `#[cfg(test)] mod name;`). Two graphs must be acyclic: the top-level
 //! modules, and the files of each directory module (its `mod.rs`, which
 //! joins them, aside).
 
@@ -94,10 +95,37 @@ fn referenced(code: &str, prefix: &str) -> BTreeSet<String> {
     names
 }
 
+/// Files that are modules declared `#[cfg(test)] mod name;`: test code.
+fn test_only_files(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut test_only = Vec::new();
+    for file in files {
+        let src = std::fs::read_to_string(file).unwrap();
+        let dir = match file.file_name().and_then(|n| n.to_str()) {
+            Some("lib.rs" | "main.rs" | "mod.rs") => file.parent().unwrap().to_path_buf(),
+            _ => file.with_extension(""),
+        };
+        let mut lines = src.lines().map(str::trim);
+        while let Some(line) = lines.next() {
+            if line == "#[cfg(test)]"
+                && let Some(name) = lines
+                    .clone()
+                    .next()
+                    .and_then(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+            {
+                test_only.push(dir.join(format!("{name}.rs")));
+                test_only.push(dir.join(name).join("mod.rs"));
+            }
+        }
+    }
+    test_only
+}
+
 fn graphs() -> (Graph, BTreeMap<String, Graph>) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    let test_only = test_only_files(&files);
+    files.retain(|f| !test_only.contains(f));
     let mut top = Graph::new();
     let mut inner: BTreeMap<String, Graph> = BTreeMap::new();
     for file in files {

@@ -11,77 +11,19 @@
 //!   operation that returned is there, and after one sync to a healthy
 //!   store a fresh host sees it all too (invariant 4, close(2)).
 
-use super::{Caller, Core, CoreOptions, FsResult};
-use crate::cache::{BlockCache, CacheConfig, MinFree};
-use crate::crypto::SecretKey;
-use crate::journal::{checkpoint, lease, snapshots};
-use crate::meta::{FileKind, Inode, MetadataStore, ROOT_INO, SqliteStore};
-use crate::store::{Fault, FaultyStore, MemoryStore, ObjectStore, Rule};
-use crate::superblock::{Argon2Params, Superblock, Unlock};
-use crate::volume::{self, Volume};
+use super::{Caller, Core, FsResult};
+use crate::journal::{lease, snapshots};
+use crate::meta::{FileKind, ROOT_INO};
+use crate::store::{Fault, FaultyStore, ObjectStore, Rule};
+use crate::test_support::{BS, new_volume};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-
-const BS: u32 = 64 * 1024;
 
 /// Paths to contents (`None`: a directory).
 type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
 fn root() -> Caller {
     Caller::root()
-}
-
-struct Volume0 {
-    inner: Arc<MemoryStore>,
-    volume: Volume,
-}
-
-/// A volume in memory with its first checkpoint, as `init` leaves it.
-async fn new_volume() -> Volume0 {
-    let key = SecretKey::random();
-    let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
-    let (superblock, master) = Superblock::create(BS, &Unlock::KeyFile(key), no_cost, 0).unwrap();
-    let ring = Arc::new(crate::keyring::Keyring::new(&master, superblock.volume_id));
-    let inner = Arc::new(MemoryStore::default());
-    let mut meta = SqliteStore::in_memory().unwrap();
-    meta.put_inode(&Inode::root(0, 0, 0)).unwrap();
-    checkpoint::store(inner.as_ref(), &ring, &meta, 1).await.unwrap();
-    let volume = Volume {
-        store: inner.clone(),
-        superblock,
-        ring,
-        slot: 0,
-    };
-    Volume0 { inner, volume }
-}
-
-impl Volume0 {
-    /// A mount of the volume on `cache_dir` through `store`, its metadata
-    /// loaded the way a real mount loads it.
-    async fn mount(&self, cache_dir: &Path, store: Arc<dyn ObjectStore>) -> Core {
-        let (meta, unsynced) = volume::load_metadata(&self.volume, cache_dir).await.unwrap();
-        let config = CacheConfig {
-            limit: 1 << 30,
-            min_free: MinFree::Bytes(0),
-            max_dirty: 1 << 30,
-            upload_concurrency: 2,
-        };
-        let cache = BlockCache::open(&cache_dir.join("blocks"), config, store.clone()).unwrap();
-        cache.spawn_uploader();
-        let core = Core::new(
-            Box::new(meta),
-            store,
-            cache,
-            self.volume.ring.clone(),
-            BS,
-            CoreOptions::default(),
-        );
-        if unsynced || core.remove_orphans().unwrap() > 0 {
-            core.mark_changed();
-        }
-        core
-    }
 }
 
 /// What the workload did: the model, and the states it asked to make durable.

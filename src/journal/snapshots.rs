@@ -40,7 +40,10 @@ pub enum SnapshotError {
     Exists(String),
     #[error("there is no snapshot named {0:?}")]
     NotFound(String),
-    #[error("the volume has no metadata in the store yet: mount it read-write once")]
+    #[error(
+        "the volume's metadata is missing from the store (no checkpoint, meta/<generation>.snap); nothing was \
+         changed: run `s3vault fsck` to see what is left"
+    )]
     NoState,
     #[error("the volume's metadata changed {ATTEMPTS} times while it was being copied; try again")]
     Contended,
@@ -246,14 +249,16 @@ pub async fn referenced_blocks(store: &dyn ObjectStore, ring: &Keyring) -> Resul
 /// snapshot). Returns how many objects were deleted.
 pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<usize, SnapshotError> {
     let snapshot = load(store, ring, name).await?;
+    // The live state, which may reference blocks no checkpoint does yet.
+    // Without it nothing is deleted: absent is not empty. Read before the
+    // snapshot goes, which is safe: a block the live state no longer
+    // references never comes back (ids are never reused).
+    let live = live_state(store, ring).await?.ok_or(SnapshotError::NoState)?;
     store.delete(&object_key(ring, name)).await?;
     let mut candidates: HashSet<ObjectId> = snapshot.blocks().collect();
-    // The live state, which may reference blocks no checkpoint does yet.
-    if let Some(live) = live_state(store, ring).await? {
-        for record in live.records {
-            if let Record::Block { block, .. } = record {
-                candidates.remove(&block.object_id);
-            }
+    for record in live.records {
+        if let Record::Block { block, .. } = record {
+            candidates.remove(&block.object_id);
         }
     }
     // States first, snapshots second: a snapshot being created from a state

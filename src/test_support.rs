@@ -1,0 +1,78 @@
+//! Test scaffolding shared by the core's tests: volumes in memory made by
+//! the real `init`, mounted the way a real mount loads them.
+
+use crate::cache::{BlockCache, CacheConfig, MinFree};
+use crate::crypto::SecretKey;
+use crate::fs::{Caller, Core, CoreOptions};
+use crate::meta::ROOT_INO;
+use crate::store::{MemoryStore, ObjectStore, S3Options};
+use crate::superblock::{Argon2Params, Unlock};
+use crate::volume::{self, Volume};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const BS: u32 = 64 * 1024;
+
+/// A volume in memory, as `s3vault init` leaves it.
+pub struct TestVolume {
+    pub inner: Arc<MemoryStore>,
+    pub volume: Volume,
+}
+
+pub async fn new_volume() -> TestVolume {
+    let inner = Arc::new(MemoryStore::default());
+    let unlock = Unlock::KeyFile(SecretKey::random());
+    let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
+    volume::init(inner.clone(), "mem://test", BS, &unlock, no_cost, (0, 0))
+        .await
+        .unwrap();
+    let volume = volume::unlock(inner.clone(), "mem://test", &unlock, &S3Options::default())
+        .await
+        .unwrap();
+    TestVolume { inner, volume }
+}
+
+pub fn cache_config() -> CacheConfig {
+    CacheConfig {
+        limit: 1 << 30,
+        min_free: MinFree::Bytes(0),
+        max_dirty: 1 << 30,
+        upload_concurrency: 2,
+    }
+}
+
+impl TestVolume {
+    /// A read-write mount on `cache_dir` through `store`, its metadata
+    /// loaded as a real mount loads it.
+    pub async fn try_mount(&self, cache_dir: &Path, store: Arc<dyn ObjectStore>) -> Result<Core, volume::VolumeError> {
+        std::fs::create_dir_all(cache_dir).unwrap();
+        let (meta, unsynced) = volume::load_metadata(&self.volume, cache_dir).await?;
+        let cache = BlockCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
+        cache.spawn_uploader();
+        let core = Core::new(
+            Box::new(meta),
+            store,
+            cache,
+            self.volume.ring.clone(),
+            BS,
+            CoreOptions::default(),
+        );
+        if unsynced || core.remove_orphans().unwrap() > 0 {
+            core.mark_changed();
+        }
+        Ok(core)
+    }
+
+    pub async fn mount(&self, cache_dir: &Path, store: Arc<dyn ObjectStore>) -> Core {
+        self.try_mount(cache_dir, store).await.unwrap()
+    }
+}
+
+/// Writes `data` as a new file `name` in the root directory and closes it.
+pub async fn write_new(core: &Core, name: &[u8], data: &[u8]) -> u64 {
+    let root = Caller::root();
+    let ino = core.create(&root, ROOT_INO, name, 0o644, libc::O_WRONLY).unwrap().0.ino;
+    core.write(0, ino, 0, data).await.unwrap();
+    core.release(0, ino).await.unwrap();
+    ino
+}
