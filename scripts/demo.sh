@@ -2,7 +2,7 @@
 # A narrated tour of s3vault on the embedded local-directory store
 # (file://), no S3 server needed: build, create a key and a volume, mount it,
 # use it like any directory, unmount, mount again, and look at what the store
-# holds (ciphertext only).
+# holds (ciphertext only), and read back the audit trail of who opened what.
 #
 # Usage: bash scripts/demo.sh [--no-build]   (as root, or a user allowed to
 #        use FUSE; --no-build: use the binary already in target/release)
@@ -128,14 +128,13 @@ for phrase in "GNU GENERAL PUBLIC LICENSE" "Patient 4711" visit.txt; do
 done
 echo "Nothing found: outside the mount there is only ciphertext."
 
-say "Audit log"
-# --------------------------------------------------------------------------
-# TODO(audit): show the audit records of the opens above (who opened which
-# file, when, with which result) once the audit log exists. Nothing is shown
-# here until then.
-# --------------------------------------------------------------------------
-echo "(not implemented yet)"
-
-say "Unmounting and cleaning up"
+say "Unmounting: the audit records go up to the store with the rest"
 run timeout 300 "$S3VAULT" umount "$MNT"
+
+say "Audit log: every open, by whom, with which program (read from the store with the key)"
+run "$S3VAULT" audit log "$URL" --key-file "$KEYDIR/volume.key" --path '/notes/*'
+say "Audit report: per user, for a compliance review"
+run "$S3VAULT" audit report "$URL" --key-file "$KEYDIR/volume.key"
+say "Audit verify: the hash chains are whole (a deleted or edited record would show here)"
+run "$S3VAULT" audit verify "$URL" --key-file "$KEYDIR/volume.key"
 echo "Demo complete."
