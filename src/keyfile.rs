@@ -31,7 +31,7 @@ pub enum KeyFileError {
         uid: u32,
         us: u32,
     },
-    #[error("{0} is not a regular file of at most 64 KiB")]
+    #[error("{0} is not a regular file or pipe of at most 64 KiB")]
     NotASecretFile(String),
 }
 
@@ -58,7 +58,9 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     // Checked on the file as opened, so it cannot be swapped in between.
     let mut file = std::fs::File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+    // A pipe is fine too: `--passphrase-file <(command)`.
+    let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type());
+    if !(meta.is_file() || pipe) || meta.len() > MAX_SECRET_FILE {
         return Err(KeyFileError::NotASecretFile(name));
     }
     if meta.uid() != 0 && meta.uid() != us {
@@ -71,7 +73,10 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
         });
     }
     let mut raw = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-    std::io::Read::read_to_end(&mut file, &mut raw).map_err(io)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, MAX_SECRET_FILE + 1), &mut raw).map_err(io)?;
+    if raw.len() as u64 > MAX_SECRET_FILE {
+        return Err(KeyFileError::NotASecretFile(name));
+    }
     Ok(raw)
 }
 
@@ -166,6 +171,19 @@ mod tests {
         let e = read_key_file(&path).unwrap_err();
         assert!(matches!(e, KeyFileError::UntrustedOwner { uid: 1234, .. }), "{e}");
         assert!(e.to_string().contains("uid 1234"), "{e}");
+    }
+
+    #[test]
+    fn a_passphrase_can_come_through_a_pipe() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(b"from a pipe\n").unwrap();
+        drop(writer);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
+        let path = format!("/proc/self/fd/{fd}");
+        assert_eq!(
+            read_passphrase_file(Path::new(&path)).unwrap().as_slice(),
+            b"from a pipe"
+        );
     }
 
     #[test]
