@@ -76,3 +76,37 @@ pub async fn write_new(core: &Core, name: &[u8], data: &[u8]) -> u64 {
     core.release(0, ino).await.unwrap();
     ino
 }
+
+/// Every entry under the root of `core` with its path ("a/b"), parents
+/// before children.
+pub fn walk(core: &Core) -> Vec<(String, crate::meta::DirEntry)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![(ROOT_INO, String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        for entry in core.readdir(dir, 0, 10_000).unwrap() {
+            let name = String::from_utf8(entry.name.clone()).unwrap();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if entry.kind == crate::meta::FileKind::Dir {
+                dirs.push((entry.ino, path.clone()));
+            }
+            found.push((path, entry));
+        }
+    }
+    found
+}
+
+/// The whole content of file `ino`, read through an open handle.
+pub async fn read_whole(core: &Core, ino: u64) -> crate::fs::FsResult<Vec<u8>> {
+    let size = core.getattr(ino)?.size;
+    core.open_handle(ino, libc::O_RDONLY, &Caller::root())?;
+    let data = core.read(0, ino, 0, size as u32).await;
+    core.release(0, ino).await?;
+    data
+}

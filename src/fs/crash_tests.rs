@@ -15,7 +15,7 @@ use super::{Caller, Core, FsResult};
 use crate::journal::{lease, snapshots};
 use crate::meta::{FileKind, ROOT_INO};
 use crate::store::{Fault, FaultyStore, ObjectStore, Rule};
-use crate::test_support::{BS, new_volume};
+use crate::test_support::{BS, new_volume, read_whole, walk};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -180,30 +180,14 @@ async fn workload(
 /// Everything under the root of `core`, read through it.
 async fn tree(core: &Core) -> Tree {
     let mut tree = Tree::new();
-    let mut dirs = vec![(ROOT_INO, String::new())];
-    while let Some((dir, prefix)) = dirs.pop() {
-        for entry in core.readdir(dir, 0, 10_000).unwrap() {
-            let name = String::from_utf8(entry.name).unwrap();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let path = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if entry.kind == FileKind::Dir {
-                tree.insert(path.clone(), None);
-                dirs.push((entry.ino, path));
-            } else {
-                let size = core.getattr(entry.ino).unwrap().size;
-                core.open_handle(entry.ino, libc::O_RDONLY, &root()).unwrap();
-                let data = core.read(0, entry.ino, 0, size as u32).await;
-                core.release(0, entry.ino).await.unwrap();
-                let data = data.unwrap_or_else(|e| panic!("{path} does not read back: {e:?}"));
-                tree.insert(path, Some(data));
-            }
-        }
+    for (path, entry) in walk(core) {
+        let content = if entry.kind == FileKind::Dir {
+            None
+        } else {
+            let data = read_whole(core, entry.ino).await;
+            Some(data.unwrap_or_else(|e| panic!("{path} does not read back: {e:?}")))
+        };
+        tree.insert(path, content);
     }
     tree
 }

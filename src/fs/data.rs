@@ -191,7 +191,7 @@ impl Core {
     }
 
     /// Opens `ino` without permission checks; returns a file handle number.
-    pub(super) fn open_handle(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
+    pub(crate) fn open_handle(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
         let path = if self.audit.is_some() {
             self.path_of(ino)
         } else {

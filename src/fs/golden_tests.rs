@@ -8,9 +8,10 @@
 use super::{Caller, Core, CoreOptions, FileKind};
 use crate::crypto::SecretKey;
 use crate::journal::{live, snapshots};
-use crate::meta::{ROOT_INO, SqliteStore};
+use crate::meta::SqliteStore;
 use crate::store::{LocalStore, ObjectStore, S3Options};
 use crate::superblock::Unlock;
+use crate::test_support::{read_whole, walk};
 use crate::volume::{self, Volume};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -64,58 +65,41 @@ fn read_only_core(volume: &Volume, meta: SqliteStore, cache_parent: &Path) -> Co
 async fn manifest_of(core: &Core) -> BTreeMap<String, Value> {
     let root = Caller::root();
     let mut out = BTreeMap::new();
-    let mut dirs = vec![(ROOT_INO, String::new())];
-    while let Some((dir, prefix)) = dirs.pop() {
-        for entry in core.readdir(dir, 0, 10_000).unwrap() {
-            let name = String::from_utf8(entry.name).unwrap();
-            if name == "." || name == ".." {
-                continue;
+    for (path, entry) in walk(core) {
+        let inode = core.presented(core.getattr(entry.ino).unwrap());
+        let mut fields = json!({
+            "mode": format!("0o{:o}", inode.perm & 0o7777),
+            "nlink": inode.nlink,
+        });
+        match inode.kind {
+            FileKind::Dir => fields["kind"] = json!("dir"),
+            FileKind::Symlink => {
+                fields["kind"] = json!("symlink");
+                fields["target"] = json!(String::from_utf8(core.readlink(entry.ino).unwrap()).unwrap());
             }
-            let path = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let inode = core.presented(core.getattr(entry.ino).unwrap());
-            let mut fields = json!({
-                "mode": format!("0o{:o}", inode.perm & 0o7777),
-                "nlink": inode.nlink,
-            });
-            match inode.kind {
-                FileKind::Dir => {
-                    fields["kind"] = json!("dir");
-                    dirs.push((entry.ino, path.clone()));
-                }
-                FileKind::Symlink => {
-                    fields["kind"] = json!("symlink");
-                    fields["target"] = json!(String::from_utf8(core.readlink(entry.ino).unwrap()).unwrap());
-                }
-                _ => {
-                    core.open_handle(entry.ino, libc::O_RDONLY, &root).unwrap();
-                    let data = core.read(0, entry.ino, 0, inode.size as u32).await.unwrap();
-                    core.release(0, entry.ino).await.unwrap();
-                    fields["kind"] = json!("file");
-                    fields["size"] = json!(inode.size);
-                    fields["sha256"] = json!(hex::encode(Sha256::digest(&data)));
-                }
+            _ => {
+                let data = read_whole(core, entry.ino).await.unwrap();
+                fields["kind"] = json!("file");
+                fields["size"] = json!(inode.size);
+                fields["sha256"] = json!(hex::encode(Sha256::digest(&data)));
             }
-            let names = core.listxattr(&root, entry.ino).unwrap();
-            let xattrs: serde_json::Map<String, Value> = names
-                .split(|b| *b == 0)
-                .filter(|n| !n.is_empty())
-                .map(|n| {
-                    let value = core.getxattr(&root, entry.ino, n).unwrap();
-                    (
-                        String::from_utf8(n.to_vec()).unwrap(),
-                        json!(String::from_utf8(value).unwrap()),
-                    )
-                })
-                .collect();
-            if !xattrs.is_empty() {
-                fields["xattrs"] = Value::Object(xattrs);
-            }
-            out.insert(path, fields);
         }
+        let names = core.listxattr(&root, entry.ino).unwrap();
+        let xattrs: serde_json::Map<String, Value> = names
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                let value = core.getxattr(&root, entry.ino, n).unwrap();
+                (
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    json!(String::from_utf8(value).unwrap()),
+                )
+            })
+            .collect();
+        if !xattrs.is_empty() {
+            fields["xattrs"] = Value::Object(xattrs);
+        }
+        out.insert(path, fields);
     }
     out
 }
