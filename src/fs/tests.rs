@@ -7,6 +7,7 @@ use crate::crypto::SecretKey;
 use crate::journal::{checkpoint, segment};
 use crate::meta::SqliteStore;
 use crate::store::{FaultyStore, MemoryStore};
+use crate::test_support::read_whole as read_all;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -109,14 +110,6 @@ impl Fixture {
     async fn data_objects(&self) -> Vec<String> {
         self.store.list("data/").await.unwrap()
     }
-}
-
-async fn read_all(core: &Core, ino: u64) -> FsResult<Vec<u8>> {
-    let size = core.getattr(ino)?.size;
-    core.open_handle(ino, libc::O_RDONLY, &root())?;
-    let data = core.read(0, ino, 0, size as u32).await;
-    core.release(0, ino).await?;
-    data
 }
 
 async fn write_file(core: &Core, name: &[u8], data: &[u8]) -> u64 {
