@@ -70,14 +70,25 @@ def framed(magic: bytes, subkey: bytes, label: bytes, name: str, plaintext: byte
     return magic + b"\x01" + OBJECT_ID + struct.pack(">I", len(sealed)) + sealed
 
 
-def superblock() -> bytes:
+def superblock(version: int, revision: int) -> bytes:
+    """Format 2 has the revision after the creation time; format 1 none."""
     created = 1_790_000_000
     slot_params = struct.pack(">BBQIII", 1, 0, created, 0, 0, 0) + SLOT_SALT
     kek = hkdf(KEY_FILE_KEY, SLOT_SALT, b"s3vault v1 key-file slot")
     wrapped = seal(kek, NONCE, b"s3vault v1 key slot" + VOLUME_ID + slot_params, MASTER)
     slot = slot_params + struct.pack(">H", 0) + struct.pack(">H", len(wrapped)) + wrapped
-    body = b"S3VAULT\x00" + struct.pack(">H", 1) + VOLUME_ID + struct.pack(">IBQB", 1 << 20, 1, created, 1) + slot
+    header = struct.pack(">IBQ", 1 << 20, 1, created)
+    if version >= 2:
+        header += struct.pack(">Q", revision)
+    body = b"S3VAULT\x00" + struct.pack(">H", version) + VOLUME_ID + header + b"\x01" + slot
     return body + hmac.new(sub["superblock"], body, hashlib.sha256).digest()
+
+
+journal_chain_key = hkdf(sub["metadata"], b"", b"s3vault v1 journal chain")
+
+
+def journal_head(number: int, prev: bytes, ops: bytes) -> bytes:
+    return hmac.new(journal_chain_key, b"s3vault v1 journal head" + struct.pack(">Q", number) + prev + ops, hashlib.sha256).digest()
 
 
 BLOCK = b"known answer: one block of one file"
@@ -88,6 +99,14 @@ AUDIT_NAME = "audit/0123456789abcdef/000000000001"
 chain_key = hkdf(sub["audit"], b"", b"s3vault v1 audit chain")
 prev = bytes(32)
 record = b'{"seq":1,"event":"open"}'
+SEGMENT = "journal/00000000000000000043"
+# One operation: delete inode 9 (tag 16).
+OPS = b"\x10" + struct.pack(">Q", 9)
+genesis = journal_head(1, bytes(32), b"")
+checkpoint_head = journal_head(42, genesis, b"")
+segment_plaintext = b"\x02" + checkpoint_head + OPS
+# A state of one record: the next inode number is 10 (tag 5).
+checkpoint_v2_plaintext = b"\x02" + checkpoint_head + b"\x01\x05" + struct.pack(">Q", 10)
 
 vectors = {
     "about": "Written by scripts/format-vectors.py from FORMAT.md; checked by src/format_tests.rs.",
@@ -117,6 +136,16 @@ vectors = {
         "audit_segment": framed(b"S3VA", sub["audit"], b"s3vault v1 audit frame", AUDIT_NAME, AUDIT).hex(),
         "audit_name": AUDIT_NAME,
         "audit_plaintext": AUDIT.hex(),
+        "checkpoint_v2": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", CHECKPOINT, checkpoint_v2_plaintext).hex(),
+        "segment": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", SEGMENT, segment_plaintext).hex(),
+        "segment_name": SEGMENT,
+    },
+    "journal_chain": {
+        "key": journal_chain_key.hex(),
+        "genesis": genesis.hex(),
+        "checkpoint_42_head": checkpoint_head.hex(),
+        "segment_43_ops": OPS.hex(),
+        "segment_43_head": journal_head(43, checkpoint_head, OPS).hex(),
     },
     "audit_chain": {
         "prev": prev.hex(),
@@ -125,7 +154,9 @@ vectors = {
     },
     "superblock": {
         "key_file_key": KEY_FILE_KEY.hex(),
-        "bytes": superblock().hex(),
+        "bytes": superblock(2, 5).hex(),
+        "revision": 5,
+        "format_1_bytes": superblock(1, 0).hex(),
         "block_size": 1 << 20,
         "created": 1_790_000_000,
     },

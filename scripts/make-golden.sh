@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Regenerates tests/golden/v1: an example volume of format version 1 on the
-# embedded local-directory store, made by the real binary on a real mount,
+# Makes tests/golden/v<VERSION>: an example volume of the current format
+# version on the embedded local-directory store, made by the real binary on a real mount,
 # with its key file and a manifest of what it holds. `cargo test` opens it
 # from an empty cache and checks the manifest and the audit trail
 # (src/fs/golden_tests.rs), so every format change is deliberate: bump the
-# version in FORMAT.md, run this script and commit the new volume with it.
+# version in FORMAT.md, run this script and commit the new volume with it
+# (older versions' volumes stay: they must keep mounting).
 #
-# Usage (as root, FUSE available): scripts/make-golden.sh
+# Usage (as root, FUSE available): scripts/make-golden.sh VERSION
 # S3VAULT   the binary (default target/release/s3vault)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 S3VAULT=${S3VAULT:-$REPO/target/release/s3vault}
-OUT=$REPO/tests/golden/v1
+VERSION=${1:?usage: scripts/make-golden.sh VERSION (the format version FORMAT.md names)}
+grep -q "^# s3vault volume format, version $VERSION\$" "$REPO/FORMAT.md" ||
+    { echo "FORMAT.md does not describe version $VERSION" >&2; exit 2; }
+OUT=$REPO/tests/golden/v$VERSION
 WORK=$(mktemp -d /tmp/s3vault-golden.XXXXXX)
 MNT=$WORK/mnt
 URL=file://$OUT/store

@@ -8,7 +8,10 @@
 use crate::audit::segment::{chain_mac, frame_aad};
 use crate::codec::{self, BlockAddress, Framed, ObjectId};
 use crate::crypto::SecretKey;
+use crate::journal::{checkpoint, segment};
 use crate::keyring::{Keyring, VolumeId};
+use crate::meta::ChainHead;
+use crate::store::ObjectStore;
 use crate::superblock::{Superblock, Unlock};
 use serde_json::Value;
 
@@ -137,11 +140,74 @@ fn the_audit_chain_matches_its_known_answer() {
 }
 
 #[test]
+fn the_journal_chain_matches_its_known_answer() {
+    let v = vectors();
+    let ring = ring(&v);
+    let c = &v["journal_chain"];
+    assert_eq!(ring.journal_chain_key().as_bytes().to_vec(), bytes(&c["key"]));
+    assert_eq!(segment::genesis(&ring).to_vec(), bytes(&c["genesis"]));
+    let checkpoint_head: ChainHead = bytes(&c["checkpoint_42_head"]).try_into().unwrap();
+    assert_eq!(
+        segment::chain(&ring, 42, &segment::genesis(&ring), &[]).to_vec(),
+        checkpoint_head.to_vec()
+    );
+    let ops = bytes(&c["segment_43_ops"]);
+    assert_eq!(
+        segment::chain(&ring, 43, &checkpoint_head, &ops).to_vec(),
+        bytes(&c["segment_43_head"])
+    );
+}
+
+#[tokio::test]
+async fn a_chained_checkpoint_and_segment_written_from_the_spec_load() {
+    let v = vectors();
+    let ring = ring(&v);
+    let s = &v["sealed"];
+    let c = &v["journal_chain"];
+    let store = crate::store::MemoryStore::default();
+    store
+        .put(text(&s["checkpoint_name"]), bytes(&s["checkpoint_v2"]).into())
+        .await
+        .unwrap();
+    store
+        .put(text(&s["segment_name"]), bytes(&s["segment"]).into())
+        .await
+        .unwrap();
+    let checkpoint = checkpoint::read(&store, &ring, 42).await.unwrap().unwrap();
+    assert_eq!(checkpoint.head.unwrap().to_vec(), bytes(&c["checkpoint_42_head"]));
+    assert_eq!(checkpoint.records, [crate::meta::Record::NextIno(10)]);
+    let segment = segment::read(&store, &ring, 43).await.unwrap().unwrap();
+    segment.check_follows(checkpoint.head.as_ref()).unwrap();
+    assert_eq!(segment.ops, bytes(&c["segment_43_ops"]));
+    assert_eq!(segment.head.unwrap().to_vec(), bytes(&c["segment_43_head"]));
+    assert!(segment.check_follows(Some(&[0; 32])).is_err());
+}
+
+#[test]
+fn the_format_1_superblock_still_unlocks_and_reencodes_byte_for_byte() {
+    let v = vectors();
+    let sb = &v["superblock"];
+    let encoded = bytes(&sb["format_1_bytes"]);
+    let superblock = Superblock::decode(&encoded).unwrap();
+    assert_eq!((superblock.format, superblock.revision), (1, 0));
+    let key: [u8; 32] = bytes(&sb["key_file_key"]).try_into().unwrap();
+    let master = superblock
+        .unlock(&Unlock::KeyFile(SecretKey::from_bytes(&key)))
+        .unwrap();
+    superblock.verify(&master).unwrap();
+    assert_eq!(superblock.encode(), encoded);
+}
+
+#[test]
 fn the_superblock_written_from_the_spec_unlocks_and_reencodes_byte_for_byte() {
     let v = vectors();
     let sb = &v["superblock"];
     let encoded = bytes(&sb["bytes"]);
     let superblock = Superblock::decode(&encoded).unwrap();
+    assert_eq!(
+        (superblock.format, superblock.revision),
+        (2, sb["revision"].as_u64().unwrap())
+    );
     assert_eq!(superblock.volume_id.to_vec(), bytes(&v["volume_id"]));
     assert_eq!(u64::from(superblock.block_size), sb["block_size"].as_u64().unwrap());
     let key: [u8; 32] = bytes(&sb["key_file_key"]).try_into().unwrap();

@@ -21,7 +21,7 @@ use crate::codec::{self, BlockAddress, ObjectId};
 use crate::journal::live::live_state;
 use crate::journal::{StateError, checkpoint, segment, snapshots};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, Inode, ROOT_INO, Record, decode_state};
+use crate::meta::{FileKind, Inode, ROOT_INO, Record};
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -250,20 +250,14 @@ pub async fn run(
     report.states = generations.len();
     for generation in generations {
         let key = checkpoint::key(generation);
-        let sealed = match store.get(&key).await {
-            Ok(sealed) => sealed,
+        match checkpoint::read(store.as_ref(), &ring, generation).await {
             // Superseded by the writer meanwhile.
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match codec::open_metadata(&ring, &key, &sealed)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| decode_state(&plain).map_err(|e| e.to_string()))
-        {
-            Ok(records) => referenced.extend(records.iter().filter_map(|r| match r {
+            Ok(None) => continue,
+            Ok(Some(opened)) => referenced.extend(opened.records.iter().filter_map(|r| match r {
                 Record::Block { block, .. } => Some(block.object_id),
                 _ => None,
             })),
+            Err(StateError::Store(e)) => return Err(e.into()),
             Err(e) => {
                 report.problems.push(Problem {
                     state: format!("metadata {key}"),

@@ -22,6 +22,7 @@ pub mod purpose {
     pub const OBJECT: &[u8] = b"s3vault v1 object key";
     pub const AUDIT_CHAIN: &[u8] = b"s3vault v1 audit chain";
     pub const SNAPSHOT_NAME: &[u8] = b"s3vault v1 snapshot name";
+    pub const JOURNAL_CHAIN: &[u8] = b"s3vault v1 journal chain";
 }
 
 pub struct Keyring {
@@ -93,6 +94,11 @@ impl Keyring {
     /// The HMAC key that chains audit records.
     pub fn audit_chain_key(&self) -> SecretKey {
         self.keys.audit.derive(&[], &[purpose::AUDIT_CHAIN])
+    }
+
+    /// The HMAC key that chains journal segments and checkpoints.
+    pub fn journal_chain_key(&self) -> SecretKey {
+        self.keys.metadata.derive(&[], &[purpose::JOURNAL_CHAIN])
     }
 
     /// The id naming snapshot `name` in the store: a keyed hash, so object

@@ -8,7 +8,7 @@ use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
 use crate::fuse::{AttrOverrides, FuseAdapter};
 use crate::journal::lease::{HEARTBEAT, Lease, LeaseError};
-use crate::journal::{checkpoint, segment};
+use crate::journal::{StateError, checkpoint, segment};
 use crate::store::{Location, S3Options};
 use crate::superblock::Unlock;
 use crate::volume::{self, VolumeError};
@@ -436,12 +436,19 @@ async fn follow_writer(core: Arc<Core>, volume: volume::Volume, cache_dir: PathB
 /// longer lead to the live state (a newer checkpoint replaced them).
 async fn follow_segments(core: &Core, volume: &volume::Volume, current: u64) -> anyhow::Result<bool> {
     let store = volume.store.as_ref();
-    let fetched = segment::fetch_after(store, &volume.ring, current).await?;
-    let reached = fetched.last().map_or(current, |(n, _)| *n);
+    let head = core.head().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fetched = match segment::fetch_after(store, &volume.ring, current, head).await {
+        Ok(fetched) => fetched,
+        Err(StateError::Gap { .. }) if checkpoint::newest(store).await?.is_some_and(|c| c > current) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let reached = fetched.reached(current);
     if checkpoint::newest(store).await?.is_some_and(|c| c > reached) {
         return Ok(false);
     }
-    if !fetched.is_empty() {
+    if !fetched.segments.is_empty() {
         core.follow(fetched).map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::debug!(from = current, to = reached, "applied the writer's journal");
     }

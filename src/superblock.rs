@@ -12,13 +12,15 @@ use crate::keyring::{Keyring, VOLUME_ID_LEN, VolumeId};
 use zeroize::Zeroizing;
 
 pub const MAGIC: &[u8; 8] = b"S3VAULT\0";
-pub const FORMAT_VERSION: u16 = 1;
+/// The format new volumes get. Version 1 superblocks (without a
+/// revision) are read, and become version 2 at their first key change.
+pub const FORMAT_VERSION: u16 = 2;
 pub const CIPHER_AES_256_GCM: u8 = 1;
 pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
 pub const MAX_SLOTS: usize = 16;
 
-const HEADER_LEN: usize = 8 + 2 + VOLUME_ID_LEN + 4 + 1 + 8 + 1;
+const HEADER_LEN: usize = 8 + 2 + VOLUME_ID_LEN + 4 + 1 + 8 + 8 + 1;
 const SLOT_PARAMS_LEN: usize = 1 + 1 + 8 + 4 + 4 + 4 + 16;
 const SEALED_KEY_LEN: usize = KEY_LEN + SEAL_OVERHEAD;
 /// KMS ciphertext blobs are about 200 bytes; allow generous room.
@@ -83,9 +85,15 @@ pub struct KeySlot {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
+    /// The format version it was written in (1 or 2).
+    pub format: u16,
     pub volume_id: VolumeId,
     pub block_size: u32,
     pub created: u64,
+    /// Bumped by every key change (0 in format 1): a host that has seen
+    /// revision r refuses a superblock older than r (a revoked slot put
+    /// back).
+    pub revision: u64,
     pub slots: Vec<KeySlot>,
     mac: [u8; MAC_LEN],
 }
@@ -94,7 +102,9 @@ pub struct Superblock {
 pub enum SuperblockError {
     #[error("not an s3vault superblock (bad magic)")]
     BadMagic,
-    #[error("unsupported volume format version {0} (this s3vault reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported volume format version {0} (this s3vault reads versions 1 to {FORMAT_VERSION}; a newer s3vault made this volume)"
+    )]
     UnsupportedVersion(u16),
     #[error("unsupported cipher id {0}")]
     UnsupportedCipher(u8),
@@ -243,9 +253,11 @@ impl Superblock {
         let volume_id: VolumeId = crypto::random_bytes();
         let slot = KeySlot::new(unlock, &master, &volume_id, cost, now)?;
         let mut sb = Superblock {
+            format: FORMAT_VERSION,
             volume_id,
             block_size,
             created: now,
+            revision: 1,
             slots: vec![slot],
             mac: [0; MAC_LEN],
         };
@@ -285,7 +297,7 @@ impl Superblock {
         }
         self.slots
             .push(KeySlot::new(unlock, master, &self.volume_id, cost, now)?);
-        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        self.revise(master);
         Ok(())
     }
 
@@ -311,7 +323,7 @@ impl Superblock {
             kms_key_id: key_id.to_string(),
             wrapped: blob,
         });
-        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        self.revise(master);
         Ok(())
     }
 
@@ -335,18 +347,28 @@ impl Superblock {
             return Err(SuperblockError::NoSuchSlot);
         }
         let removed = self.slots.remove(index);
-        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
+        self.revise(master);
         Ok(removed)
+    }
+
+    /// After a key change: the current format, the next revision, a new MAC.
+    fn revise(&mut self, master: &SecretKey) {
+        self.format = FORMAT_VERSION;
+        self.revision += 1;
+        self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
     }
 
     fn body(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER_LEN + self.slots.len() * (SLOT_PARAMS_LEN + 4 + SEALED_KEY_LEN));
         b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        b.extend_from_slice(&self.format.to_be_bytes());
         b.extend_from_slice(&self.volume_id);
         b.extend_from_slice(&self.block_size.to_be_bytes());
         b.push(CIPHER_AES_256_GCM);
         b.extend_from_slice(&self.created.to_be_bytes());
+        if self.format >= 2 {
+            b.extend_from_slice(&self.revision.to_be_bytes());
+        }
         b.push(self.slots.len() as u8);
         for slot in &self.slots {
             b.extend_from_slice(&slot.params_bytes());
@@ -373,9 +395,9 @@ impl Superblock {
         if r.take(8)? != MAGIC {
             return Err(SuperblockError::BadMagic);
         }
-        let version = r.u16()?;
-        if version != FORMAT_VERSION {
-            return Err(SuperblockError::UnsupportedVersion(version));
+        let format = r.u16()?;
+        if !(1..=FORMAT_VERSION).contains(&format) {
+            return Err(SuperblockError::UnsupportedVersion(format));
         }
         let volume_id: VolumeId = r
             .take(VOLUME_ID_LEN)?
@@ -388,6 +410,7 @@ impl Superblock {
             return Err(SuperblockError::UnsupportedCipher(cipher));
         }
         let created = r.u64()?;
+        let revision = if format >= 2 { r.u64()? } else { 0 };
         let count = r.u8()? as usize;
         if count == 0 || count > MAX_SLOTS {
             return Err(SuperblockError::Malformed);
@@ -433,9 +456,11 @@ impl Superblock {
             return Err(SuperblockError::Malformed);
         }
         Ok(Superblock {
+            format,
             volume_id,
             block_size,
             created,
+            revision,
             slots,
             mac,
         })
@@ -553,12 +578,37 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(Superblock::decode(&bytes[..len]).is_err());
         }
-        let mut v2 = bytes.clone();
-        v2[9] = 2;
+        let mut v3 = bytes.clone();
+        v3[9] = 3;
         assert!(matches!(
-            Superblock::decode(&v2),
-            Err(SuperblockError::UnsupportedVersion(2))
+            Superblock::decode(&v3),
+            Err(SuperblockError::UnsupportedVersion(3))
         ));
+    }
+
+    #[test]
+    fn every_key_change_bumps_the_revision_and_a_format_1_superblock_is_upgraded() {
+        let key = SecretKey::random();
+        let (mut sb, master) = Superblock::create(1 << 20, &Unlock::KeyFile(key.clone()), TEST_COST, 1).unwrap();
+        assert_eq!((sb.format, sb.revision), (2, 1));
+        sb.add_slot(&master, &passphrase("second"), TEST_COST, 2).unwrap();
+        sb.remove_slot(&master, 1).unwrap();
+        let read = Superblock::decode(&sb.encode()).unwrap();
+        assert_eq!(read.revision, 3);
+        read.verify(&master).unwrap();
+        // A format 1 superblock has no revision field; its MAC covers its
+        // own layout, and its first key change writes format 2.
+        let mut v1 = read.clone();
+        v1.format = 1;
+        v1.revision = 0;
+        v1.mac = v1.compute_mac(&Keyring::new(&master, v1.volume_id));
+        let mut v1 = Superblock::decode(&v1.encode()).unwrap();
+        assert_eq!((v1.format, v1.revision), (1, 0));
+        v1.verify(&master).unwrap();
+        v1.add_slot(&master, &passphrase("third"), TEST_COST, 3).unwrap();
+        let upgraded = Superblock::decode(&v1.encode()).unwrap();
+        assert_eq!((upgraded.format, upgraded.revision), (2, 1));
+        upgraded.verify(&master).unwrap();
     }
 
     #[test]

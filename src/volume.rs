@@ -100,7 +100,7 @@ pub async fn init(
     let ring = Keyring::new(&master, superblock.volume_id);
     let mut meta = SqliteStore::in_memory()?;
     meta.put_inode(&Inode::root(owner.0, owner.1, now_ns()))?;
-    checkpoint::store(store.as_ref(), &ring, &meta, 1).await?;
+    checkpoint::store(store.as_ref(), &ring, &meta, 1, &segment::genesis(&ring)).await?;
     match store.put_new(SUPERBLOCK_KEY, Bytes::from(superblock.encode())).await {
         Ok(()) => Ok(superblock.volume_id),
         Err(StoreError::AlreadyExists) => Err(VolumeError::AlreadyInitialised(url.to_string())),
@@ -333,7 +333,10 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
     }
     Ok(
         match segment::read(volume.store.as_ref(), &volume.ring, newest).await? {
-            Some(ops) => segment::journal_prefix(db, &ops)?.is_some(),
+            Some(segment) => {
+                segment.check_follows(db.head()?.as_ref()).is_ok()
+                    && segment::journal_prefix(db, &segment.ops)?.is_some()
+            }
             None => false,
         },
     )

@@ -1,6 +1,6 @@
-//! The golden volume: `tests/golden/v1`, made by `scripts/make-golden.sh`
-//! with the real binary on a real mount, opened here from an empty cache as
-//! a fresh host would. Every file, directory, symlink, hard link, sparse
+//! The golden volumes: `tests/golden/v<format version>`, each made by
+//! `scripts/make-golden.sh` with the real binary of its time on a real
+//! mount, opened here from an empty cache as a fresh host would. Every file, directory, symlink, hard link, sparse
 //! file and extended attribute of its manifest must read back the same,
 //! in the live state and in its named snapshot, and its audit trail must
 //! verify: volumes written by this format version keep mounting.
@@ -8,7 +8,7 @@
 use super::{Caller, Core, CoreOptions, FileKind};
 use crate::crypto::SecretKey;
 use crate::journal::{live, snapshots};
-use crate::meta::SqliteStore;
+use crate::meta::{ChainHead, MetadataStore, SqliteStore};
 use crate::store::{LocalStore, ObjectStore, S3Options};
 use crate::superblock::Unlock;
 use crate::test_support::{read_whole, walk};
@@ -19,17 +19,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v1");
+fn golden(version: u16) -> String {
+    format!("{}/tests/golden/v{version}", env!("CARGO_MANIFEST_DIR"))
+}
 
-/// The golden volume, copied: reading must not depend on (or touch) the
+/// A golden volume, copied: reading must not depend on (or touch) the
 /// checked-in files.
-async fn open_golden(copy: &Path) -> Volume {
+async fn open_golden(version: u16, copy: &Path) -> Volume {
+    let golden = golden(version);
     let status = std::process::Command::new("cp")
-        .args(["-a", &format!("{GOLDEN}/store"), &copy.display().to_string()])
+        .args(["-a", &format!("{golden}/store"), &copy.display().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let hex_key = std::fs::read_to_string(format!("{GOLDEN}/key")).unwrap();
+    let hex_key = std::fs::read_to_string(format!("{golden}/key")).unwrap();
     let key: [u8; 32] = hex::decode(hex_key.trim()).unwrap().try_into().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(copy.join("store")));
     let unlock = Unlock::KeyFile(SecretKey::from_bytes(&key));
@@ -104,16 +107,39 @@ async fn manifest_of(core: &Core) -> BTreeMap<String, Value> {
     out
 }
 
-fn expected(part: &str) -> BTreeMap<String, Value> {
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{GOLDEN}/manifest.json")).unwrap()).unwrap();
+fn expected(version: u16, part: &str) -> BTreeMap<String, Value> {
+    let path = format!("{}/manifest.json", golden(version));
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     manifest[part].as_object().unwrap().clone().into_iter().collect()
 }
 
 #[tokio::test]
-async fn the_golden_volume_mounts_from_an_empty_cache_with_every_file_intact() {
+async fn the_format_1_golden_volume_mounts_with_every_file_intact() {
+    mounts_with_every_file_intact(1).await;
+}
+
+#[tokio::test]
+async fn the_format_2_golden_volume_mounts_with_every_file_intact() {
+    let head = mounts_with_every_file_intact(2).await;
+    assert!(head.is_some(), "format 2 chains the journal");
+}
+
+#[tokio::test]
+async fn the_format_1_golden_volumes_audit_trail_verifies() {
+    audit_trail_verifies(1).await;
+}
+
+#[tokio::test]
+async fn the_format_2_golden_volumes_audit_trail_verifies() {
+    audit_trail_verifies(2).await;
+}
+
+/// Checks golden volume `version` against its manifest; returns its live
+/// state's journal chain head.
+async fn mounts_with_every_file_intact(version: u16) -> Option<ChainHead> {
     let tmp = tempfile::tempdir().unwrap();
-    let volume = open_golden(tmp.path()).await;
+    let volume = open_golden(version, tmp.path()).await;
+    assert_eq!(volume.superblock.format, version);
 
     let loaded = live::load_state(volume.store.as_ref(), &volume.ring, || {
         Ok::<_, crate::journal::StateError>(SqliteStore::in_memory()?)
@@ -121,9 +147,10 @@ async fn the_golden_volume_mounts_from_an_empty_cache_with_every_file_intact() {
     .await
     .unwrap()
     .expect("the golden volume has a checkpoint");
+    let head = loaded.meta.head().unwrap();
     let live_core = read_only_core(&volume, loaded.meta, tmp.path());
     let live = manifest_of(&live_core).await;
-    assert_eq!(live, expected("live"));
+    assert_eq!(live, expected(version, "live"));
     assert!(
         live.values()
             .any(|f| f["nlink"] == json!(2) && f["kind"] == json!("file")),
@@ -137,14 +164,14 @@ async fn the_golden_volume_mounts_from_an_empty_cache_with_every_file_intact() {
         .import_into(&mut at_snapshot)
         .unwrap();
     let snapshot = manifest_of(&read_only_core(&volume, at_snapshot, tmp.path())).await;
-    assert_eq!(snapshot, expected("snapshot"));
+    assert_eq!(snapshot, expected(version, "snapshot"));
     assert_ne!(snapshot, live, "the volume changed after its snapshot");
+    head
 }
 
-#[tokio::test]
-async fn the_golden_volumes_audit_trail_verifies() {
+async fn audit_trail_verifies(version: u16) {
     let tmp = tempfile::tempdir().unwrap();
-    let volume = open_golden(tmp.path()).await;
+    let volume = open_golden(version, tmp.path()).await;
     let segments = crate::audit::read_segments(volume.store.clone(), volume.ring.clone())
         .await
         .unwrap();

@@ -4,9 +4,9 @@
 //! and when, is the persistence layer's business (`crate::journal`).
 
 use super::{Core, FsError, FsResult};
+use crate::journal::segment::Fetched;
 use crate::journal::{self, FINAL_SYNC_LIMIT};
-use crate::meta::MetadataStore;
-use crate::meta::ops::JournalOp;
+use crate::meta::{ChainHead, MetadataStore};
 
 impl Core {
     /// Makes everything done so far durable in the object store: buffered
@@ -43,8 +43,8 @@ impl Core {
 
     /// Applies the writer's newer journal segments (a read-only follower
     /// catching up).
-    pub fn follow(&self, segments: Vec<(u64, Vec<JournalOp>)>) -> FsResult<()> {
-        journal::segment::apply_all(self.meta().as_mut(), segments)?;
+    pub fn follow(&self, fetched: Fetched) -> FsResult<()> {
+        journal::segment::apply_all(self.meta().as_mut(), fetched)?;
         self.forget_dir_paths();
         Ok(())
     }
@@ -59,6 +59,11 @@ impl Core {
     /// The generation of the metadata state in use.
     pub fn generation(&self) -> FsResult<u64> {
         Ok(self.meta().generation()?)
+    }
+
+    /// The journal chain head at `generation()`, if known.
+    pub fn head(&self) -> FsResult<Option<ChainHead>> {
+        Ok(self.meta().head()?)
     }
 
     /// Whether the kernel may keep a file's pages across opens.

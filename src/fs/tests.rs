@@ -924,7 +924,7 @@ fn state_lines(meta: &dyn MetadataStore) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
+async fn a_state_is_the_checkpoint_and_its_chained_segments() {
     let fx = Fixture::new();
     let core = fx.journaling_core();
     write_file(&core, b"in-checkpoint", b"1").await;
@@ -939,36 +939,88 @@ async fn a_state_is_the_checkpoint_and_the_segments_up_to_the_first_gap() {
     assert_eq!(core.generation().unwrap(), checkpoint + 2);
     assert_eq!(checkpoint::generations(fx.store.as_ref()).await.unwrap(), [checkpoint]);
     let expected = state_lines(core.meta().as_ref());
-    // After a gap, segments do not count.
-    let mut op = Vec::new();
-    crate::meta::ops::encode_op(&mut op, &crate::meta::ops::JournalOp::DeleteInode(ROOT_INO));
-    let stray = segment::seal(&fx.ring, checkpoint + 4, &op);
-    fx.store.put_new(&segment::key(checkpoint + 4), stray).await.unwrap();
 
-    let loaded = crate::journal::live::load_state(fx.store.as_ref(), &fx.ring, || {
-        Ok::<_, crate::journal::StateError>(SqliteStore::in_memory()?)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let loaded = load_live(&fx).await.unwrap().unwrap();
     assert_eq!((loaded.checkpoint, loaded.generation), (checkpoint, checkpoint + 2));
     assert_eq!(state_lines(&loaded.meta), expected);
+    assert_eq!(loaded.meta.head().unwrap(), core.head().unwrap());
     // A follower at the checkpoint gets there by applying the segments.
     let mut at_checkpoint = SqliteStore::in_memory().unwrap();
     checkpoint::load(fx.store.as_ref(), &fx.ring, &mut at_checkpoint, checkpoint)
         .await
         .unwrap();
+    let head = at_checkpoint.head().unwrap();
+    assert!(head.is_some());
     let read_only = CoreOptions {
         read_only: true,
         ..CoreOptions::default()
     };
     let follower = fx.core_with_options(at_checkpoint, read_only);
-    let fetched = segment::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint)
+    let fetched = segment::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint, head)
         .await
         .unwrap();
     follower.follow(fetched).unwrap();
     assert_eq!(follower.generation().unwrap(), checkpoint + 2);
     assert_eq!(state_lines(follower.meta().as_ref()), expected);
+}
+
+async fn load_live(
+    fx: &Fixture,
+) -> Result<Option<crate::journal::live::Loaded<SqliteStore>>, crate::journal::StateError> {
+    crate::journal::live::load_state(fx.store.as_ref(), &fx.ring, || {
+        Ok::<_, crate::journal::StateError>(SqliteStore::in_memory()?)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_gap_in_the_journal_fails_the_load_instead_of_hiding_what_follows() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    core.sync().await.unwrap();
+    let checkpoint = core.generation().unwrap();
+    for name in [&b"one"[..], b"two", b"three"] {
+        write_file(&core, name, b"fsynced").await;
+        core.sync().await.unwrap();
+    }
+    assert_eq!(core.generation().unwrap(), checkpoint + 3);
+    fx.store.delete(&segment::key(checkpoint + 2)).await.unwrap();
+    match load_live(&fx).await {
+        Err(crate::journal::StateError::Gap { missing, newest }) => {
+            assert_eq!((missing, newest), (checkpoint + 2, checkpoint + 3));
+        }
+        other => panic!("expected a gap, got {:?}", other.map(|l| l.map(|l| l.generation))),
+    }
+    // A follower meets it too.
+    let fetched = segment::fetch_after(fx.store.as_ref(), &fx.ring, checkpoint + 1, None).await;
+    assert!(matches!(fetched, Err(crate::journal::StateError::Gap { .. })));
+}
+
+#[tokio::test]
+async fn a_segment_of_another_history_is_refused() {
+    let fx = Fixture::new();
+    let core = fx.journaling_core();
+    core.sync().await.unwrap();
+    let checkpoint = core.generation().unwrap();
+    write_file(&core, b"real", b"1").await;
+    core.sync().await.unwrap();
+    // A validly sealed segment that names a predecessor the store's
+    // history never had (a piece of another history, or a replay).
+    let mut op = Vec::new();
+    crate::meta::ops::encode_op(&mut op, &crate::meta::ops::JournalOp::DeleteInode(ROOT_INO));
+    let (stray, _) = segment::seal(&fx.ring, checkpoint + 2, Some(&[7; 32]), &op);
+    fx.store.put_new(&segment::key(checkpoint + 2), stray).await.unwrap();
+    match load_live(&fx).await {
+        Err(crate::journal::StateError::Unchained(key)) => assert_eq!(key, segment::key(checkpoint + 2)),
+        other => panic!(
+            "expected a broken chain, got {:?}",
+            other.map(|l| l.map(|l| l.generation))
+        ),
+    }
+    // The writer does not take it for its own either.
+    write_file(&core, b"later", b"2").await;
+    assert!(core.sync().await.is_err());
+    assert!(core.is_fenced());
 }
 
 /// Uploads `core`'s journal as segment `generation` behind its back, as a
@@ -981,7 +1033,8 @@ async fn upload_journal_as(fx: &Fixture, core: &Core, generation: u64) {
         .into_iter()
         .flat_map(|(_, op)| op)
         .collect();
-    let sealed = segment::seal(&fx.ring, generation, &ops);
+    let head = core.head().unwrap();
+    let (sealed, _) = segment::seal(&fx.ring, generation, head.as_ref(), &ops);
     fx.store.put_new(&segment::key(generation), sealed).await.unwrap();
 }
 

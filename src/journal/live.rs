@@ -1,8 +1,9 @@
 //! The live state: the newest checkpoint plus the segments after it,
-//! applied in order up to the first missing number. The writer deletes
-//! segments and older checkpoints after each checkpoint, so a reader that
-//! meets a gap checks whether a newer checkpoint appeared meanwhile and
-//! starts again from it.
+//! applied in order, each checked to follow its predecessor's chain head.
+//! The writer deletes segments and older checkpoints after each
+//! checkpoint, so a reader that meets a gap checks whether a newer
+//! checkpoint appeared meanwhile and starts again from it; any other gap
+//! fails the load (never "the state up to the gap").
 
 use super::{StateError, checkpoint, segment};
 use crate::keyring::Keyring;
@@ -58,14 +59,19 @@ where
             Err(e) => return Err(e.into()),
             Ok(()) => {}
         }
-        let segments = segment::fetch_after(store, ring, checkpoint).await?;
-        let generation = segments.last().map_or(checkpoint, |(n, _)| *n);
-        // A gap the writer made by checkpointing and deleting the segments
-        // we were about to read: the newer checkpoint is listed by now.
-        if retry && checkpoint::newest(store).await?.is_some_and(|c| c > generation) {
+        let fetched = match segment::fetch_after(store, ring, checkpoint, meta.head()?).await {
+            Ok(fetched) => fetched,
+            // A gap the writer made by checkpointing and deleting the
+            // segments we were about to read: the newer checkpoint is
+            // listed by now.
+            Err(StateError::Gap { .. }) if retry && newer_checkpoint(store, checkpoint).await? => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let generation = fetched.reached(checkpoint);
+        if retry && newer_checkpoint(store, generation).await? {
             continue;
         }
-        segment::apply_all(&mut meta, segments)?;
+        segment::apply_all(&mut meta, fetched)?;
         return Ok(Some(Loaded {
             meta,
             checkpoint,
@@ -73,6 +79,11 @@ where
         }));
     }
     unreachable!("the loop returns at its last attempt")
+}
+
+/// Whether a checkpoint newer than `generation` is in the store.
+async fn newer_checkpoint(store: &dyn ObjectStore, generation: u64) -> Result<bool, StoreError> {
+    Ok(checkpoint::newest(store).await?.is_some_and(|c| c > generation))
 }
 
 /// The live state as records (for copying it into a snapshot or checking

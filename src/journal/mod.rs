@@ -34,6 +34,14 @@ use crate::codec::CodecError;
 use crate::meta::MetaError;
 use crate::store::StoreError;
 
+/// The largest journal segment read: the writer cuts segments at
+/// `SEGMENT_OPS` entries and `SEGMENT_BYTES` of operations, far below it.
+pub const MAX_SEALED: u64 = 256 << 20;
+
+/// The largest checkpoint or named snapshot read (a state of some tens of
+/// millions of files): a larger object is refused, never allocated.
+pub const MAX_STATE: u64 = 8 << 30;
+
 /// A metadata state could not be read from or written to the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -41,6 +49,18 @@ pub enum StateError {
     Store(#[from] StoreError),
     #[error("metadata {0} failed its integrity check: {1}")]
     Integrity(String, CodecError),
+    #[error(
+        "metadata {0} does not follow the state before it (it names another predecessor): the store mixes \
+         pieces of different histories, so the live state cannot be trusted. Run `s3vault fsck`; put meta/ and \
+         journal/ back from the bucket's versions or a backup"
+    )]
+    Unchained(String),
+    #[error(
+        "journal segment {missing} is missing although newer segments (up to {newest}) are in the store: the \
+         live state cannot be loaded completely. Run `s3vault fsck`; put journal/ back from the bucket's \
+         versions or a backup, or mount a named snapshot with --snapshot"
+    )]
+    Gap { missing: u64, newest: u64 },
     #[error(transparent)]
     Meta(#[from] MetaError),
 }

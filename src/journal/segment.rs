@@ -6,16 +6,20 @@
 //! generation `n`, so a second writer finds it taken and stops (fencing).
 //! Layout: FORMAT.md, "Journal segments".
 
-use super::StateError;
-use crate::codec;
+use super::{MAX_SEALED, StateError};
 use crate::keyring::Keyring;
 use crate::meta::ops::{JournalOp, apply, decode_ops};
-use crate::meta::{MetaError, MetadataStore, in_transaction};
+use crate::meta::{ChainHead, MetaError, MetadataStore, in_transaction};
 use crate::store::{ObjectStore, StoreError};
+use crate::{codec, crypto};
 use bytes::Bytes;
 
 pub const PREFIX: &str = "journal/";
-const VERSION: u8 = 1;
+/// Format 2 segments name their predecessor's chain head; format 1 ones
+/// (read, never written) do not.
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
+const HEAD_LEN: usize = 32;
 
 pub fn key(number: u64) -> String {
     format!("{PREFIX}{number:020}")
@@ -33,61 +37,164 @@ pub async fn numbers(store: &dyn ObjectStore) -> Result<Vec<u64>, StoreError> {
     Ok(numbers)
 }
 
-/// Seals encoded operations (back to back, as the journal table holds them)
-/// as segment `number`.
-pub fn seal(ring: &Keyring, number: u64, ops: &[u8]) -> Bytes {
-    let mut plain = Vec::with_capacity(1 + ops.len());
-    plain.push(VERSION);
-    plain.extend_from_slice(ops);
-    Bytes::from(codec::seal_metadata(ring, &key(number), &plain))
+/// The chain head after segment `number`, whose predecessor's head is
+/// `prev` and whose encoded operations are `ops`. A volume's chain starts
+/// at generation 1 (its first checkpoint, made by `init`) with the head of
+/// an empty segment 1 after 32 zero bytes.
+pub fn chain(ring: &Keyring, number: u64, prev: &ChainHead, ops: &[u8]) -> ChainHead {
+    crypto::hmac(
+        &ring.journal_chain_key(),
+        &[b"s3vault v1 journal head", &number.to_be_bytes(), prev, ops],
+    )
 }
 
-/// The encoded operations of segment `number`, `None` if it is not in the
-/// store.
-pub async fn read(store: &dyn ObjectStore, ring: &Keyring, number: u64) -> Result<Option<Vec<u8>>, StateError> {
+/// The head of a new volume's first generation.
+pub fn genesis(ring: &Keyring) -> ChainHead {
+    chain(ring, 1, &[0; HEAD_LEN], &[])
+}
+
+/// Seals encoded operations (back to back, as the journal table holds them)
+/// as segment `number`, following the state whose chain head is `prev`
+/// (zeros when unknown: a volume made by format 1). Returns the sealed
+/// object and the segment's own head.
+pub fn seal(ring: &Keyring, number: u64, prev: Option<&ChainHead>, ops: &[u8]) -> (Bytes, ChainHead) {
+    let prev = prev.copied().unwrap_or([0; HEAD_LEN]);
+    let mut plain = Vec::with_capacity(1 + HEAD_LEN + ops.len());
+    plain.push(VERSION);
+    plain.extend_from_slice(&prev);
+    plain.extend_from_slice(ops);
+    let sealed = Bytes::from(codec::seal_metadata(ring, &key(number), &plain));
+    (sealed, chain(ring, number, &prev, ops))
+}
+
+/// A segment read back from the store.
+#[derive(Debug)]
+pub struct Segment {
+    pub number: u64,
+    /// The chain head of the state it follows (`None` in format 1).
+    pub prev: Option<ChainHead>,
+    /// Its encoded operations.
+    pub ops: Vec<u8>,
+    /// The chain head after it (`None` in format 1).
+    pub head: Option<ChainHead>,
+}
+
+impl Segment {
+    /// Checks that the segment follows a state whose head is `head` (when
+    /// both are known).
+    pub fn check_follows(&self, head: Option<&ChainHead>) -> Result<(), StateError> {
+        match (head, &self.prev) {
+            (Some(head), Some(prev)) if !crypto::mac_eq(head, prev) => Err(StateError::Unchained(key(self.number))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Segment `number`, `None` if it is not in the store.
+pub async fn read(store: &dyn ObjectStore, ring: &Keyring, number: u64) -> Result<Option<Segment>, StateError> {
     let key = key(number);
-    let sealed = match store.get(&key).await {
+    let sealed = match store.get_at_most(&key, MAX_SEALED).await {
         Ok(sealed) => sealed,
         Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| StateError::Integrity(key.clone(), e))?;
-    if plain.first() != Some(&VERSION) {
-        return Err(StateError::Meta(MetaError::Corrupt(format!(
-            "journal segment {number}: unknown version"
-        ))));
-    }
-    plain.remove(0);
-    Ok(Some(plain))
+    let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| StateError::Integrity(key.clone(), e))?;
+    let corrupt = || StateError::Meta(MetaError::Corrupt(format!("journal segment {number}: unknown version")));
+    let segment = match plain.split_first() {
+        Some((&VERSION, rest)) if rest.len() >= HEAD_LEN => {
+            let (prev, ops) = rest.split_at(HEAD_LEN);
+            let prev: ChainHead = prev.try_into().expect("split at the head's length");
+            Segment {
+                number,
+                head: Some(chain(ring, number, &prev, ops)),
+                prev: Some(prev),
+                ops: ops.to_vec(),
+            }
+        }
+        Some((&VERSION_1, ops)) => Segment {
+            number,
+            prev: None,
+            ops: ops.to_vec(),
+            head: None,
+        },
+        _ => return Err(corrupt()),
+    };
+    Ok(Some(segment))
 }
 
-/// The segments after generation `after`, in order, up to the first
-/// missing one.
+/// Segments fetched to bring a state forward, and the chain head they end
+/// at.
+pub struct Fetched {
+    pub segments: Vec<(u64, Vec<JournalOp>)>,
+    pub head: Option<ChainHead>,
+}
+
+impl Fetched {
+    /// The generation reached from `from`.
+    pub fn reached(&self, from: u64) -> u64 {
+        self.segments.last().map_or(from, |(n, _)| *n)
+    }
+}
+
+/// The segments after generation `after` (whose chain head is `head`), in
+/// order, each checked to follow the one before. A missing number with
+/// newer segments after it is a gap: refused, since applying only what
+/// comes before it would present an old state as the live one (the caller
+/// checks first whether a newer checkpoint explains it).
 pub async fn fetch_after(
     store: &dyn ObjectStore,
     ring: &Keyring,
     after: u64,
-) -> Result<Vec<(u64, Vec<JournalOp>)>, StateError> {
-    let mut segments = Vec::new();
+    head: Option<ChainHead>,
+) -> Result<Fetched, StateError> {
+    let mut fetched = Fetched {
+        segments: Vec::new(),
+        head,
+    };
     let mut next = after + 1;
-    while let Some(ops) = read(store, ring, next).await? {
-        segments.push((next, decode_ops(&ops)?));
+    loop {
+        let segment = match read(store, ring, next).await? {
+            Some(segment) => segment,
+            None => match gap_after(store, ring, next).await? {
+                Some(segment) => segment,
+                None => return Ok(fetched),
+            },
+        };
+        segment.check_follows(fetched.head.as_ref())?;
+        fetched.head = segment.head;
+        fetched.segments.push((next, decode_ops(&segment.ops)?));
         next += 1;
     }
-    Ok(segments)
+}
+
+/// Segment `missing` was not found: `None` if no newer one is listed (the
+/// end of the journal); the segment if it has appeared since (a writer
+/// uploading while we read); otherwise a gap.
+async fn gap_after(store: &dyn ObjectStore, ring: &Keyring, missing: u64) -> Result<Option<Segment>, StateError> {
+    let Some(&newest) = numbers(store).await?.last() else {
+        return Ok(None);
+    };
+    if newest <= missing {
+        return Ok(None);
+    }
+    match read(store, ring, missing).await? {
+        Some(segment) => Ok(Some(segment)),
+        None => Err(StateError::Gap { missing, newest }),
+    }
 }
 
 /// Applies fetched segments to `meta` in one transaction and moves it to
-/// the generation of the last.
-pub fn apply_all(meta: &mut dyn MetadataStore, segments: Vec<(u64, Vec<JournalOp>)>) -> Result<(), MetaError> {
-    let Some(last) = segments.last().map(|(n, _)| *n) else {
+/// the generation (and chain head) of the last.
+pub fn apply_all(meta: &mut dyn MetadataStore, fetched: Fetched) -> Result<(), MetaError> {
+    let Some(last) = fetched.segments.last().map(|(n, _)| *n) else {
         return Ok(());
     };
     in_transaction(meta, |meta| {
-        for op in segments.into_iter().flat_map(|(_, ops)| ops) {
+        for op in fetched.segments.into_iter().flat_map(|(_, ops)| ops) {
             apply(meta, op)?;
         }
-        meta.set_generation(last)
+        meta.set_generation(last)?;
+        meta.set_head(fetched.head)
     })
 }
 

@@ -18,7 +18,7 @@
 //! the store itself (`If-None-Match: *`).
 
 use super::live::live_state;
-use super::{StateError, checkpoint};
+use super::{MAX_STATE, StateError, checkpoint};
 use crate::codec::{self, ObjectId};
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_state, encode_state};
@@ -159,7 +159,7 @@ fn summarize(records: &[Record]) -> (u64, u64) {
 
 /// Reads the snapshot object `key` (from a listing of [`PREFIX`]).
 pub async fn read(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<Snapshot, SnapshotError> {
-    let sealed = store.get(key).await?;
+    let sealed = store.get_at_most(key, MAX_STATE).await?;
     let plain = codec::open_metadata(ring, key, &sealed).map_err(|e| SnapshotError::Integrity(key.to_string(), e))?;
     decode(key, &plain)
 }
@@ -264,14 +264,10 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
     // States first, snapshots second: a snapshot being created from a state
     // that is gone by now was stored before that state went (module comment).
     for generation in checkpoint::generations(store).await? {
-        let key = checkpoint::key(generation);
-        let sealed = match store.get(&key).await {
-            Ok(sealed) => sealed,
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e.into()),
+        let Some(opened) = checkpoint::read(store, ring, generation).await? else {
+            continue;
         };
-        let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| SnapshotError::Integrity(key.clone(), e))?;
-        for record in decode_state(&plain)? {
+        for record in opened.records {
             if let Record::Block { block, .. } = record {
                 candidates.remove(&block.object_id);
             }

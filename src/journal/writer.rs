@@ -16,7 +16,7 @@ use super::{StateError, checkpoint, segment, snapshots};
 use crate::cache::{BlockCache, data_key};
 use crate::codec::ObjectId;
 use crate::keyring::Keyring;
-use crate::meta::{MetaError, MetadataStore, in_transaction};
+use crate::meta::{ChainHead, MetaError, MetadataStore, in_transaction};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// Journal entries in one segment at most (a few MiB).
 pub const SEGMENT_OPS: usize = 50_000;
+
+/// Bytes of operations in one segment at most (a segment holds at least
+/// one entry, at most some 64 KiB).
+const SEGMENT_BYTES: usize = 64 << 20;
 
 /// Segments between checkpoints at most, whatever the interval.
 const CHECKPOINT_SEGMENTS: u32 = 64;
@@ -97,6 +101,8 @@ struct Checkpoints {
 /// A journal segment ready for upload, with the checkpoint going with it.
 struct Prepared<'a> {
     generation: u64,
+    /// The chain head after the segment.
+    head: ChainHead,
     /// The journal's last entry in the segment.
     upto: u64,
     /// Whether the journal holds entries after `upto`.
@@ -260,7 +266,7 @@ impl Writer {
             }
         };
         let generation = prepared.generation;
-        self.record_uploaded(prepared.upto, generation)?;
+        self.record_uploaded(prepared.upto, generation, Some(prepared.head))?;
         // A writer that took over and checkpointed past us deletes the
         // segments it covers, freeing names like ours: we lost.
         if checkpoint::newest(self.store.as_ref())
@@ -278,20 +284,29 @@ impl Writer {
     /// metadata lock; `None` if there is nothing to upload.
     fn prepare(&self, checkpoint: bool) -> Result<Option<Prepared<'_>>, SyncError> {
         let meta = self.meta();
-        let entries = meta.journal_after(0, SEGMENT_OPS)?;
+        let mut entries = meta.journal_after(0, SEGMENT_OPS)?;
         if entries.is_empty() && !checkpoint {
             return Ok(None);
         }
         // A long outage leaves a long journal: it goes up in bounded
         // segments, the checkpoint with the last.
-        let more = entries.len() == SEGMENT_OPS;
+        let mut more = entries.len() == SEGMENT_OPS;
+        let mut bytes = 0;
+        if let Some(cut) = entries.iter().position(|(_, op)| {
+            bytes += op.len();
+            bytes > SEGMENT_BYTES
+        }) {
+            entries.truncate(cut.max(1));
+            more = true;
+        }
         let checkpoint = checkpoint && !more;
         let generation = meta.generation()? + 1;
         let upto = entries.last().map_or(0, |(seq, _)| *seq);
         let ops: Vec<u8> = entries.into_iter().flat_map(|(_, op)| op).collect();
+        let (sealed, head) = segment::seal(&self.ring, generation, meta.head()?.as_ref(), &ops);
         let checkpoint = if checkpoint {
             Some((
-                checkpoint::seal(&self.ring, meta.as_ref(), generation)?,
+                checkpoint::seal(&self.ring, meta.as_ref(), generation, &head)?,
                 meta.garbage()?,
             ))
         } else {
@@ -303,9 +318,10 @@ impl Writer {
         drop(meta);
         Ok(Some(Prepared {
             generation,
+            head,
             upto,
             more,
-            sealed: segment::seal(&self.ring, generation, &ops),
+            sealed,
             checkpoint,
             pending,
         }))
@@ -318,12 +334,17 @@ impl Writer {
     async fn adopt_or_fence(&self, generation: u64) -> Result<(), SyncError> {
         let theirs = segment::read(self.store.as_ref(), &self.ring, generation).await?;
         let ours = match &theirs {
-            Some(ops) => segment::journal_prefix(self.meta().as_ref(), ops)?,
+            Some(segment) => {
+                let meta = self.meta();
+                let follows = segment.check_follows(meta.head()?.as_ref()).is_ok();
+                let upto = segment::journal_prefix(meta.as_ref(), &segment.ops)?;
+                upto.filter(|_| follows).map(|upto| (upto, segment.head))
+            }
             None => None,
         };
         match ours {
-            Some(upto) => {
-                self.record_uploaded(upto, generation)?;
+            Some((upto, head)) => {
+                self.record_uploaded(upto, generation, head)?;
                 self.checkpoints().segments += 1;
                 Ok(())
             }
@@ -335,12 +356,14 @@ impl Writer {
     }
 
     /// Notes that the journal up to entry `upto` is in the store as
-    /// segment `generation`: both at once, or a crash in between would make
-    /// the next mount take its own segment for another writer's.
-    fn record_uploaded(&self, upto: u64, generation: u64) -> Result<(), MetaError> {
+    /// segment `generation`, whose chain head is `head`: all at once, or a
+    /// crash in between would make the next mount take its own segment for
+    /// another writer's.
+    fn record_uploaded(&self, upto: u64, generation: u64, head: Option<ChainHead>) -> Result<(), MetaError> {
         in_transaction(self.meta().as_mut(), |meta| {
             meta.trim_journal(upto)?;
-            meta.set_generation(generation)
+            meta.set_generation(generation)?;
+            meta.set_head(head)
         })
     }
 

@@ -10,7 +10,7 @@ mod sqlite;
 mod state;
 
 pub use sqlite::SqliteStore;
-pub use state::{decode_state, encode_state};
+pub use state::{decode_state, encode_state, encode_state_into};
 
 use crate::codec::ObjectId;
 
@@ -33,6 +33,10 @@ impl From<rusqlite::Error> for MetaError {
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// The journal chain's value at a generation (FORMAT.md, "Journal
+/// segments"): an HMAC over every segment up to it.
+pub type ChainHead = [u8; 32];
 
 /// Runs `f` between `begin` and `commit`; rolls back when it fails.
 pub fn in_transaction<T, E: From<MetaError>>(
@@ -201,6 +205,10 @@ pub trait MetadataStore: Send {
     /// Number of the newest metadata state uploaded (or being uploaded).
     fn generation(&self) -> Result<u64>;
     fn set_generation(&mut self, generation: u64) -> Result<()>;
+    /// The journal chain's head at `generation()`; `None` while unknown (a
+    /// state loaded from a format 1 checkpoint, or a superseded one).
+    fn head(&self) -> Result<Option<ChainHead>>;
+    fn set_head(&mut self, head: Option<ChainHead>) -> Result<()>;
 
     /// (inodes, bytes of file data stored).
     fn usage(&self) -> Result<(u64, u64)>;

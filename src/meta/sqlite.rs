@@ -5,7 +5,7 @@
 //! the clear, while queries and indexes work as in plain SQLite.
 
 use super::ops::{JournalOp, encode_op};
-use super::{BlockRef, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
+use super::{BlockRef, ChainHead, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
 use crate::codec::ObjectId;
 use crate::crypto::SecretKey;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_head (one INTEGER PRIMARY KEY CHECK (one = 1), head BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
     uid INTEGER NOT NULL, gid INTEGER NOT NULL, nlink INTEGER NOT NULL,
@@ -505,6 +506,26 @@ impl MetadataStore for SqliteStore {
 
     fn set_generation(&mut self, generation: u64) -> Result<()> {
         self.set_setting("generation", generation)
+    }
+
+    fn head(&self) -> Result<Option<ChainHead>> {
+        let head: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT head FROM chain_head", [], |r| r.get(0))
+            .optional()?;
+        head.map(|h| ChainHead::try_from(h.as_slice()).map_err(|_| MetaError::Corrupt("journal chain head".into())))
+            .transpose()
+    }
+
+    fn set_head(&mut self, head: Option<ChainHead>) -> Result<()> {
+        match head {
+            Some(head) => self.conn.execute(
+                "INSERT OR REPLACE INTO chain_head (one, head) VALUES (1, ?1)",
+                [head.as_slice()],
+            )?,
+            None => self.conn.execute("DELETE FROM chain_head", [])?,
+        };
+        Ok(())
     }
 
     fn usage(&self) -> Result<(u64, u64)> {

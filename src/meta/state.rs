@@ -13,9 +13,15 @@ const TAG_NEXT_INO: u8 = 5;
 const TAG_XATTR: u8 = 6;
 
 pub fn encode_state(export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>) -> Result<Vec<u8>> {
-    let mut out = vec![VERSION];
-    export(&mut |record| encode_record(&mut out, &record))?;
+    let mut out = Vec::new();
+    encode_state_into(&mut out, export)?;
     Ok(out)
+}
+
+/// Appends the state to `out` (after a header of its container's own).
+pub fn encode_state_into(out: &mut Vec<u8>, export: impl FnOnce(&mut dyn FnMut(Record)) -> Result<()>) -> Result<()> {
+    out.push(VERSION);
+    export(&mut |record| encode_record(out, &record))
 }
 
 pub(super) fn encode_record(out: &mut Vec<u8>, record: &Record) {
