@@ -3,6 +3,7 @@
 //! Key slots wrap the one master key, so adding or removing a slot changes
 //! who can unlock the volume without re-encrypting any data.
 
+use crate::journal::live;
 use crate::keyfile::{KeyFileError, read_key_file, read_passphrase_file};
 use crate::store::{ObjectStore, S3Options};
 use crate::superblock::{Argon2Params, SlotKind, Superblock, Unlock};
@@ -64,18 +65,40 @@ pub fn describe_slots(sb: &Superblock) -> String {
     out
 }
 
-/// `s3vault info`: what the superblock says, no secrets (needs no key).
-pub async fn info(store: Arc<dyn ObjectStore>, url: &str) -> Result<String, VolumeError> {
+/// `s3vault info`: what the superblock says, no secrets (needs no key);
+/// with `unlock`, also the live state's generation and chain head.
+pub async fn info(
+    store: Arc<dyn ObjectStore>,
+    url: &str,
+    unlock: Option<&Unlock>,
+    aws: &S3Options,
+) -> Result<String, VolumeError> {
     let sb = volume::read_superblock(store.as_ref(), url).await?;
-    Ok(format!(
-        "format version  {}\nvolume id       {}\nblock size      {} bytes\ncipher          AES-256-GCM\ncreated         {}\nkey slots       {}\n{}",
-        crate::superblock::FORMAT_VERSION,
+    let mut out = format!(
+        "format version  {}\nvolume id       {}\nblock size      {} bytes\ncipher          AES-256-GCM\ncreated         {}\nrevision        {}\nkey slots       {}\n{}",
+        sb.format,
         hex::encode(sb.volume_id),
         sb.block_size,
         utc(sb.created),
+        sb.revision,
         sb.slots.len(),
         describe_slots(&sb)
-    ))
+    );
+    if let Some(unlock) = unlock {
+        let volume = volume::unlock(store.clone(), url, unlock, aws).await?;
+        match live::newest_position(store.as_ref(), &volume.ring).await? {
+            Some(position) => {
+                let _ = write!(
+                    out,
+                    "generation      {}\nchain head      {}\n",
+                    position.generation,
+                    position.head_hex()
+                );
+            }
+            None => out.push_str("generation      none: no checkpoint in the store (run `s3vault fsck`)\n"),
+        }
+    }
+    Ok(out)
 }
 
 /// What a new slot is unlocked by.

@@ -9,6 +9,7 @@ use crate::fs::{Core, CoreOptions};
 use crate::fuse::{AttrOverrides, FuseAdapter};
 use crate::journal::lease::{HEARTBEAT, Lease, LeaseError};
 use crate::journal::{StateError, checkpoint, segment};
+use crate::meta::MetadataStore;
 use crate::store::{Location, S3Options};
 use crate::superblock::Unlock;
 use crate::volume::{self, VolumeError};
@@ -33,6 +34,8 @@ pub struct MountConfig {
     pub allow_volatile_cache: bool,
     /// Take the writer's lease even if another host holds it.
     pub force_takeover: bool,
+    /// Take a store older than this host has seen as the volume.
+    pub accept_older_state: bool,
     /// Mount this named snapshot (read-only) instead of the live state.
     pub snapshot: Option<String>,
     /// A read-only mount of the live state: how often to look for the
@@ -202,8 +205,19 @@ async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
     let Some(log) = core.audit_log() else {
         return Ok(());
     };
-    log.record(Record::new(Event::Unmount, daemon_subject(), None))?;
+    log.record(Record::new(Event::Unmount, daemon_subject(), None).detail(position_detail(core)))?;
     log.upload().await.map(|_| ())
+}
+
+/// The metadata generation and chain head of a mount, for its audit
+/// records: `audit verify` and an administrator can compare them with what
+/// the store holds (`s3vault info`).
+fn position_detail(core: &Core) -> String {
+    format!(
+        "generation={} head={}",
+        core.generation().unwrap_or(0),
+        core.head().ok().flatten().map_or_else(|| "unknown".into(), hex::encode)
+    )
 }
 
 /// How the mount was configured, for its audit record (no secrets).
@@ -285,16 +299,21 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
     // From here on the lease is ours: a mount that fails gives it back, or
     // the next mount from another cache directory would be refused.
     let rest: Result<Arc<Core>, Failure> = async {
-        let (meta, unsynced) = match &config.snapshot {
+        let (meta, unsynced, accepted, seen) = match &config.snapshot {
             Some(name) => (
                 volume::load_snapshot(&volume, &cache_dir, name)
                     .await
                     .map_err(volume_failure)?,
                 false,
+                None,
+                None,
             ),
-            None => volume::load_metadata(&volume, &cache_dir)
-                .await
-                .map_err(volume_failure)?,
+            None => {
+                let live = volume::load_live(&volume, &cache_dir, config.accept_older_state)
+                    .await
+                    .map_err(volume_failure)?;
+                (live.meta, live.unsynced, live.accepted, Some(live.seen))
+            }
         };
         let follow = config
             .follow_interval
@@ -321,10 +340,20 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             .slots
             .get(volume.slot)
             .map_or_else(String::new, |s| s.id());
-        let opened = [
-            Record::new(Event::Mount, daemon_subject(), None).detail(describe(config, &cache_dir)),
+        let mut opened = vec![
+            Record::new(Event::Mount, daemon_subject(), None).detail(format!(
+                "{} generation={} head={} superblock_revision={}",
+                describe(config, &cache_dir),
+                meta.generation().unwrap_or(0),
+                meta.head().ok().flatten().map_or_else(|| "unknown".into(), hex::encode),
+                volume.superblock.revision,
+            )),
             Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),
         ];
+        if let Some(accepted) = accepted {
+            tracing::warn!("accepted a store older than this host had seen (--accept-older-state)");
+            opened.push(Record::new(Event::AcceptOlderState, daemon_subject(), None).detail(accepted));
+        }
         for record in opened {
             audit
                 .record(record)
@@ -351,6 +380,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         } else {
             core.with_audit(audit)
         });
+        if let Some(seen) = seen {
+            core.remember_in(seen);
+        }
         let orphans = core
             .remove_orphans()
             .map_err(|e| (1, format!("cannot clean up unlinked files: {e}")))?;
@@ -659,6 +691,7 @@ mod tests {
             cache: crate::test_support::cache_config(),
             allow_volatile_cache: true,
             force_takeover: false,
+            accept_older_state: false,
             snapshot: None,
             follow_interval: None,
         };

@@ -2,11 +2,14 @@
 //! write to the bucket, or a lifecycle rule that deleted objects, and checks
 //! that s3vault refuses or reports it and loses nothing.
 
+use crate::crypto::SecretKey;
 use crate::fsck;
-use crate::journal::{checkpoint, snapshots};
+use crate::journal::{checkpoint, segment, snapshots};
 use crate::store::ObjectStore;
-use crate::test_support::{new_volume, write_new};
+use crate::superblock::Unlock;
+use crate::test_support::{new_volume, walk, write_new};
 use crate::volume::VolumeError;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A volume with two files, one in a named snapshot, unmounted cleanly.
@@ -73,4 +76,140 @@ async fn a_deleted_checkpoint_is_refused_not_mounted_empty_and_nothing_is_delete
     assert!(matches!(e, snapshots::SnapshotError::NoState), "{e}");
     assert_eq!(snapshots::list(store.as_ref(), &tv.volume.ring).await.unwrap().len(), 1);
     assert_eq!(store.list("data/").await.unwrap(), data_before);
+}
+
+/// Every object under `meta/` and `journal/`, to put back later.
+async fn metadata_objects(store: &dyn ObjectStore) -> Vec<(String, bytes::Bytes)> {
+    let mut objects = Vec::new();
+    for prefix in [checkpoint::PREFIX, segment::PREFIX] {
+        for key in store.list(prefix).await.unwrap() {
+            let bytes = store.get(&key).await.unwrap();
+            objects.push((key, bytes));
+        }
+    }
+    objects
+}
+
+/// Replaces the store's metadata objects with `old` (a rollback).
+async fn put_back(store: &dyn ObjectStore, old: &[(String, bytes::Bytes)]) {
+    for (key, _) in metadata_objects(store).await {
+        store.delete(&key).await.unwrap();
+    }
+    for (key, bytes) in old {
+        store.put(key, bytes.clone()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_host_refuses_a_store_older_than_it_has_seen_unless_told_to_accept_it() {
+    let tv = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let writer = dirs.path().join("writer");
+    let core = tv.mount(&writer, store.clone()).await;
+    write_new(&core, b"old", b"1").await;
+    core.final_sync().await.unwrap();
+    let old = metadata_objects(store.as_ref()).await;
+    write_new(&core, b"new", b"2").await;
+    core.final_sync().await.unwrap();
+    drop(core);
+
+    // The old meta/ and journal/ put back: the writer's cache refuses them.
+    put_back(store.as_ref(), &old).await;
+    let e = tv
+        .try_mount(&writer, store.clone())
+        .await
+        .err()
+        .expect("mounted a rolled-back store");
+    assert!(matches!(e, VolumeError::StoreOlder { .. }), "{e}");
+    assert!(e.to_string().contains("--accept-older-state"), "{e}");
+
+    // Accepted on purpose: the older state is mounted, the newer database
+    // set aside (not deleted), and from then on it is the state seen.
+    let core = tv.try_mount_accepting(&writer, store.clone(), true).await.unwrap();
+    let names: Vec<String> = walk(&core).into_iter().map(|(path, _)| path).collect();
+    assert_eq!(names, ["old"]);
+    let aside = std::fs::read_dir(&writer)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with("metadata-superseded-"))
+        .count();
+    assert!(aside >= 1);
+    core.final_sync().await.unwrap();
+    drop(core);
+    tv.try_mount(&writer, store.clone()).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_newest_fsynced_segment_is_refused_by_the_host_that_wrote_it() {
+    let tv = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let writer = dirs.path().join("writer");
+    let core = tv.mount(&writer, store.clone()).await;
+    core.sync().await.unwrap();
+    let before = metadata_objects(store.as_ref()).await;
+    write_new(&core, b"fsynced", b"1").await;
+    core.sync().await.unwrap();
+    let generation = core.generation().unwrap();
+    // kill -9: no unmount. Then the newest segment goes (and, as these
+    // tests checkpoint at every sync, the checkpoint made with it).
+    drop(core);
+    put_back(store.as_ref(), &before).await;
+    assert!(store.get(&segment::key(generation)).await.is_err());
+    let e = tv
+        .try_mount(&writer, store.clone())
+        .await
+        .err()
+        .expect("mounted a truncated journal");
+    assert!(
+        matches!(e, VolumeError::StoreOlder { seen, store } if seen == generation && store == generation - 1),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_old_superblock_put_back_is_refused_where_a_newer_one_was_seen() {
+    let tv = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let host = dirs.path().join("host");
+    let old = store.get(crate::volume::SUPERBLOCK_KEY).await.unwrap();
+    // `key add`, then a mount that sees the new revision.
+    let mut sb = crate::superblock::Superblock::decode(&old).unwrap();
+    let master = sb.unlock(&Unlock::KeyFile(tv.key.clone())).unwrap();
+    let no_cost = crate::superblock::Argon2Params { m_kib: 0, t: 0, p: 0 };
+    sb.add_slot(&master, &Unlock::KeyFile(SecretKey::random()), no_cost, 2)
+        .unwrap();
+    store
+        .put(crate::volume::SUPERBLOCK_KEY, sb.encode().into())
+        .await
+        .unwrap();
+    let unlocked = |store: Arc<dyn ObjectStore>| {
+        let key = tv.key.clone();
+        async move {
+            crate::volume::unlock(store, "mem://test", &Unlock::KeyFile(key), &Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    let newer = crate::test_support::TestVolume {
+        inner: tv.inner.clone(),
+        volume: unlocked(store.clone()).await,
+        key: tv.key.clone(),
+    };
+    drop(newer.mount(&host, store.clone()).await);
+    // The superblock from before the key change, put back.
+    store.put(crate::volume::SUPERBLOCK_KEY, old).await.unwrap();
+    let older = crate::test_support::TestVolume {
+        inner: tv.inner.clone(),
+        volume: unlocked(store.clone()).await,
+        key: tv.key.clone(),
+    };
+    let e = older
+        .try_mount(&host, store.clone())
+        .await
+        .err()
+        .expect("mounted with an old superblock");
+    assert!(matches!(e, VolumeError::SuperblockOlder { seen: 2, store: 1 }), "{e}");
 }

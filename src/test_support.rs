@@ -17,11 +17,14 @@ pub const BS: u32 = 64 * 1024;
 pub struct TestVolume {
     pub inner: Arc<MemoryStore>,
     pub volume: Volume,
+    /// The key file's key that unlocks it.
+    pub key: SecretKey,
 }
 
 pub async fn new_volume() -> TestVolume {
     let inner = Arc::new(MemoryStore::default());
-    let unlock = Unlock::KeyFile(SecretKey::random());
+    let key = SecretKey::random();
+    let unlock = Unlock::KeyFile(key.clone());
     let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
     volume::init(inner.clone(), "mem://test", BS, &unlock, no_cost, (0, 0))
         .await
@@ -29,7 +32,7 @@ pub async fn new_volume() -> TestVolume {
     let volume = volume::unlock(inner.clone(), "mem://test", &unlock, &S3Options::default())
         .await
         .unwrap();
-    TestVolume { inner, volume }
+    TestVolume { inner, volume, key }
 }
 
 pub fn cache_config() -> CacheConfig {
@@ -45,8 +48,19 @@ impl TestVolume {
     /// A read-write mount on `cache_dir` through `store`, its metadata
     /// loaded as a real mount loads it.
     pub async fn try_mount(&self, cache_dir: &Path, store: Arc<dyn ObjectStore>) -> Result<Core, volume::VolumeError> {
+        self.try_mount_accepting(cache_dir, store, false).await
+    }
+
+    /// `try_mount`, with `--accept-older-state` if `accept_older`.
+    pub async fn try_mount_accepting(
+        &self,
+        cache_dir: &Path,
+        store: Arc<dyn ObjectStore>,
+        accept_older: bool,
+    ) -> Result<Core, volume::VolumeError> {
         std::fs::create_dir_all(cache_dir).unwrap();
-        let (meta, unsynced) = volume::load_metadata(&self.volume, cache_dir).await?;
+        let live = volume::load_live(&self.volume, cache_dir, accept_older).await?;
+        let (meta, unsynced) = (live.meta, live.unsynced);
         let cache = BlockCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
         cache.spawn_uploader();
         let core = Core::new(
@@ -60,6 +74,7 @@ impl TestVolume {
         if unsynced || core.remove_orphans().unwrap() > 0 {
             core.mark_changed();
         }
+        core.remember_in(live.seen);
         Ok(core)
     }
 

@@ -2,6 +2,7 @@
 //! into the local cache directory.
 
 use crate::crypto::SecretKey;
+use crate::journal::seen::{Position, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
@@ -39,6 +40,31 @@ pub enum VolumeError {
          bucket's versions or a backup, or mount a named snapshot with --snapshot"
     )]
     StateMissing,
+    #[error(
+        "the volume's metadata in the store (generation {store}) is older than this host has seen (generation \
+         {seen}): newer journal segments or checkpoints were deleted, or old ones put back. Nothing was mounted. \
+         Put meta/ and journal/ back from the bucket's versions; if the older state was restored on purpose, \
+         mount once with --accept-older-state (recorded in the audit log)"
+    )]
+    StoreOlder { seen: u64, store: u64 },
+    #[error(
+        "the volume's metadata in the store at generation {generation} is not the state this host has seen there \
+         (chain head {store_head}, seen {seen_head}): another history replaced it. Nothing was mounted. If that \
+         state was restored on purpose, mount once with --accept-older-state (recorded in the audit log)"
+    )]
+    StoreReplaced {
+        generation: u64,
+        seen_head: String,
+        store_head: String,
+    },
+    #[error(
+        "the superblock in the store is revision {store}, older than revision {seen} this host has unlocked: a \
+         superblock from before a key change was put back (a removed key slot would open again). Nothing was \
+         mounted; put the newest superblock back from the bucket's versions"
+    )]
+    SuperblockOlder { seen: u64, store: u64 },
+    #[error(transparent)]
+    Seen(#[from] SeenError),
     #[error("unlock with another key slot to remove this one")]
     SlotInUse,
     #[error(transparent)]
@@ -325,7 +351,15 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
     let Some(newest) = live::newest_generation(volume.store.as_ref()).await? else {
         return Ok(true);
     };
-    if newest <= local {
+    // This database's generation was uploaded (a fenced one says 0): a
+    // store behind it lost what this cache put there.
+    if newest < local {
+        return Err(VolumeError::StoreOlder {
+            seen: local,
+            store: newest,
+        });
+    }
+    if newest == local {
         return Ok(true);
     }
     if newest > local + 1 {
@@ -340,6 +374,107 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
             None => false,
         },
     )
+}
+
+/// Compares the store — its superblock revision and live state — with what
+/// this host has seen (`seen`, its cache directory's record) and refuses an
+/// older one. With `accept_older` (an administrator restored an older
+/// state on purpose) it takes the store's state instead: the local
+/// database is set aside (`metadata-superseded-<time>.db`, nothing of it is
+/// deleted) so the mount rebuilds from the store, and the description of
+/// what was accepted is returned for the audit log.
+async fn check_freshness(
+    volume: &Volume,
+    cache_dir: &Path,
+    seen: &SeenFile,
+    accept_older: bool,
+) -> Result<Option<String>, VolumeError> {
+    let remembered = seen.get();
+    let revision = volume.superblock.revision;
+    let mut refused = Vec::new();
+    if revision < remembered.revision {
+        refused.push(VolumeError::SuperblockOlder {
+            seen: remembered.revision,
+            store: revision,
+        });
+    }
+    let store = live::newest_position(volume.store.as_ref(), &volume.ring).await?;
+    match store.map(|store| remembered.compare(store)) {
+        None | Some(Staleness::Fresh) => {}
+        Some(Staleness::Older { seen, store }) => refused.push(VolumeError::StoreOlder {
+            seen: seen.generation,
+            store: store.generation,
+        }),
+        Some(Staleness::Replaced { seen, store }) => refused.push(VolumeError::StoreReplaced {
+            generation: store.generation,
+            seen_head: seen.head_hex(),
+            store_head: store.head_hex(),
+        }),
+    }
+    if refused.is_empty() {
+        seen.advance_revision(revision)?;
+        return Ok(None);
+    }
+    if !accept_older {
+        return Err(refused.remove(0));
+    }
+    let database = cache_dir.join(DATABASE_FILE);
+    let mut accepted = format!(
+        "seen generation={} head={} superblock_revision={}; store generation={} head={} superblock_revision={}",
+        remembered.state.generation,
+        remembered.state.head_hex(),
+        remembered.revision,
+        store.map_or(0, |s| s.generation),
+        store.map_or_else(|| "-".into(), |s| s.head_hex()),
+        revision,
+    );
+    if database.exists() {
+        let aside = format!("metadata-superseded-{}.db", crate::os::now_secs());
+        for suffix in ["", "-wal", "-shm"] {
+            let from = cache_dir.join(format!("{DATABASE_FILE}{suffix}"));
+            if from.exists() {
+                std::fs::rename(&from, cache_dir.join(format!("{aside}{suffix}"))).map_err(|e| {
+                    VolumeError::CacheDir {
+                        path: from.clone(),
+                        reason: format!("cannot set the superseded database aside: {e}"),
+                    }
+                })?;
+            }
+        }
+        accepted.push_str(&format!("; local database set aside as {aside}"));
+    }
+    seen.accept(store.unwrap_or_default(), revision)?;
+    Ok(Some(accepted))
+}
+
+/// The live state as a mount of `cache_dir` loads it.
+pub struct LiveMount {
+    pub meta: SqliteStore,
+    /// The database may hold changes the store does not have yet.
+    pub unsynced: bool,
+    /// What `--accept-older-state` accepted, for the audit log.
+    pub accepted: Option<String>,
+    /// The cache directory's record of what it has seen, to keep current.
+    pub seen: Arc<SeenFile>,
+}
+
+/// Loads the live state for a mount of `cache_dir`: refuses a store older
+/// than the directory has seen (`check_freshness`), then opens or rebuilds
+/// the database (`load_metadata`) and records what it loaded as seen.
+pub async fn load_live(volume: &Volume, cache_dir: &Path, accept_older: bool) -> Result<LiveMount, VolumeError> {
+    let seen = Arc::new(SeenFile::open(cache_dir, volume.ring.clone())?);
+    let accepted = check_freshness(volume, cache_dir, &seen, accept_older).await?;
+    let (meta, unsynced) = load_metadata(volume, cache_dir).await?;
+    seen.advance(Position {
+        generation: meta.generation()?,
+        head: meta.head()?,
+    })?;
+    Ok(LiveMount {
+        meta,
+        unsynced,
+        accepted,
+        seen,
+    })
 }
 
 /// For a read-only mount following a writer: the store's live state in a

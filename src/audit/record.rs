@@ -36,10 +36,13 @@ pub enum Event {
     SnapshotDelete,
     /// A file copied out of a snapshot by `s3vault restore`.
     Restore,
+    /// A mount took a store older than this host had seen as the volume
+    /// (`--accept-older-state`: a restored backup, on purpose).
+    AcceptOlderState,
 }
 
 impl Event {
-    pub const ALL: [Event; 25] = [
+    pub const ALL: [Event; 26] = [
         Event::Open,
         Event::Create,
         Event::Mkdir,
@@ -65,6 +68,7 @@ impl Event {
         Event::SnapshotCreate,
         Event::SnapshotDelete,
         Event::Restore,
+        Event::AcceptOlderState,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Event {
             Event::SnapshotCreate => "snapshot-create",
             Event::SnapshotDelete => "snapshot-delete",
             Event::Restore => "restore",
+            Event::AcceptOlderState => "accept-older-state",
         }
     }
 

@@ -117,13 +117,15 @@ pub fn init(args: InitArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-pub fn info(url: &str, s3: &S3Args) -> Result<(), Exit> {
+pub fn info(url: &str, key: &KeyArgs, s3: &S3Args) -> Result<(), Exit> {
     let location = location(url)?;
+    let given = key.kms || key.key_file.is_some() || key.passphrase_file.is_some();
+    let unlock = if given { Some(read_unlock(key, false)?) } else { None };
     init_command_logging()?;
     let s3 = s3.options()?;
     let text = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
-        admin::info(store, url).await
+        admin::info(store, url, unlock.as_ref(), &s3).await
     })?
     .map_err(volume_exit)?;
     print!("{text}");

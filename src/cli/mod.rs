@@ -54,6 +54,11 @@ enum Command {
     /// Show a volume's format, id, block size and key slots (no key needed).
     Info {
         url: String,
+        /// With a key (--key-file, --passphrase-file or --kms): also the
+        /// live metadata generation and its journal chain head, to compare
+        /// with what another host or the audit log has seen.
+        #[command(flatten)]
+        key: KeyArgs,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -263,7 +268,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
         }
         Command::Umount(args) => client::umount(&args),
         Command::Status(args) => client::status(&args),
-        Command::Info { url, s3 } => key::info(&url, &s3),
+        Command::Info { url, key, s3 } => key::info(&url, &key, &s3),
         Command::Key { action } => key::run(action),
         Command::Audit { action } => audit::run(action),
         Command::Snapshot { action } => snapshot::run(action),

@@ -91,6 +91,12 @@ pub struct MountArgs {
     /// upload is refused and it turns read-only).
     #[arg(long)]
     force_takeover: bool,
+    /// Mount even though the store holds an older metadata state (or
+    /// superblock) than this host has seen — only after restoring an older
+    /// state on purpose. Recorded in the audit log; the local database is
+    /// set aside, not deleted.
+    #[arg(long)]
+    accept_older_state: bool,
     /// Mount this named snapshot instead of the live volume (read-only;
     /// `s3vault snapshot list` names them).
     #[arg(long, value_name = "NAME")]
@@ -282,6 +288,7 @@ pub fn run(args: MountArgs) -> Result<(), Exit> {
         allow_volatile_cache: args.cache.allow_volatile_cache,
         cache,
         force_takeover: args.force_takeover,
+        accept_older_state: args.accept_older_state,
     };
     let ready = if args.foreground {
         Readiness::foreground()

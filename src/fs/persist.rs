@@ -4,9 +4,11 @@
 //! and when, is the persistence layer's business (`crate::journal`).
 
 use super::{Core, FsError, FsResult};
+use crate::journal::seen::SeenFile;
 use crate::journal::segment::Fetched;
 use crate::journal::{self, FINAL_SYNC_LIMIT};
 use crate::meta::{ChainHead, MetadataStore};
+use std::sync::Arc;
 
 impl Core {
     /// Makes everything done so far durable in the object store: buffered
@@ -46,6 +48,7 @@ impl Core {
     pub fn follow(&self, fetched: Fetched) -> FsResult<()> {
         journal::segment::apply_all(self.meta().as_mut(), fetched)?;
         self.forget_dir_paths();
+        self.journal.note_state();
         Ok(())
     }
 
@@ -54,11 +57,18 @@ impl Core {
     pub fn replace_metadata(&self, meta: Box<dyn MetadataStore>) {
         *self.meta() = meta;
         self.forget_dir_paths();
+        self.journal.note_state();
     }
 
     /// The generation of the metadata state in use.
     pub fn generation(&self) -> FsResult<u64> {
         Ok(self.meta().generation()?)
+    }
+
+    /// Keeps the cache directory's record of the newest state seen up to
+    /// date with every segment uploaded or followed.
+    pub fn remember_in(&self, seen: Arc<SeenFile>) {
+        self.journal.remember_in(seen);
     }
 
     /// The journal chain head at `generation()`, if known.

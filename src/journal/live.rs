@@ -5,6 +5,7 @@
 //! checkpoint appeared meanwhile and starts again from it; any other gap
 //! fails the load (never "the state up to the gap").
 
+use super::seen::Position;
 use super::{StateError, checkpoint, segment};
 use crate::keyring::Keyring;
 use crate::meta::{MetaError, MetadataStore, Record, SqliteStore};
@@ -25,6 +26,20 @@ pub async fn newest_generation(store: &dyn ObjectStore) -> Result<Option<u64>, S
         generation += 1;
     }
     Ok(Some(generation))
+}
+
+/// The live state's generation and chain head (from listings and the
+/// newest segment, or right after `init` the checkpoint); `None` when the
+/// volume has no checkpoint.
+pub async fn newest_position(store: &dyn ObjectStore, ring: &Keyring) -> Result<Option<Position>, StateError> {
+    let Some(generation) = newest_generation(store).await? else {
+        return Ok(None);
+    };
+    let head = match segment::read(store, ring, generation).await? {
+        Some(segment) => segment.head,
+        None => checkpoint::read(store, ring, generation).await?.and_then(|c| c.head),
+    };
+    Ok(Some(Position { generation, head }))
 }
 
 /// A live state loaded from the store.

@@ -12,6 +12,10 @@
 //!   (`snapshots`);
 //! - `lease` — the read-write mount that holds the volume (`lease`).
 //!
+//! And one file of the cache directory: `seen`, the newest state and
+//! superblock revision this host has seen, so an older store is refused
+//! (`seen`).
+//!
 //! The **live state** is the newest checkpoint plus the segments after it,
 //! up to the first missing number (`live`). The writing mount uploads
 //! segments and checkpoints, decides whether a taken name is its own or
@@ -24,6 +28,7 @@
 pub mod checkpoint;
 pub mod lease;
 pub mod live;
+pub mod seen;
 pub mod segment;
 pub mod snapshots;
 mod writer;

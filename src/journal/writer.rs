@@ -12,6 +12,7 @@
 //! any point leaves the newest checkpoint plus its segments consistent; at
 //! worst some objects are orphaned (fsck reclaims them).
 
+use super::seen::{Position, SeenFile};
 use super::{StateError, checkpoint, segment, snapshots};
 use crate::cache::{BlockCache, data_key};
 use crate::codec::ObjectId;
@@ -21,7 +22,7 @@ use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Journal entries in one segment at most (a few MiB).
@@ -83,6 +84,9 @@ pub struct Writer {
     /// When each unreferenced block was first seen by a reclaim, for
     /// `WriterOptions::reclaim_grace`.
     garbage_seen: Mutex<HashMap<ObjectId, Instant>>,
+    /// The cache directory's record of the newest state seen, advanced
+    /// with every segment uploaded.
+    seen: OnceLock<Arc<SeenFile>>,
 }
 
 /// When the next checkpoint is due.
@@ -139,7 +143,13 @@ impl Writer {
                 garbage_waiting: true,
             }),
             garbage_seen: Mutex::new(HashMap::new()),
+            seen: OnceLock::new(),
         }
+    }
+
+    /// Keeps `seen` up to date with every segment this writer uploads.
+    pub fn remember_in(&self, seen: Arc<SeenFile>) {
+        let _ = self.seen.set(seen);
     }
 
     /// Marks the state as differing from the newest segment in the store.
@@ -364,7 +374,30 @@ impl Writer {
             meta.trim_journal(upto)?;
             meta.set_generation(generation)?;
             meta.set_head(head)
-        })
+        })?;
+        self.note(Position { generation, head });
+        Ok(())
+    }
+
+    /// Notes the state in use (a follower took in a newer one) as seen.
+    pub fn note_state(&self) {
+        let position = {
+            let meta = self.meta();
+            match (meta.generation(), meta.head()) {
+                (Ok(generation), Ok(head)) => Position { generation, head },
+                _ => return,
+            }
+        };
+        self.note(position);
+    }
+
+    fn note(&self, position: Position) {
+        if let Some(seen) = self.seen.get()
+            && let Err(e) = seen.advance(position)
+        {
+            // The next mount compares with an older record: weaker, not wrong.
+            tracing::warn!(error = %e, "cannot record the newest metadata generation in the cache directory");
+        }
     }
 
     /// Uploads the checkpoint of `generation`, then reclaims what it made

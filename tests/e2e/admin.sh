@@ -490,13 +490,22 @@ info_ok() { # URL VOLID SLOTS
         echo "no volume id from init"
         return 1
     }
-    grep -qE '^format version +1$' "$out" || { echo "no 'format version 1'"; return 1; }
+    grep -qE '^format version +2$' "$out" || { echo "no 'format version 2'"; return 1; }
+    grep -qE '^revision +1$' "$out" || { echo "no 'revision 1'"; return 1; }
     grep -qE "^volume id +$2\$" "$out" || { echo "no 'volume id $2'"; return 1; }
     grep -qE '^block size +65536 bytes$' "$out" || { echo "no 'block size 65536 bytes'"; return 1; }
     grep -qE "^key slots +$3\$" "$out" || { echo "no 'key slots $3'"; return 1; }
     slots_are "$out" key-file
 }
-check "info without a key: format 1, volume id, block size, one key-file slot" info_ok "$URL" "$VOLID" 1
+check "info without a key: format 2, volume id, block size, revision, one key-file slot" info_ok "$URL" "$VOLID" 1
+info_with_key() { # URL
+    local out
+    out=$(sv_info "$1" --key-file "$KEY") || return 1
+    echo "$out"
+    grep -qE '^generation +1$' <<<"$out" || { echo "no 'generation 1' (a new volume's)"; return 1; }
+    grep -qE '^chain head +[0-9a-f]{64}$' <<<"$out" || { echo "no chain head"; return 1; }
+}
+check "info with the key: the live generation and its chain head" info_with_key "$URL"
 sv_info "$URL" >"$WORK/info-initial.out" 2>/dev/null || true
 KEYFILE_SLOT=$(slot_lines <"$WORK/info-initial.out" | awk '$3 == "key-file" { print $2 }' | head -n 1)
 echo "key-file slot id: ${KEYFILE_SLOT:-none}"
