@@ -117,7 +117,11 @@ impl Kms {
             .send()
             .await
             .map_err(|e| map("kms:Decrypt", key_id, e))?;
-        let plain = Zeroizing::new(resp.plaintext().map(|b| b.as_ref().to_vec()).unwrap_or_default());
+        // Taken out of the response (not copied), so the only plaintext
+        // left is wiped when `plain` drops. The SDK's own buffers of the
+        // HTTP body are beyond our reach: see ARCHITECTURE.md, "Keys in
+        // memory".
+        let plain = Zeroizing::new(resp.plaintext.map(Blob::into_inner).unwrap_or_default());
         let bytes: &[u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| KmsError::Invalid {
             key: key_id.to_string(),
             detail: "the unwrapped key has the wrong length".into(),

@@ -34,6 +34,8 @@ pub mod volume;
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]
+mod parser_fuzz_tests;
+#[cfg(test)]
 mod tamper_tests;
 #[cfg(test)]
 mod test_support;

@@ -78,7 +78,13 @@ impl SqliteStore {
     }
 
     fn setup(conn: Connection, key: &SecretKey) -> Result<SqliteStore> {
-        let raw = Zeroizing::new(format!("x'{}'", hex::encode(key.as_bytes())));
+        // Written straight into wiped memory: no unwiped hex copy.
+        let mut hex = Zeroizing::new([0u8; 64]);
+        hex::encode_to_slice(key.as_bytes(), hex.as_mut_slice()).expect("64 hex digits for 32 bytes");
+        let mut raw = Zeroizing::new(String::with_capacity(67));
+        raw.push_str("x'");
+        raw.push_str(std::str::from_utf8(hex.as_slice()).expect("hex is ASCII"));
+        raw.push('\'');
         conn.pragma_update(None, "key", raw.as_str())?;
         // One daemon owns the database: hold its lock for the connection's
         // life instead of taking and dropping file locks around every
