@@ -71,10 +71,11 @@ free_port() {
 }
 
 # sv_info URL: `s3vault info` with the S3 options of URL and no key.
-sv_info() {
+sv_info() { # URL [OPTION...]
     local url=$1 opts
+    shift
     mapfile -t opts < <(s3_opts "$url")
-    timeout 120 "$S3VAULT" info "$url" "${opts[@]}"
+    timeout 120 "$S3VAULT" info "$url" "${opts[@]}" "$@"
 }
 
 # sv_key ACTION URL ARGS...: `s3vault key ACTION URL` with the S3 options.
