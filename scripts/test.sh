@@ -17,7 +17,7 @@
 # Environment:
 #   S3VAULT_TOOLS   where s3s-fs, pjdfstest and fsx are installed
 #   E2E_SUITES      space-separated subset of suites to run
-#                   (default: "basic confidentiality integrity pjdfstest fsx posix admin audit")
+#                   (default: every suite of tests/e2e, e.g. "basic tamper")
 #   E2E_BACKENDS    subset of backends (default: "file s3s moto")
 #   SKIP_CARGO=1    use the existing target/release/s3vault: no cargo build,
 #                   no cargo test (for iterating on the shell suites)
@@ -34,7 +34,7 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit recovery crash}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit recovery crash tamper}
 BACKENDS=${E2E_BACKENDS-file s3s moto}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
@@ -325,6 +325,8 @@ main() {
                 # Snapshots, restore and followers: a directory and one real
                 # S3 server.
                 recovery:moto) continue ;;
+                # A lying bucket: a directory and one real S3 server.
+                tamper:moto) continue ;;
                 # One FUSE conformance run, on a real S3 server.
                 pjdfstest:file | pjdfstest:moto) continue ;;
                 # fsx (random I/O checked against a model): on s3s only too.
