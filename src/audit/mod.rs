@@ -7,6 +7,7 @@
 //! - `log`: the writer a mount (or a CLI command) appends to.
 //! - `query`: reading every segment back, verifying chains, filtering.
 //! - `syslog`: the optional copy of each record to the local syslog.
+//! - `witness`: the generations mounts recorded, against the store's.
 //!
 //! Layouts: FORMAT.md, "Audit segments".
 
@@ -17,6 +18,7 @@ mod query;
 mod record;
 pub(crate) mod segment;
 mod syslog;
+mod witness;
 
 pub use log::{
     AuditError, AuditLog, AuditMode, AuditSettings, AuditStats, DEFAULT_RETENTION_DAYS, Syslog, retention_for,
@@ -27,6 +29,7 @@ pub use query::{
 };
 pub use record::{Event, Record, Subject, display_bytes, errno_name, flags_words};
 pub use segment::AUDIT_PREFIX;
+pub use witness::check_freshness;
 
 #[cfg(test)]
 mod tests;

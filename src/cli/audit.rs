@@ -122,11 +122,12 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
     };
     init_command_logging()?;
     let s3 = s3.options()?;
-    let (ring, segments) = block_on(async {
+    let (ring, segments, live) = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
         let volume = volume::unlock(store.clone(), url, &unlock, &s3).await?;
+        let live = s3vault::journal::live::newest_generation(store.as_ref()).await?;
         let segments = audit::read_segments(store, volume.ring.clone()).await;
-        Ok::<_, volume::VolumeError>((volume.ring, segments))
+        Ok::<_, volume::VolumeError>((volume.ring, segments, live))
     })?
     .map_err(volume_exit)?;
     let segments = segments.map_err(runtime_err)?;
@@ -137,7 +138,11 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
             print!("{}", audit::output::report(&summary, format));
         }
         AuditCommand::Verify { .. } => {
-            let result = audit::verify(&ring, &segments);
+            let mut result = audit::verify(&ring, &segments);
+            result.problems.extend(audit::check_freshness(
+                &segments.records(&audit::Filter::default()),
+                live,
+            ));
             for problem in &result.problems {
                 println!("{problem}");
             }

@@ -56,10 +56,25 @@ setup() {
     store_dump "$URL" "$WORK/dump-new"
 }
 
+# put_back_metadata DUMP: the store's meta/ and journal/ objects replaced by
+# those of an earlier dump (everything else stays).
+put_back_metadata() {
+    local key
+    for key in $(store_ls "$URL" meta) $(store_ls "$URL" journal); do store_rm "$URL" "$key"; done
+    for key in $(cd "$1" && find meta journal -type f 2>/dev/null); do store_put "$1/$key" "$URL" "$key"; done
+}
+
 rollback_is_refused_by_a_host_that_saw_newer() {
-    store_restore "$WORK/dump-old" "$URL"
+    put_back_metadata "$WORK/dump-old"
     sv_mount_refused 1 "older than this host has seen.*--accept-older-state" \
         "$URL" "$MNT" "$CACHE" --key-file "$KEY"
+}
+
+rollback_is_reported_by_audit_verify() {
+    local out rc=0
+    out=$(sv audit verify "$URL" 2>&1) || rc=$?
+    echo "$out"
+    ((rc != 0)) && grep -q "rollback.*older than generation" <<<"$out"
 }
 
 accepting_an_older_state_is_audited_and_sets_the_database_aside() {
@@ -73,9 +88,11 @@ accepting_an_older_state_is_audited_and_sets_the_database_aside() {
     [[ $(grep -c '"accept-older-state"' <<<"$out") == 1 ]]
     grep -q 'seen generation=' <<<"$out"
     # From now on the restored state is the one this host has seen (and
-    # the newer copy would be refused as another history).
+    # the newer copy would be refused as another history), and the audit
+    # trail agrees.
     sv_mount "$URL" "$MNT" "$CACHE" --key-file "$KEY"
     sv_umount "$MNT"
+    sv audit verify "$URL"
     rm -rf "$WORK/dump-new"
     store_dump "$URL" "$WORK/dump-new"
 }
@@ -247,6 +264,8 @@ key_files_in() { # DIR
 
 require "setup: a volume written twice, with a copy of the store after each" setup
 check "old meta/ and journal/ put back: the writer's host refuses them" rollback_is_refused_by_a_host_that_saw_newer
+check "... and audit verify, from any host, reports the store older than the trail has seen" \
+    rollback_is_reported_by_audit_verify
 check "--accept-older-state mounts it, audited, the newer database set aside" \
     accepting_an_older_state_is_audited_and_sets_the_database_aside
 check "every checkpoint deleted: mount, fsck, gc refuse and delete nothing; the lease is given back" \
