@@ -157,8 +157,17 @@ pub fn authorize_setattr(inode: &Inode, caller: &Caller, mut attr: SetAttr, via_
         return Err(FsError::EPERM);
     }
     if let Some(mode) = attr.mode {
-        if !owns(inode, caller) && !only_drops_privileges(inode.perm, mode) {
-            return Err(FsError::EPERM);
+        // The kernel sends the whole i_mode, file type bits included.
+        let mode = mode & 0o7777;
+        attr.mode = Some(mode);
+        if !owns(inode, caller) {
+            // What the kernel asks on behalf of a writer (kill-priv), as on
+            // local filesystems; the same request from a chmod(2) by someone
+            // who may not write to the file is refused.
+            if !only_drops_privileges(inode.perm, mode) {
+                return Err(FsError::EPERM);
+            }
+            check(inode, caller, WRITE).map_err(|_| FsError::EPERM)?;
         }
         if !root && !caller.in_group(attr.gid.unwrap_or(inode.gid)) {
             attr.mode = Some(mode & !libc::S_ISGID);
@@ -265,9 +274,20 @@ mod tests {
             authorize_setattr(&file, &stranger, chmod, false).unwrap_err(),
             FsError::EPERM
         );
-        // Dropping setuid on someone's behalf is allowed to anyone.
-        let kill = set(|a| a.mode = Some(0o0755));
-        assert!(authorize_setattr(&file, &stranger, kill, false).is_ok());
+        // Dropping setuid and setgid on a writer's behalf (the kernel's
+        // kill-priv, which sends the file type bits too) is allowed to
+        // whoever may write the file, and to no one else.
+        let writable = inode(FileKind::File, 0o6777, 1000, 1000);
+        let kill = set(|a| a.mode = Some(libc::S_IFREG | 0o0777));
+        assert_eq!(
+            authorize_setattr(&writable, &stranger, kill, false).unwrap().mode,
+            Some(0o0777)
+        );
+        let kill = set(|a| a.mode = Some(libc::S_IFREG | 0o0755));
+        assert_eq!(
+            authorize_setattr(&file, &stranger, kill, false).unwrap_err(),
+            FsError::EPERM
+        );
         // chmod g+s by an owner outside the file's group silently drops it.
         let theirs = inode(FileKind::File, 0o644, 1000, 77);
         let sgid = authorize_setattr(&theirs, &owner, set(|a| a.mode = Some(0o2755)), false).unwrap();

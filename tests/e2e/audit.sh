@@ -73,6 +73,20 @@ setup() {
     sv_init "$URL" --key-file "$KEY" >/dev/null
 }
 
+write_clears_setuid() {
+    local f=$MP/shared/setuid-tool mode
+    echo original >"$f"
+    chmod 6777 "$f"
+    as s3v-bob "echo appended >> $f" || { echo "bob's write was refused"; return 1; }
+    mode=$(stat -c %a "$f")
+    echo "mode after bob's write: $mode"
+    [[ $mode == 777 ]] && grep -qx appended "$f"
+    # Clearing the bits by chmod is still the owner's alone.
+    chmod 4755 "$f"
+    ! as s3v-bob "chmod u-s $f" 2>/dev/null || { echo "bob could chmod root's file"; return 1; }
+    [[ $(stat -c %a "$f") == 4755 ]]
+}
+
 mount_volume() { # [EXTRA-ARGS...]
     sv_mount "$URL" "$MP" "$CACHE" --key-file "$KEY" -o allow_other --audit-flush-interval "$FLUSH" "$@"
 }
@@ -379,6 +393,7 @@ check "records reach the store within the flush interval, while mounted" records
 check "user, uid, pid, program and executable in every user record" pids_recorded
 check "each operation is attributed to its user, program, flags and path" attributed
 check "a denied open is recorded with EACCES" denied_open
+check "a write by another user to a setuid file clears setuid/setgid, as on local disks" write_clears_setuid
 check "filters: --path, --event, --uid, --since, --until, csv, table" filters
 check "audit report summarises per user" report
 check "status shows the audit log: records, no loss, last upload" status_shows_the_log
