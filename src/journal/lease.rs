@@ -5,6 +5,12 @@
 //! changed has been taken over (`--force-takeover`) and must stop writing.
 //! The lease is the polite half of single-writer safety; the create-only
 //! metadata generations (`journal::writer`) are the half that cannot be raced.
+//!
+//! Every write of the lease carries a counter one above the one it
+//! replaces, so the highest counter is the newest lease: a holder whose tag
+//! changed under a lower counter is looking at an old copy put back (a
+//! replay, by someone with write access to the bucket) and takes the lease
+//! again, instead of stopping a healthy writer.
 
 use crate::codec;
 use crate::keyring::Keyring;
@@ -28,6 +34,9 @@ pub struct Holder {
     pub pid: u32,
     pub mounted_ns: i64,
     pub heartbeat_ns: i64,
+    /// One more than the lease it replaced (0 in leases of older releases).
+    #[serde(default)]
+    pub counter: u64,
 }
 
 impl Holder {
@@ -92,15 +101,17 @@ impl Lease {
         force: bool,
     ) -> Result<Lease, LeaseError> {
         let now = now_ns();
-        let holder = Holder {
+        let mut holder = Holder {
             writer: writer.to_string(),
             host: hostname(),
             pid: std::process::id(),
             mounted_ns: now,
             heartbeat_ns: now,
+            counter: 1,
         };
-        let sealed = seal(&ring, &holder);
         for _ in 0..ATTEMPTS {
+            holder.counter = 1;
+            let sealed = seal(&ring, &holder);
             let (tag, taken_from) = match store.get_tagged(LEASE_KEY).await {
                 Err(StoreError::NotFound) => match store.put_new(LEASE_KEY, sealed.clone()).await {
                     Ok(()) => (store.get_tagged(LEASE_KEY).await?.1, None),
@@ -117,7 +128,8 @@ impl Lease {
                     if !ours && !force {
                         return Err(LeaseError::Held(previous.unwrap_or_else(|| holder.clone())));
                     }
-                    match store.put_if_tag(LEASE_KEY, sealed.clone(), &tag).await {
+                    holder.counter = previous.as_ref().map_or(0, |p| p.counter) + 1;
+                    match store.put_if_tag(LEASE_KEY, seal(&ring, &holder), &tag).await {
                         Ok(tag) => (tag, previous.filter(|_| !ours)),
                         Err(StoreError::AlreadyExists | StoreError::NotFound) => continue,
                         Err(e) => return Err(e.into()),
@@ -141,28 +153,43 @@ impl Lease {
         self.taken_from.as_ref()
     }
 
-    /// Rewrites the heartbeat; [`LeaseError::Lost`] if someone took over.
+    /// Rewrites the heartbeat; [`LeaseError::Lost`] if someone took over
+    /// (or deleted the lease). An older copy put back is replaced.
     pub async fn renew(&self) -> Result<(), LeaseError> {
-        let holder = {
-            let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
-            holder.heartbeat_ns = now_ns();
-            holder.clone()
-        };
-        let tag = self.tag.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match self.store.put_if_tag(LEASE_KEY, seal(&self.ring, &holder), &tag).await {
-            Ok(new) => {
-                *self.tag.lock().unwrap_or_else(|e| e.into_inner()) = new;
-                Ok(())
+        let mut tag = self.tag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for _ in 0..ATTEMPTS {
+            let holder = {
+                let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+                holder.heartbeat_ns = now_ns();
+                holder.counter += 1;
+                holder.clone()
+            };
+            match self.store.put_if_tag(LEASE_KEY, seal(&self.ring, &holder), &tag).await {
+                Ok(new) => {
+                    *self.tag.lock().unwrap_or_else(|e| e.into_inner()) = new;
+                    return Ok(());
+                }
+                Err(StoreError::AlreadyExists | StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(StoreError::AlreadyExists | StoreError::NotFound) => {
-                let who = match self.store.get_tagged(LEASE_KEY).await {
-                    Ok((sealed, _)) => open(&self.ring, &sealed).map_or("another writer".to_string(), |h| h.describe()),
-                    Err(_) => "another writer (the lease is gone)".to_string(),
-                };
-                Err(LeaseError::Lost(who))
+            let (current, current_tag) = match self.store.get_tagged(LEASE_KEY).await {
+                Ok(found) => found,
+                Err(StoreError::NotFound) => return Err(LeaseError::Lost("nobody: the lease was deleted".into())),
+                Err(e) => return Err(e.into()),
+            };
+            let found = open(&self.ring, &current).map_err(|_| LeaseError::Lost("another writer".into()))?;
+            // What we last wrote had counter `holder.counter - 1`.
+            if found.counter + 1 >= holder.counter {
+                return Err(LeaseError::Lost(found.describe()));
             }
-            Err(e) => Err(e.into()),
+            tracing::warn!(
+                replayed = found.counter,
+                ours = holder.counter - 1,
+                "an older copy of the lease was put back in the store; taking the lease again"
+            );
+            tag = current_tag;
         }
+        Err(LeaseError::Contended)
     }
 
     /// Gives the lease up at unmount, if it is still ours.
@@ -225,6 +252,32 @@ mod tests {
         new.release().await.unwrap();
         assert!(matches!(store.get(LEASE_KEY).await, Err(StoreError::NotFound)));
         Lease::acquire(store, ring, "cccc", false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_old_copy_of_the_lease_put_back_does_not_stop_the_holder() {
+        let (store, ring) = setup();
+        let old = Lease::acquire(store.clone(), ring.clone(), "aaaa", false)
+            .await
+            .unwrap();
+        let first_copy = store.get(LEASE_KEY).await.unwrap();
+        let new = Lease::acquire(store.clone(), ring.clone(), "bbbb", true).await.unwrap();
+        new.renew().await.unwrap();
+        // The taken-over holder's lease, and the new holder's own older
+        // one, put back: replays, not takeovers.
+        let own_copy = store.get(LEASE_KEY).await.unwrap();
+        new.renew().await.unwrap();
+        for replay in [first_copy, own_copy] {
+            store.put(LEASE_KEY, replay).await.unwrap();
+            new.renew().await.unwrap();
+            let (current, _) = store.get_tagged(LEASE_KEY).await.unwrap();
+            assert_eq!(open(&ring, &current).unwrap().writer, "bbbb");
+        }
+        // The old holder still loses: the newest lease is not its own.
+        assert!(matches!(old.renew().await, Err(LeaseError::Lost(_))));
+        // A deleted lease is lost, not re-created.
+        store.delete(LEASE_KEY).await.unwrap();
+        assert!(matches!(new.renew().await, Err(LeaseError::Lost(_))));
     }
 
     #[tokio::test]
