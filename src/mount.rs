@@ -36,6 +36,8 @@ pub struct MountConfig {
     pub force_takeover: bool,
     /// Take a store older than this host has seen as the volume.
     pub accept_older_state: bool,
+    /// Set aside a database whose changes never reached the store.
+    pub set_aside_unuploaded: bool,
     /// Mount this named snapshot (read-only) instead of the live state.
     pub snapshot: Option<String>,
     /// A read-only mount of the live state: how often to look for the
@@ -309,7 +311,11 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
                 None,
             ),
             None => {
-                let live = volume::load_live(&volume, &cache_dir, config.accept_older_state)
+                let options = volume::LoadOptions {
+                    accept_older_state: config.accept_older_state,
+                    set_aside_unuploaded: config.set_aside_unuploaded,
+                };
+                let live = volume::load_live(&volume, &cache_dir, options)
                     .await
                     .map_err(volume_failure)?;
                 (live.meta, live.unsynced, live.accepted, Some(live.seen))
@@ -692,6 +698,7 @@ mod tests {
             allow_volatile_cache: true,
             force_takeover: false,
             accept_older_state: false,
+            set_aside_unuploaded: false,
             snapshot: None,
             follow_interval: None,
         };

@@ -85,6 +85,8 @@ pub struct Restorer<'a> {
     ring: Arc<Keyring>,
     block_size: u64,
     meta: SqliteStore,
+    /// A cache directory's `blocks/`, read before the store (`recover`).
+    local_blocks: Option<PathBuf>,
     as_root: bool,
     /// Inodes with more than one link, by where the first was restored.
     linked: HashMap<u64, PathBuf>,
@@ -138,17 +140,61 @@ impl<'a> Restorer<'a> {
     ) -> Result<Restorer<'a>, CopyOutError> {
         let mut meta = SqliteStore::in_memory()?;
         snapshot.import_into(&mut meta)?;
-        Ok(Restorer {
+        Ok(Restorer::of_state(store, ring, block_size, meta, None, report))
+    }
+
+    /// A restorer of the state in `meta` (a cache directory's database, for
+    /// `recover`), reading blocks from `local_blocks` (that directory's
+    /// `blocks/`) when they are there and from the store otherwise.
+    pub fn of_state(
+        store: Arc<dyn ObjectStore>,
+        ring: Arc<Keyring>,
+        block_size: u32,
+        meta: SqliteStore,
+        local_blocks: Option<PathBuf>,
+        report: impl FnMut(Restored<'_>) + 'a,
+    ) -> Restorer<'a> {
+        Restorer {
             store,
             ring,
             block_size: u64::from(block_size),
             meta,
+            local_blocks,
             as_root: crate::os::effective_uid() == 0,
             linked: HashMap::new(),
             directories: Vec::new(),
             summary: Summary::default(),
             report: Box::new(report),
-        })
+        }
+    }
+
+    /// Paths of the files, symlinks and special files whose metadata
+    /// changed in the database's journal — what never reached the store —
+    /// one path per inode, in the order of a walk from the root.
+    pub fn unuploaded_paths(&self) -> Result<Vec<String>, CopyOutError> {
+        let mut touched = std::collections::HashSet::new();
+        for (_, op) in self.meta.journal_after(0, usize::MAX)? {
+            for op in crate::meta::ops::decode_ops(&op)? {
+                if let Some(ino) = op.inode() {
+                    touched.insert(ino);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        let mut queue = VecDeque::from([(ROOT_INO, String::new())]);
+        while let Some((dir, path)) = queue.pop_front() {
+            let mut children = Vec::new();
+            self.each_entry(dir, |name, child| children.push((name, child)))?;
+            for (name, child) in children {
+                let child_path = format!("{path}/{}", String::from_utf8_lossy(&name));
+                if self.inode(child)?.kind == FileKind::Dir {
+                    queue.push_back((child, child_path));
+                } else if touched.remove(&child) {
+                    found.push(child_path);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Bytes of regular files under `path` (for a progress bar's length).
@@ -322,10 +368,21 @@ impl<'a> Restorer<'a> {
                 {
                     let store = self.store.clone();
                     let key = data_key(&block.object_id);
+                    let local = self.local_blocks.clone();
+                    let name = hex::encode(block.object_id);
                     pending.push_back((
                         index,
                         block.object_id,
-                        tokio::spawn(async move { store.get(&key).await }),
+                        tokio::spawn(async move {
+                            for dir in ["dirty", "clean"] {
+                                if let Some(local) = &local
+                                    && let Ok(bytes) = tokio::fs::read(local.join(dir).join(&name)).await
+                                {
+                                    return Ok(Bytes::from(bytes));
+                                }
+                            }
+                            store.get(&key).await
+                        }),
                     ));
                 }
                 let Some((index, object_id, task)) = pending.pop_front() else {

@@ -5,6 +5,7 @@
 use crate::crypto::SecretKey;
 use crate::fsck;
 use crate::journal::{checkpoint, segment, snapshots};
+use crate::meta::MetadataStore;
 use crate::store::ObjectStore;
 use crate::superblock::Unlock;
 use crate::test_support::{new_volume, walk, write_new};
@@ -212,4 +213,73 @@ async fn an_old_superblock_put_back_is_refused_where_a_newer_one_was_seen() {
         .err()
         .expect("mounted with an old superblock");
     assert!(matches!(e, VolumeError::SuperblockOlder { seen: 2, store: 1 }), "{e}");
+}
+
+#[tokio::test]
+async fn a_fenced_writers_unuploaded_files_are_never_discarded_and_can_be_recovered() {
+    let tv = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let (a, b) = (dirs.path().join("a"), dirs.path().join("b"));
+    let writer = tv.mount(&a, store.clone()).await;
+    writer.sync().await.unwrap();
+    // Closed on A, not yet uploaded, when B takes the volume over.
+    write_new(&writer, b"closed-on-a", b"only A has this").await;
+    let taker = tv.mount(&b, store.clone()).await;
+    write_new(&taker, b"from-b", b"1").await;
+    taker.final_sync().await.unwrap();
+    assert!(writer.sync().await.is_err());
+    assert!(writer.is_fenced());
+    drop((writer, taker));
+
+    // A's cache directory is refused, naming the way out.
+    let e = tv
+        .try_mount(&a, store.clone())
+        .await
+        .err()
+        .expect("discarded unuploaded changes");
+    assert!(
+        matches!(e, VolumeError::Unuploaded { changes, .. } if changes > 0),
+        "{e}"
+    );
+    assert!(e.to_string().contains("s3vault recover"), "{e}");
+
+    // `recover` copies out exactly what never reached the store.
+    let meta = crate::volume::open_cache_database(&tv.volume, &a, "metadata.db").unwrap();
+    let mut restorer = crate::restore::Restorer::of_state(
+        store.clone(),
+        tv.volume.ring.clone(),
+        crate::test_support::BS,
+        meta,
+        Some(a.join("blocks")),
+        |_| {},
+    );
+    let paths = restorer.unuploaded_paths().unwrap();
+    assert_eq!(paths, ["/closed-on-a"]);
+    let out = dirs.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    restorer.restore(&paths[0], &out).await.unwrap();
+    restorer.finish().unwrap();
+    assert_eq!(std::fs::read(out.join("closed-on-a")).unwrap(), b"only A has this");
+
+    // Set aside on request: A mounts B's state, the old database kept.
+    let options = crate::volume::LoadOptions {
+        set_aside_unuploaded: true,
+        ..Default::default()
+    };
+    let live = crate::volume::load_live(&tv.volume, &a, options).await.unwrap();
+    let names: Vec<Vec<u8>> = live
+        .meta
+        .entries(crate::meta::ROOT_INO, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, [b"from-b".to_vec()]);
+    assert!(std::fs::read_dir(&a).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("metadata-unuploaded-")
+    }));
 }

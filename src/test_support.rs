@@ -59,7 +59,11 @@ impl TestVolume {
         accept_older: bool,
     ) -> Result<Core, volume::VolumeError> {
         std::fs::create_dir_all(cache_dir).unwrap();
-        let live = volume::load_live(&self.volume, cache_dir, accept_older).await?;
+        let options = volume::LoadOptions {
+            accept_older_state: accept_older,
+            set_aside_unuploaded: false,
+        };
+        let live = volume::load_live(&self.volume, cache_dir, options).await?;
         let (meta, unsynced) = (live.meta, live.unsynced);
         let cache = BlockCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
         cache.spawn_uploader();

@@ -63,6 +63,14 @@ pub enum VolumeError {
          mounted; put the newest superblock back from the bucket's versions"
     )]
     SuperblockOlder { seen: u64, store: u64 },
+    #[error(
+        "cache directory {} holds {changes} metadata change(s) made on this host (files closed or changed here) \
+         that never reached the store, which has moved on without them (the mount was fenced: another writer \
+         took the volume over, or the lease was lost). Nothing was mounted. Export them with `s3vault recover URL \
+         {}` --to DIR, then mount with --set-aside-unuploaded (the database is kept, renamed)",
+         .cache_dir.display(), .cache_dir.display()
+    )]
+    Unuploaded { cache_dir: PathBuf, changes: usize },
     #[error(transparent)]
     Seen(#[from] SeenError),
     #[error("unlock with another key slot to remove this one")]
@@ -312,7 +320,11 @@ fn remove_database(cache_dir: &Path, file: &str) -> Result<(), VolumeError> {
 /// the store's live state when it is missing, unreadable or older (a fresh
 /// host, or another host wrote since). Returns the store and whether it may
 /// hold changes the object store does not have yet.
-pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteStore, bool), VolumeError> {
+pub async fn load_metadata(
+    volume: &Volume,
+    cache_dir: &Path,
+    options: LoadOptions,
+) -> Result<(SqliteStore, bool), VolumeError> {
     let path = cache_dir.join(DATABASE_FILE);
     if path.exists() {
         match SqliteStore::open(&path, volume.ring.database_key()) {
@@ -323,7 +335,19 @@ pub async fn load_metadata(volume: &Volume, cache_dir: &Path) -> Result<(SqliteS
                     // (closed files among them) that only this database holds.
                     return Ok((db, true));
                 }
-                tracing::info!("local metadata is older than the store's; rebuilding");
+                let changes = db.journal_after(0, usize::MAX)?.len();
+                drop(db);
+                if changes == 0 {
+                    tracing::info!("local metadata is older than the store's; rebuilding");
+                } else if options.set_aside_unuploaded {
+                    let aside = set_database_aside(cache_dir, "unuploaded")?;
+                    tracing::warn!(changes, database = %aside, "unuploaded changes set aside; rebuilding from the store");
+                } else {
+                    return Err(VolumeError::Unuploaded {
+                        cache_dir: cache_dir.to_path_buf(),
+                        changes,
+                    });
+                }
             }
             Ok(_) => tracing::warn!("local metadata database is empty; rebuilding from the store"),
             Err(e) => tracing::warn!(error = %e, "local metadata database is unusable; rebuilding from the store"),
@@ -429,22 +453,50 @@ async fn check_freshness(
         revision,
     );
     if database.exists() {
-        let aside = format!("metadata-superseded-{}.db", crate::os::now_secs());
-        for suffix in ["", "-wal", "-shm"] {
-            let from = cache_dir.join(format!("{DATABASE_FILE}{suffix}"));
-            if from.exists() {
-                std::fs::rename(&from, cache_dir.join(format!("{aside}{suffix}"))).map_err(|e| {
-                    VolumeError::CacheDir {
-                        path: from.clone(),
-                        reason: format!("cannot set the superseded database aside: {e}"),
-                    }
-                })?;
-            }
-        }
+        let aside = set_database_aside(cache_dir, "superseded")?;
         accepted.push_str(&format!("; local database set aside as {aside}"));
     }
     seen.accept(store.unwrap_or_default(), revision)?;
     Ok(Some(accepted))
+}
+
+/// Renames the cache directory's database (with its WAL) to
+/// `metadata-<why>-<unix time>.db`, nothing deleted; returns the name.
+fn set_database_aside(cache_dir: &Path, why: &str) -> Result<String, VolumeError> {
+    let aside = format!("metadata-{why}-{}.db", crate::os::now_secs());
+    for suffix in ["", "-wal", "-shm"] {
+        let from = cache_dir.join(format!("{DATABASE_FILE}{suffix}"));
+        if from.exists() {
+            std::fs::rename(&from, cache_dir.join(format!("{aside}{suffix}"))).map_err(|e| VolumeError::CacheDir {
+                path: from.clone(),
+                reason: format!("cannot set the database aside: {e}"),
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
+/// Opens a database of `cache_dir` (`metadata.db`, or one set aside) for
+/// `s3vault recover`.
+pub fn open_cache_database(volume: &Volume, cache_dir: &Path, file: &str) -> Result<SqliteStore, VolumeError> {
+    let path = cache_dir.join(file);
+    if !path.exists() {
+        return Err(VolumeError::CacheDir {
+            path,
+            reason: "no such database".into(),
+        });
+    }
+    Ok(SqliteStore::open(&path, volume.ring.database_key())?)
+}
+
+/// What a mount may do with a cache directory that disagrees with the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Take a store older than the directory has seen (`--accept-older-state`).
+    pub accept_older_state: bool,
+    /// Set aside a database whose changes never reached the store, which
+    /// moved on without them (`--set-aside-unuploaded`).
+    pub set_aside_unuploaded: bool,
 }
 
 /// The live state as a mount of `cache_dir` loads it.
@@ -461,10 +513,10 @@ pub struct LiveMount {
 /// Loads the live state for a mount of `cache_dir`: refuses a store older
 /// than the directory has seen (`check_freshness`), then opens or rebuilds
 /// the database (`load_metadata`) and records what it loaded as seen.
-pub async fn load_live(volume: &Volume, cache_dir: &Path, accept_older: bool) -> Result<LiveMount, VolumeError> {
+pub async fn load_live(volume: &Volume, cache_dir: &Path, options: LoadOptions) -> Result<LiveMount, VolumeError> {
     let seen = Arc::new(SeenFile::open(cache_dir, volume.ring.clone())?);
-    let accepted = check_freshness(volume, cache_dir, &seen, accept_older).await?;
-    let (meta, unsynced) = load_metadata(volume, cache_dir).await?;
+    let accepted = check_freshness(volume, cache_dir, &seen, options.accept_older_state).await?;
+    let (meta, unsynced) = load_metadata(volume, cache_dir, options).await?;
     seen.advance(Position {
         generation: meta.generation()?,
         head: meta.head()?,

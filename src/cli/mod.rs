@@ -87,6 +87,9 @@ enum Command {
     /// Copy files out of a snapshot into a local directory, byte for byte,
     /// never overwriting anything there.
     Restore(restore::RestoreArgs),
+    /// Copy out the files a cache directory changed that never reached the
+    /// store (a mount fenced by another writer), never overwriting.
+    Recover(restore::RecoverArgs),
 }
 
 /// The volume a command reads, and how to unlock it.
@@ -275,5 +278,6 @@ pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
         Command::Fsck(args) => check::fsck(args),
         Command::Gc(args) => check::gc(args),
         Command::Restore(args) => restore::run(args),
+        Command::Recover(args) => restore::recover(args),
     }
 }

@@ -97,6 +97,12 @@ pub struct MountArgs {
     /// set aside, not deleted.
     #[arg(long)]
     accept_older_state: bool,
+    /// Mount even though the cache directory holds changes that never
+    /// reached the store, which moved on without them (a fenced mount):
+    /// its database is set aside, renamed, not deleted. Export those
+    /// changes first with `s3vault recover`.
+    #[arg(long)]
+    set_aside_unuploaded: bool,
     /// Mount this named snapshot instead of the live volume (read-only;
     /// `s3vault snapshot list` names them).
     #[arg(long, value_name = "NAME")]
@@ -289,6 +295,7 @@ pub fn run(args: MountArgs) -> Result<(), Exit> {
         cache,
         force_takeover: args.force_takeover,
         accept_older_state: args.accept_older_state,
+        set_aside_unuploaded: args.set_aside_unuploaded,
     };
     let ready = if args.foreground {
         Readiness::foreground()

@@ -40,6 +40,26 @@ pub enum JournalOp {
     },
 }
 
+impl JournalOp {
+    /// The inode whose content or attributes the operation changes (for a
+    /// directory entry, the inode it names), if one.
+    pub fn inode(&self) -> Option<u64> {
+        match self {
+            JournalOp::Put(Record::Inode(inode)) => Some(inode.ino),
+            JournalOp::Put(
+                Record::SymlinkTarget { ino, .. }
+                | Record::Entry { ino, .. }
+                | Record::Block { ino, .. }
+                | Record::Xattr { ino, .. },
+            ) => Some(*ino),
+            JournalOp::Put(Record::NextIno(_)) | JournalOp::DeleteInode(_) | JournalOp::RemoveEntry { .. } => None,
+            JournalOp::RemoveXattr { ino, .. }
+            | JournalOp::UnmapBlock { ino, .. }
+            | JournalOp::RemoveBlocksFrom { ino, .. } => Some(*ino),
+        }
+    }
+}
+
 pub fn encode_op(out: &mut Vec<u8>, op: &JournalOp) {
     match op {
         JournalOp::Put(record) => encode_record(out, record),

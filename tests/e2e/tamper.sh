@@ -262,6 +262,27 @@ key_files_in() { # DIR
     expect_fail "owned by uid" timeout 60 "$S3VAULT" info "$URL" --key-file "$dir/link.key" "${opts[@]}"
 }
 
+a_lost_lease_loses_nothing() {
+    local a=$WORK/cache-a b=$WORK/cache-b out=$WORK/recovered
+    # A writes and closes a file, then dies before uploading its metadata.
+    sv_mount "$URL" "$MNT" "$a" --key-file "$KEY" --metadata-interval 3600
+    echo "closed on A only" >"$MNT/closed-on-a.txt"
+    kill_hard "$MNT"
+    # B takes the volume over and moves it on.
+    sv_mount "$URL" "$WORK/mnt-b" "$b" --key-file "$KEY" --force-takeover
+    echo "from B" >"$WORK/mnt-b/from-b.txt"
+    sv_umount "$WORK/mnt-b"
+    # A's cache is refused instead of being rebuilt over.
+    sv_mount_refused 1 "never reached the store.*s3vault recover" "$URL" "$MNT" "$a" --key-file "$KEY" || return 1
+    sv recover "$URL" "$a" --to "$out" || return 1
+    [[ $(cat "$out/closed-on-a.txt") == "closed on A only" ]] || { ls -laR "$out"; return 1; }
+    [[ $(sv audit log "$URL" --event restore --format json | grep -c 'recovered from cache_dir') -ge 1 ]] || return 1
+    sv_mount "$URL" "$MNT" "$a" --key-file "$KEY" --set-aside-unuploaded
+    [[ -f $MNT/from-b.txt && ! -e $MNT/closed-on-a.txt ]] || { ls -la "$MNT"; return 1; }
+    sv_umount "$MNT"
+    compgen -G "$a/metadata-unuploaded-*.db" >/dev/null
+}
+
 require "setup: a volume written twice, with a copy of the store after each" setup
 check "old meta/ and journal/ put back: the writer's host refuses them" rollback_is_refused_by_a_host_that_saw_newer
 check "... and audit verify, from any host, reports the store older than the trail has seen" \
@@ -282,4 +303,6 @@ check "a data object swapped with another: EIO, and the right one back reads in 
 check "an 8 GiB object where a block belongs: EIO without reading it" an_oversized_object_is_refused_without_being_read
 check "a key file owned by another user, or reached through their symlink: refused" \
     key_files_others_control_are_refused
+check "a writer taken over before uploading: its cache is refused, recover copies its files out" \
+    a_lost_lease_loses_nothing
 e2e_finish
