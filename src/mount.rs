@@ -356,6 +356,10 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             )),
             Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),
         ];
+        match crate::audit::chains_seen(store.as_ref()).await {
+            Ok(chains) => opened.push(Record::new(Event::ChainsSeen, daemon_subject(), None).detail(chains)),
+            Err(e) => tracing::warn!(error = %e, "cannot list the audit chains to record them"),
+        }
         if let Some(accepted) = accepted {
             tracing::warn!("accepted a store older than this host had seen (--accept-older-state)");
             opened.push(Record::new(Event::AcceptOlderState, daemon_subject(), None).detail(accepted));

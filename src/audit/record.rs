@@ -39,10 +39,13 @@ pub enum Event {
     /// A mount took a store older than this host had seen as the volume
     /// (`--accept-older-state`: a restored backup, on purpose).
     AcceptOlderState,
+    /// The audit chains in the store, and how many segments each had, when
+    /// a chain began: `audit verify` then finds any of them deleted.
+    ChainsSeen,
 }
 
 impl Event {
-    pub const ALL: [Event; 26] = [
+    pub const ALL: [Event; 27] = [
         Event::Open,
         Event::Create,
         Event::Mkdir,
@@ -69,6 +72,7 @@ impl Event {
         Event::SnapshotDelete,
         Event::Restore,
         Event::AcceptOlderState,
+        Event::ChainsSeen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Event {
             Event::SnapshotDelete => "snapshot-delete",
             Event::Restore => "restore",
             Event::AcceptOlderState => "accept-older-state",
+            Event::ChainsSeen => "chains-seen",
         }
     }
 

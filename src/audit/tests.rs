@@ -299,3 +299,48 @@ async fn an_object_planted_at_the_next_segment_name_costs_no_record() {
     assert_eq!(v.records, 7);
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
+
+/// A later chain's `chains-seen` record makes a deleted chain, or the
+/// deleted end of one, visible to `audit verify`.
+#[tokio::test]
+async fn a_deleted_chain_or_chain_end_that_a_later_chain_saw_is_caught() {
+    let fx = Fixture::new();
+    fx.write(&fx.open(AuditMode::Required), 6, 2).await;
+    let cli = AuditLog::one_shot(fx.ring.clone(), fx.store.clone(), AuditSettings::default());
+    cli.record(Record::new(Event::KeyAdd, Subject::default(), None).detail("slot=abc"))
+        .unwrap();
+    cli.upload().await.unwrap();
+    let mut chains: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for key in fx.keys().await {
+        let writer = key.rsplit_once('/').unwrap().0.to_string();
+        chains.entry(writer).or_default().push(key);
+    }
+    let mount_chain = chains.values().find(|keys| keys.len() >= 2).unwrap().clone();
+    let cli_chain = chains.values().find(|keys| keys.len() == 1).unwrap().clone();
+    // A later command's chain begins with what it found.
+    let witness = AuditLog::one_shot(fx.ring.clone(), fx.store.clone(), AuditSettings::default());
+    let seen = crate::audit::chains_seen(fx.store.as_ref()).await.unwrap();
+    witness
+        .record(Record::new(Event::ChainsSeen, Subject::default(), None).detail(seen))
+        .unwrap();
+    witness.upload().await.unwrap();
+    let problems = |segments: &Segments| {
+        let records = segments.records(&crate::audit::Filter::default());
+        crate::audit::check_chains_seen(segments, &records)
+    };
+    assert!(problems(&fx.segments().await).is_empty());
+
+    fx.store.delete(&cli_chain[0]).await.unwrap();
+    fx.store.delete(mount_chain.last().unwrap()).await.unwrap();
+    let found = problems(&fx.segments().await);
+    let details: Vec<&str> = found.iter().map(|p| p.detail.as_str()).collect();
+    assert_eq!(found.len(), 2, "{details:?}");
+    assert!(
+        details.iter().any(|d| d.contains("the whole chain is missing")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("missing from its end")),
+        "{details:?}"
+    );
+}

@@ -1,13 +1,87 @@
-//! The audit trail as a witness of the metadata's freshness: mount and
-//! unmount records carry the metadata generation the mount had
+//! The audit trail as a witness, of the metadata's freshness and of itself.
+//!
+//! Mount and unmount records carry the metadata generation the mount had
 //! (`generation=N`), so a store whose live state is older than the newest
 //! generation the trail has seen was rolled back or truncated — something
 //! a fresh host cannot tell by itself (FORMAT.md, "Threat model"). An
 //! `accept-older-state` record (an administrator took a restored state on
 //! purpose) resets what the trail expects to the state it accepted.
+//!
+//! Every chain begins with a `chains-seen` record naming the chains in the
+//! store and their segment counts at that moment. s3vault never deletes an
+//! audit segment, so a chain (or the end of one) that a later chain saw and
+//! the store no longer holds was deleted by someone else: one-shot chains
+//! of CLI commands included.
 
-use super::query::{Listed, Problem};
+use super::query::{Listed, Problem, Segments};
 use super::record::Event;
+use super::segment::{self, AUDIT_PREFIX};
+use crate::store::{ObjectStore, StoreError};
+use std::collections::BTreeMap;
+
+/// The `chains-seen` detail: `chains=<writer>:<segments>,…` for every chain
+/// in the store.
+pub async fn chains_seen(store: &dyn ObjectStore) -> Result<String, StoreError> {
+    let mut chains: BTreeMap<String, u64> = BTreeMap::new();
+    for key in store.list(AUDIT_PREFIX).await? {
+        if let Some((writer, number)) = segment::parse_object_key(&key) {
+            let newest = chains.entry(writer).or_default();
+            *newest = (*newest).max(number);
+        }
+    }
+    let list: Vec<String> = chains.iter().map(|(w, n)| format!("{w}:{n}")).collect();
+    Ok(format!("chains={}", list.join(",")))
+}
+
+/// Chains (or their ends) that `chains-seen` records saw and the store no
+/// longer holds.
+pub fn check_chains_seen(found: &Segments, records: &[Listed]) -> Vec<Problem> {
+    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &found.segments {
+        let newest = held.entry(s.writer.as_str()).or_default();
+        *newest = (*newest).max(s.number);
+    }
+    // The most segments any record saw of each chain, and which record.
+    let mut seen: BTreeMap<String, (u64, &Listed)> = BTreeMap::new();
+    for listed in records.iter().filter(|l| l.record.event == Event::ChainsSeen) {
+        let Some(list) = listed.record.detail.as_deref().and_then(|d| d.strip_prefix("chains=")) else {
+            continue;
+        };
+        for item in list.split(',').filter(|i| !i.is_empty()) {
+            let Some((writer, count)) = item.split_once(':') else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else { continue };
+            let entry = seen.entry(writer.to_string()).or_insert((count, listed));
+            if count > entry.0 {
+                *entry = (count, listed);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (writer, (count, by)) in seen {
+        let have = held.get(writer.as_str()).copied().unwrap_or(0);
+        if have >= count {
+            continue;
+        }
+        let what = if have == 0 {
+            format!("the whole chain is missing: it had {count} segment(s)")
+        } else {
+            format!("segments {} to {count} are missing from its end", have + 1)
+        };
+        problems.push(Problem {
+            segment: format!("{AUDIT_PREFIX}{writer}"),
+            seq: None,
+            kind: "deleted",
+            detail: format!(
+                "{what} when the chain of host {} began at {} (audit segments are never deleted by s3vault)",
+                by.host,
+                crate::units::rfc3339(by.record.time_ns)
+            ),
+        });
+    }
+    problems
+}
 
 /// The number after the last `field=` of a record's detail (`field` at the
 /// start or after a space), if any.

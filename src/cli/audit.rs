@@ -139,10 +139,9 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
         }
         AuditCommand::Verify { .. } => {
             let mut result = audit::verify(&ring, &segments);
-            result.problems.extend(audit::check_freshness(
-                &segments.records(&audit::Filter::default()),
-                live,
-            ));
+            let records = segments.records(&audit::Filter::default());
+            result.problems.extend(audit::check_chains_seen(&segments, &records));
+            result.problems.extend(audit::check_freshness(&records, live));
             for problem in &result.problems {
                 println!("{problem}");
             }
@@ -182,6 +181,22 @@ pub fn this_process() -> audit::Subject {
     }
 }
 
+/// A command's audit chain of its own, begun with the chains it finds in
+/// the store (so `audit verify` notices any of them deleted later).
+pub async fn one_shot_log(
+    ring: Arc<Keyring>,
+    store: Arc<dyn ObjectStore>,
+) -> Result<audit::AuditLog, audit::AuditError> {
+    let settings = cli_audit_settings(store.as_ref()).await;
+    let chains = audit::chains_seen(store.as_ref()).await;
+    let log = audit::AuditLog::one_shot(ring, store, settings);
+    match chains {
+        Ok(chains) => log.record(audit::Record::new(audit::Event::ChainsSeen, this_process(), None).detail(chains))?,
+        Err(e) => tracing::warn!(error = %e, "cannot list the audit chains to record them"),
+    }
+    Ok(log)
+}
+
 /// Records a command's change in an audit chain of its own and uploads it.
 pub async fn record_cli_event(
     ring: Arc<Keyring>,
@@ -189,8 +204,7 @@ pub async fn record_cli_event(
     event: audit::Event,
     detail: String,
 ) -> Result<(), audit::AuditError> {
-    let settings = cli_audit_settings(store.as_ref()).await;
-    let log = audit::AuditLog::one_shot(ring, store, settings);
+    let log = one_shot_log(ring, store).await?;
     log.record(audit::Record::new(event, this_process(), None).detail(detail))?;
     log.upload().await.map(|_| ())
 }

@@ -2,7 +2,7 @@
 //! recover`: copying out what a cache directory holds that never reached
 //! the store.
 
-use super::audit::{cli_audit_settings, this_process};
+use super::audit::{one_shot_log, this_process};
 use super::{
     Exit, KeyArgs, S3Args, block_on, init_command_logging, location, open_volume, read_unlock, runtime_err,
     snapshot_exit, usage, volume_exit,
@@ -55,7 +55,7 @@ pub fn run(args: RestoreArgs) -> Result<(), Exit> {
         let snapshot = snapshots::load(store.as_ref(), &ring, &name)
             .await
             .map_err(snapshot_exit)?;
-        let log = audit::AuditLog::one_shot(ring.clone(), store.clone(), cli_audit_settings(store.as_ref()).await);
+        let log = one_shot_log(ring.clone(), store.clone()).await.map_err(runtime_err)?;
         let bar = progress_bar("restoring")?;
         let subject = this_process();
         let mut unaudited = None;
@@ -187,7 +187,7 @@ pub fn recover(args: RecoverArgs) -> Result<(), Exit> {
         let _lock = volume::lock_cache_dir(&args.cache_dir).map_err(volume_exit)?;
         let meta = volume::open_cache_database(&volume, &args.cache_dir, &args.database).map_err(volume_exit)?;
         let (store, ring) = (volume.store.clone(), volume.ring.clone());
-        let log = audit::AuditLog::one_shot(ring.clone(), store.clone(), cli_audit_settings(store.as_ref()).await);
+        let log = one_shot_log(ring.clone(), store.clone()).await.map_err(runtime_err)?;
         let bar = progress_bar("recovering")?;
         let subject = this_process();
         let mut unaudited = None;

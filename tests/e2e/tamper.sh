@@ -283,6 +283,37 @@ a_lost_lease_loses_nothing() {
     compgen -G "$a/metadata-unuploaded-*.db" >/dev/null
 }
 
+audit_writers() { # the chains in the store, one writer per line
+    store_ls "$URL" audit | cut -d/ -f2 | sort -u
+}
+
+deleted_audit_chains_are_named_by_audit_verify() {
+    local before snapshot_chain longest last out rc=0
+    before=$(audit_writers)
+    sv snapshot create "$URL" "audit witness"
+    snapshot_chain=$(comm -13 <(echo "$before") <(audit_writers))
+    [[ -n $snapshot_chain ]] || { echo "no chain for snapshot create"; return 1; }
+    # A later chain (a mount from another cache directory: a chain of its
+    # own) begins by naming every chain it finds.
+    sv_mount "$URL" "$MNT" "$WORK/cache-witness" --key-file "$KEY" -o ro
+    sv_umount "$MNT"
+    sv audit verify "$URL" || return 1
+    longest=$(store_ls "$URL" audit | cut -d/ -f2 | sort | uniq -c | sort -rn | awk 'NR == 1 { print $2 }')
+    last=$(store_ls "$URL" "audit/$longest" | tail -n 1)
+    # The end of the mount chain that the last mount saw, and the whole
+    # one-shot chain of `snapshot create`.
+    mkdir -p "$WORK/audit-saved"
+    for key in "$last" $(store_ls "$URL" "audit/$snapshot_chain"); do
+        store_get "$URL" "$key" "$WORK/audit-saved/${key//\//_}"
+        store_rm "$URL" "$key"
+    done
+    out=$(sv audit verify "$URL" 2>&1) || rc=$?
+    echo "$out"
+    ((rc != 0)) || return 1
+    grep -q "audit/$snapshot_chain.*the whole chain is missing" <<<"$out" || return 1
+    grep -q "audit/$longest.*missing from its end" <<<"$out"
+}
+
 require "setup: a volume written twice, with a copy of the store after each" setup
 check "old meta/ and journal/ put back: the writer's host refuses them" rollback_is_refused_by_a_host_that_saw_newer
 check "... and audit verify, from any host, reports the store older than the trail has seen" \
@@ -305,4 +336,6 @@ check "a key file owned by another user, or reached through their symlink: refus
     key_files_others_control_are_refused
 check "a writer taken over before uploading: its cache is refused, recover copies its files out" \
     a_lost_lease_loses_nothing
+check "a deleted one-shot chain and a deleted chain end: audit verify names both" \
+    deleted_audit_chains_are_named_by_audit_verify
 e2e_finish
