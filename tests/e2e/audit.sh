@@ -393,9 +393,9 @@ check "records reach the store within the flush interval, while mounted" records
 check "user, uid, pid, program and executable in every user record" pids_recorded
 check "each operation is attributed to its user, program, flags and path" attributed
 check "a denied open is recorded with EACCES" denied_open
-check "a write by another user to a setuid file clears setuid/setgid, as on local disks" write_clears_setuid
 check "filters: --path, --event, --uid, --since, --until, csv, table" filters
 check "audit report summarises per user" report
+check "a write by another user to a setuid file clears setuid/setgid, as on local disks" write_clears_setuid
 check "status shows the audit log: records, no loss, last upload" status_shows_the_log
 check "--audit=required: an open that cannot be recorded fails with EIO" required_fails_closed
 check "--audit=best-effort: the open goes through, status counts the loss" best_effort_counts_losses
