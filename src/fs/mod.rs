@@ -265,7 +265,31 @@ impl Core {
             });
             recorded?;
         }
-        found
+        match found {
+            Ok(inode) if inode.kind.is_special() => self.look_up_special(caller, parent, name, inode),
+            found => found,
+        }
+    }
+
+    /// The kernel opens FIFOs, sockets and devices itself, without asking
+    /// the filesystem, and (without `default_permissions`) without checking
+    /// their mode: the lookup before the open is where s3vault can decide.
+    /// A special file is found only by root, its owner, or a caller the
+    /// mode allows both to read and to write (so no open mode the bits deny
+    /// can follow); each such lookup, found or refused, is recorded as an
+    /// open.
+    fn look_up_special(&self, caller: &Caller, parent: u64, name: &[u8], inode: Inode) -> FsResult<Inode> {
+        let allowed = access::owns(&inode, caller) || access::permits(&inode, caller, access::READ | access::WRITE);
+        let outcome = if allowed { Ok(inode) } else { Err(FsError::EACCES) };
+        self.audited(outcome, |errno| {
+            Record::new(Event::Open, subject(caller), errno)
+                .path(&self.entry_path(parent, name))
+                .ino(Some(inode.ino))
+                .detail(format!(
+                    "lookup of a {} (the kernel opens special files without the filesystem)",
+                    inode.kind.name()
+                ))
+        })
     }
 
     fn lookup_checked(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Inode> {

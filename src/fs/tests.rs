@@ -1139,3 +1139,61 @@ async fn a_long_journal_goes_up_in_bounded_segments() {
     assert!(core.meta().journal_after(0, 1).unwrap().is_empty());
     assert_eq!(state_lines(&fx.load().await), state_lines(core.meta().as_ref()));
 }
+
+/// The kernel opens a FIFO without asking the filesystem: the lookup
+/// before it is refused to anyone the mode would deny an open mode to, and
+/// each lookup of a special file is in the audit log.
+#[tokio::test]
+async fn special_files_are_found_only_by_whom_their_mode_allows_and_every_lookup_is_audited() {
+    use crate::audit::{AuditLog, AuditSettings, Event, Filter};
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), fx.ring.clone(), fx.store.clone(), AuditSettings::default()).unwrap();
+    let core = fx.core().with_audit(log.clone());
+    let stranger = Caller::with_groups(2000, 2000, vec![]);
+    let owner = Caller::with_groups(1000, 1000, vec![]);
+    let shared = core.mkdir(&root(), ROOT_INO, b"shared", 0o1777).unwrap();
+    for (name, mode) in [(&b"private"[..], 0o600), (b"readable", 0o644), (b"open", 0o666)] {
+        let fifo = core.mknod(&root(), shared.ino, name, libc::S_IFIFO | mode, 0).unwrap();
+        let give = SetAttr {
+            uid: Some(1000),
+            gid: Some(1000),
+            ..SetAttr::default()
+        };
+        core.setattr(&root(), fifo.ino, give, false).await.unwrap();
+    }
+    assert_eq!(
+        core.lookup(&stranger, shared.ino, b"private").unwrap_err(),
+        FsError::EACCES
+    );
+    // Read permission alone would let an O_RDWR open through: refused too.
+    assert_eq!(
+        core.lookup(&stranger, shared.ino, b"readable").unwrap_err(),
+        FsError::EACCES
+    );
+    assert!(core.lookup(&stranger, shared.ino, b"open").is_ok());
+    assert!(core.lookup(&owner, shared.ino, b"private").is_ok());
+    assert!(core.lookup(&root(), shared.ino, b"private").is_ok());
+    log.upload().await.unwrap();
+    let found = crate::audit::read_segments(fx.store.clone(), fx.ring.clone())
+        .await
+        .unwrap();
+    let opens: Vec<(String, u32, String)> = found
+        .records(&Filter::default())
+        .into_iter()
+        .filter(|l| l.record.event == Event::Open)
+        .map(|l| (l.record.path.unwrap_or_default(), l.record.uid, l.record.result))
+        .collect();
+    let expected = [
+        ("/shared/private", 2000, "EACCES"),
+        ("/shared/readable", 2000, "EACCES"),
+        ("/shared/open", 2000, "ok"),
+        ("/shared/private", 1000, "ok"),
+        ("/shared/private", 0, "ok"),
+    ];
+    let expected: Vec<(String, u32, String)> = expected
+        .iter()
+        .map(|(p, u, r)| (p.to_string(), *u, r.to_string()))
+        .collect();
+    assert_eq!(opens, expected);
+}

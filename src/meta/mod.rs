@@ -80,6 +80,27 @@ impl FileKind {
             _ => return None,
         })
     }
+
+    /// FIFOs, sockets and devices: the kernel, not the filesystem, serves
+    /// their opens.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::File => "regular file",
+            FileKind::Dir => "directory",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "FIFO",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+        }
+    }
 }
 
 /// Times are nanoseconds since the Unix epoch.

@@ -73,6 +73,19 @@ setup() {
     sv_init "$URL" --key-file "$KEY" >/dev/null
 }
 
+fifo_is_guarded() {
+    local fifo=$MP/shared/root.fifo
+    mkfifo -m 0600 "$fifo"
+    # O_RDWR never blocks on a FIFO: it would succeed at once if allowed.
+    if as s3v-bob "timeout 5 python3 -c \"import os; os.open('$fifo', os.O_RDWR)\"" 2>/dev/null; then
+        echo "bob opened root's 0600 FIFO"
+        return 1
+    fi
+    sleep $((FLUSH + 2))
+    audit_log --event open --path /shared/root.fifo
+    expect_record 'r["user"] == "s3v-bob" and r["result"] == "EACCES"'
+}
+
 write_clears_setuid() {
     local f=$MP/shared/setuid-tool mode
     echo original >"$f"
@@ -396,6 +409,7 @@ check "a denied open is recorded with EACCES" denied_open
 check "filters: --path, --event, --uid, --since, --until, csv, table" filters
 check "audit report summarises per user" report
 check "a write by another user to a setuid file clears setuid/setgid, as on local disks" write_clears_setuid
+check "a root FIFO of mode 0600: another user cannot open it, and the attempt is in the log" fifo_is_guarded
 check "status shows the audit log: records, no loss, last upload" status_shows_the_log
 check "--audit=required: an open that cannot be recorded fails with EIO" required_fails_closed
 check "--audit=best-effort: the open goes through, status counts the loss" best_effort_counts_losses
