@@ -33,6 +33,45 @@ pub async fn chains_seen(store: &dyn ObjectStore) -> Result<String, StoreError> 
     Ok(format!("chains={}", list.join(",")))
 }
 
+/// Chains of mounts with no unmount record after their last mount: the
+/// volume is mounted there now, or the host stopped without unmounting and
+/// the end of the chain waits in its cache directory for its next mount.
+/// Not a problem; `audit verify` lists them so a gap left by a host that
+/// never comes back is seen.
+pub fn open_chains(found: &Segments, records: &[Listed]) -> Vec<String> {
+    let mut last_mount: BTreeMap<&str, Option<&Listed>> = BTreeMap::new();
+    for listed in records {
+        match listed.record.event {
+            Event::Mount => {
+                last_mount.insert(&listed.writer, Some(listed));
+            }
+            Event::Unmount => {
+                last_mount.insert(&listed.writer, None);
+            }
+            _ => {}
+        }
+    }
+    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &found.segments {
+        let n = newest.entry(s.writer.as_str()).or_default();
+        *n = (*n).max(s.number);
+    }
+    last_mount
+        .into_iter()
+        .filter_map(|(writer, mount)| {
+            let mount = mount?;
+            Some(format!(
+                "{AUDIT_PREFIX}{writer}: open since the mount at {} on host {} (last segment in the store: {}): \
+                 mounted now, or stopped without unmounting, the rest of the chain waiting in that host's cache \
+                 directory for its next mount",
+                crate::units::rfc3339(mount.record.time_ns),
+                mount.host,
+                newest.get(writer).copied().unwrap_or(0)
+            ))
+        })
+        .collect()
+}
+
 /// Chains (or their ends) that `chains-seen` records saw and the store no
 /// longer holds.
 pub fn check_chains_seen(found: &Segments, records: &[Listed]) -> Vec<Problem> {
@@ -156,6 +195,26 @@ mod tests {
             writer: "w".into(),
             record,
         }
+    }
+
+    #[test]
+    fn a_chain_whose_last_mount_has_no_unmount_is_open() {
+        let found = Segments {
+            segments: Vec::new(),
+            strays: Vec::new(),
+        };
+        let mut other = listed(1, Event::Mount, "generation=1");
+        other.writer = "x".into();
+        let records = vec![
+            listed(1, Event::Mount, "generation=1"),
+            listed(2, Event::Unmount, "generation=2"),
+            other,
+            listed(3, Event::Mount, "generation=2"),
+        ];
+        let open = open_chains(&found, &records);
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open[0].starts_with("audit/w: open since"), "{open:?}");
+        assert!(open_chains(&found, &records[..2]).is_empty());
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
             let records = segments.records(&audit::Filter::default());
             result.problems.extend(audit::check_chains_seen(&segments, &records));
             result.problems.extend(audit::check_freshness(&records, live));
+            for open in audit::open_chains(&segments, &records) {
+                println!("open: {open}");
+            }
             for problem in &result.problems {
                 println!("{problem}");
             }
