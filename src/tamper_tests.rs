@@ -283,3 +283,32 @@ async fn a_fenced_writers_unuploaded_files_are_never_discarded_and_can_be_recove
             .starts_with("metadata-unuploaded-")
     }));
 }
+
+/// A cache directory from before hosts kept `seen` (or one whose record was
+/// removed) still knows what its database uploaded: an older store is
+/// refused, and `--accept-older-state` takes it like any other.
+#[tokio::test]
+async fn a_cache_without_its_seen_record_learns_it_from_its_database() {
+    let tv = new_volume().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let writer = dirs.path().join("writer");
+    let core = tv.mount(&writer, store.clone()).await;
+    write_new(&core, b"old", b"1").await;
+    core.final_sync().await.unwrap();
+    let old = metadata_objects(store.as_ref()).await;
+    write_new(&core, b"new", b"2").await;
+    core.final_sync().await.unwrap();
+    drop(core);
+    std::fs::remove_file(writer.join("seen")).unwrap();
+    put_back(store.as_ref(), &old).await;
+    let e = tv
+        .try_mount(&writer, store.clone())
+        .await
+        .err()
+        .expect("mounted a rolled-back store");
+    assert!(matches!(e, VolumeError::StoreOlder { .. }), "{e}");
+    let core = tv.try_mount_accepting(&writer, store.clone(), true).await.unwrap();
+    let names: Vec<String> = walk(&core).into_iter().map(|(path, _)| path).collect();
+    assert_eq!(names, ["old"]);
+}

@@ -2,7 +2,7 @@
 //! into the local cache directory.
 
 use crate::crypto::SecretKey;
-use crate::journal::seen::{Position, SeenError, SeenFile, Staleness};
+use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
@@ -444,12 +444,10 @@ async fn check_freshness(
     }
     let database = cache_dir.join(DATABASE_FILE);
     let mut accepted = format!(
-        "seen generation={} head={} superblock_revision={}; store generation={} head={} superblock_revision={}",
-        remembered.state.generation,
-        remembered.state.head_hex(),
+        "seen {} superblock_revision={}; store {} superblock_revision={}",
+        remembered.state,
         remembered.revision,
-        store.map_or(0, |s| s.generation),
-        store.map_or_else(|| "-".into(), |s| s.head_hex()),
+        store.unwrap_or_default(),
         revision,
     );
     if database.exists() {
@@ -458,6 +456,23 @@ async fn check_freshness(
     }
     seen.accept(store.unwrap_or_default(), revision)?;
     Ok(Some(accepted))
+}
+
+/// A cache directory without a `seen` record (made by an older release, or
+/// the record removed) has still seen what its database says it uploaded.
+fn learn_from_database(volume: &Volume, cache_dir: &Path, seen: &SeenFile) -> Result<(), VolumeError> {
+    let path = cache_dir.join(DATABASE_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    // An unusable database is load_metadata's to report or rebuild.
+    if let Ok(db) = SqliteStore::open(&path, volume.ring.database_key()) {
+        seen.advance(Position {
+            generation: db.generation()?,
+            head: db.head()?,
+        })?;
+    }
+    Ok(())
 }
 
 /// Renames the cache directory's database (with its WAL) to
@@ -515,6 +530,9 @@ pub struct LiveMount {
 /// the database (`load_metadata`) and records what it loaded as seen.
 pub async fn load_live(volume: &Volume, cache_dir: &Path, options: LoadOptions) -> Result<LiveMount, VolumeError> {
     let seen = Arc::new(SeenFile::open(cache_dir, volume.ring.clone())?);
+    if seen.get() == Seen::default() {
+        learn_from_database(volume, cache_dir, &seen)?;
+    }
     let accepted = check_freshness(volume, cache_dir, &seen, options.accept_older_state).await?;
     let (meta, unsynced) = load_metadata(volume, cache_dir, options).await?;
     seen.advance(Position {
