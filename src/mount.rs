@@ -8,6 +8,7 @@ use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
 use crate::fuse::{AttrOverrides, FuseAdapter};
 use crate::journal::lease::{HEARTBEAT, Lease, LeaseError};
+use crate::journal::seen::Position;
 use crate::journal::{StateError, checkpoint, segment};
 use crate::meta::MetadataStore;
 use crate::store::{Location, S3Options};
@@ -215,11 +216,11 @@ async fn close_audit(core: &Core) -> Result<(), crate::audit::AuditError> {
 /// records: `audit verify` and an administrator can compare them with what
 /// the store holds (`s3vault info`).
 fn position_detail(core: &Core) -> String {
-    format!(
-        "generation={} head={}",
-        core.generation().unwrap_or(0),
-        core.head().ok().flatten().map_or_else(|| "unknown".into(), hex::encode)
-    )
+    Position {
+        generation: core.generation().unwrap_or(0),
+        head: core.head().ok().flatten(),
+    }
+    .to_string()
 }
 
 /// How the mount was configured, for its audit record (no secrets).
@@ -348,10 +349,12 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             .map_or_else(String::new, |s| s.id());
         let mut opened = vec![
             Record::new(Event::Mount, daemon_subject(), None).detail(format!(
-                "{} generation={} head={} superblock_revision={}",
+                "{} {} superblock_revision={}",
                 describe(config, &cache_dir),
-                meta.generation().unwrap_or(0),
-                meta.head().ok().flatten().map_or_else(|| "unknown".into(), hex::encode),
+                Position {
+                    generation: meta.generation().unwrap_or(0),
+                    head: meta.head().ok().flatten(),
+                },
                 volume.superblock.revision,
             )),
             Record::new(Event::KeyUse, daemon_subject(), None).detail(format!("slot={slot}")),

@@ -35,6 +35,14 @@ impl Position {
     }
 }
 
+/// `generation=N head=H`, as audit records carry it (`audit verify` reads
+/// the generation back).
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation={} head={}", self.generation, self.head_hex())
+    }
+}
+
 /// What the host has seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {

@@ -98,26 +98,30 @@ pub async fn read(store: &dyn ObjectStore, ring: &Keyring, number: u64) -> Resul
         Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| StateError::Integrity(key.clone(), e))?;
-    let corrupt = || StateError::Meta(MetaError::Corrupt(format!("journal segment {number}: unknown version")));
-    let segment = match plain.split_first() {
-        Some((&VERSION, rest)) if rest.len() >= HEAD_LEN => {
-            let (prev, ops) = rest.split_at(HEAD_LEN);
-            let prev: ChainHead = prev.try_into().expect("split at the head's length");
+    let mut plain = codec::open_metadata(ring, &key, &sealed).map_err(|e| StateError::Integrity(key.clone(), e))?;
+    // The operations are the rest of the plaintext, taken without a copy.
+    let segment = match plain.first() {
+        Some(&VERSION) if plain.len() > HEAD_LEN => {
+            let ops = plain.split_off(1 + HEAD_LEN);
+            let prev: ChainHead = plain[1..].try_into().expect("the head's length");
             Segment {
                 number,
-                head: Some(chain(ring, number, &prev, ops)),
+                head: Some(chain(ring, number, &prev, &ops)),
                 prev: Some(prev),
-                ops: ops.to_vec(),
+                ops,
             }
         }
-        Some((&VERSION_1, ops)) => Segment {
+        Some(&VERSION_1) => Segment {
             number,
             prev: None,
-            ops: ops.to_vec(),
+            ops: plain.split_off(1),
             head: None,
         },
-        _ => return Err(corrupt()),
+        _ => {
+            return Err(StateError::Meta(MetaError::Corrupt(format!(
+                "journal segment {number}: unknown version"
+            ))));
+        }
     };
     Ok(Some(segment))
 }
