@@ -107,6 +107,14 @@ checkpoint_head = journal_head(42, genesis, b"")
 segment_plaintext = b"\x02" + checkpoint_head + OPS
 # A state of one record: the next inode number is 10 (tag 5).
 checkpoint_v2_plaintext = b"\x02" + checkpoint_head + b"\x01\x05" + struct.pack(">Q", 10)
+# Anchor 3, laid at generation 43 (after the segment above), superblock
+# revision 5, at 1795000000 (seconds since the epoch).
+ANCHOR = "anchor/%020d" % (2**64 - 1 - 3)
+anchor_plaintext = (
+    b"\x01" + struct.pack(">Q", 3)
+    + b"\x01" + struct.pack(">Q", 43) + b"\x01" + journal_head(43, checkpoint_head, OPS) + struct.pack(">Q", 5)
+    + struct.pack(">Q", 1795000000)
+)
 
 vectors = {
     "about": "Written by scripts/format-vectors.py from FORMAT.md; checked by src/format_tests.rs.",
@@ -139,6 +147,8 @@ vectors = {
         "checkpoint_v2": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", CHECKPOINT, checkpoint_v2_plaintext).hex(),
         "segment": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", SEGMENT, segment_plaintext).hex(),
         "segment_name": SEGMENT,
+        "anchor": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", ANCHOR, anchor_plaintext).hex(),
+        "anchor_name": ANCHOR,
     },
     "journal_chain": {
         "key": journal_chain_key.hex(),

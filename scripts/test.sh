@@ -325,8 +325,6 @@ main() {
                 # Snapshots, restore and followers: a directory and one real
                 # S3 server.
                 recovery:moto) continue ;;
-                # A lying bucket: a directory and one real S3 server.
-                tamper:moto) continue ;;
                 # One FUSE conformance run, on a real S3 server.
                 pjdfstest:file | pjdfstest:moto) continue ;;
                 # fsx (random I/O checked against a model): on s3s only too.

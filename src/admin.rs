@@ -97,6 +97,23 @@ pub async fn info(
             }
             None => out.push_str("generation      none: no checkpoint in the store (run `s3vault fsck`)\n"),
         }
+        // An anchor is the record a host that never mounted the volume
+        // can compare with; without Object Lock there is none.
+        if store.supports_retention().await.unwrap_or(false) {
+            match volume::newest_anchor(&volume).await? {
+                Some(anchor) => {
+                    let _ = writeln!(
+                        out,
+                        "anchor          {} (generation {}, revision {}, laid {})",
+                        anchor.key(),
+                        anchor.seen.state.generation,
+                        anchor.seen.revision,
+                        utc(anchor.written)
+                    );
+                }
+                None => out.push_str("anchor          none yet (laid by the next read-write mount)\n"),
+            }
+        }
     }
     Ok(out)
 }

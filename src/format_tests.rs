@@ -8,6 +8,8 @@
 use crate::audit::segment::{chain_mac, frame_aad};
 use crate::codec::{self, BlockAddress, Framed, ObjectId};
 use crate::crypto::SecretKey;
+use crate::journal::anchor::{self, Anchor};
+use crate::journal::seen::{Position, Seen};
 use crate::journal::{checkpoint, segment};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::ChainHead;
@@ -127,6 +129,29 @@ fn sealed_objects_written_from_the_spec_open() {
         codec::open_audit(&ring, name, &object).unwrap(),
         bytes(&s["audit_plaintext"])
     );
+}
+
+#[test]
+fn the_anchor_written_from_the_spec_opens() {
+    let v = vectors();
+    let ring = ring(&v);
+    let s = &v["sealed"];
+    let name = text(&s["anchor_name"]);
+    let head = bytes(&v["journal_chain"]["segment_43_head"]);
+    let expected = Anchor {
+        sequence: 3,
+        seen: Seen {
+            state: Position {
+                generation: 43,
+                head: Some(head.try_into().unwrap()),
+            },
+            revision: 5,
+        },
+        written: 1_795_000_000,
+    };
+    assert_eq!(name, anchor::key(3));
+    assert_eq!(Anchor::open(&ring, name, &bytes(&s["anchor"])), Some(expected));
+    assert_eq!(Anchor::open(&ring, &anchor::key(4), &bytes(&s["anchor"])), None);
 }
 
 #[test]

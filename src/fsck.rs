@@ -18,8 +18,9 @@
 
 use crate::cache::data_key;
 use crate::codec::{self, BlockAddress, ObjectId};
-use crate::journal::live::live_state;
-use crate::journal::{StateError, checkpoint, segment, snapshots};
+use crate::journal::live::{self, live_state};
+use crate::journal::seen::Staleness;
+use crate::journal::{StateError, anchor, checkpoint, segment, snapshots};
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, Inode, ROOT_INO, Record};
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
@@ -199,6 +200,50 @@ fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &m
     checked
 }
 
+/// On a bucket that keeps anchors (S3 Object Lock): reports anchors that
+/// do not authenticate, and a live state older than the newest anchor —
+/// rolled back, so blocks of the newer state would look unreferenced: the
+/// reason to delete nothing is returned.
+async fn check_anchor(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<String>, FsckError> {
+    if !store.supports_retention().await.unwrap_or(false) {
+        return Ok(None);
+    }
+    let found = anchor::newest(store, ring).await?;
+    for key in &found.forged {
+        problems.push(Problem {
+            state: format!("anchor {key}"),
+            what: "does not authenticate: planted by someone without the volume's key".into(),
+        });
+    }
+    let Some(anchor) = found.newest else {
+        return Ok(None);
+    };
+    let position = match live::newest_position(store, ring).await {
+        Ok(Some(position)) => position,
+        // A missing or unloadable live state is reported above.
+        Ok(None) | Err(_) => return Ok(None),
+    };
+    let witnessed = match anchor.seen.compare(position) {
+        Staleness::Fresh => return Ok(None),
+        Staleness::Older { seen, .. } => format!("is older than generation {} ", seen.generation),
+        Staleness::Replaced { seen, .. } => format!("is another history than generation {} ", seen.generation),
+    };
+    problems.push(Problem {
+        state: "the live state".into(),
+        what: format!(
+            "(generation {}) {witnessed}recorded by the volume's write-once anchor {}: metadata objects were deleted \
+             or old ones put back (see `s3vault mount --accept-older-state` if that was done on purpose)",
+            position.generation,
+            anchor.key()
+        ),
+    });
+    Ok(Some("the live state is older than the volume's anchor".into()))
+}
+
 /// Checks the volume; deletes orphans when `options.repair`. `progress`
 /// hears (done, total) of the objects being verified.
 pub async fn run(
@@ -243,6 +288,9 @@ pub async fn run(
             });
             unreadable = Some(format!("the live state does not load: {e}"));
         }
+    }
+    if let Some(why) = check_anchor(store.as_ref(), &ring, &mut report.problems).await? {
+        unreadable.get_or_insert(why);
     }
     // Checkpoints older than the live state's may still be read by a host
     // mounting right now: their blocks count as referenced.

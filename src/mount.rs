@@ -302,7 +302,10 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
     // From here on the lease is ours: a mount that fails gives it back, or
     // the next mount from another cache directory would be refused.
     let rest: Result<Arc<Core>, Failure> = async {
-        let (meta, unsynced, accepted, seen) = match &config.snapshot {
+        // Where the bucket can retain objects (S3 Object Lock), audit
+        // segments and the volume's anchors are retained.
+        let retain_for = crate::audit::retention_for(store.as_ref(), config.audit.retain_for).await;
+        let (meta, unsynced, accepted, seen, anchor) = match &config.snapshot {
             Some(name) => (
                 volume::load_snapshot(&volume, &cache_dir, name)
                     .await
@@ -310,16 +313,18 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
                 false,
                 None,
                 None,
+                None,
             ),
             None => {
                 let options = volume::LoadOptions {
                     accept_older_state: config.accept_older_state,
                     set_aside_unuploaded: config.set_aside_unuploaded,
+                    anchored: retain_for.is_some(),
                 };
                 let live = volume::load_live(&volume, &cache_dir, options)
                     .await
                     .map_err(volume_failure)?;
-                (live.meta, live.unsynced, live.accepted, Some(live.seen))
+                (live.meta, live.unsynced, live.accepted, Some(live.seen), live.anchor)
             }
         };
         let follow = config
@@ -334,7 +339,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             ..CoreOptions::default()
         };
         let mut audit_settings = config.audit.clone();
-        audit_settings.retain_for = crate::audit::retention_for(store.as_ref(), audit_settings.retain_for).await;
+        audit_settings.retain_for = retain_for;
         let audit = AuditLog::open(
             &cache_dir.join("audit"),
             volume.ring.clone(),
@@ -342,6 +347,13 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             audit_settings,
         )
         .map_err(|e| (1, format!("cannot open the audit log: {e}")))?;
+        if let Some(retain_for) = retain_for {
+            let days = retain_for.as_secs() / 86_400;
+            tracing::info!(
+                days,
+                "bucket has S3 Object Lock: audit segments and anchors are retained"
+            );
+        }
         let slot = volume
             .superblock
             .slots
@@ -395,6 +407,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         });
         if let Some(seen) = seen {
             core.remember_in(seen);
+            if let Some(retain_for) = retain_for {
+                core.anchor_over(anchor, retain_for, volume.superblock.revision);
+            }
         }
         let orphans = core
             .remove_orphans()

@@ -4,12 +4,12 @@
 
 use crate::crypto::SecretKey;
 use crate::fsck;
-use crate::journal::{checkpoint, segment, snapshots};
+use crate::journal::{anchor, checkpoint, segment, snapshots};
 use crate::meta::MetadataStore;
 use crate::store::ObjectStore;
 use crate::superblock::Unlock;
 use crate::test_support::{new_volume, walk, write_new};
-use crate::volume::VolumeError;
+use crate::volume::{VolumeError, Witness};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,24 @@ async fn volume_with_files() -> (crate::test_support::TestVolume, tempfile::Temp
     write_new(&core, b"later", &[8u8; 1000]).await;
     core.final_sync().await.unwrap();
     (tv, dirs)
+}
+
+/// `fsck --repair --min-age 0` of the volume.
+async fn fsck_repair(tv: &crate::test_support::TestVolume) -> fsck::Report {
+    let options = fsck::Options {
+        verify: false,
+        repair: true,
+        min_age: Duration::ZERO,
+    };
+    fsck::run(
+        tv.inner.clone(),
+        tv.volume.ring.clone(),
+        crate::test_support::BS,
+        &options,
+        &|_, _| {},
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -47,20 +65,7 @@ async fn a_deleted_checkpoint_is_refused_not_mounted_empty_and_nothing_is_delete
     assert!(e.to_string().contains("no checkpoint"), "{e}");
 
     // fsck says so and exits non-zero; gc and --repair delete nothing.
-    let options = fsck::Options {
-        verify: false,
-        repair: true,
-        min_age: Duration::ZERO,
-    };
-    let report = fsck::run(
-        store.clone(),
-        tv.volume.ring.clone(),
-        crate::test_support::BS,
-        &options,
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    let report = fsck_repair(&tv).await;
     assert_ne!(report.exit_code(), 0);
     assert!(
         report.problems.iter().any(|p| p.what.contains("no checkpoint")),
@@ -99,6 +104,86 @@ async fn put_back(store: &dyn ObjectStore, old: &[(String, bytes::Bytes)]) {
     for (key, bytes) in old {
         store.put(key, bytes.clone()).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_fresh_host_and_fsck_refuse_a_store_older_than_the_volumes_anchor() {
+    let tv = crate::test_support::new_volume_in(crate::store::MemoryStore::with_retention()).await;
+    let dirs = tempfile::tempdir().unwrap();
+    let store = tv.inner.clone();
+    let anchored = crate::volume::LoadOptions {
+        anchored: true,
+        ..Default::default()
+    };
+    let core = tv
+        .try_mount_with(&dirs.path().join("writer"), store.clone(), anchored)
+        .await
+        .unwrap();
+    write_new(&core, b"old", b"1").await;
+    core.sync().await.unwrap();
+    let old = metadata_objects(store.as_ref()).await;
+    write_new(&core, b"new", b"2").await;
+    // The unmount lays an anchor at the position it leaves.
+    core.final_sync().await.unwrap();
+    let generation = core.generation().unwrap();
+    drop(core);
+    let newest = anchor::newest(store.as_ref(), &tv.volume.ring)
+        .await
+        .unwrap()
+        .newest
+        .unwrap();
+    assert_eq!(newest.seen.state.generation, generation);
+
+    // The old meta/ and journal/ put back: a host that never mounted the
+    // volume refuses it, by the anchor.
+    put_back(store.as_ref(), &old).await;
+    let e = tv
+        .try_mount_with(&dirs.path().join("fresh"), store.clone(), anchored)
+        .await
+        .err()
+        .expect("a fresh host mounted a rolled-back store");
+    assert!(
+        matches!(&e, VolumeError::StoreOlder { witness: Witness::Anchor(key), .. } if *key == newest.key()),
+        "{e}"
+    );
+    // fsck reports it, and deletes none of the newer state's blocks (they
+    // look unreferenced to the rolled-back one).
+    let data_before = store.list("data/").await.unwrap();
+    let report = fsck_repair(&tv).await;
+    assert!(
+        report.problems.iter().any(|p| p.what.contains("write-once anchor")),
+        "{:?}",
+        report.problems
+    );
+    assert!(report.deletion_refused.is_some());
+    assert_eq!(store.list("data/").await.unwrap(), data_before);
+
+    // Accepted on purpose, the writer lays a lower anchor: fresh hosts
+    // mount the accepted state from then on.
+    let accepting = crate::volume::LoadOptions {
+        accept_older_state: true,
+        ..anchored
+    };
+    let core = tv
+        .try_mount_with(&dirs.path().join("accepting"), store.clone(), accepting)
+        .await
+        .unwrap();
+    core.sync().await.unwrap();
+    let accepted = (core.generation().unwrap(), core.head().unwrap());
+    drop(core);
+    let lowered = anchor::newest(store.as_ref(), &tv.volume.ring)
+        .await
+        .unwrap()
+        .newest
+        .unwrap();
+    assert_eq!(lowered.sequence, newest.sequence + 1);
+    assert_eq!((lowered.seen.state.generation, lowered.seen.state.head), accepted);
+    let core = tv
+        .try_mount_with(&dirs.path().join("fresh"), store.clone(), anchored)
+        .await
+        .unwrap();
+    let names: Vec<String> = walk(&core).into_iter().map(|(path, _)| path).collect();
+    assert_eq!(names, ["old"]);
 }
 
 #[tokio::test]
@@ -164,7 +249,7 @@ async fn deleting_the_newest_fsynced_segment_is_refused_by_the_host_that_wrote_i
         .err()
         .expect("mounted a truncated journal");
     assert!(
-        matches!(e, VolumeError::StoreOlder { seen, store } if seen == generation && store == generation - 1),
+        matches!(e, VolumeError::StoreOlder { seen, store, .. } if seen == generation && store == generation - 1),
         "{e}"
     );
 }
@@ -212,7 +297,10 @@ async fn an_old_superblock_put_back_is_refused_where_a_newer_one_was_seen() {
         .await
         .err()
         .expect("mounted with an old superblock");
-    assert!(matches!(e, VolumeError::SuperblockOlder { seen: 2, store: 1 }), "{e}");
+    assert!(
+        matches!(e, VolumeError::SuperblockOlder { seen: 2, store: 1, .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test]

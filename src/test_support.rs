@@ -22,7 +22,12 @@ pub struct TestVolume {
 }
 
 pub async fn new_volume() -> TestVolume {
-    let inner = Arc::new(MemoryStore::default());
+    new_volume_in(MemoryStore::default()).await
+}
+
+/// `new_volume` in this store.
+pub async fn new_volume_in(store: MemoryStore) -> TestVolume {
+    let inner = Arc::new(store);
     let key = SecretKey::random();
     let unlock = Unlock::KeyFile(key.clone());
     let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
@@ -58,11 +63,22 @@ impl TestVolume {
         store: Arc<dyn ObjectStore>,
         accept_older: bool,
     ) -> Result<Core, volume::VolumeError> {
-        std::fs::create_dir_all(cache_dir).unwrap();
         let options = volume::LoadOptions {
             accept_older_state: accept_older,
-            set_aside_unuploaded: false,
+            ..Default::default()
         };
+        self.try_mount_with(cache_dir, store, options).await
+    }
+
+    /// `try_mount` with these load options; with `anchored`, the mount
+    /// checks and lays anchors as on a bucket with Object Lock.
+    pub async fn try_mount_with(
+        &self,
+        cache_dir: &Path,
+        store: Arc<dyn ObjectStore>,
+        options: volume::LoadOptions,
+    ) -> Result<Core, volume::VolumeError> {
+        std::fs::create_dir_all(cache_dir).unwrap();
         let live = volume::load_live(&self.volume, cache_dir, options).await?;
         let (meta, unsynced) = (live.meta, live.unsynced);
         let cache = BlockCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
@@ -79,6 +95,10 @@ impl TestVolume {
             core.mark_changed();
         }
         core.remember_in(live.seen);
+        if options.anchored {
+            let day = std::time::Duration::from_secs(86_400);
+            core.anchor_over(live.anchor, day, self.volume.superblock.revision);
+        }
         Ok(core)
     }
 

@@ -2,6 +2,7 @@
 //! into the local cache directory.
 
 use crate::crypto::SecretKey;
+use crate::journal::anchor::{self, Anchor};
 use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const SUPERBLOCK_KEY: &str = "superblock";
 const DATABASE_FILE: &str = "metadata.db";
@@ -41,28 +43,29 @@ pub enum VolumeError {
     )]
     StateMissing,
     #[error(
-        "the volume's metadata in the store (generation {store}) is older than this host has seen (generation \
-         {seen}): newer journal segments or checkpoints were deleted, or old ones put back. Nothing was mounted. \
-         Put meta/ and journal/ back from the bucket's versions; if the older state was restored on purpose, \
-         mount once with --accept-older-state (recorded in the audit log)"
+        "the volume's metadata in the store (generation {store}) is older than {witness} (generation {seen}): \
+         newer journal segments or checkpoints were deleted, or old ones put back. Nothing was mounted. Put meta/ \
+         and journal/ back from the bucket's versions; if the older state was restored on purpose, mount once \
+         with --accept-older-state (recorded in the audit log)"
     )]
-    StoreOlder { seen: u64, store: u64 },
+    StoreOlder { seen: u64, store: u64, witness: Witness },
     #[error(
-        "the volume's metadata in the store at generation {generation} is not the state this host has seen there \
-         (chain head {store_head}, seen {seen_head}): another history replaced it. Nothing was mounted. If that \
-         state was restored on purpose, mount once with --accept-older-state (recorded in the audit log)"
+        "the volume's metadata in the store at generation {generation} is not the state {witness} there (chain \
+         head {store_head}, seen {seen_head}): another history replaced it. Nothing was mounted. If that state \
+         was restored on purpose, mount once with --accept-older-state (recorded in the audit log)"
     )]
     StoreReplaced {
         generation: u64,
         seen_head: String,
         store_head: String,
+        witness: Witness,
     },
     #[error(
-        "the superblock in the store is revision {store}, older than revision {seen} this host has unlocked: a \
-         superblock from before a key change was put back (a removed key slot would open again). Nothing was \
-         mounted; put the newest superblock back from the bucket's versions"
+        "the superblock in the store is revision {store}, older than {witness} (revision {seen}): a superblock \
+         from before a key change was put back (a removed key slot would open again). Nothing was mounted; put \
+         the newest superblock back from the bucket's versions"
     )]
-    SuperblockOlder { seen: u64, store: u64 },
+    SuperblockOlder { seen: u64, store: u64, witness: Witness },
     #[error(
         "cache directory {} holds {changes} metadata change(s) made on this host (files closed or changed here) \
          that never reached the store, which has moved on without them (the mount was fenced: another writer \
@@ -101,6 +104,24 @@ impl VolumeError {
             VolumeError::Kms(e) => e.is_usage(),
             VolumeError::KmsSetup(_) => true,
             _ => false,
+        }
+    }
+}
+
+/// Who saw a newer volume than the store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Witness {
+    /// This host, by its cache directory's `seen` record.
+    ThisHost,
+    /// The volume's anchor of this name in the bucket.
+    Anchor(String),
+}
+
+impl std::fmt::Display for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Witness::ThisHost => write!(f, "this host has seen"),
+            Witness::Anchor(key) => write!(f, "the volume's write-once anchor {key} records"),
         }
     }
 }
@@ -381,6 +402,7 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
         return Err(VolumeError::StoreOlder {
             seen: local,
             store: newest,
+            witness: Witness::ThisHost,
         });
     }
     if newest == local {
@@ -400,40 +422,57 @@ async fn local_is_current(volume: &Volume, db: &SqliteStore) -> Result<bool, Vol
     )
 }
 
-/// Compares the store — its superblock revision and live state — with what
-/// this host has seen (`seen`, its cache directory's record) and refuses an
-/// older one. With `accept_older` (an administrator restored an older
-/// state on purpose) it takes the store's state instead: the local
-/// database is set aside (`metadata-superseded-<time>.db`, nothing of it is
-/// deleted) so the mount rebuilds from the store, and the description of
-/// what was accepted is returned for the audit log.
-async fn check_freshness(
-    volume: &Volume,
-    cache_dir: &Path,
-    seen: &SeenFile,
-    accept_older: bool,
-) -> Result<Option<String>, VolumeError> {
-    let remembered = seen.get();
-    let revision = volume.superblock.revision;
+/// How the store (its live position, `None` without a checkpoint, and its
+/// superblock revision) falls short of what `witness` saw; empty when it
+/// does not.
+pub fn stale(seen: Seen, witness: Witness, store: Option<Position>, revision: u64) -> Vec<VolumeError> {
     let mut refused = Vec::new();
-    if revision < remembered.revision {
+    if revision < seen.revision {
         refused.push(VolumeError::SuperblockOlder {
-            seen: remembered.revision,
+            seen: seen.revision,
             store: revision,
+            witness: witness.clone(),
         });
     }
-    let store = live::newest_position(volume.store.as_ref(), &volume.ring).await?;
-    match store.map(|store| remembered.compare(store)) {
+    match store.map(|store| seen.compare(store)) {
         None | Some(Staleness::Fresh) => {}
         Some(Staleness::Older { seen, store }) => refused.push(VolumeError::StoreOlder {
             seen: seen.generation,
             store: store.generation,
+            witness,
         }),
         Some(Staleness::Replaced { seen, store }) => refused.push(VolumeError::StoreReplaced {
             generation: store.generation,
             seen_head: seen.head_hex(),
             store_head: store.head_hex(),
+            witness,
         }),
+    }
+    refused
+}
+
+/// Compares the store — its superblock revision and live state — with what
+/// this host has seen (`seen`, its cache directory's record) and with the
+/// volume's newest anchor, and refuses an older one. With `accept_older`
+/// (an administrator restored an older state on purpose) it takes the
+/// store's state instead: the local database is set aside
+/// (`metadata-superseded-<time>.db`, nothing of it is deleted) so the
+/// mount rebuilds from the store, and the description of what was
+/// accepted is returned for the audit log (the writer then lays a lower
+/// anchor).
+async fn check_freshness(
+    volume: &Volume,
+    cache_dir: &Path,
+    seen: &SeenFile,
+    anchor: Option<&Anchor>,
+    accept_older: bool,
+) -> Result<Option<String>, VolumeError> {
+    let remembered = seen.get();
+    let revision = volume.superblock.revision;
+    let store = live::newest_position(volume.store.as_ref(), &volume.ring).await?;
+    let mut refused = stale(remembered, Witness::ThisHost, store, revision);
+    if let Some(anchor) = anchor {
+        refused.extend(stale(anchor.seen, Witness::Anchor(anchor.key()), store, revision));
     }
     if refused.is_empty() {
         seen.advance_revision(revision)?;
@@ -444,12 +483,22 @@ async fn check_freshness(
     }
     let database = cache_dir.join(DATABASE_FILE);
     let mut accepted = format!(
-        "seen {} superblock_revision={}; store {} superblock_revision={}",
-        remembered.state,
-        remembered.revision,
-        store.unwrap_or_default(),
-        revision,
+        "seen {} superblock_revision={}; ",
+        remembered.state, remembered.revision
     );
+    if let Some(anchor) = anchor {
+        accepted.push_str(&format!(
+            "anchor {} {} superblock_revision={}; ",
+            anchor.key(),
+            anchor.seen.state,
+            anchor.seen.revision
+        ));
+    }
+    accepted.push_str(&format!(
+        "store {} superblock_revision={}",
+        store.unwrap_or_default(),
+        revision
+    ));
     if database.exists() {
         let aside = set_database_aside(cache_dir, "superseded")?;
         accepted.push_str(&format!("; local database set aside as {aside}"));
@@ -512,6 +561,9 @@ pub struct LoadOptions {
     /// Set aside a database whose changes never reached the store, which
     /// moved on without them (`--set-aside-unuploaded`).
     pub set_aside_unuploaded: bool,
+    /// The bucket keeps anchors (it has S3 Object Lock): compare with the
+    /// newest.
+    pub anchored: bool,
 }
 
 /// The live state as a mount of `cache_dir` loads it.
@@ -523,6 +575,8 @@ pub struct LiveMount {
     pub accepted: Option<String>,
     /// The cache directory's record of what it has seen, to keep current.
     pub seen: Arc<SeenFile>,
+    /// The volume's newest anchor, for the writer to lay the next after.
+    pub anchor: Option<Anchor>,
 }
 
 /// Loads the live state for a mount of `cache_dir`: refuses a store older
@@ -533,7 +587,12 @@ pub async fn load_live(volume: &Volume, cache_dir: &Path, options: LoadOptions) 
     if seen.get() == Seen::default() {
         learn_from_database(volume, cache_dir, &seen)?;
     }
-    let accepted = check_freshness(volume, cache_dir, &seen, options.accept_older_state).await?;
+    let anchor = if options.anchored {
+        newest_anchor(volume).await?
+    } else {
+        None
+    };
+    let accepted = check_freshness(volume, cache_dir, &seen, anchor.as_ref(), options.accept_older_state).await?;
     let (meta, unsynced) = load_metadata(volume, cache_dir, options).await?;
     seen.advance(Position {
         generation: meta.generation()?,
@@ -544,7 +603,38 @@ pub async fn load_live(volume: &Volume, cache_dir: &Path, options: LoadOptions) 
         unsynced,
         accepted,
         seen,
+        anchor,
     })
+}
+
+/// After a key change, on a bucket that retains objects (`retain_for`):
+/// lays an anchor with the superblock's new revision and the live
+/// position, so a host that never mounted the volume refuses the
+/// superblock from before the change.
+pub async fn anchor_key_change(volume: &Volume, url: &str, retain_for: Duration) -> Result<(), VolumeError> {
+    let store = volume.store.as_ref();
+    let revision = read_superblock(store, url).await?.revision;
+    let previous = newest_anchor(volume).await?;
+    let state = live::newest_position(store, &volume.ring).await?.unwrap_or_default();
+    let seen = Seen { state, revision };
+    if previous.is_none_or(|a| a.seen != seen) {
+        anchor::lay(store, &volume.ring, previous.as_ref(), seen, retain_for).await?;
+    }
+    Ok(())
+}
+
+/// The volume's newest anchor; anchors that do not authenticate are
+/// logged (by name: no secret) and passed over.
+pub async fn newest_anchor(volume: &Volume) -> Result<Option<Anchor>, VolumeError> {
+    let found = anchor::newest(volume.store.as_ref(), &volume.ring).await?;
+    if !found.forged.is_empty() {
+        tracing::warn!(
+            count = found.forged.len(),
+            first = %found.forged[0],
+            "anchor objects that do not authenticate were passed over (planted by someone without the key)"
+        );
+    }
+    Ok(found.newest)
 }
 
 /// For a read-only mount following a writer: the store's live state in a

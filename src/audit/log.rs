@@ -176,11 +176,7 @@ pub struct AuditStats {
 pub async fn retention_for(store: &dyn ObjectStore, requested: Option<Duration>) -> Option<Duration> {
     let requested = requested?;
     match store.supports_retention().await {
-        Ok(true) => {
-            let days = requested.as_secs() / 86_400;
-            tracing::info!(days, "bucket has S3 Object Lock: audit segments are retained");
-            Some(requested)
-        }
+        Ok(true) => Some(requested),
         Ok(false) => None,
         Err(e) => {
             tracing::warn!(error = %e, "cannot tell whether the bucket has Object Lock; audit segments get no retention");

@@ -42,10 +42,13 @@ pub enum Event {
     /// The audit chains in the store, and how many segments each had, when
     /// a chain began: `audit verify` then finds any of them deleted.
     ChainsSeen,
+    /// A writer uploaded a checkpoint (`generation=N head=H`): the newest
+    /// position the trail has seen between mount and unmount.
+    Checkpoint,
 }
 
 impl Event {
-    pub const ALL: [Event; 27] = [
+    pub const ALL: [Event; 28] = [
         Event::Open,
         Event::Create,
         Event::Mkdir,
@@ -73,6 +76,7 @@ impl Event {
         Event::Restore,
         Event::AcceptOlderState,
         Event::ChainsSeen,
+        Event::Checkpoint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Event {
             Event::Restore => "restore",
             Event::AcceptOlderState => "accept-older-state",
             Event::ChainsSeen => "chains-seen",
+            Event::Checkpoint => "checkpoint",
         }
     }
 

@@ -144,7 +144,7 @@ pub fn check_freshness(records: &[Listed], live: Option<u64>) -> Option<Problem>
             continue;
         };
         match listed.record.event {
-            Event::Mount | Event::Unmount => {
+            Event::Mount | Event::Unmount | Event::Checkpoint => {
                 if let Some(generation) = generation_in(detail, "generation=")
                     && newest.is_none_or(|(n, _)| generation >= n)
                 {
@@ -243,5 +243,20 @@ mod tests {
         assert!(check_freshness(&accepted, Some(4)).is_some());
         // Nothing recorded, nothing to compare.
         assert!(check_freshness(&[], Some(1)).is_none());
+    }
+
+    #[test]
+    fn checkpoints_of_a_mount_that_never_unmounted_count() {
+        let records = vec![
+            listed(1, Event::Mount, "url=x generation=3 head=ab superblock_revision=1"),
+            listed(2, Event::Checkpoint, "generation=9 head=cd"),
+        ];
+        assert!(check_freshness(&records, Some(9)).is_none());
+        let problem = check_freshness(&records, Some(8)).unwrap();
+        assert!(
+            problem.detail.contains("that a checkpoint on host h"),
+            "{}",
+            problem.detail
+        );
     }
 }

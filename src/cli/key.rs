@@ -175,6 +175,11 @@ pub fn run(action: KeyCommand) -> Result<(), Exit> {
             }
             (KeyCommand::Add { .. }, None) => unreachable!("add always has a new slot"),
         };
+        if change.is_some()
+            && let Some(retain_for) = super::audit::cli_audit_settings(store.as_ref()).await.retain_for
+        {
+            volume::anchor_key_change(&volume, &url, retain_for).await?;
+        }
         let recorded = match change {
             Some((event, slot)) => {
                 super::audit::record_cli_event(volume.ring.clone(), store, event, format!("slot={slot}")).await

@@ -4,6 +4,7 @@
 //! and when, is the persistence layer's business (`crate::journal`).
 
 use super::{Core, FsError, FsResult};
+use crate::journal::anchor::Anchor;
 use crate::journal::seen::SeenFile;
 use crate::journal::segment::Fetched;
 use crate::journal::{self, FINAL_SYNC_LIMIT};
@@ -69,6 +70,11 @@ impl Core {
     /// date with every segment uploaded or followed.
     pub fn remember_in(&self, seen: Arc<SeenFile>) {
         self.journal.remember_in(seen);
+    }
+
+    /// Lays the volume's anchors as the state moves on (`Writer::anchor_over`).
+    pub fn anchor_over(&self, newest: Option<Anchor>, retain_for: std::time::Duration, revision: u64) {
+        self.journal.anchor_over(newest, retain_for, revision);
     }
 
     /// The journal chain head at `generation()`, if known.

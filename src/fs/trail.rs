@@ -3,7 +3,7 @@
 //! appended before the operation returns (so before the kernel is answered).
 
 use super::{Caller, Core, FsError, FsResult};
-use crate::audit::{AuditLog, AuditMode, Record, Subject};
+use crate::audit::{AuditLog, AuditMode, Event, Record, Subject};
 use crate::meta::ROOT_INO;
 use std::sync::Arc;
 
@@ -21,6 +21,21 @@ pub(super) fn subject(caller: &Caller) -> Subject {
 impl Core {
     /// Attaches the audit log every operation is recorded in.
     pub fn with_audit(mut self, log: Arc<AuditLog>) -> Core {
+        // Checkpoints go on the record with their position, so `audit
+        // verify` knows how far the volume got between mount and unmount.
+        let trail = log.clone();
+        self.journal.on_checkpoint(Box::new(move |position| {
+            let (uid, gid) = crate::os::real_ids();
+            let daemon = Subject {
+                uid,
+                gid,
+                pid: std::process::id(),
+            };
+            let record = Record::new(Event::Checkpoint, daemon, None).detail(position.to_string());
+            if let Err(e) = trail.record(record) {
+                tracing::warn!(error = %e, "cannot record a checkpoint in the audit log");
+            }
+        }));
         self.audit = Some(log);
         self
     }

@@ -10,7 +10,10 @@
 //!   generation has one owner (`segment`);
 //! - `snapshots/<id>` — a user's **named snapshot**, a copy of one state
 //!   (`snapshots`);
-//! - `lease` — the read-write mount that holds the volume (`lease`).
+//! - `lease` — the read-write mount that holds the volume (`lease`);
+//! - `anchor/<inverted sequence>` — on buckets with S3 Object Lock,
+//!   retained witnesses of the newest position, for hosts that have never
+//!   mounted the volume (`anchor`).
 //!
 //! And one file of the cache directory: `seen`, the newest state and
 //! superblock revision this host has seen, so an older store is refused
@@ -25,6 +28,7 @@
 //! knows about files or FUSE: it moves metadata states, sealed, between a
 //! `MetadataStore` and an `ObjectStore`.
 
+pub mod anchor;
 pub mod checkpoint;
 pub mod lease;
 pub mod live;

@@ -18,7 +18,7 @@ const FILE: &str = "seen";
 const VERSION: u8 = 1;
 /// The name its sealing binds, so no object of the store passes for it.
 const SEAL_NAME: &str = "cache/seen";
-const LEN: usize = 1 + 8 + 1 + 32 + 8;
+pub(super) const LEN: usize = 1 + 8 + 1 + 32 + 8;
 
 /// A position of the volume: a metadata generation and its chain head
 /// (`None` when unknown: format 1 objects).
@@ -76,7 +76,7 @@ impl Seen {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(LEN);
         b.push(VERSION);
         b.extend_from_slice(&self.state.generation.to_be_bytes());
@@ -86,7 +86,7 @@ impl Seen {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Seen> {
+    pub(super) fn decode(b: &[u8]) -> Option<Seen> {
         if b.len() != LEN || b[0] != VERSION {
             return None;
         }

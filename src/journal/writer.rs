@@ -12,7 +12,8 @@
 //! any point leaves the newest checkpoint plus its segments consistent; at
 //! worst some objects are orphaned (fsck reclaims them).
 
-use super::seen::{Position, SeenFile};
+use super::anchor::{self, Anchor};
+use super::seen::{Position, Seen, SeenFile};
 use super::{StateError, checkpoint, segment, snapshots};
 use crate::cache::{BlockCache, data_key};
 use crate::codec::ObjectId;
@@ -87,6 +88,20 @@ pub struct Writer {
     /// The cache directory's record of the newest state seen, advanced
     /// with every segment uploaded.
     seen: OnceLock<Arc<SeenFile>>,
+    /// Where the bucket keeps anchors (S3 Object Lock).
+    anchoring: Mutex<Option<Anchoring>>,
+    /// Told of every checkpoint uploaded (the audit trail).
+    checkpointed: OnceLock<Box<dyn Fn(Position) + Send + Sync>>,
+}
+
+/// The anchors this writer lays (`anchor`).
+#[derive(Debug)]
+struct Anchoring {
+    /// The newest anchor in the store, as far as this writer knows.
+    newest: Option<Anchor>,
+    retain_for: Duration,
+    /// The superblock revision the mount unlocked.
+    revision: u64,
 }
 
 /// When the next checkpoint is due.
@@ -144,7 +159,24 @@ impl Writer {
             }),
             garbage_seen: Mutex::new(HashMap::new()),
             seen: OnceLock::new(),
+            anchoring: Mutex::new(None),
+            checkpointed: OnceLock::new(),
         }
+    }
+
+    /// Calls `tell` with the position of every checkpoint uploaded.
+    pub fn on_checkpoint(&self, tell: Box<dyn Fn(Position) + Send + Sync>) {
+        let _ = self.checkpointed.set(tell);
+    }
+
+    /// Lays anchors over `newest` (the newest in the store), retained for
+    /// `retain_for`, as the state moves on: the bucket has Object Lock.
+    pub fn anchor_over(&self, newest: Option<Anchor>, retain_for: Duration, revision: u64) {
+        *self.anchoring.lock().unwrap_or_else(|e| e.into_inner()) = Some(Anchoring {
+            newest,
+            retain_for,
+            revision,
+        });
     }
 
     /// Keeps `seen` up to date with every segment this writer uploads.
@@ -221,6 +253,7 @@ impl Writer {
         let changed = self.changed.swap(false, Ordering::SeqCst);
         let wanted = changed || (checkpoint && waiting);
         if !wanted {
+            self.lay_anchor(last).await;
             return Ok(());
         }
         // Until the journal is in the store, the state counts as changed.
@@ -229,8 +262,11 @@ impl Writer {
             tracing::debug!(generation = uploaded.generation, "journal segment uploaded");
             match uploaded.checkpoint {
                 Some((sealed, garbage)) => {
-                    self.upload_checkpoint(uploaded.generation, sealed, garbage, !last)
-                        .await
+                    let position = Position {
+                        generation: uploaded.generation,
+                        head: Some(uploaded.head),
+                    };
+                    self.upload_checkpoint(position, sealed, garbage, !last).await
                 }
                 None => self.checkpoints().segments += 1,
             }
@@ -239,7 +275,61 @@ impl Writer {
             }
         }
         unsynced.1 = false;
+        self.lay_anchor(last).await;
         Ok(())
+    }
+
+    /// Lays a new anchor when the one in the store is outdated by the
+    /// uploaded state (`Anchor::outdated_by`; `last`: at unmount). A
+    /// failure leaves the older anchor as the floor, and is retried at the
+    /// next sync.
+    async fn lay_anchor(&self, last: bool) {
+        let (previous, retain_for, seen) = {
+            let anchoring = self.anchoring.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(anchoring) = anchoring.as_ref() else {
+                return;
+            };
+            let meta = self.meta();
+            let (Ok(generation), Ok(head)) = (meta.generation(), meta.head()) else {
+                return;
+            };
+            let seen = Seen {
+                state: Position { generation, head },
+                revision: anchoring.revision,
+            };
+            let due = anchoring
+                .newest
+                .is_none_or(|a| a.outdated_by(seen, crate::os::now_secs(), last));
+            if !due {
+                return;
+            }
+            (anchoring.newest, anchoring.retain_for, seen)
+        };
+        let laid = match anchor::lay(self.store.as_ref(), &self.ring, previous.as_ref(), seen, retain_for).await {
+            Ok(laid) => {
+                tracing::debug!(
+                    sequence = laid.sequence,
+                    generation = seen.state.generation,
+                    "anchor laid"
+                );
+                Some(laid)
+            }
+            // Another writer laid that one: learn the newest, lay after it.
+            Err(StoreError::AlreadyExists) => match anchor::newest(self.store.as_ref(), &self.ring).await {
+                Ok(found) => found.newest,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the volume's anchors; will retry");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lay the volume's anchor; will retry");
+                return;
+            }
+        };
+        if let Some(anchoring) = self.anchoring.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            anchoring.newest = laid;
+        }
     }
 
     fn meta(&self) -> MutexGuard<'_, Box<dyn MetadataStore>> {
@@ -402,7 +492,8 @@ impl Writer {
 
     /// Uploads the checkpoint of `generation`, then reclaims what it made
     /// unnecessary. A failure only delays both to the next sync.
-    async fn upload_checkpoint(&self, generation: u64, sealed: Bytes, garbage: Vec<ObjectId>, with_grace: bool) {
+    async fn upload_checkpoint(&self, position: Position, sealed: Bytes, garbage: Vec<ObjectId>, with_grace: bool) {
+        let generation = position.generation;
         if let Err(e) = self.store.put(&checkpoint::key(generation), sealed).await {
             tracing::warn!(error = %e, "cannot upload a metadata checkpoint; will retry");
             return;
@@ -413,6 +504,9 @@ impl Writer {
             c.segments = 0;
         }
         tracing::debug!(generation, "metadata checkpoint uploaded");
+        if let Some(tell) = self.checkpointed.get() {
+            tell(position);
+        }
         self.reclaim(generation, garbage, with_grace).await;
     }
 

@@ -96,6 +96,32 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.list_objects(prefix).await?.into_iter().map(|o| o.key).collect())
     }
+
+    /// Every stored version of the objects under `prefix`, sorted by key,
+    /// newest first within a key — including versions a delete has only
+    /// hidden behind a delete marker (S3 versioning); the markers themselves
+    /// are left out. A store without versions lists its objects.
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+        let objects = self.list_objects(prefix).await?;
+        Ok(objects
+            .into_iter()
+            .map(|o| ObjectVersion { key: o.key, id: None })
+            .collect())
+    }
+
+    /// `get_at_most` of one version of `key` (`None`: the current one).
+    async fn get_version_at_most(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Bytes, StoreError> {
+        let _ = version;
+        self.get_at_most(key, limit).await
+    }
+}
+
+/// One stored version of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub key: String,
+    /// The store's version id; `None` for stores without versions.
+    pub id: Option<String>,
 }
 
 /// One object of a listing.

@@ -5,7 +5,7 @@
 //! exponential backoff with jitter. Blocks are at most 16 MiB, far below the
 //! 5 GiB single-PUT limit, so multipart upload is never needed.
 
-use super::{ObjectInfo, ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, ObjectVersion, StoreError};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -97,11 +97,16 @@ pub(crate) async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConf
 
 impl S3Store {
     /// Starts a GET of `key`: headers read, body not yet.
-    async fn get_object(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+    async fn get_object(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
         self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(key))
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
             .map_err(|e| self.map("s3:GetObject", e))
@@ -230,7 +235,15 @@ impl ObjectStore for S3Store {
             .await
         {
             Ok(resp) => resp,
-            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => return Ok(false),
+            // A server that does not implement Object Lock has none.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("ObjectLockConfigurationNotFoundError" | "NotImplemented")
+                ) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(self.map("s3:GetBucketObjectLockConfiguration", e)),
         };
         let Some(config) = resp.object_lock_configuration() else {
@@ -253,7 +266,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StoreError> {
-        let resp = self.get_object(key).await?;
+        self.get_version_at_most(key, None, limit).await
+    }
+
+    async fn get_version_at_most(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Bytes, StoreError> {
+        let resp = self.get_object(key, version).await?;
         let too_large = StoreError::TooLarge { limit };
         if resp.content_length().is_some_and(|n| n < 0 || n as u64 > limit) {
             return Err(too_large);
@@ -275,7 +292,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
-        let resp = self.get_object(key).await?;
+        let resp = self.get_object(key, None).await?;
         let tag = resp.e_tag().unwrap_or_default().to_string();
         let body = resp
             .body
@@ -348,6 +365,44 @@ impl ObjectStore for S3Store {
         }
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
+    }
+
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+        let mut versions = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let resp = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(self.key(prefix))
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.map("s3:ListBucketVersions", e))?;
+            // S3 lists the versions of a key newest first; delete markers
+            // come separately and hide nothing from this listing.
+            for version in resp.versions() {
+                if let Some(key) = version.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    versions.push(ObjectVersion {
+                        key: key.to_string(),
+                        id: version.version_id().map(str::to_string),
+                    });
+                }
+            }
+            if resp.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = resp.next_key_marker().map(str::to_string);
+            version_marker = resp.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        // Stable: keeps each key's versions newest first.
+        versions.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(versions)
     }
 }
 

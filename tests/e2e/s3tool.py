@@ -8,6 +8,8 @@ from --endpoint (or $E2E_ENDPOINT) and credentials from the usual AWS_* env.
   s3tool.py wait                          wait until the endpoint answers
   s3tool.py mb BUCKET                     create a bucket (ok if it exists)
   s3tool.py mb-locked BUCKET              create a bucket with Object Lock enabled
+  s3tool.py versions s3://B/PREFIX        every version under PREFIX: key<TAB>version id
+  s3tool.py rm-version s3://B/KEY ID      delete one version for good (exit 1 if refused)
   s3tool.py retention s3://b/key          "<mode> <retain-until, RFC 3339>" of an object
   s3tool.py ls s3://b/prefix              "<relative key>\t<size>" per object
   s3tool.py du s3://b/prefix              total bytes of all objects
@@ -107,6 +109,18 @@ def main(argv):
     elif cmd == "put":
         bucket, key = split(args[1])
         s3.upload_file(args[0], bucket, key)
+    elif cmd == "versions":
+        bucket, prefix = split(args[0])
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for v in page.get("Versions", []):
+                print(f"{rel(prefix, v['Key'])}\t{v['VersionId']}")
+    elif cmd == "rm-version":
+        bucket, key = split(args[0])
+        try:
+            s3.delete_object(Bucket=bucket, Key=key, VersionId=args[1])
+        except s3.exceptions.ClientError as exc:
+            sys.exit(f"s3tool: {exc.response['Error']['Code']}: {exc}")
     elif cmd == "rm":
         bucket, key = split(args[0])
         s3.delete_object(Bucket=bucket, Key=key)
