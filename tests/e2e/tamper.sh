@@ -114,6 +114,25 @@ accepting_an_older_state_lowers_the_anchor() {
     sv_umount "$MNT"
 }
 
+# key remove lays an anchor with the new superblock revision: the
+# superblock from before it, put back, is refused by a host that never
+# mounted the volume (where a removed slot would open again).
+a_fresh_host_refuses_a_superblock_older_than_the_anchor() {
+    local rc=0 key2=$WORK/key-anchored2 opts
+    mapfile -t opts < <(s3_opts "$LOCKED_URL")
+    store_get "$LOCKED_URL" superblock "$WORK/superblock-anchored-old"
+    sv_keygen "$key2" >/dev/null
+    sv key add "$LOCKED_URL" --new-key-file "$key2"
+    # Slot 0 (the first key's) removed, unlocking with the new one.
+    timeout 120 "$S3VAULT" key remove "$LOCKED_URL" 0 --key-file "$key2" "${opts[@]}"
+    store_get "$LOCKED_URL" superblock "$WORK/superblock-anchored-new"
+    store_put "$WORK/superblock-anchored-old" "$LOCKED_URL" superblock
+    sv_mount_refused 1 "revision [0-9]+, older than the volume's write-once anchor anchor/[0-9]+ records" \
+        "$LOCKED_URL" "$MNT" "$WORK/cache-fresh-anchored3" --key-file "$KEY" || rc=$?
+    store_put "$WORK/superblock-anchored-new" "$LOCKED_URL" superblock
+    return "$rc"
+}
+
 if [[ $E2E_BACKEND == moto ]]; then
     # The rest of the suite runs on file and s3s; moto adds Object Lock.
     sv_keygen "$KEY" >/dev/null
@@ -123,6 +142,8 @@ if [[ $E2E_BACKEND == moto ]]; then
         a_fresh_host_refuses_a_rollback_below_the_anchor
     check "--accept-older-state lays a lower anchor: the next fresh host mounts the accepted state" \
         accepting_an_older_state_lowers_the_anchor
+    check "key remove, then the superblock before it put back: a fresh host refuses it by the anchor" \
+        a_fresh_host_refuses_a_superblock_older_than_the_anchor
     e2e_finish
     exit
 fi
