@@ -14,8 +14,12 @@ use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
+    #[error("{what} {path}: {error}")]
+    Io {
+        what: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
     #[error("{path} is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     TooOpen { path: String, mode: u32 },
     #[error("{0}: not a key file (expected 64 hexadecimal characters, as written by `s3vault keygen`)")]
@@ -38,9 +42,12 @@ pub enum KeyFileError {
 /// Key and passphrase files are tiny; anything larger is not one.
 const MAX_SECRET_FILE: u64 = 64 << 10;
 
-fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+/// Reads the secret file `path`, a `what` ("key file", "passphrase
+/// file": errors name the file's role).
+fn read_secret_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     let name = path.display().to_string();
     let io = |error| KeyFileError::Io {
+        what,
         path: name.clone(),
         error,
     };
@@ -64,7 +71,7 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
         return Err(KeyFileError::NotASecretFile(name));
     }
     if meta.uid() != 0 && meta.uid() != us {
-        return Err(untrusted("key file", meta.uid()));
+        return Err(untrusted(what, meta.uid()));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
@@ -82,7 +89,7 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
 
 /// Reads a key file: 64 hex digits (an optional trailing newline allowed).
 pub fn read_key_file(path: &Path) -> Result<SecretKey, KeyFileError> {
-    let raw = read_secret_file(path)?;
+    let raw = read_secret_file(path, "key file")?;
     let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     hex::decode_to_slice(text, key.as_mut()).map_err(|_| KeyFileError::Malformed(path.display().to_string()))?;
@@ -91,7 +98,7 @@ pub fn read_key_file(path: &Path) -> Result<SecretKey, KeyFileError> {
 
 /// Reads a passphrase file: its first line.
 pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
-    let raw = read_secret_file(path)?;
+    let raw = read_secret_file(path, "passphrase file")?;
     let line = raw.split(|b| *b == b'\n').next().unwrap_or(&[]);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
@@ -103,6 +110,7 @@ pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileEr
 /// Writes a new random key file with mode 0600; never overwrites.
 pub fn write_new_key_file(path: &Path) -> Result<(), KeyFileError> {
     let io = |error| KeyFileError::Io {
+        what: "key file",
         path: path.display().to_string(),
         error,
     };
@@ -132,6 +140,16 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         read_key_file(&path).unwrap();
         assert!(write_new_key_file(&path).is_err(), "must not overwrite");
+    }
+
+    #[test]
+    fn a_missing_file_is_named_by_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent");
+        let e = read_key_file(&path).unwrap_err().to_string();
+        assert!(e.starts_with("key file ") && e.contains("absent: No such file"), "{e}");
+        let e = read_passphrase_file(&path).unwrap_err().to_string();
+        assert!(e.starts_with("passphrase file "), "{e}");
     }
 
     #[test]

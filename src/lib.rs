@@ -24,6 +24,7 @@ pub mod keyring;
 pub mod kms;
 pub mod meta;
 pub mod mount;
+pub mod mountpoint;
 pub mod os;
 pub mod restore;
 pub mod store;

@@ -33,6 +33,8 @@ pub struct MountConfig {
     pub cache: CacheConfig,
     /// Accept a cache directory on tmpfs or ramfs.
     pub allow_volatile_cache: bool,
+    /// Mount over a directory that holds entries.
+    pub allow_non_empty: bool,
     /// Take the writer's lease even if another host holds it.
     pub force_takeover: bool,
     /// Take a store older than this host has seen as the volume.
@@ -224,10 +226,15 @@ fn position_detail(core: &Core) -> String {
 }
 
 /// How the mount was configured, for its audit record (no secrets).
+/// In the words of the options (`audit=required cache_size=10.0GiB
+/// follow_interval=5s`; sizes without spaces, so each field stays one
+/// word).
 fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
+    let size = |n: u64| crate::units::format_size(n).replace(' ', "");
     format!(
-        "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={:?} audit_flush_interval={}s \
-         cache_size={} cache_min_free={:?} max_dirty={} upload_concurrency={} force_takeover={} snapshot={} follow_interval={:?}",
+        "url={} mountpoint={} cache_dir={} read_only={} allow_other={} audit={} audit_flush_interval={}s \
+         cache_size={} cache_min_free={} max_dirty={} upload_concurrency={} force_takeover={} snapshot={} \
+         follow_interval={}",
         config.url,
         config.mountpoint.display(),
         cache_dir.display(),
@@ -235,13 +242,15 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
         config.allow_other,
         config.audit.mode,
         config.audit.flush_interval.as_secs(),
-        config.cache.limit,
-        config.cache.min_free,
-        config.cache.max_dirty,
+        size(config.cache.limit),
+        config.cache.min_free.to_string().replace(' ', ""),
+        size(config.cache.max_dirty),
         config.cache.upload_concurrency,
         config.force_takeover,
-        config.snapshot.as_deref().unwrap_or("-"),
-        config.follow_interval,
+        config.snapshot.as_deref().unwrap_or("none"),
+        config
+            .follow_interval
+            .map_or_else(|| "none".into(), |d| humantime::format_duration(d).to_string()),
     )
 }
 
@@ -249,11 +258,19 @@ type Prepared = (Arc<Core>, PathBuf, PathBuf, volume::CacheLock, Option<Arc<Leas
 
 async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failure> {
     let location = Location::parse(&config.url).map_err(|e| (2, e))?;
-    let mountpoint = std::fs::canonicalize(&config.mountpoint)
-        .map_err(|e| (2, format!("mount point {}: {e}", config.mountpoint.display())))?;
+    let mountpoint = std::fs::canonicalize(&config.mountpoint).map_err(|e| {
+        let shown = config.mountpoint.display();
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            format!(" (a mount whose daemon is gone: unmount it with `fusermount3 -u {shown}`)")
+        } else {
+            String::new()
+        };
+        (2, format!("mount point {shown}: {e}{hint}"))
+    })?;
     if !mountpoint.is_dir() {
         return Err((2, format!("mount point {} is not a directory", mountpoint.display())));
     }
+    crate::mountpoint::check(&mountpoint, config.allow_non_empty).map_err(|e| (2, e))?;
     let store = location.open(&config.s3).await.map_err(|e| volume_failure(e.into()))?;
     let volume = volume::unlock(store.clone(), &config.url, &unlock, &config.s3)
         .await
@@ -287,6 +304,11 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         let lease = Lease::acquire(store.clone(), volume.ring.clone(), &writer, config.force_takeover)
             .await
             .map_err(|e| match e {
+                LeaseError::Held(holder)
+                    if holder.host == crate::os::hostname() && crate::os::is_s3vault(holder.pid) =>
+                {
+                    (2, held_on_this_host(&config.url, holder.pid))
+                }
                 LeaseError::Held(_) | LeaseError::Unreadable(_) => (2, e.to_string()),
                 e => (1, format!("cannot take the volume's lease: {e}")),
             })?;
@@ -443,6 +465,23 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             Err(failure)
         }
     }
+}
+
+/// The refusal when this host's own live mount holds the lease: no
+/// takeover to suggest, only where that mount is.
+fn held_on_this_host(url: &str, pid: u32) -> String {
+    let at: Vec<String> = crate::mountpoint::s3vault_mounts_of(url)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let (at, unmount) = match at.first() {
+        Some(first) => (format!(" at {}", at.join(", ")), format!("s3vault umount {first}")),
+        None => (String::new(), "s3vault umount MOUNTPOINT".into()),
+    };
+    format!(
+        "{url} is already mounted read-write on this host by s3vault pid {pid}{at}; unmount it first ({unmount}), \
+         or mount this one with --read-only"
+    )
 }
 
 /// Gives back the lease of a mount that failed before it served anything.
@@ -613,47 +652,19 @@ const READ_AHEAD_KB: u32 = 1024;
 /// default stays). The device number comes from /proc/self/mountinfo: a
 /// stat of the mount point would ask our own, not yet running, session.
 fn raise_readahead(mountpoint: &std::path::Path) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    // The last match is the newest mount (ours, if something was mounted
+    // here before).
+    let Some(mount) = crate::mountpoint::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == mountpoint)
+    else {
         return;
     };
-    let wanted = mountpoint.to_string_lossy();
-    // Fields: id parent maj:min root mount-point ...; the last match is the
-    // newest mount (ours, if something was mounted here before).
-    let device = mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let point = unescape_mountinfo(fields.get(4)?);
-        (point == wanted).then(|| fields[2].to_string())
-    });
-    let Some(device) = device else {
-        return;
-    };
-    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", mount.device);
     if let Err(e) = std::fs::write(&path, READ_AHEAD_KB.to_string()) {
         tracing::debug!(error = %e, "cannot raise the kernel read-ahead; keeping its default");
     }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let code = bytes
-            .get(i + 1..i + 4)
-            .and_then(|octal| std::str::from_utf8(octal).ok())
-            .and_then(|octal| u8::from_str_radix(octal, 8).ok());
-        if bytes[i] == b'\\'
-            && let Some(code) = code
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts through fusermount3, which works for root and for users, and
@@ -679,12 +690,6 @@ mod tests {
     use crate::store::{LocalStore, ObjectStore, StoreError};
     use crate::superblock::Argon2Params;
 
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(super::unescape_mountinfo("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
-        assert_eq!(super::unescape_mountinfo("/plain/é\\"), "/plain/é\\");
-    }
-
     #[tokio::test]
     async fn a_mount_that_fails_after_taking_the_lease_gives_it_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -704,26 +709,8 @@ mod tests {
         .unwrap();
         // Loading the metadata fails after the lease is taken.
         store.delete(&checkpoint::key(1)).await.unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
-        let config = MountConfig {
-            url,
-            mountpoint,
-            cache_dir: Some(dir.path().join("cache")),
-            read_only: false,
-            allow_other: false,
-            overrides: AttrOverrides::default(),
-            s3: S3Options::default(),
-            metadata_interval: Duration::from_secs(1),
-            audit: AuditSettings::default(),
-            cache: crate::test_support::cache_config(),
-            allow_volatile_cache: true,
-            force_takeover: false,
-            accept_older_state: false,
-            set_aside_unuploaded: false,
-            snapshot: None,
-            follow_interval: None,
-        };
+        let config = test_config(url, dir.path());
+        std::fs::create_dir(&config.mountpoint).unwrap();
         let Err((_, message)) = prepare(&config, Unlock::KeyFile(key)).await else {
             panic!("mounted without metadata");
         };
@@ -732,5 +719,43 @@ mod tests {
             matches!(store.get(LEASE_KEY).await, Err(StoreError::NotFound)),
             "the lease was left behind"
         );
+    }
+
+    fn test_config(url: String, dir: &std::path::Path) -> MountConfig {
+        MountConfig {
+            url,
+            mountpoint: dir.join("mnt"),
+            cache_dir: Some(dir.join("cache")),
+            read_only: false,
+            allow_other: false,
+            overrides: AttrOverrides::default(),
+            s3: S3Options::default(),
+            metadata_interval: Duration::from_secs(1),
+            audit: AuditSettings::default(),
+            cache: crate::test_support::cache_config(),
+            allow_volatile_cache: true,
+            allow_non_empty: false,
+            force_takeover: false,
+            accept_older_state: false,
+            set_aside_unuploaded: false,
+            snapshot: None,
+            follow_interval: None,
+        }
+    }
+
+    #[test]
+    fn the_mount_record_reads_as_the_options_do() {
+        let mut config = test_config("file:///v".into(), std::path::Path::new("/m"));
+        config.follow_interval = Some(Duration::from_secs(5));
+        let described = describe(&config, std::path::Path::new("/c"));
+        for field in [
+            "audit=required",
+            "cache_size=1.0GiB",
+            "cache_min_free=0B",
+            "follow_interval=5s",
+            "snapshot=none",
+        ] {
+            assert!(described.split(' ').any(|w| w == field), "{field} in {described}");
+        }
     }
 }

@@ -30,6 +30,14 @@ pub fn hostname() -> String {
     }
 }
 
+/// Whether process `pid` is alive and an s3vault — this very binary, or
+/// one whose command name says so — so a reused pid is not taken for one.
+pub fn is_s3vault(pid: u32) -> bool {
+    let exe = |p: &str| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let same_binary = exe(&pid.to_string()).is_some_and(|theirs| exe("self") == Some(theirs));
+    same_binary || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.contains("s3vault"))
+}
+
 /// The real user and group ids of this process.
 pub fn real_ids() -> (u32, u32) {
     (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw())
@@ -64,6 +72,13 @@ mod tests {
         // 2026-01-01T00:00:00Z
         assert!(now_secs() > 1_767_225_600);
         assert!(now_ns() / 1_000_000_000 >= now_secs() as i64 - 1);
+    }
+
+    #[test]
+    fn this_process_is_an_s3vault_and_pid_1_is_not() {
+        assert!(is_s3vault(std::process::id()));
+        assert!(!is_s3vault(1));
+        assert!(!is_s3vault(u32::MAX));
     }
 
     #[test]

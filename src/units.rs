@@ -43,21 +43,37 @@ pub fn rfc3339(ns: i64) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// A point in time from RFC 3339 ("2026-11-01T00:00:00Z", or a date) or
-/// relative to now ("24h", "30d", "90min"), as ns since the epoch.
+/// A point in time from RFC 3339 ("2026-11-01T00:00:00Z", or a date: its
+/// first instant) or relative to now ("24h", "30d", "90min"), as ns since
+/// the epoch.
 pub fn parse_time(s: &str) -> Result<i64, String> {
-    let at = if let Ok(age) = humantime::parse_duration(s) {
-        SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)
+    Ok(parse_point(s)?.0)
+}
+
+/// `parse_time` for the end of a range, inclusive: a date alone means the
+/// last instant of that day ("--until 2026-12-02" includes the 2nd).
+pub fn parse_time_until(s: &str) -> Result<i64, String> {
+    let (at, whole_day) = parse_point(s)?;
+    Ok(if whole_day { at + 86_400_000_000_000 - 1 } else { at })
+}
+
+/// The instant `s` names, and whether it named a whole day.
+fn parse_point(s: &str) -> Result<(i64, bool), String> {
+    let (at, whole_day) = if let Ok(age) = humantime::parse_duration(s) {
+        (SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH), false)
     } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        t
+        (t, false)
     } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
-        t
+        (t, true)
     } else {
         return Err(format!(
             "{s:?} is neither a time like 2026-11-01T08:00:00Z nor an age like 24h or 30d"
         ));
     };
-    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64))
+    Ok((
+        at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+        whole_day,
+    ))
 }
 
 #[cfg(test)]
@@ -92,6 +108,9 @@ mod tests {
         assert_eq!(parse_time("2026-11-01T00:00:00Z"), Ok(1_793_491_200_000_000_000));
         assert_eq!(parse_time("2026-11-01"), Ok(1_793_491_200_000_000_000));
         assert_eq!(rfc3339(1_793_491_200_000_000_000), "2026-11-01T00:00:00.000000000Z");
+        // An end date includes its whole day; an exact end time is exact.
+        assert_eq!(parse_time_until("2026-11-01"), Ok(1_793_577_599_999_999_999));
+        assert_eq!(parse_time_until("2026-11-01T00:00:00Z"), Ok(1_793_491_200_000_000_000));
         let an_hour_ago = parse_time("1h").unwrap();
         assert!((crate::os::now_ns() - an_hour_ago - 3_600_000_000_000).abs() < 60_000_000_000);
     }

@@ -37,6 +37,17 @@ pub enum AuditMode {
     Off,
 }
 
+/// As the option takes it.
+impl std::fmt::Display for AuditMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuditMode::Required => "required",
+            AuditMode::BestEffort => "best-effort",
+            AuditMode::Off => "off",
+        })
+    }
+}
+
 impl FromStr for AuditMode {
     type Err = String;
 

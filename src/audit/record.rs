@@ -22,7 +22,10 @@ pub enum Event {
     Chown,
     Setxattr,
     Removexattr,
-    Release,
+    /// A handle closed (the last close of an open); records of earlier
+    /// releases call it `release`.
+    #[serde(alias = "release")]
+    Close,
     /// A lookup refused for lack of search permission on a directory: the
     /// open behind it never reaches the volume, but the attempt does.
     Search,
@@ -63,7 +66,7 @@ impl Event {
         Event::Chown,
         Event::Setxattr,
         Event::Removexattr,
-        Event::Release,
+        Event::Close,
         Event::Search,
         Event::Mount,
         Event::Unmount,
@@ -95,7 +98,7 @@ impl Event {
             Event::Chown => "chown",
             Event::Setxattr => "setxattr",
             Event::Removexattr => "removexattr",
-            Event::Release => "release",
+            Event::Close => "close",
             Event::Search => "search",
             Event::Mount => "mount",
             Event::Unmount => "unmount",
@@ -128,6 +131,10 @@ impl FromStr for Event {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Event, String> {
+        // The name records of earlier releases use.
+        if s == "release" {
+            return Ok(Event::Close);
+        }
         Event::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
             let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
             format!("unknown event {s:?} (one of: {})", names.join(", "))

@@ -57,6 +57,16 @@ impl std::str::FromStr for MinFree {
     }
 }
 
+/// As the option takes it: `5%` or a size.
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Bytes(n) => f.write_str(&crate::units::format_size(*n)),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// Bytes of blocks (clean and dirty) the cache may hold.
@@ -151,6 +161,19 @@ pub struct CacheStatus {
     pub retries: u64,
     pub last_upload_ns: Option<i64>,
     pub last_error: Option<String>,
+    /// Since when uploads have been failing (unix ns); `None` while the
+    /// store answers.
+    pub failing_since_ns: Option<i64>,
+}
+
+/// The store failing uploads, from the first failure to the next success:
+/// logged once at each end, not once per block and attempt.
+#[derive(Debug, Default)]
+struct Outage {
+    /// When the first failure of this outage happened (and in unix ns).
+    since: Option<(Instant, i64)>,
+    failures: u64,
+    last_error: Option<String>,
 }
 
 pub struct BlockCache {
@@ -165,7 +188,7 @@ pub struct BlockCache {
     counters: Counters,
     /// Set when the mount is fenced: nothing more is uploaded.
     paused: std::sync::atomic::AtomicBool,
-    last_error: Mutex<Option<String>>,
+    outage: Mutex<Outage>,
     /// (when, uploaded bytes, downloaded bytes), one per second, for rates.
     samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
@@ -229,7 +252,7 @@ impl BlockCache {
             progress: Notify::new(),
             counters: Counters::default(),
             paused: std::sync::atomic::AtomicBool::new(false),
-            last_error: Mutex::new(None),
+            outage: Mutex::new(Outage::default()),
             samples: Mutex::new(VecDeque::new()),
         });
         cache.make_room(0, true);
@@ -522,6 +545,7 @@ impl BlockCache {
     }
 
     pub fn status(&self) -> CacheStatus {
+        let outage = self.outage();
         let c = &self.counters;
         let (hits, misses) = (c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed));
         let (upload_rate, download_rate) = {
@@ -553,7 +577,43 @@ impl BlockCache {
             errors: c.errors.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             last_upload_ns: (last_upload > 0).then_some(last_upload as i64),
-            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: outage.last_error.clone(),
+            failing_since_ns: outage.since.map(|(_, ns)| ns),
+        }
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.outage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An upload failed: the first failure of an outage is logged, the
+    /// others only at debug level.
+    fn upload_failed(&self, error: &crate::store::StoreError, attempt: u32, retry_in: std::time::Duration) {
+        let mut outage = self.outage();
+        outage.failures += 1;
+        outage.last_error = Some(error.to_string());
+        if outage.since.is_none() {
+            outage.since = Some((Instant::now(), crate::os::now_ns()));
+            tracing::warn!(
+                %error,
+                "uploads to the object store are failing; retrying with backoff until it answers (logged again \
+                 when it does)"
+            );
+        } else {
+            tracing::debug!(%error, attempt, retry_in_ms = retry_in.as_millis() as u64, "block upload failed; retrying");
+        }
+    }
+
+    /// An upload succeeded: the end of an outage, if there was one.
+    fn upload_succeeded(&self) {
+        let mut outage = self.outage();
+        if let Some((since, _)) = outage.since.take() {
+            tracing::info!(
+                failed_attempts = outage.failures,
+                outage_secs = since.elapsed().as_secs(),
+                "the object store answers again; uploads resumed"
+            );
+            outage.failures = 0;
         }
     }
 }

@@ -87,6 +87,7 @@ async fn failed_uploads_are_retried_until_the_store_is_back() {
     within_a_while("retries", || cache.status().retries >= 2).await;
     assert_eq!(cache.status().pending_uploads, 1);
     assert!(cache.status().last_error.unwrap().contains("injected"));
+    assert!(cache.status().failing_since_ns.is_some(), "the outage shows in status");
     // Reads of the pending block keep working during the outage.
     assert_eq!(cache.get(&id(1)).unwrap(), Bytes::from_static(b"one"));
     store.fail_writes(false);
@@ -94,6 +95,7 @@ async fn failed_uploads_are_retried_until_the_store_is_back() {
         .await
         .expect("uploaded once the store is back");
     assert!(inner.get(&data_key(&id(1))).await.is_ok());
+    assert_eq!(cache.status().failing_since_ns, None, "and ends with it");
 }
 
 #[tokio::test]

@@ -83,6 +83,7 @@ impl BlockCache {
                     self.counters
                         .last_upload
                         .store(crate::os::now_ns() as u64, Ordering::Relaxed);
+                    self.upload_succeeded();
                     break;
                 }
                 Err(e) => {
@@ -90,8 +91,7 @@ impl BlockCache {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff(attempt);
-                    tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "block upload failed; retrying");
-                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    self.upload_failed(&e, attempt, delay);
                     tokio::time::sleep(delay).await;
                 }
             }

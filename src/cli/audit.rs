@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use s3vault::audit::{self, AuditSettings};
 use s3vault::keyring::Keyring;
 use s3vault::store::ObjectStore;
-use s3vault::units::parse_time;
+use s3vault::units::{parse_time, parse_time_until};
 use s3vault::volume;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub struct FilterArgs {
     /// From this time: RFC 3339 (2026-11-01T08:00:00Z, 2026-11-01) or an age (24h, 30d).
     #[arg(long)]
     since: Option<String>,
-    /// Up to this time, same forms as --since.
+    /// Up to this time, same forms as --since; a date alone includes that day.
     #[arg(long)]
     until: Option<String>,
     /// Only records written on this host.
@@ -84,7 +84,12 @@ impl FilterArgs {
             uid: self.uid,
             path,
             since_ns: time(&self.since)?,
-            until_ns: time(&self.until)?,
+            until_ns: self
+                .until
+                .as_deref()
+                .map(parse_time_until)
+                .transpose()
+                .map_err(|e| usage(anyhow!(e)))?,
             events: Vec::new(),
             denied: false,
             host: self.host.clone(),
@@ -131,6 +136,18 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
     })?
     .map_err(volume_exit)?;
     let segments = segments.map_err(runtime_err)?;
+    if let Some(user) = &filter.user {
+        let by_name = audit::Filter {
+            user: Some(user.clone()),
+            ..audit::Filter::default()
+        };
+        if segments.records(&by_name).is_empty() {
+            eprintln!(
+                "s3vault: warning: no record in the audit trail names user {user:?} (names are those of the host \
+                 that wrote each record; --uid selects by number)"
+            );
+        }
+    }
     match action {
         AuditCommand::Log { .. } => print!("{}", audit::output::records(&segments.records(&filter), format)),
         AuditCommand::Report { .. } => {

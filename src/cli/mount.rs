@@ -46,6 +46,10 @@ pub struct MountArgs {
     /// user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     allow_other: bool,
+    /// Mount over a directory that holds files (they are hidden while
+    /// mounted); -o nonempty.
+    #[arg(long)]
+    allow_non_empty: bool,
     /// Show every file as owned by this user id.
     #[arg(long, value_name = "UID")]
     uid: Option<u32>,
@@ -292,6 +296,7 @@ pub fn run(args: MountArgs) -> Result<(), Exit> {
         metadata_interval: Duration::from_secs(metadata_interval),
         audit,
         allow_volatile_cache: args.cache.allow_volatile_cache,
+        allow_non_empty: args.allow_non_empty,
         cache,
         force_takeover: args.force_takeover,
         accept_older_state: args.accept_older_state,

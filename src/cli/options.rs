@@ -5,7 +5,8 @@
 //! name=value` is `--name=value` (underscores or dashes) and `-o flag` is
 //! `--flag`, so an fstab line can say everything a command line can, and
 //! clap validates both the same way. `ro` and `rw` are `--read-only` and
-//! `--read-write`; of several, the last counts, as for mount(8). Options
+//! `--read-write`, and giving both is refused; `nonempty` is
+//! `--allow-non-empty`, as for s3fs. Options
 //! that mount(8), mount.fuse3 or systemd add for their own use are accepted
 //! and ignored, as a kernel filesystem would; anything else is refused by
 //! name, so a typo never silently changes behaviour.
@@ -58,8 +59,14 @@ pub fn expand(groups: &[String], command: &clap::Command) -> Result<Vec<String>,
     for option in groups.iter().flat_map(|g| g.split(',')).filter(|o| !o.is_empty()) {
         let (name, value) = option.split_once('=').map_or((option, None), |(n, v)| (n, Some(v)));
         match name {
-            "ro" => access = Some("--read-only"),
-            "rw" => access = Some("--read-write"),
+            "ro" | "rw" => {
+                if access.is_some_and(|a: &str| a != name) {
+                    return Err("mount options ro and rw conflict: give one of them".into());
+                }
+                access = Some(name);
+            }
+            // The name s3fs and FUSE 2 use.
+            "nonempty" => expanded.push("--allow-non-empty".into()),
             _ if is_ignored(name) => {}
             _ => {
                 let long = name.replace('_', "-");
@@ -80,7 +87,7 @@ pub fn expand(groups: &[String], command: &clap::Command) -> Result<Vec<String>,
     if !unknown.is_empty() {
         return Err(format!("unknown mount option(s): {}", unknown.join(", ")));
     }
-    expanded.extend(access.map(String::from));
+    expanded.extend(access.map(|a| if a == "ro" { "--read-only" } else { "--read-write" }.to_string()));
     Ok(expanded)
 }
 
@@ -130,9 +137,12 @@ mod tests {
     }
 
     #[test]
-    fn the_last_of_ro_and_rw_counts() {
-        assert_eq!(x("ro,rw").unwrap(), ["--read-write"]);
-        assert_eq!(x("rw,path_style,ro").unwrap(), ["--path-style", "--read-only"]);
+    fn ro_and_rw_together_are_refused() {
+        assert!(x("ro,rw").unwrap_err().contains("ro and rw conflict"));
+        assert!(x("rw,path_style,ro").is_err());
+        assert_eq!(x("ro,path_style,ro").unwrap(), ["--path-style", "--read-only"]);
+        assert_eq!(x("rw").unwrap(), ["--read-write"]);
+        assert_eq!(x("nonempty").unwrap(), ["--allow-non-empty"]);
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Core {
         if let Some(handle) = self.forget_handle(fh) {
             // A close cannot be undone; the log reports a failed record.
             let _ = self.audit(&result, |errno| {
-                let mut record = Record::new(Event::Release, handle.subject, errno)
+                let mut record = Record::new(Event::Close, handle.subject, errno)
                     .path(&handle.path)
                     .ino(Some(ino))
                     .flags(handle.flags);

@@ -617,11 +617,11 @@ async fn operations_are_audited_with_current_paths_and_callers() {
             (Event::Mkdir, "/a", 0, "ok", None),
             (Event::Mkdir, "/a/b", 0, "ok", None),
             (Event::Create, "/a/b/f", 0, "ok", None),
-            (Event::Release, "/a/b/f", 0, "ok", Some(6)),
+            (Event::Close, "/a/b/f", 0, "ok", Some(6)),
             (Event::Open, "/a/b/f", 1000, "EACCES", None),
             (Event::Rename, "/a", 0, "ok", None),
             (Event::Open, "/z/b/f", 0, "ok", None),
-            (Event::Release, "/z/b/f", 0, "ok", Some(6)),
+            (Event::Close, "/z/b/f", 0, "ok", Some(6)),
         ]
     );
     assert_eq!(records[5].new_path.as_deref(), Some("/z"));

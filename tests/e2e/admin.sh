@@ -592,7 +592,40 @@ check "create, write, rename, remove names with the marker; failing lookups" log
 check "a second mount of the same cache directory is refused (exit 2, in use)" \
     sv_mount_refused 2 'in use by another s3vault mount' "$URL" "$MNT_X" "$CACHE_L" --key-file "$KEY"
 check "the first mount is unharmed" test -d "$MNT/."
+mounted_twice() {
+    local opts
+    mapfile -t opts < <(s3_opts "$URL")
+    expect_exit 2 "is already an s3vault mount of ${URL//./\\.} \(pid [0-9]+\)" \
+        timeout 60 "$S3VAULT" mount "$URL" "$MNT" --cache-dir "$WORK/cache-twice" --key-file "$KEY" "${opts[@]}" &&
+        [[ -f $CACHE_L/s3vault.log ]] && mountpoint -q "$MNT" && test -d "$MNT/."
+}
+check "a second mount at the same mount point: 'already an s3vault mount of URL (pid N)' (exit 2), the first unharmed" \
+    mounted_twice
+same_host_writer_named() {
+    local err=$WORK/same-host.err
+    sv_mount_refused 2 "already mounted read-write on this host by s3vault pid [0-9]+ at $MNT" \
+        "$URL" "$MNT_X" "$WORK/cache-second-writer" --key-file "$KEY" | tee "$err"
+    ! grep -q -- --force-takeover "$err" || { echo "suggests a takeover of a live local mount"; return 1; }
+}
+check "the volume read-write from another cache dir on the same host: names the live mount, no takeover advice" \
+    same_host_writer_named
 umount_step "umount (trace)" "$MNT"
+
+non_empty_mount_point() {
+    local mp=$WORK/mnt-occupied
+    mkdir -p "$mp"
+    echo "underneath" >"$mp/already-here"
+    sv_mount_refused 2 "mount point $mp is not empty \(1 entries.*--allow-non-empty" \
+        "$URL" "$mp" "$WORK/cache-occupied" --key-file "$KEY" || return 1
+    sv_mount "$URL" "$mp" "$WORK/cache-occupied" --key-file "$KEY" -o nonempty
+    [[ ! -e $mp/already-here ]] || { echo "the mount does not cover the directory"; return 1; }
+    sv_umount "$mp"
+    [[ $(cat "$mp/already-here") == underneath ]]
+}
+check "a non-empty mount point is refused (exit 2) unless -o nonempty; its files are back after unmount" \
+    non_empty_mount_point
+check "-o ro,rw: refused as conflicting (exit 2)" \
+    sv_mount_refused 2 "ro and rw conflict" "$URL" "$MNT_X" "$WORK/cache-conflict" --key-file "$KEY" -o ro,rw
 check "the daemon log is not empty" log_not_empty "$CACHE_L/s3vault.log"
 check "the daemon log has debug/trace lines (the level took effect)" log_has_debug "$CACHE_L/s3vault.log"
 check "no file name or content marker in the daemon log or the mount's output" \

@@ -147,12 +147,12 @@ attributed() {
     audit_log
     expect_record 'r["user"] == "s3v-alice" and r["event"] == "create" and r["path"] == "/shared/alice.txt" and "O_CREAT" in r["flags"]'
     expect_record 'r["user"] == "s3v-alice" and r["event"] == "open" and r["process"] == "cat" and r["flags"] == "O_RDONLY" and r["path"] == "/shared/alice.txt"'
-    expect_record 'r["user"] == "s3v-alice" and r["event"] == "release" and r["path"] == "/shared/alice.txt" and r.get("bytes_written") == 15'
+    expect_record 'r["user"] == "s3v-alice" and r["event"] == "close" and r["path"] == "/shared/alice.txt" and r.get("bytes_written") == 15'
     expect_record 'r["user"] == "s3v-bob" and r["event"] == "open" and r["process"] == "cp" and r["path"] == "/shared/alice.txt"'
     expect_record 'r["user"] == "s3v-bob" and r["event"] == "create" and r["process"] == "cp" and r["path"] == "/shared/bob-copy.txt"'
     expect_record 'r["user"] == "s3v-bob" and r["event"] == "rename" and r["process"] == "mv" and r["path"] == "/shared/bob-copy.txt" and r["new_path"] == "/shared/bob-moved.txt"'
     expect_record 'r["user"] == "s3v-bob" and r["event"] == "create" and r["process"].startswith("python") and r["path"] == "/shared/bob-py.txt"'
-    expect_record 'r["user"] == "s3v-bob" and r["event"] == "release" and r["path"] == "/shared/bob-py.txt" and r.get("bytes_written") == 1000'
+    expect_record 'r["user"] == "s3v-bob" and r["event"] == "close" and r["path"] == "/shared/bob-py.txt" and r.get("bytes_written") == 1000'
     expect_record 'r["user"] == "s3v-bob" and r["event"] == "unlink" and r["process"] == "rm" and r["path"] == "/shared/bob-py.txt"'
     expect_record 'r["user"] == "s3v-alice" and r["event"] == "chmod" and r["detail"] == "mode=0600"'
     expect_record 'r["user"] == "root" and r["uid"] == 0 and r["event"] == "open" and r["process"] == "cat"'
@@ -175,6 +175,18 @@ filters() {
     python3 -c "import json,sys; sys.exit(any(json.loads(l)['user'] != 's3v-alice' for l in open('$WORK/log.json')))"
     audit_log --until 2000-01-01
     [[ ! -s $WORK/log.json ]]
+    # A date alone as the end includes that day.
+    audit_log --until "$(date -u +%F)" --event mount
+    expect_record 'r["event"] == "mount"'
+    # An unknown user: nothing, and a warning saying why.
+    audit_log --user s3v-nobody-such 2>"$WORK/unknown-user.err"
+    [[ ! -s $WORK/log.json ]]
+    grep -q 'warning: no record in the audit trail names user "s3v-nobody-such"' "$WORK/unknown-user.err"
+    # `close` is the event of a closed handle (`release` still selects it).
+    audit_log --event close --user s3v-alice
+    expect_record 'r["event"] == "close"'
+    audit_log --event release --user s3v-alice
+    expect_record 'r["event"] == "close"'
     sv_audit log --format csv | head -1 | grep -q '^time,host,event,result,uid,user'
     sv_audit log --format table --event unlink | grep -q 'bob-py.txt'
 }
@@ -406,7 +418,7 @@ check "records reach the store within the flush interval, while mounted" records
 check "user, uid, pid, program and executable in every user record" pids_recorded
 check "each operation is attributed to its user, program, flags and path" attributed
 check "a denied open is recorded with EACCES" denied_open
-check "filters: --path, --event, --uid, --since, --until, csv, table" filters
+check "filters: --path, --event (close), --uid, --since, --until (a whole day), an unknown --user warned, csv, table" filters
 check "audit report summarises per user" report
 check "a write by another user to a setuid file clears setuid/setgid, as on local disks" write_clears_setuid
 check "a root FIFO of mode 0600: another user cannot open it, and the attempt is in the log" fifo_is_guarded
