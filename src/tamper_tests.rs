@@ -186,19 +186,26 @@ async fn a_fresh_host_and_fsck_refuse_a_store_older_than_the_volumes_anchor() {
     assert_eq!(names, ["old"]);
 }
 
+/// Mounts on `writer`, writes "old", keeps a copy of the metadata objects
+/// (returned), writes "new", unmounts.
+async fn written_twice(tv: &crate::test_support::TestVolume, writer: &std::path::Path) -> Vec<(String, bytes::Bytes)> {
+    let store = tv.inner.clone();
+    let core = tv.mount(writer, store.clone()).await;
+    write_new(&core, b"old", b"1").await;
+    core.final_sync().await.unwrap();
+    let old = metadata_objects(store.as_ref()).await;
+    write_new(&core, b"new", b"2").await;
+    core.final_sync().await.unwrap();
+    old
+}
+
 #[tokio::test]
 async fn a_host_refuses_a_store_older_than_it_has_seen_unless_told_to_accept_it() {
     let tv = new_volume().await;
     let dirs = tempfile::tempdir().unwrap();
     let store = tv.inner.clone();
     let writer = dirs.path().join("writer");
-    let core = tv.mount(&writer, store.clone()).await;
-    write_new(&core, b"old", b"1").await;
-    core.final_sync().await.unwrap();
-    let old = metadata_objects(store.as_ref()).await;
-    write_new(&core, b"new", b"2").await;
-    core.final_sync().await.unwrap();
-    drop(core);
+    let old = written_twice(&tv, &writer).await;
 
     // The old meta/ and journal/ put back: the writer's cache refuses them.
     put_back(store.as_ref(), &old).await;
@@ -381,13 +388,7 @@ async fn a_cache_without_its_seen_record_learns_it_from_its_database() {
     let dirs = tempfile::tempdir().unwrap();
     let store = tv.inner.clone();
     let writer = dirs.path().join("writer");
-    let core = tv.mount(&writer, store.clone()).await;
-    write_new(&core, b"old", b"1").await;
-    core.final_sync().await.unwrap();
-    let old = metadata_objects(store.as_ref()).await;
-    write_new(&core, b"new", b"2").await;
-    core.final_sync().await.unwrap();
-    drop(core);
+    let old = written_twice(&tv, &writer).await;
     std::fs::remove_file(writer.join("seen")).unwrap();
     put_back(store.as_ref(), &old).await;
     let e = tv
