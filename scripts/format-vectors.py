@@ -51,8 +51,8 @@ def object_key(subkey: bytes, object_id: bytes) -> bytes:
     return hkdf(subkey, b"", b"s3vault v1 object key" + object_id)
 
 
-def block_aad(object_id: bytes, ino: int, index: int) -> bytes:
-    return b"s3vault v1 block" + VOLUME_ID + b"S3VB\x01" + object_id + struct.pack(">QQ", ino, index)
+def chunk_aad(pack_id: bytes, offset: int, ino: int, index: int) -> bytes:
+    return b"s3vault v3 chunk" + VOLUME_ID + pack_id + struct.pack(">QQQ", offset, ino, index)
 
 
 def frame_aad(label: bytes, name: str, object_id: bytes, index: int, last: bool) -> bytes:
@@ -71,15 +71,13 @@ def framed(magic: bytes, subkey: bytes, label: bytes, name: str, plaintext: byte
 
 
 def superblock(version: int, revision: int) -> bytes:
-    """Format 2 has the revision after the creation time; format 1 none."""
+    """The revision follows the creation time (formats 2 and 3)."""
     created = 1_790_000_000
     slot_params = struct.pack(">BBQIII", 1, 0, created, 0, 0, 0) + SLOT_SALT
     kek = hkdf(KEY_FILE_KEY, SLOT_SALT, b"s3vault v1 key-file slot")
     wrapped = seal(kek, NONCE, b"s3vault v1 key slot" + VOLUME_ID + slot_params, MASTER)
     slot = slot_params + struct.pack(">H", 0) + struct.pack(">H", len(wrapped)) + wrapped
-    header = struct.pack(">IBQ", 1 << 20, 1, created)
-    if version >= 2:
-        header += struct.pack(">Q", revision)
+    header = struct.pack(">IBQ", 64 << 10, 1, created) + struct.pack(">Q", revision)
     body = b"S3VAULT\x00" + struct.pack(">H", version) + VOLUME_ID + header + b"\x01" + slot
     return body + hmac.new(sub["superblock"], body, hashlib.sha256).digest()
 
@@ -91,7 +89,9 @@ def journal_head(number: int, prev: bytes, ops: bytes) -> bytes:
     return hmac.new(journal_chain_key, b"s3vault v1 journal head" + struct.pack(">Q", number) + prev + ops, hashlib.sha256).digest()
 
 
-BLOCK = b"known answer: one block of one file"
+CHUNK = b"known answer: one chunk of one file"
+# The chunk sits at byte 131072 of its pack, as chunk 3 of inode 7.
+CHUNK_OFFSET = 131072
 STATE = b"\x01known answer: a metadata state"
 AUDIT = b"known answer: an audit segment"
 CHECKPOINT = "meta/00000000000000000042.snap"
@@ -106,7 +106,7 @@ genesis = journal_head(1, bytes(32), b"")
 checkpoint_head = journal_head(42, genesis, b"")
 segment_plaintext = b"\x02" + checkpoint_head + OPS
 # A state of one record: the next inode number is 10 (tag 5).
-checkpoint_v2_plaintext = b"\x02" + checkpoint_head + b"\x01\x05" + struct.pack(">Q", 10)
+checkpoint_v2_plaintext = b"\x02" + checkpoint_head + b"\x02\x05" + struct.pack(">Q", 10)
 # Anchor 3, laid at generation 43 (after the segment above), superblock
 # revision 5, at 1795000000 (seconds since the epoch).
 ANCHOR = "anchor/%020d" % (2**64 - 1 - 3)
@@ -130,14 +130,14 @@ vectors = {
     "audit_chain_key": chain_key.hex(),
     "snapshot_name_id": hkdf(sub["metadata"], b"", b"s3vault v1 snapshot name" + b"before upgrade")[:16].hex(),
     "aad": {
-        "block_ino7_index3": block_aad(OBJECT_ID, 7, 3).hex(),
+        "chunk_offset131072_ino7_index3": chunk_aad(OBJECT_ID, CHUNK_OFFSET, 7, 3).hex(),
         "metadata_frame": frame_aad(b"s3vault v1 metadata frame", CHECKPOINT, OBJECT_ID, 0, True).hex(),
         "audit_frame": frame_aad(b"s3vault v1 audit frame", AUDIT_NAME, OBJECT_ID, 1, False).hex(),
         "local_audit_frame5": local_audit_aad(OBJECT_ID, 5).hex(),
     },
     "sealed": {
-        "block_ino7_index3": (b"S3VB\x01" + seal(object_key(sub["data"], OBJECT_ID), NONCE, block_aad(OBJECT_ID, 7, 3), BLOCK)).hex(),
-        "block_plaintext": BLOCK.hex(),
+        "chunk_offset131072_ino7_index3": seal(object_key(sub["data"], OBJECT_ID), NONCE, chunk_aad(OBJECT_ID, CHUNK_OFFSET, 7, 3), CHUNK).hex(),
+        "chunk_plaintext": CHUNK.hex(),
         "checkpoint": framed(b"S3VM", sub["metadata"], b"s3vault v1 metadata frame", CHECKPOINT, STATE).hex(),
         "checkpoint_name": CHECKPOINT,
         "checkpoint_plaintext": STATE.hex(),
@@ -164,10 +164,10 @@ vectors = {
     },
     "superblock": {
         "key_file_key": KEY_FILE_KEY.hex(),
-        "bytes": superblock(2, 5).hex(),
+        "bytes": superblock(3, 5).hex(),
         "revision": 5,
-        "format_1_bytes": superblock(1, 0).hex(),
-        "block_size": 1 << 20,
+        "format_2_bytes": superblock(2, 5).hex(),
+        "chunk_size": 64 << 10,
         "created": 1_790_000_000,
     },
 }

@@ -75,10 +75,10 @@ pub async fn info(
 ) -> Result<String, VolumeError> {
     let sb = volume::read_superblock(store.as_ref(), url).await?;
     let mut out = format!(
-        "format version  {}\nvolume id       {}\nblock size      {} bytes\ncipher          AES-256-GCM\ncreated         {}\nrevision        {}\nkey slots       {}\n{}",
+        "format version  {}\nvolume id       {}\nchunk size      {} bytes\ncipher          AES-256-GCM\ncreated         {}\nrevision        {}\nkey slots       {}\n{}",
         sb.format,
         hex::encode(sb.volume_id),
-        sb.block_size,
+        sb.chunk_size,
         utc(sb.created),
         sb.revision,
         sb.slots.len(),

@@ -1,27 +1,31 @@
-//! Block codec: seals data blocks and metadata objects for the object store.
+//! Sealed layouts: file data chunks (packed into data objects) and the
+//! framed metadata objects.
 //!
-//! A data object is one block of one file. Its associated data binds it to
-//! the volume, its own object id, the inode and the block index, so an object
-//! that is swapped, replayed from an older version of the block, truncated or
-//! copied from another volume fails to open (gocryptfs does the same with
-//! file id + block number). Metadata objects are cut into frames so a large
-//! state never needs one huge AEAD call; the last frame is marked in its
-//! associated data, so dropping trailing frames is detected too.
-//! Byte layouts: FORMAT.md.
+//! File data is sealed in chunks (the volume's chunk size, 64 KiB by
+//! default), each its own AES-GCM message. Chunks of many files are packed
+//! back to back into data objects ("packs"), so one PUT carries many small
+//! files and a random read fetches and opens one chunk with a ranged GET. A
+//! chunk's associated data binds it to the volume, its pack, its offset
+//! there, its inode and its index in the file, so a chunk swapped, moved
+//! within its pack or into another, replayed from an older version of the
+//! file, truncated or copied from another volume fails to open (gocryptfs
+//! does the same with file id + block number). Each pack has its own key,
+//! derived from its id, so nonce limits are never approached. Metadata
+//! objects are cut into frames so a large state never needs one huge AEAD
+//! call; the last frame is marked in its associated data, so dropping
+//! trailing frames is detected too. Byte layouts: FORMAT.md.
 
-use crate::crypto::{self, CryptoError};
+use crate::crypto::{self, CryptoError, SecretKey};
 use crate::keyring::Keyring;
 
 pub const OBJECT_ID_LEN: usize = 16;
 pub type ObjectId = [u8; OBJECT_ID_LEN];
 
-const BLOCK_MAGIC: &[u8; 4] = b"S3VB";
 const META_MAGIC: &[u8; 4] = b"S3VM";
 const AUDIT_MAGIC: &[u8; 4] = b"S3VA";
 const VERSION: u8 = 1;
-const BLOCK_HEADER_LEN: usize = 5;
 const META_HEADER_LEN: usize = 4 + 1 + OBJECT_ID_LEN;
-const BLOCK_AAD: &[u8] = b"s3vault v1 block";
+const CHUNK_AAD: &[u8] = b"s3vault v3 chunk";
 const META_AAD: &[u8] = b"s3vault v1 metadata frame";
 const AUDIT_AAD: &[u8] = b"s3vault v1 audit frame";
 /// Plaintext bytes per metadata frame.
@@ -41,52 +45,62 @@ pub fn new_object_id() -> ObjectId {
     crypto::random_bytes()
 }
 
-/// Where a block belongs; all of it goes into the associated data.
+/// Where a chunk lives and what it is; all of it goes into the associated
+/// data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockAddress {
-    pub object_id: ObjectId,
+pub struct ChunkAddress {
+    /// The data object (pack) holding the chunk.
+    pub pack: ObjectId,
+    /// Where the sealed chunk starts in its pack.
+    pub offset: u64,
     pub ino: u64,
+    /// The chunk's position in its file (file offset / chunk size).
     pub index: u64,
 }
 
-impl BlockAddress {
+impl ChunkAddress {
     pub(crate) fn aad(&self, ring: &Keyring) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(BLOCK_AAD.len() + 16 + BLOCK_HEADER_LEN + OBJECT_ID_LEN + 16);
-        aad.extend_from_slice(BLOCK_AAD);
-        aad.extend_from_slice(ring.volume_id());
-        aad.extend_from_slice(BLOCK_MAGIC);
-        aad.push(VERSION);
-        aad.extend_from_slice(&self.object_id);
-        aad.extend_from_slice(&self.ino.to_be_bytes());
-        aad.extend_from_slice(&self.index.to_be_bytes());
-        aad
+        [
+            CHUNK_AAD,
+            ring.volume_id().as_slice(),
+            &self.pack,
+            &self.offset.to_be_bytes(),
+            &self.ino.to_be_bytes(),
+            &self.index.to_be_bytes(),
+        ]
+        .concat()
     }
 }
 
-pub fn seal_block(ring: &Keyring, addr: &BlockAddress, plaintext: &[u8]) -> Vec<u8> {
-    let key = ring.data_object_key(&addr.object_id);
-    let sealed = crypto::seal(&key, &addr.aad(ring), plaintext);
-    let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + sealed.len());
-    out.extend_from_slice(BLOCK_MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&sealed);
-    out
+/// The key that seals every chunk of `pack`; derive it once per pack.
+pub fn pack_key(ring: &Keyring, pack: &ObjectId) -> SecretKey {
+    ring.data_object_key(pack)
 }
 
-pub fn open_block(ring: &Keyring, addr: &BlockAddress, object: &[u8]) -> Result<Vec<u8>, CodecError> {
-    if object.len() < BLOCK_HEADER_LEN {
+/// Seals one chunk: `nonce ‖ ciphertext ‖ tag`.
+pub fn seal_chunk(ring: &Keyring, key: &SecretKey, addr: &ChunkAddress, plaintext: &[u8]) -> Vec<u8> {
+    crypto::seal(key, &addr.aad(ring), plaintext)
+}
+
+/// Opens a chunk sealed at `addr` (`sealed` exactly its sealed bytes).
+pub fn open_chunk(ring: &Keyring, addr: &ChunkAddress, sealed: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if sealed.len() < crypto::SEAL_OVERHEAD {
         return Err(CodecError::Truncated);
     }
-    if &object[..4] != BLOCK_MAGIC || object[4] != VERSION {
-        return Err(CodecError::BadHeader);
-    }
-    let key = ring.data_object_key(&addr.object_id);
-    Ok(crypto::open(&key, &addr.aad(ring), &object[BLOCK_HEADER_LEN..])?)
+    Ok(crypto::open(&pack_key(ring, &addr.pack), &addr.aad(ring), sealed)?)
 }
 
-/// The sealed size of a block of `len` plaintext bytes.
-pub fn sealed_block_len(len: usize) -> usize {
-    BLOCK_HEADER_LEN + crypto::SEAL_OVERHEAD + len
+/// The sealed size of a chunk of `len` plaintext bytes.
+pub fn sealed_chunk_len(len: usize) -> usize {
+    crypto::SEAL_OVERHEAD + len
+}
+
+/// A pack's stored length for `len` bytes of sealed chunks: padded to a
+/// size class (multiples of 64 KiB up to 1 MiB, then of 1 MiB), so an
+/// object's length tells neither a file's size nor how many files it holds.
+pub fn padded_pack_len(len: u64) -> u64 {
+    let class: u64 = if len <= 1 << 20 { 64 << 10 } else { 1 << 20 };
+    len.div_ceil(class).max(1) * class
 }
 
 /// The two kinds of framed objects: metadata snapshots and audit segments.
@@ -217,60 +231,77 @@ mod tests {
         Keyring::new(&SecretKey::random(), crypto::random_bytes())
     }
 
-    fn addr(ino: u64, index: u64) -> BlockAddress {
-        BlockAddress {
-            object_id: new_object_id(),
+    fn addr(ino: u64, index: u64) -> ChunkAddress {
+        ChunkAddress {
+            pack: new_object_id(),
+            offset: 4096,
             ino,
             index,
         }
     }
 
-    #[test]
-    fn block_round_trips() {
-        let ring = ring();
-        let a = addr(5, 9);
-        let sealed = seal_block(&ring, &a, b"block data");
-        assert_eq!(sealed.len(), sealed_block_len(10));
-        assert_eq!(open_block(&ring, &a, &sealed).unwrap(), b"block data");
+    fn seal(ring: &Keyring, a: &ChunkAddress, plaintext: &[u8]) -> Vec<u8> {
+        seal_chunk(ring, &pack_key(ring, &a.pack), a, plaintext)
     }
 
     #[test]
-    fn block_opened_at_another_address_fails() {
+    fn chunk_round_trips() {
         let ring = ring();
         let a = addr(5, 9);
-        let sealed = seal_block(&ring, &a, b"block data");
+        let sealed = seal(&ring, &a, b"chunk data");
+        assert_eq!(sealed.len(), sealed_chunk_len(10));
+        assert_eq!(open_chunk(&ring, &a, &sealed).unwrap(), b"chunk data");
+    }
+
+    #[test]
+    fn chunk_opened_at_another_address_fails() {
+        let ring = ring();
+        let a = addr(5, 9);
+        let sealed = seal(&ring, &a, b"chunk data");
         for other in [
-            BlockAddress { ino: 6, ..a },
-            BlockAddress { index: 8, ..a },
-            BlockAddress {
-                object_id: new_object_id(),
+            ChunkAddress { ino: 6, ..a },
+            ChunkAddress { index: 8, ..a },
+            ChunkAddress { offset: 0, ..a },
+            ChunkAddress {
+                pack: new_object_id(),
                 ..a
             },
         ] {
-            assert!(open_block(&ring, &other, &sealed).is_err());
+            assert!(open_chunk(&ring, &other, &sealed).is_err());
         }
     }
 
     #[test]
-    fn block_from_another_volume_fails() {
+    fn chunk_from_another_volume_fails() {
         let a = addr(1, 0);
-        let sealed = seal_block(&ring(), &a, b"foreign");
-        assert!(open_block(&ring(), &a, &sealed).is_err());
+        let sealed = seal(&ring(), &a, b"foreign");
+        assert!(open_chunk(&ring(), &a, &sealed).is_err());
     }
 
     #[test]
-    fn flipped_or_truncated_block_fails() {
+    fn flipped_or_truncated_chunk_fails() {
         let ring = ring();
         let a = addr(1, 0);
-        let sealed = seal_block(&ring, &a, &[7u8; 1000]);
-        for i in [0, 4, 5, 20, 500, sealed.len() - 1] {
+        let sealed = seal(&ring, &a, &[7u8; 1000]);
+        for i in [0, 4, 12, 20, 500, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 0x80;
-            assert!(open_block(&ring, &a, &bad).is_err());
+            assert!(open_chunk(&ring, &a, &bad).is_err());
         }
-        for len in [0, 3, 5, 30, sealed.len() - 1] {
-            assert!(open_block(&ring, &a, &sealed[..len]).is_err());
+        for len in [0, 3, 27, 30, sealed.len() - 1] {
+            assert!(open_chunk(&ring, &a, &sealed[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn packs_are_padded_to_size_classes() {
+        assert_eq!(padded_pack_len(0), 64 << 10);
+        assert_eq!(padded_pack_len(1), 64 << 10);
+        assert_eq!(padded_pack_len(64 << 10), 64 << 10);
+        assert_eq!(padded_pack_len((64 << 10) + 1), 128 << 10);
+        assert_eq!(padded_pack_len(1 << 20), 1 << 20);
+        assert_eq!(padded_pack_len((1 << 20) + 1), 2 << 20);
+        assert_eq!(padded_pack_len((8 << 20) + 28), 9 << 20);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! and decoder cannot slip through as round-trip tests would let it.
 
 use crate::audit::segment::{chain_mac, frame_aad};
-use crate::codec::{self, BlockAddress, Framed, ObjectId};
+use crate::codec::{self, ChunkAddress, Framed, ObjectId};
 use crate::crypto::SecretKey;
 use crate::journal::anchor::{self, Anchor};
 use crate::journal::seen::{Position, Seen};
@@ -77,12 +77,13 @@ fn every_associated_data_layout_matches_its_known_answer() {
     let ring = ring(&v);
     let id = object_id(&v);
     let a = &v["aad"];
-    let block = BlockAddress {
-        object_id: id,
+    let chunk = ChunkAddress {
+        pack: id,
+        offset: 131072,
         ino: 7,
         index: 3,
     };
-    assert_eq!(block.aad(&ring), bytes(&a["block_ino7_index3"]));
+    assert_eq!(chunk.aad(&ring), bytes(&a["chunk_offset131072_ino7_index3"]));
     let checkpoint = text(&v["sealed"]["checkpoint_name"]);
     assert_eq!(
         Framed::Metadata.aad(&ring, checkpoint, &id, 0, true),
@@ -98,18 +99,19 @@ fn sealed_objects_written_from_the_spec_open() {
     let v = vectors();
     let ring = ring(&v);
     let s = &v["sealed"];
-    let block = BlockAddress {
-        object_id: object_id(&v),
+    let chunk = ChunkAddress {
+        pack: object_id(&v),
+        offset: 131072,
         ino: 7,
         index: 3,
     };
-    let object = bytes(&s["block_ino7_index3"]);
+    let sealed = bytes(&s["chunk_offset131072_ino7_index3"]);
     assert_eq!(
-        codec::open_block(&ring, &block, &object).unwrap(),
-        bytes(&s["block_plaintext"])
+        codec::open_chunk(&ring, &chunk, &sealed).unwrap(),
+        bytes(&s["chunk_plaintext"])
     );
-    let other_index = BlockAddress { index: 4, ..block };
-    assert!(codec::open_block(&ring, &other_index, &object).is_err());
+    let elsewhere = ChunkAddress { offset: 0, ..chunk };
+    assert!(codec::open_chunk(&ring, &elsewhere, &sealed).is_err());
 
     let name = text(&s["checkpoint_name"]);
     let object = bytes(&s["checkpoint"]);
@@ -209,18 +211,12 @@ async fn a_chained_checkpoint_and_segment_written_from_the_spec_load() {
 }
 
 #[test]
-fn the_format_1_superblock_still_unlocks_and_reencodes_byte_for_byte() {
+fn a_format_2_superblock_is_refused_naming_its_layout() {
     let v = vectors();
-    let sb = &v["superblock"];
-    let encoded = bytes(&sb["format_1_bytes"]);
-    let superblock = Superblock::decode(&encoded).unwrap();
-    assert_eq!((superblock.format, superblock.revision), (1, 0));
-    let key: [u8; 32] = bytes(&sb["key_file_key"]).try_into().unwrap();
-    let master = superblock
-        .unlock(&Unlock::KeyFile(SecretKey::from_bytes(&key)))
-        .unwrap();
-    superblock.verify(&master).unwrap();
-    assert_eq!(superblock.encode(), encoded);
+    let encoded = bytes(&v["superblock"]["format_2_bytes"]);
+    let refused = Superblock::decode(&encoded).unwrap_err();
+    assert!(matches!(refused, crate::superblock::SuperblockError::OldFormat(2)));
+    assert!(refused.to_string().contains("one block per object"), "{refused}");
 }
 
 #[test]
@@ -231,10 +227,10 @@ fn the_superblock_written_from_the_spec_unlocks_and_reencodes_byte_for_byte() {
     let superblock = Superblock::decode(&encoded).unwrap();
     assert_eq!(
         (superblock.format, superblock.revision),
-        (2, sb["revision"].as_u64().unwrap())
+        (3, sb["revision"].as_u64().unwrap())
     );
     assert_eq!(superblock.volume_id.to_vec(), bytes(&v["volume_id"]));
-    assert_eq!(u64::from(superblock.block_size), sb["block_size"].as_u64().unwrap());
+    assert_eq!(u64::from(superblock.chunk_size), sb["chunk_size"].as_u64().unwrap());
     let key: [u8; 32] = bytes(&sb["key_file_key"]).try_into().unwrap();
     let master = superblock
         .unlock(&Unlock::KeyFile(SecretKey::from_bytes(&key)))
@@ -242,7 +238,7 @@ fn the_superblock_written_from_the_spec_unlocks_and_reencodes_byte_for_byte() {
     assert_eq!(master.as_bytes().to_vec(), bytes(&v["master"]));
     superblock.verify(&master).unwrap();
     assert_eq!(superblock.encode(), encoded);
-    // The MAC covers every byte: a changed block size is refused.
+    // The MAC covers every byte: a changed chunk size is refused.
     let mut tampered = encoded.clone();
     tampered[29] ^= 0x01;
     let tampered = Superblock::decode(&tampered);

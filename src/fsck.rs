@@ -2,11 +2,11 @@
 //! which data objects does nothing reference?
 //!
 //! The live state (the newest checkpoint plus the journal segments after
-//! it) and every named snapshot are *checked*: each block they reference
-//! must be in the store with the size its length gives and (unless skipped)
-//! open with the volume key under its inode and index; entries, inodes,
-//! links and blocks must agree. Checkpoints still in the store only count
-//! as references. A data object
+//! it) and every named snapshot are *checked*: each chunk they reference
+//! must lie within its pack in the store and (unless skipped) open with the
+//! volume key under its pack, offset, inode and index; entries, inodes,
+//! links and chunks must agree, and no two chunks may overlap in a pack.
+//! Checkpoints still in the store only count as references. A data object
 //! nothing references is an orphan (a crash between an upload and the
 //! metadata naming it, or a reclaim cut short), and so is a journal segment
 //! older than the live state's checkpoint.
@@ -14,15 +14,15 @@
 //! Deleting orphans is safe against a writer at work: metadata states are
 //! listed and read before snapshots (FORMAT.md, "Named snapshots"), and an
 //! object younger than `min_age` is never deleted, because a writer uploads
-//! a block shortly before the state that references it.
+//! a pack shortly before the state that references it.
 
 use crate::cache::data_key;
-use crate::codec::{self, BlockAddress, ObjectId};
+use crate::codec::{self, ChunkAddress, ObjectId};
 use crate::journal::live::{self, live_state};
 use crate::journal::seen::Staleness;
 use crate::journal::{StateError, anchor, checkpoint, segment, snapshots};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, Inode, ROOT_INO, Record};
+use crate::meta::{ChunkRef, FileKind, Inode, ROOT_INO, Record};
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 
-/// Objects fetched and opened at once when verifying contents.
-const PARALLEL: usize = 16;
+/// Packs fetched and opened at once when verifying contents.
+const PARALLEL: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Download every referenced block and open it with the key.
+    /// Download every referenced chunk and open it with the key.
     pub verify: bool,
     /// Delete orphans (old enough).
     pub repair: bool,
@@ -96,13 +96,13 @@ pub enum FsckError {
     Store(#[from] StoreError),
 }
 
-/// One checked state, enough of it to name files and check its blocks.
+/// One checked state, enough of it to name files and check its chunks.
 struct Checked {
     label: String,
     /// ino → (parent, name) of one of its links.
     names: HashMap<u64, (u64, Vec<u8>)>,
-    /// (object, ino, index, plaintext length).
-    blocks: Vec<(ObjectId, u64, u64, u32)>,
+    /// (chunk, ino, index).
+    chunks: Vec<(ChunkRef, u64, u64)>,
 }
 
 impl Checked {
@@ -129,13 +129,13 @@ impl Checked {
 }
 
 /// Reads `records` as state `label`, noting what does not add up.
-fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &mut Vec<Problem>) -> Checked {
+fn check_tree(label: String, records: Vec<Record>, chunk_size: u64, problems: &mut Vec<Problem>) -> Checked {
     let mut inodes: HashMap<u64, Inode> = HashMap::new();
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut checked = Checked {
         label,
         names: HashMap::new(),
-        blocks: Vec::new(),
+        chunks: Vec::new(),
     };
     let mut entries = Vec::new();
     for record in records {
@@ -144,7 +144,7 @@ fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &m
                 inodes.insert(inode.ino, inode);
             }
             Record::Entry { parent, name, ino } => entries.push((parent, name, ino)),
-            Record::Block { ino, index, block } => checked.blocks.push((block.object_id, ino, index, block.len)),
+            Record::Chunk { ino, index, block } => checked.chunks.push((block, ino, index)),
             _ => {}
         }
     }
@@ -179,21 +179,29 @@ fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &m
             ));
         }
     }
-    let mut seen = HashSet::new();
-    for (object, ino, index, len) in &checked.blocks {
+    for (chunk, ino, index) in &checked.chunks {
         match inodes.get(ino) {
             Some(inode) if inode.kind == FileKind::File => {
-                if index * block_size >= inode.size || u64::from(*len) > block_size {
+                if index * chunk_size >= inode.size || u64::from(chunk.len) > chunk_size {
                     found.push(format!(
-                        "{} has a block past its end (block {index})",
+                        "{} has a chunk past its end (chunk {index})",
                         checked.path(*ino)
                     ));
                 }
             }
-            _ => found.push(format!("a block of inode {ino}, which is not a regular file")),
+            _ => found.push(format!("a chunk of inode {ino}, which is not a regular file")),
         }
-        if !seen.insert(*object) {
-            found.push(format!("{} shares an object with another block", checked.path(*ino)));
+    }
+    let mut by_place: Vec<&(ChunkRef, u64, u64)> = checked.chunks.iter().collect();
+    by_place.sort_by_key(|(chunk, _, _)| (chunk.pack, chunk.offset));
+    for pair in by_place.windows(2) {
+        let ((a, _, _), (b, ino, index)) = (pair[0], pair[1]);
+        if a.pack == b.pack && a.end() > u64::from(b.offset) {
+            found.push(format!(
+                "{} has a chunk (chunk {index}) overlapping another in {}",
+                checked.path(*ino),
+                data_key(&b.pack)
+            ));
         }
     }
     problems.extend(found.into_iter().map(|what| checked.problem(what)));
@@ -202,7 +210,7 @@ fn check_tree(label: String, records: Vec<Record>, block_size: u64, problems: &m
 
 /// On a bucket that keeps anchors (S3 Object Lock): reports anchors that
 /// do not authenticate, and a live state older than the newest anchor —
-/// rolled back, so blocks of the newer state would look unreferenced: the
+/// rolled back, so packs of the newer state would look unreferenced: the
 /// reason to delete nothing is returned.
 async fn check_anchor(
     store: &dyn ObjectStore,
@@ -249,11 +257,11 @@ async fn check_anchor(
 pub async fn run(
     store: Arc<dyn ObjectStore>,
     ring: Arc<Keyring>,
-    block_size: u32,
+    chunk_size: u32,
     options: &Options,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, FsckError> {
-    let block_size = u64::from(block_size);
+    let chunk_size = u64::from(chunk_size);
     let mut report = Report::default();
     let mut referenced: HashSet<ObjectId> = HashSet::new();
     let mut checked = Vec::new();
@@ -266,13 +274,13 @@ pub async fn run(
             checked.push(check_tree(
                 "the live state".into(),
                 live.records,
-                block_size,
+                chunk_size,
                 &mut report.problems,
             ));
         }
         // `init` stores the first checkpoint before the superblock: a volume
         // without one has lost its metadata, and an empty state would make
-        // every block look unreferenced.
+        // every pack look unreferenced.
         Ok(None) => {
             report.problems.push(Problem {
                 state: "the live state".into(),
@@ -293,7 +301,7 @@ pub async fn run(
         unreadable.get_or_insert(why);
     }
     // Checkpoints older than the live state's may still be read by a host
-    // mounting right now: their blocks count as referenced.
+    // mounting right now: their packs count as referenced.
     let generations = checkpoint::generations(store.as_ref()).await?;
     report.states = generations.len();
     for generation in generations {
@@ -302,7 +310,7 @@ pub async fn run(
             // Superseded by the writer meanwhile.
             Ok(None) => continue,
             Ok(Some(opened)) => referenced.extend(opened.records.iter().filter_map(|r| match r {
-                Record::Block { block, .. } => Some(block.object_id),
+                Record::Chunk { block, .. } => Some(block.pack),
                 _ => None,
             })),
             Err(StateError::Store(e)) => return Err(e.into()),
@@ -321,7 +329,7 @@ pub async fn run(
             Ok(snapshot) => {
                 report.snapshots += 1;
                 let label = format!("snapshot {}", snapshot.info.name);
-                checked.push(check_tree(label, snapshot.records, block_size, &mut report.problems));
+                checked.push(check_tree(label, snapshot.records, chunk_size, &mut report.problems));
             }
             Err(snapshots::SnapshotError::Store(StoreError::NotFound)) => {}
             Err(e) => {
@@ -342,82 +350,108 @@ pub async fn run(
         .collect();
     report.objects = objects.len();
 
-    // Each referenced object once, checked against the first state naming it.
-    let mut to_verify = Vec::new();
-    let mut verified_ids = HashSet::new();
+    // Each referenced chunk once, checked against the first state naming it;
+    // the chunks to open grouped by pack, so each pack is fetched once.
+    let mut to_verify: HashMap<ObjectId, Vec<(usize, ChunkRef, u64, u64)>> = HashMap::new();
+    let mut verified_places = HashSet::new();
+    let mut reported = HashSet::new();
     for (which, state) in checked.iter().enumerate() {
-        for &(object, ino, index, len) in &state.blocks {
-            referenced.insert(object);
-            if !verified_ids.insert(object) {
+        for &(chunk, ino, index) in &state.chunks {
+            referenced.insert(chunk.pack);
+            if !verified_places.insert((chunk.pack, chunk.offset)) {
                 continue;
             }
-            match objects.get(&data_key(&object)) {
-                None => report.problems.push(state.problem(format!(
-                    "{}: block {index} is missing from the store ({})",
-                    state.path(ino),
-                    data_key(&object)
-                ))),
-                Some(info) if info.size != codec::sealed_block_len(len as usize) as u64 => {
-                    report.problems.push(state.problem(format!(
-                        "{}: block {index} has {} bytes in the store, not {} ({})",
-                        state.path(ino),
-                        info.size,
-                        codec::sealed_block_len(len as usize),
-                        data_key(&object)
-                    )))
+            let key = data_key(&chunk.pack);
+            match objects.get(&key) {
+                None => {
+                    // Once per file and pack: a lost pack of a big file is
+                    // one line, not one per chunk.
+                    if reported.insert((which, ino, chunk.pack)) {
+                        report.problems.push(state.problem(format!(
+                            "{}: chunk {index} (and any other of this file in it) is in {key}, which is missing \
+                             from the store",
+                            state.path(ino)
+                        )));
+                    }
                 }
-                Some(_) if options.verify => to_verify.push((which, object, ino, index)),
+                Some(info) if info.size < chunk.end() => {
+                    if reported.insert((which, ino, chunk.pack)) {
+                        report.problems.push(state.problem(format!(
+                            "{}: chunk {index} ends at byte {} of {key}, which has only {} bytes",
+                            state.path(ino),
+                            chunk.end(),
+                            info.size
+                        )));
+                    }
+                }
+                Some(_) if options.verify => to_verify
+                    .entry(chunk.pack)
+                    .or_default()
+                    .push((which, chunk, ino, index)),
                 Some(_) => {}
             }
         }
     }
     report.referenced = referenced.len();
 
-    let total = to_verify.len() as u64;
+    let total = to_verify.values().map(|c| c.len() as u64).sum();
     let mut tasks = JoinSet::new();
     let mut queue = to_verify.into_iter();
     let mut done = 0;
     progress(0, total);
     loop {
         while tasks.len() < PARALLEL
-            && let Some((which, object, ino, index)) = queue.next()
+            && let Some((pack, chunks)) = queue.next()
         {
             let (store, ring) = (store.clone(), ring.clone());
+            let limit = objects.get(&data_key(&pack)).map_or(0, |info| info.size);
             tasks.spawn(async move {
-                let outcome = match store.get(&data_key(&object)).await {
-                    Ok(sealed) => codec::open_block(
-                        &ring,
-                        &BlockAddress {
-                            object_id: object,
-                            ino,
-                            index,
-                        },
-                        &sealed,
-                    )
-                    .map(|_| ())
-                    .map_err(|e| format!("does not open with the volume key ({e})")),
-                    Err(StoreError::NotFound) => Err("is missing from the store".to_string()),
+                let outcomes = match store.get_at_most(&data_key(&pack), limit).await {
+                    Ok(sealed) => chunks
+                        .into_iter()
+                        .map(|(which, chunk, ino, index)| {
+                            let address = ChunkAddress {
+                                pack,
+                                offset: u64::from(chunk.offset),
+                                ino,
+                                index,
+                            };
+                            let bytes = sealed
+                                .get(chunk.offset as usize..chunk.end() as usize)
+                                .unwrap_or_default();
+                            let outcome = codec::open_chunk(&ring, &address, bytes)
+                                .map(|_| ())
+                                .map_err(|e| format!("does not open with the volume key ({e})"));
+                            (which, ino, index, outcome)
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(StoreError::NotFound) => chunks
+                        .into_iter()
+                        .map(|(which, _, ino, index)| (which, ino, index, Err("is missing from the store".to_string())))
+                        .collect(),
                     Err(e) => return Err(e),
                 };
-                Ok((which, object, ino, index, outcome))
+                Ok((pack, outcomes))
             });
         }
         let Some(joined) = tasks.join_next().await else { break };
-        let (which, object, ino, index, outcome) =
+        let (pack, outcomes) =
             joined.map_err(|e| StoreError::Unreachable(format!("verification task failed: {e}")))??;
-        done += 1;
-        progress(done, total);
-        match outcome {
-            Ok(()) => report.verified += 1,
-            Err(why) => {
-                let state = &checked[which];
-                report.problems.push(state.problem(format!(
-                    "{}: block {index} {why} ({})",
-                    state.path(ino),
-                    data_key(&object)
-                )));
+        for (which, ino, index, outcome) in outcomes {
+            done += 1;
+            match outcome {
+                Ok(()) => report.verified += 1,
+                Err(why) => {
+                    let state = &checked[which];
+                    report.problems.push(state.problem(format!(
+                        "{}: chunk {index} {why} ({})",
+                        state.path(ino),
+                        data_key(&pack)
+                    )));
+                }
             }
         }
+        progress(done, total);
     }
 
     // Segments below the live state's checkpoint are superseded (a writer's

@@ -549,7 +549,7 @@ fn file_attr(core: &Core, inode: &Inode) -> FileAttr {
         uid: inode.uid,
         gid: inode.gid,
         rdev: inode.rdev,
-        blksize: core.block_size().min(u32::MAX as u64) as u32,
+        blksize: core.chunk_size().min(u32::MAX as u64) as u32,
         flags: 0,
     }
 }

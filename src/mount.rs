@@ -2,7 +2,7 @@
 //! FUSE, keep metadata flowing to the store, and flush at the end.
 
 use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
-use crate::cache::{BlockCache, CacheConfig};
+use crate::cache::{CacheConfig, PackCache};
 use crate::control;
 use crate::daemon::Readiness;
 use crate::fs::{Core, CoreOptions};
@@ -406,7 +406,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
                 .record(record)
                 .map_err(|e| (1, format!("cannot write the audit log: {e}")))?;
         }
-        let blocks = BlockCache::open(&cache_dir.join("blocks"), config.cache.clone(), store.clone()).map_err(|e| {
+        let blocks = PackCache::open(&cache_dir.join("blocks"), config.cache.clone(), store.clone()).map_err(|e| {
             (
                 1,
                 format!("cannot open the block cache in {}: {e}", cache_dir.display()),
@@ -419,7 +419,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             store,
             blocks,
             volume.ring.clone(),
-            volume.superblock.block_size,
+            volume.superblock.chunk_size,
             options,
         );
         let core = Arc::new(if config.audit.mode == AuditMode::Off {
@@ -597,7 +597,7 @@ async fn heartbeat(lease: Arc<Lease>, core: Arc<Core>) {
     }
 }
 
-async fn sample_cache_rates(cache: Arc<BlockCache>) {
+async fn sample_cache_rates(cache: Arc<PackCache>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;

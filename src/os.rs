@@ -54,6 +54,27 @@ pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
 }
 
+/// The byte ranges of a sparse file that hold data (SEEK_DATA/SEEK_HOLE),
+/// at the granularity of its filesystem's blocks.
+pub fn data_ranges(file: &std::fs::File) -> io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let mut ranges = Vec::new();
+    let mut at = 0u64;
+    loop {
+        let start = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => return Ok(ranges),
+            Err(e) => return Err(e.into()),
+        };
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?;
+        if end <= start {
+            return Ok(ranges);
+        }
+        ranges.push((start, end));
+        at = end;
+    }
+}
+
 /// Whether `dir` is on a filesystem that does not survive a reboot (tmpfs,
 /// ramfs).
 pub fn is_volatile(dir: &Path) -> io::Result<bool> {
@@ -85,6 +106,20 @@ mod tests {
     fn hostname_matches_the_kernel() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(hostname(), kernel.trim());
+    }
+
+    #[test]
+    fn data_ranges_skip_holes() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(1 << 20).unwrap();
+        file.write_all_at(&[1; 4096], 64 << 10).unwrap();
+        file.write_all_at(&[2; 8192], 512 << 10).unwrap();
+        assert_eq!(
+            data_ranges(&file).unwrap(),
+            vec![(64 << 10, (64 << 10) + 4096), (512 << 10, (512 << 10) + 8192)]
+        );
+        assert_eq!(data_ranges(&tempfile::tempfile().unwrap()).unwrap(), vec![]);
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //! (a lying writer, or a bug in ours).
 
 use crate::audit;
-use crate::codec::{self, BlockAddress};
+use crate::codec::{self, ChunkAddress};
+
+const CHUNK: ChunkAddress = ChunkAddress {
+    pack: [1; 16],
+    offset: 0,
+    ino: 2,
+    index: 0,
+};
 use crate::crypto::SecretKey;
 use crate::journal::{checkpoint, lease, segment, snapshots};
 use crate::keyring::Keyring;
@@ -109,12 +116,11 @@ proptest! {
     }
 
     #[test]
-    fn blocks(bytes in prop_oneof![
+    fn chunks(bytes in prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
-        mutated(codec::seal_block(&ring(), &BlockAddress { object_id: [1; 16], ino: 2, index: 0 }, b"block")),
+        mutated(codec::seal_chunk(&ring(), &codec::pack_key(&ring(), &[1; 16]), &CHUNK, b"chunk")),
     ]) {
-        let addr = BlockAddress { object_id: [1; 16], ino: 2, index: 0 };
-        let _ = codec::open_block(&ring(), &addr, &bytes);
+        let _ = codec::open_chunk(&ring(), &CHUNK, &bytes);
     }
 
     #[test]

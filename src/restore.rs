@@ -6,8 +6,8 @@
 //! Nothing at the destination is ever overwritten: an existing name stops
 //! the restore with an error before anything is written under it.
 
-use crate::cache::data_key;
-use crate::codec::{self, BlockAddress};
+use crate::cache::{Wanted, data_key, runs};
+use crate::codec::{self, ChunkAddress};
 use crate::journal::snapshots::Snapshot;
 use crate::keyring::Keyring;
 use crate::meta::{FileKind, Inode, MetaError, MetadataStore, ROOT_INO, SqliteStore};
@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-/// Blocks fetched ahead while a file is being written out.
+/// Runs of chunks (ranged GETs) fetched ahead while a file is written out.
 const WINDOW: usize = 8;
-/// Block references read from the metadata at a time.
+/// Chunk references read from the metadata at a time.
 const BATCH: u64 = 1024;
 const ENTRIES_BATCH: usize = 1024;
 
@@ -40,13 +40,13 @@ pub enum CopyOutError {
     Exists(PathBuf),
     #[error("{}: {cause}", .path.display())]
     Local { path: PathBuf, cause: io::Error },
-    #[error("{path}: block {index} failed its integrity check: {cause}")]
+    #[error("{path}: chunk {index} failed its integrity check: {cause}")]
     Integrity {
         path: String,
         index: u64,
         cause: codec::CodecError,
     },
-    #[error("{path}: block {index}: {cause}")]
+    #[error("{path}: chunk {index}: {cause}")]
     Fetch {
         path: String,
         index: u64,
@@ -83,9 +83,10 @@ pub struct Restored<'a> {
 pub struct Restorer<'a> {
     store: Arc<dyn ObjectStore>,
     ring: Arc<Keyring>,
-    block_size: u64,
+    chunk_size: u64,
     meta: SqliteStore,
-    /// A cache directory's `blocks/`, read before the store (`recover`).
+    /// A cache directory's `blocks/`, whose packs not yet uploaded
+    /// (`open/`, `dirty/`) are read before the store (`recover`).
     local_blocks: Option<PathBuf>,
     as_root: bool,
     /// Inodes with more than one link, by where the first was restored.
@@ -134,13 +135,13 @@ impl<'a> Restorer<'a> {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         ring: Arc<Keyring>,
-        block_size: u32,
+        chunk_size: u32,
         snapshot: Snapshot,
         report: impl FnMut(Restored<'_>) + 'a,
     ) -> Result<Restorer<'a>, CopyOutError> {
         let mut meta = SqliteStore::in_memory()?;
         snapshot.import_into(&mut meta)?;
-        Ok(Restorer::of_state(store, ring, block_size, meta, None, report))
+        Ok(Restorer::of_state(store, ring, chunk_size, meta, None, report))
     }
 
     /// A restorer of the state in `meta` (a cache directory's database, for
@@ -149,7 +150,7 @@ impl<'a> Restorer<'a> {
     pub fn of_state(
         store: Arc<dyn ObjectStore>,
         ring: Arc<Keyring>,
-        block_size: u32,
+        chunk_size: u32,
         meta: SqliteStore,
         local_blocks: Option<PathBuf>,
         report: impl FnMut(Restored<'_>) + 'a,
@@ -157,7 +158,7 @@ impl<'a> Restorer<'a> {
         Restorer {
             store,
             ring,
-            block_size: u64::from(block_size),
+            chunk_size: u64::from(chunk_size),
             meta,
             local_blocks,
             as_root: crate::os::effective_uid() == 0,
@@ -355,62 +356,80 @@ impl<'a> Restorer<'a> {
             .mode(0o600)
             .open(dest)
             .map_err(local(dest))?;
-        let last = inode.size.div_ceil(self.block_size);
+        let last = inode.size.div_ceil(self.chunk_size);
         let mut first = 0;
         while first < last {
-            let refs = self.meta.blocks(inode.ino, first, (first + BATCH).min(last) - 1)?;
+            let wanted: Vec<Wanted> = self
+                .meta
+                .chunks(inode.ino, first, (first + BATCH).min(last) - 1)?
+                .into_iter()
+                .map(|(index, block)| Wanted {
+                    ino: inode.ino,
+                    index,
+                    block,
+                })
+                .collect();
             first += BATCH;
-            let mut pending: VecDeque<(u64, codec::ObjectId, Fetch)> = VecDeque::new();
-            let mut refs = refs.into_iter();
+            let mut pending: VecDeque<(&[Wanted], Fetch)> = VecDeque::new();
+            let mut runs = runs(&wanted).into_iter();
             loop {
                 while pending.len() < WINDOW
-                    && let Some((index, block)) = refs.next()
+                    && let Some(run) = runs.next()
                 {
+                    let pack = run[0].block.pack;
+                    let start = u64::from(run[0].block.offset);
+                    let len = run[run.len() - 1].block.end() - start;
                     let store = self.store.clone();
-                    let key = data_key(&block.object_id);
                     let local = self.local_blocks.clone();
-                    let name = hex::encode(block.object_id);
                     pending.push_back((
-                        index,
-                        block.object_id,
+                        run,
                         tokio::spawn(async move {
-                            for dir in ["dirty", "clean"] {
+                            let name = hex::encode(pack);
+                            for dir in ["open", "dirty"] {
                                 if let Some(local) = &local
-                                    && let Ok(bytes) = tokio::fs::read(local.join(dir).join(&name)).await
+                                    && let Ok(bytes) = read_range(&local.join(dir).join(&name), start, len)
                                 {
-                                    return Ok(Bytes::from(bytes));
+                                    return Ok(bytes);
                                 }
                             }
-                            store.get(&key).await
+                            store.get_range(&data_key(&pack), start, len).await
                         }),
                     ));
                 }
-                let Some((index, object_id, task)) = pending.pop_front() else {
+                let Some((run, task)) = pending.pop_front() else {
                     break;
                 };
                 let fetch_failed = |cause| CopyOutError::Fetch {
                     path: crate::audit::display_bytes(volume_path),
-                    index,
+                    index: run[0].index,
                     cause,
                 };
                 let sealed = task
                     .await
                     .map_err(|e| fetch_failed(StoreError::Unreachable(e.to_string())))?
                     .map_err(fetch_failed)?;
-                let addr = BlockAddress {
-                    object_id,
-                    ino: inode.ino,
-                    index,
-                };
-                let plain = codec::open_block(&self.ring, &addr, &sealed).map_err(|cause| CopyOutError::Integrity {
-                    path: crate::audit::display_bytes(volume_path),
-                    index,
-                    cause,
-                })?;
-                file.write_all_at(&plain, index * self.block_size)
-                    .map_err(local(dest))?;
-                self.summary.bytes += plain.len() as u64;
-                self.report(volume_path, inode, plain.len() as u64);
+                let start = u64::from(run[0].block.offset);
+                for chunk in run {
+                    let from = (u64::from(chunk.block.offset) - start) as usize;
+                    let to = (chunk.block.end() - start) as usize;
+                    let address = ChunkAddress {
+                        pack: chunk.block.pack,
+                        offset: u64::from(chunk.block.offset),
+                        ino: inode.ino,
+                        index: chunk.index,
+                    };
+                    let plain = codec::open_chunk(&self.ring, &address, &sealed[from..to]).map_err(|cause| {
+                        CopyOutError::Integrity {
+                            path: crate::audit::display_bytes(volume_path),
+                            index: chunk.index,
+                            cause,
+                        }
+                    })?;
+                    file.write_all_at(&plain, chunk.index * self.chunk_size)
+                        .map_err(local(dest))?;
+                    self.summary.bytes += plain.len() as u64;
+                    self.report(volume_path, inode, plain.len() as u64);
+                }
             }
         }
         file.set_len(inode.size).map_err(local(dest))?;
@@ -448,6 +467,13 @@ impl<'a> Restorer<'a> {
         }
         Ok(())
     }
+}
+
+/// `len` bytes at `start` of a local file.
+fn read_range(path: &Path, start: u64, len: u64) -> io::Result<Bytes> {
+    let mut data = vec![0u8; len as usize];
+    std::fs::File::open(path)?.read_exact_at(&mut data, start)?;
+    Ok(Bytes::from(data))
 }
 
 fn set_times(dest: &Path, inode: &Inode) -> io::Result<()> {

@@ -1,6 +1,6 @@
 //! Superblock: the one plaintext object of a volume, and its key slots.
 //!
-//! It names the format version, volume id, block size and cipher, and holds
+//! It names the format version, volume id, chunk size and cipher, and holds
 //! key slots that each wrap the volume master key under a key derived from a
 //! key file (HKDF) or a passphrase (Argon2id), or through AWS KMS (the KMS
 //! round trip lives in `kms.rs`; this module stays I/O-free). A trailing HMAC under a subkey
@@ -12,12 +12,16 @@ use crate::keyring::{Keyring, VOLUME_ID_LEN, VolumeId};
 use zeroize::Zeroizing;
 
 pub const MAGIC: &[u8; 8] = b"S3VAULT\0";
-/// The format new volumes get. Version 1 superblocks (without a
-/// revision) are read, and become version 2 at their first key change.
-pub const FORMAT_VERSION: u16 = 2;
+/// The format new volumes get, and the only one this release mounts:
+/// format 3 packs sealed chunks into data objects, where formats 1 and 2
+/// stored one block per object.
+pub const FORMAT_VERSION: u16 = 3;
 pub const CIPHER_AES_256_GCM: u8 = 1;
-pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
-pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+pub const MIN_CHUNK_SIZE: u32 = 4 * 1024;
+pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+/// The chunk size of new volumes: a random 4 KiB access touches one chunk,
+/// and a metadata row maps 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 pub const MAX_SLOTS: usize = 16;
 
 const HEADER_LEN: usize = 8 + 2 + VOLUME_ID_LEN + 4 + 1 + 8 + 8 + 1;
@@ -85,12 +89,12 @@ pub struct KeySlot {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
-    /// The format version it was written in (1 or 2).
+    /// The format version it was written in (3).
     pub format: u16,
     pub volume_id: VolumeId,
-    pub block_size: u32,
+    pub chunk_size: u32,
     pub created: u64,
-    /// Bumped by every key change (0 in format 1): a host that has seen
+    /// Bumped by every key change: a host that has seen
     /// revision r refuses a superblock older than r (a revoked slot put
     /// back).
     pub revision: u64,
@@ -103,15 +107,20 @@ pub enum SuperblockError {
     #[error("not an s3vault superblock (bad magic)")]
     BadMagic,
     #[error(
-        "unsupported volume format version {0} (this s3vault reads versions 1 to {FORMAT_VERSION}; a newer s3vault made this volume)"
+        "unsupported volume format version {0} (this s3vault reads version {FORMAT_VERSION}; a newer s3vault made this volume)"
     )]
     UnsupportedVersion(u16),
+    #[error(
+        "volume format {0} stores one block per object, a layout this s3vault no longer reads (it reads format \
+         {FORMAT_VERSION}); copy the files out with the s3vault that made it"
+    )]
+    OldFormat(u16),
     #[error("unsupported cipher id {0}")]
     UnsupportedCipher(u8),
     #[error("superblock is truncated or malformed")]
     Malformed,
-    #[error("block size {0} is outside 64 KiB..16 MiB or not a power of two")]
-    BadBlockSize(u32),
+    #[error("chunk size {0} is outside 4 KiB..1 MiB or not a power of two")]
+    BadChunkSize(u32),
     #[error("wrong key: no key slot of this volume opens with the given {0}")]
     WrongKey(&'static str),
     #[error("superblock was modified: its MAC does not verify")]
@@ -131,11 +140,11 @@ pub enum SuperblockError {
     Argon2TooCostly(Argon2Params),
 }
 
-pub fn check_block_size(block_size: u32) -> Result<(), SuperblockError> {
-    if (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) && block_size.is_power_of_two() {
+pub fn check_chunk_size(chunk_size: u32) -> Result<(), SuperblockError> {
+    if (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) && chunk_size.is_power_of_two() {
         Ok(())
     } else {
-        Err(SuperblockError::BadBlockSize(block_size))
+        Err(SuperblockError::BadChunkSize(chunk_size))
     }
 }
 
@@ -243,19 +252,19 @@ impl KeySlot {
 impl Superblock {
     /// A new volume: a fresh master key and id, one slot for `unlock`.
     pub fn create(
-        block_size: u32,
+        chunk_size: u32,
         unlock: &Unlock,
         cost: Argon2Params,
         now: u64,
     ) -> Result<(Superblock, SecretKey), SuperblockError> {
-        check_block_size(block_size)?;
+        check_chunk_size(chunk_size)?;
         let master = SecretKey::random();
         let volume_id: VolumeId = crypto::random_bytes();
         let slot = KeySlot::new(unlock, &master, &volume_id, cost, now)?;
         let mut sb = Superblock {
             format: FORMAT_VERSION,
             volume_id,
-            block_size,
+            chunk_size,
             created: now,
             revision: 1,
             slots: vec![slot],
@@ -351,9 +360,8 @@ impl Superblock {
         Ok(removed)
     }
 
-    /// After a key change: the current format, the next revision, a new MAC.
+    /// After a key change: the next revision, a new MAC.
     fn revise(&mut self, master: &SecretKey) {
-        self.format = FORMAT_VERSION;
         self.revision += 1;
         self.mac = self.compute_mac(&Keyring::new(master, self.volume_id));
     }
@@ -363,12 +371,10 @@ impl Superblock {
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&self.format.to_be_bytes());
         b.extend_from_slice(&self.volume_id);
-        b.extend_from_slice(&self.block_size.to_be_bytes());
+        b.extend_from_slice(&self.chunk_size.to_be_bytes());
         b.push(CIPHER_AES_256_GCM);
         b.extend_from_slice(&self.created.to_be_bytes());
-        if self.format >= 2 {
-            b.extend_from_slice(&self.revision.to_be_bytes());
-        }
+        b.extend_from_slice(&self.revision.to_be_bytes());
         b.push(self.slots.len() as u8);
         for slot in &self.slots {
             b.extend_from_slice(&slot.params_bytes());
@@ -396,21 +402,24 @@ impl Superblock {
             return Err(SuperblockError::BadMagic);
         }
         let format = r.u16()?;
-        if !(1..=FORMAT_VERSION).contains(&format) {
+        if format < FORMAT_VERSION {
+            return Err(SuperblockError::OldFormat(format));
+        }
+        if format > FORMAT_VERSION {
             return Err(SuperblockError::UnsupportedVersion(format));
         }
         let volume_id: VolumeId = r
             .take(VOLUME_ID_LEN)?
             .try_into()
             .map_err(|_| SuperblockError::Malformed)?;
-        let block_size = r.u32()?;
-        check_block_size(block_size)?;
+        let chunk_size = r.u32()?;
+        check_chunk_size(chunk_size)?;
         let cipher = r.u8()?;
         if cipher != CIPHER_AES_256_GCM {
             return Err(SuperblockError::UnsupportedCipher(cipher));
         }
         let created = r.u64()?;
-        let revision = if format >= 2 { r.u64()? } else { 0 };
+        let revision = r.u64()?;
         let count = r.u8()? as usize;
         if count == 0 || count > MAX_SLOTS {
             return Err(SuperblockError::Malformed);
@@ -458,7 +467,7 @@ impl Superblock {
         Ok(Superblock {
             format,
             volume_id,
-            block_size,
+            chunk_size,
             created,
             revision,
             slots,
@@ -562,8 +571,8 @@ mod tests {
         let key = SecretKey::random();
         let (sb, _) = Superblock::create(1 << 20, &Unlock::KeyFile(key.clone()), TEST_COST, 1).unwrap();
         let mut bytes = sb.encode();
-        // Change the block size from 1 MiB to 2 MiB: still valid, but not ours.
-        bytes[8 + 2 + 16 + 1] = 0x20;
+        // Change the chunk size from 1 MiB to 512 KiB: still valid, but not ours.
+        bytes[8 + 2 + 16 + 1] = 0x08;
         let edited = Superblock::decode(&bytes).unwrap();
         assert!(matches!(
             edited.unlock(&Unlock::KeyFile(key)),
@@ -578,37 +587,27 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(Superblock::decode(&bytes[..len]).is_err());
         }
-        let mut v3 = bytes.clone();
-        v3[9] = 3;
+        let mut v4 = bytes.clone();
+        v4[9] = 4;
         assert!(matches!(
-            Superblock::decode(&v3),
-            Err(SuperblockError::UnsupportedVersion(3))
+            Superblock::decode(&v4),
+            Err(SuperblockError::UnsupportedVersion(4))
         ));
+        let mut v2 = bytes.clone();
+        v2[9] = 2;
+        assert!(matches!(Superblock::decode(&v2), Err(SuperblockError::OldFormat(2))));
     }
 
     #[test]
-    fn every_key_change_bumps_the_revision_and_a_format_1_superblock_is_upgraded() {
+    fn every_key_change_bumps_the_revision() {
         let key = SecretKey::random();
         let (mut sb, master) = Superblock::create(1 << 20, &Unlock::KeyFile(key.clone()), TEST_COST, 1).unwrap();
-        assert_eq!((sb.format, sb.revision), (2, 1));
+        assert_eq!((sb.format, sb.revision), (3, 1));
         sb.add_slot(&master, &passphrase("second"), TEST_COST, 2).unwrap();
         sb.remove_slot(&master, 1).unwrap();
         let read = Superblock::decode(&sb.encode()).unwrap();
         assert_eq!(read.revision, 3);
         read.verify(&master).unwrap();
-        // A format 1 superblock has no revision field; its MAC covers its
-        // own layout, and its first key change writes format 2.
-        let mut v1 = read.clone();
-        v1.format = 1;
-        v1.revision = 0;
-        v1.mac = v1.compute_mac(&Keyring::new(&master, v1.volume_id));
-        let mut v1 = Superblock::decode(&v1.encode()).unwrap();
-        assert_eq!((v1.format, v1.revision), (1, 0));
-        v1.verify(&master).unwrap();
-        v1.add_slot(&master, &passphrase("third"), TEST_COST, 3).unwrap();
-        let upgraded = Superblock::decode(&v1.encode()).unwrap();
-        assert_eq!((upgraded.format, upgraded.revision), (2, 1));
-        upgraded.verify(&master).unwrap();
     }
 
     #[test]
@@ -650,11 +649,12 @@ mod tests {
     }
 
     #[test]
-    fn block_size_limits() {
-        assert!(check_block_size(64 * 1024).is_ok());
-        assert!(check_block_size(16 << 20).is_ok());
-        assert!(check_block_size(32 * 1024).is_err());
-        assert!(check_block_size(32 << 20).is_err());
-        assert!(check_block_size(100_000).is_err());
+    fn chunk_size_limits() {
+        assert!(check_chunk_size(4 * 1024).is_ok());
+        assert!(check_chunk_size(64 * 1024).is_ok());
+        assert!(check_chunk_size(1 << 20).is_ok());
+        assert!(check_chunk_size(2 * 1024).is_err());
+        assert!(check_chunk_size(2 << 20).is_err());
+        assert!(check_chunk_size(100_000).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Test scaffolding shared by the core's tests: volumes in memory made by
 //! the real `init`, mounted the way a real mount loads them.
 
-use crate::cache::{BlockCache, CacheConfig, MinFree};
+use crate::cache::{CacheConfig, MinFree, PackCache};
 use crate::crypto::SecretKey;
 use crate::fs::{Caller, Core, CoreOptions};
 use crate::meta::ROOT_INO;
@@ -81,7 +81,7 @@ impl TestVolume {
         std::fs::create_dir_all(cache_dir).unwrap();
         let live = volume::load_live(&self.volume, cache_dir, options).await?;
         let (meta, unsynced) = (live.meta, live.unsynced);
-        let cache = BlockCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
+        let cache = PackCache::open(&cache_dir.join("blocks"), cache_config(), store.clone()).unwrap();
         cache.spawn_uploader();
         let core = Core::new(
             Box::new(meta),

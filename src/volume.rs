@@ -141,7 +141,7 @@ pub struct Volume {
 pub async fn init(
     store: Arc<dyn ObjectStore>,
     url: &str,
-    block_size: u32,
+    chunk_size: u32,
     unlock: &Unlock,
     cost: Argon2Params,
     owner: (u32, u32),
@@ -151,7 +151,7 @@ pub async fn init(
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let (superblock, master) = Superblock::create(block_size, unlock, cost, crate::os::now_secs())?;
+    let (superblock, master) = Superblock::create(chunk_size, unlock, cost, crate::os::now_secs())?;
     let ring = Keyring::new(&master, superblock.volume_id);
     let mut meta = SqliteStore::in_memory()?;
     meta.put_inode(&Inode::root(owner.0, owner.1, now_ns()))?;

@@ -1,152 +1,322 @@
-//! Reading stored blocks: plaintext in memory (LRU), sealed on the cache
-//! disk, or fetched from the store — each block fetched once however many
-//! readers want it, and fetched ahead for sequential readers. The other
-//! direction, uploads, is `upload.rs`: this module and that one are the
-//! only ones that move sealed blocks between the cache and the store.
+//! Reading stored chunks: plaintext in memory (LRU), sealed on the cache
+//! disk, or fetched from the store with ranged GETs — a run of chunks stored
+//! back to back in one pack comes in one request, each chunk is fetched
+//! once however many readers want it, and sequential readers get runs
+//! fetched ahead. The other direction, uploads, is `upload.rs`: this module
+//! and that one are the only ones that move sealed data between the cache
+//! and the store.
 
-use super::{BlockCache, data_key};
-use crate::codec::{self, BlockAddress, CodecError, ObjectId};
+use super::{PackCache, data_key};
+use crate::codec::{self, ChunkAddress, CodecError, ObjectId};
 use crate::keyring::Keyring;
-use crate::meta::BlockRef;
+use crate::meta::ChunkRef;
 use crate::store::{ObjectStore, StoreError};
+use futures_util::future::join_all;
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Why a stored block could not be read (already logged, with the block's
+/// Why a stored chunk could not be read (already logged, with the chunk's
 /// inode number and index, where it happened).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot fetch data block: {0}")]
-    Store(StoreError),
-    #[error("data block failed its integrity check: {0}")]
+    #[error("cannot fetch data: {0}")]
+    Store(String),
+    #[error("data chunk failed its integrity check: {0}")]
     Integrity(CodecError),
-    #[error("data block has the wrong length")]
+    #[error("data chunk has the wrong length")]
     Length,
 }
 
-/// A stored block to read: where it lives and what it should hold.
+/// A stored chunk to read: where it lives and what it should hold.
 #[derive(Clone, Copy, Debug)]
 pub struct Wanted {
     pub ino: u64,
     pub index: u64,
-    pub block: BlockRef,
+    pub block: ChunkRef,
 }
 
+impl Wanted {
+    fn key(&self) -> Key {
+        (self.block.pack, self.block.offset)
+    }
+
+    fn address(&self) -> ChunkAddress {
+        ChunkAddress {
+            pack: self.block.pack,
+            offset: u64::from(self.block.offset),
+            ino: self.ino,
+            index: self.index,
+        }
+    }
+}
+
+/// The largest ranged GET: longer runs are split, so a reader gets the
+/// start of a long run without waiting for all of it.
+const MAX_RUN: u64 = 8 << 20;
+
+/// A chunk by where it lives: packs are never rewritten, so never stale.
+type Key = (ObjectId, u32);
 type Plain = Arc<Vec<u8>>;
+
+/// Cuts `wanted` (in the order given) into runs of chunks stored back to
+/// back in one pack, each at most `MAX_RUN` bytes: one ranged GET each.
+pub fn runs(wanted: &[Wanted]) -> Vec<&[Wanted]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=wanted.len() {
+        let ends = i == wanted.len() || {
+            let (prev, next) = (&wanted[i - 1].block, &wanted[i].block);
+            next.pack != prev.pack
+                || u64::from(next.offset) != prev.end()
+                || next.end() - u64::from(wanted[start].block.offset) > MAX_RUN
+        };
+        if ends {
+            runs.push(&wanted[start..i]);
+            start = i;
+        }
+    }
+    runs
+}
 
 pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
-    cache: Arc<BlockCache>,
+    cache: Arc<PackCache>,
     ring: Arc<Keyring>,
-    /// Opened blocks by object id; ids are never reused, so never stale.
-    memory: Mutex<LruCache<ObjectId, Plain>>,
-    /// Fetches in progress: a second reader of the same block waits for
+    /// Opened chunks by where they live.
+    memory: Mutex<LruCache<Key, Plain>>,
+    /// Fetches in progress: a second reader of the same chunk waits for
     /// the first instead of fetching it again.
-    inflight: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Fetcher {
-    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<BlockCache>, ring: Arc<Keyring>, blocks: usize) -> Fetcher {
+    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<PackCache>, ring: Arc<Keyring>, chunks: usize) -> Fetcher {
         Fetcher {
             store,
             cache,
             ring,
-            memory: Mutex::new(LruCache::new(NonZeroUsize::new(blocks).unwrap_or(NonZeroUsize::MIN))),
+            memory: Mutex::new(LruCache::new(NonZeroUsize::new(chunks).unwrap_or(NonZeroUsize::MIN))),
             inflight: Mutex::new(HashMap::new()),
         }
     }
 
-    fn memory(&self) -> MutexGuard<'_, LruCache<ObjectId, Plain>> {
+    fn memory(&self) -> MutexGuard<'_, LruCache<Key, Plain>> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps a block just written: the likeliest to be read next.
-    pub fn remember(&self, id: ObjectId, content: Vec<u8>) {
-        self.memory().put(id, Arc::new(content));
+    /// Keeps a chunk just written: the likeliest to be read next.
+    pub fn remember(&self, chunk: &ChunkRef, content: Vec<u8>) {
+        self.memory().put((chunk.pack, chunk.offset), Arc::new(content));
     }
 
-    /// The plaintext of a stored block.
+    /// The plaintext of one stored chunk.
     pub async fn get(&self, wanted: Wanted) -> Result<Plain, FetchError> {
-        let id = wanted.block.object_id;
-        if let Some(hit) = self.memory().get(&id) {
-            self.cache.count_hit();
-            return Ok(hit.clone());
-        }
-        let slot = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        let _fetching = slot.lock().await;
-        // Whoever held the slot before us may have fetched it.
-        if let Some(hit) = self.memory().get(&id) {
-            self.cache.count_hit();
-            return Ok(hit.clone());
-        }
-        let result = self.load(wanted).await;
-        if let Ok(plain) = &result {
-            self.memory().put(id, plain.clone());
-        }
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        result
+        self.get_all(&[wanted]).await?.pop().ok_or(FetchError::Length)
     }
 
-    /// Starts fetching blocks a sequential reader will want next.
-    pub fn prefetch(self: &Arc<Self>, blocks: Vec<Wanted>) {
-        for wanted in blocks {
-            if self.memory().contains(&wanted.block.object_id) {
+    /// The plaintexts of stored chunks, in the order asked; each run of
+    /// them missing from memory and the cache disk is one ranged GET, and
+    /// the runs are fetched in parallel.
+    pub async fn get_all(&self, wanted: &[Wanted]) -> Result<Vec<Plain>, FetchError> {
+        let hits: Vec<Option<Plain>> = {
+            let mut memory = self.memory();
+            wanted.iter().map(|w| memory.get(&w.key()).cloned()).collect()
+        };
+        if hits.iter().all(Option::is_some) {
+            hits.iter().for_each(|_| self.cache.count_hit());
+            return Ok(hits.into_iter().flatten().collect());
+        }
+        // Runs are fetched in parallel: each ranged GET waits mostly on the
+        // store. (Sequential files are one run; this is for scattered ones.)
+        let mut fetched = Vec::with_capacity(wanted.len());
+        let runs = runs(wanted);
+        if runs.len() == 1 {
+            fetched.extend(self.fetch_run(runs[0]).await);
+        } else {
+            let mut tasks = Vec::with_capacity(runs.len());
+            for run in runs {
+                tasks.push(self.fetch_run(run));
+            }
+            for results in join_all(tasks).await {
+                fetched.extend(results);
+            }
+        }
+        fetched.into_iter().collect()
+    }
+
+    /// Starts fetching chunks a sequential reader will want next.
+    pub fn prefetch(self: &Arc<Self>, wanted: Vec<Wanted>) {
+        for run in runs(&wanted) {
+            if run.iter().all(|w| self.memory().contains(&w.key())) {
                 continue;
             }
-            let fetcher = self.clone();
+            let (fetcher, run) = (self.clone(), run.to_vec());
             tokio::spawn(async move {
                 // A failure is reported when (if) the reader gets there.
-                let _ = fetcher.get(wanted).await;
+                let _ = fetcher.fetch_run(&run).await;
             });
         }
     }
 
-    /// From the cache disk or the store, opened and checked. Only an object
-    /// that opened enters the cache: a wrong object in the store costs one
-    /// failed read, never a cache that keeps failing once it is put right.
-    async fn load(&self, wanted: Wanted) -> Result<Plain, FetchError> {
-        let id = wanted.block.object_id;
-        if let Some(object) = self.cache.get(&id) {
-            match self.open(wanted, &object) {
-                Ok(plain) => return Ok(plain),
-                // Damaged on the cache disk: fetched again below.
-                Err(_) => self.cache.drop_clean(&id),
+    /// One run: from memory, the cache disk, or one ranged GET for the
+    /// part still missing. Only chunks that opened enter the cache: a wrong
+    /// object in the store costs one failed read, never a cache that keeps
+    /// failing once it is put right.
+    async fn fetch_run(&self, run: &[Wanted]) -> Vec<Result<Plain, FetchError>> {
+        // Slots are taken in pack order, so overlapping runs cannot deadlock.
+        let slots: Vec<Arc<tokio::sync::Mutex<()>>> = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            run.iter()
+                .map(|w| inflight.entry(w.key()).or_default().clone())
+                .collect()
+        };
+        let mut held = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            held.push(slot.lock().await);
+        }
+        let mut out: Vec<Option<Result<Plain, FetchError>>> = Vec::with_capacity(run.len());
+        for wanted in run {
+            out.push(self.local(wanted).map(Ok));
+        }
+        let missing: Vec<usize> = (0..run.len()).filter(|i| out[*i].is_none()).collect();
+        if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
+            let fetched = self.fetch_range(&run[first..=last]).await;
+            for (i, result) in (first..=last).zip(fetched) {
+                if out[i].is_none() {
+                    out[i] = Some(result);
+                }
             }
         }
-        let expected = codec::sealed_block_len(wanted.block.len as usize) as u64;
-        let object = self.store.get_at_most(&data_key(&id), expected).await.map_err(|e| {
-            tracing::error!(ino = wanted.ino, index = wanted.index, error = %e, "cannot fetch data block");
-            FetchError::Store(e)
-        })?;
-        self.cache.count_download(object.len() as u64);
-        let plain = self.open(wanted, &object)?;
-        self.cache.keep(id, &object);
-        Ok(plain)
+        drop(held);
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            for (wanted, slot) in run.iter().zip(slots) {
+                // Ours and the map's: nobody else waits on it.
+                if Arc::strong_count(&slot) <= 2 {
+                    inflight.remove(&wanted.key());
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or(Err(FetchError::Length))).collect()
     }
 
-    /// Opens a sealed block and checks it holds what the metadata says.
-    fn open(&self, Wanted { ino, index, block }: Wanted, object: &[u8]) -> Result<Plain, FetchError> {
-        let addr = BlockAddress {
-            object_id: block.object_id,
-            ino,
-            index,
+    /// A chunk from memory, or from the cache disk if it opens there.
+    fn local(&self, wanted: &Wanted) -> Option<Plain> {
+        if let Some(hit) = self.memory().get(&wanted.key()) {
+            self.cache.count_hit();
+            return Some(hit.clone());
+        }
+        let block = &wanted.block;
+        let sealed = self.cache.get(
+            &block.pack,
+            u64::from(block.offset),
+            block.end() - u64::from(block.offset),
+        )?;
+        match self.open(wanted, &sealed) {
+            Ok(plain) => {
+                self.memory().put(wanted.key(), plain.clone());
+                Some(plain)
+            }
+            Err(e) => {
+                // Damaged on the cache disk, or a neighbour's edge of a
+                // sparse copy: fetched from the store instead.
+                tracing::debug!(error = %e, "a cached chunk does not open; fetching it again");
+                self.cache.drop_clean(&block.pack);
+                None
+            }
+        }
+    }
+
+    /// Fetches `chunks` (back to back in one pack) with one ranged GET,
+    /// reading exactly the bytes the metadata expects.
+    async fn fetch_range(&self, chunks: &[Wanted]) -> Vec<Result<Plain, FetchError>> {
+        let (first, last) = (&chunks[0], &chunks[chunks.len() - 1]);
+        let pack = first.block.pack;
+        let start = u64::from(first.block.offset);
+        let end = last.block.end();
+        let bytes = match self.store.get_range(&data_key(&pack), start, end - start).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(ino = first.ino, index = first.index, chunks = chunks.len(), error = %e,
+                    "cannot fetch file data");
+                if let StoreError::TooShort { .. } = e {
+                    tracing::error!(pack = %hex::encode(pack), "a data object is shorter than the metadata expects");
+                }
+                let message = e.to_string();
+                return chunks.iter().map(|_| Err(FetchError::Store(message.clone()))).collect();
+            }
         };
-        let plain = codec::open_block(&self.ring, &addr, object).map_err(|e| {
-            tracing::error!(ino, index, error = %e, "data block failed its integrity check");
-            FetchError::Integrity(e)
-        })?;
-        if plain.len() != block.len as usize {
-            tracing::error!(ino, index, "data block has the wrong length");
+        self.cache.count_download(bytes.len() as u64);
+        chunks
+            .iter()
+            .map(|wanted| {
+                let from = (u64::from(wanted.block.offset) - start) as usize;
+                let to = (wanted.block.end() - start) as usize;
+                let sealed = &bytes[from..to];
+                let plain = self.open(wanted, sealed).inspect_err(|e| {
+                    tracing::error!(ino = wanted.ino, index = wanted.index, error = %e,
+                        "file data failed its integrity check");
+                })?;
+                self.cache.keep(&pack, u64::from(wanted.block.offset), sealed);
+                self.memory().put(wanted.key(), plain.clone());
+                Ok(plain)
+            })
+            .collect()
+    }
+
+    /// Opens a sealed chunk and checks it holds what the metadata says.
+    fn open(&self, wanted: &Wanted, sealed: &[u8]) -> Result<Plain, FetchError> {
+        let plain = codec::open_chunk(&self.ring, &wanted.address(), sealed).map_err(FetchError::Integrity)?;
+        if plain.len() != wanted.block.len as usize {
             return Err(FetchError::Length);
         }
         Ok(Arc::new(plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(pack: u8, offset: u32, len: u32) -> Wanted {
+        Wanted {
+            ino: 2,
+            index: 0,
+            block: ChunkRef {
+                pack: [pack; 16],
+                offset,
+                len,
+            },
+        }
+    }
+
+    #[test]
+    fn runs_are_chunks_back_to_back_in_one_pack() {
+        let s = codec::sealed_chunk_len(100) as u32;
+        let wanted = [
+            chunk(1, 0, 100),
+            chunk(1, s, 100),
+            chunk(1, 3 * s, 100),
+            chunk(2, 4 * s, 100),
+            chunk(2, 5 * s, 100),
+        ];
+        let lens: Vec<usize> = runs(&wanted).iter().map(|r| r.len()).collect();
+        assert_eq!(lens, vec![2, 1, 2]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn long_runs_are_split() {
+        let len = 64 << 10;
+        let s = codec::sealed_chunk_len(len as usize) as u32;
+        let wanted: Vec<Wanted> = (0..300).map(|i| chunk(1, i * s, len)).collect();
+        let runs = runs(&wanted);
+        assert!(runs.len() >= 2);
+        for run in &runs {
+            assert!(run.last().unwrap().block.end() - u64::from(run[0].block.offset) <= MAX_RUN);
+        }
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 300);
     }
 }

@@ -1,30 +1,34 @@
-//! The local block cache: sealed data blocks on the cache disk, the
-//! write-back queue that uploads them and the fetcher that reads them.
+//! The local pack cache: sealed data on the cache disk, the write-back
+//! queue that uploads it and the fetcher that reads it.
 //!
-//! A block enters the cache sealed — the cache disk never holds plaintext —
-//! either *dirty* (written here, not yet in the store: `dirty/<id>`) or
-//! *clean* (a copy of an object in the store: `clean/<id>`). Dirty blocks are
-//! uploaded in the background (`upload.rs`) and then become clean; reads
-//! fetch blocks into it (`fetch.rs`, with a plaintext LRU above); only clean
-//! blocks are evicted, least recently used first, to keep the cache under
-//! its size limit and the disk above its free-space floor. Because dirty
-//! blocks are files, a daemon killed with blocks pending finds them again at
-//! the next mount and uploads them.
+//! File data enters the cache as sealed chunks appended to the *open pack*
+//! (`open/<id>`). At its target size, or when a metadata sync needs what it
+//! holds in the store, the open pack is *cut*: padded to its size class and
+//! moved to `dirty/<id>`, from where the uploader (`upload.rs`) stores it as
+//! one object and moves it to `clean/<id>`. Reads (`fetch.rs`, with a
+//! plaintext LRU above) fetch single chunks or runs of them with ranged GETs
+//! and keep them sparsely at their own offsets in `clean/<id>`; only clean
+//! packs are evicted, least recently used first, to keep the cache under its
+//! size limit and the disk above its free-space floor. The cache disk never
+//! holds plaintext, and because pending data is in files, a daemon killed
+//! with uploads pending finds them again at the next mount.
 //!
-//! Object ids are random and never reused, so a cached block never goes
-//! stale: there is nothing to invalidate.
+//! Pack ids are random and never reused, so a cached pack never goes stale:
+//! there is nothing to invalidate.
 
 mod fetch;
+mod present;
 mod upload;
 
-pub use fetch::{FetchError, Fetcher, Wanted};
+pub use fetch::{FetchError, Fetcher, Wanted, runs};
 
-use crate::codec::ObjectId;
+use crate::codec::{self, ObjectId};
 use crate::store::ObjectStore;
-use bytes::Bytes;
 use lru::LruCache;
+use present::Present;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,11 +73,11 @@ impl std::fmt::Display for MinFree {
 
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    /// Bytes of blocks (clean and dirty) the cache may hold.
+    /// Bytes of packs (clean, open and waiting for upload) the cache may hold.
     pub limit: u64,
     /// Free space the cache leaves on its disk.
     pub min_free: MinFree,
-    /// Dirty bytes above which writers wait for uploads.
+    /// Bytes waiting for upload above which writers wait.
     pub max_dirty: u64,
     /// Uploads in flight at once.
     pub upload_concurrency: usize,
@@ -92,40 +96,65 @@ impl Default for CacheConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    /// Staying under the free-space floor leaves no room for the block.
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    /// Staying under the free-space floor leaves no room for the data.
     #[error("the cache disk is full")]
     Full,
     #[error("cache disk: {0}")]
     Io(#[from] io::Error),
 }
 
-/// A block waiting for (or in) upload.
+/// Packs are cut for upload once they hold this many bytes of sealed chunks
+/// (a commit bigger than that gets a pack of its own).
+pub const PACK_TARGET: u64 = 8 << 20;
+
+/// Bytes of packs read into memory for upload at once: bounds the daemon's
+/// memory whatever `upload_concurrency` says.
+const UPLOAD_BUDGET: u64 = 64 << 20;
+
+/// A cut pack waiting for (or in) upload.
 struct Pending {
     len: u64,
     uploading: bool,
     /// An upload was tried at least once: the object may be in the store.
     attempted: bool,
-    /// Metadata snapshots being uploaded that reference this block.
+    /// Metadata states being uploaded that may reference this pack.
     pins: u32,
     /// Unreferenced since it was queued: delete instead of keeping.
     discard: bool,
 }
 
+/// A stored pack, sparsely on the cache disk.
+struct Clean {
+    present: Present,
+}
+
 #[derive(Default)]
-struct Blocks {
-    clean: Option<LruCache<ObjectId, u64>>,
+struct Packs {
+    /// The pack being filled and its length so far.
+    open: Option<(ObjectId, u64)>,
+    clean: Option<LruCache<ObjectId, Clean>>,
     clean_bytes: u64,
     dirty: HashMap<ObjectId, Pending>,
+    /// Bytes of cut packs not yet uploaded (the open pack not included).
     dirty_bytes: u64,
     queue: VecDeque<ObjectId>,
 }
 
-impl Blocks {
-    fn clean(&mut self) -> &mut LruCache<ObjectId, u64> {
+impl Packs {
+    fn clean(&mut self) -> &mut LruCache<ObjectId, Clean> {
         self.clean.get_or_insert_with(LruCache::unbounded)
     }
-}
 
+    fn open_bytes(&self) -> u64 {
+        self.open.map_or(0, |(_, len)| len)
+    }
+
+    fn used(&self) -> u64 {
+        self.clean_bytes + self.dirty_bytes + self.open_bytes()
+    }
+}
 /// Counters for `s3vault status`; totals since mount.
 #[derive(Default)]
 struct Counters {
@@ -167,7 +196,7 @@ pub struct CacheStatus {
 }
 
 /// The store failing uploads, from the first failure to the next success:
-/// logged once at each end, not once per block and attempt.
+/// logged once at each end, not once per pack and attempt.
 #[derive(Debug, Default)]
 struct Outage {
     /// When the first failure of this outage happened (and in unix ns).
@@ -176,14 +205,16 @@ struct Outage {
     last_error: Option<String>,
 }
 
-pub struct BlockCache {
+pub struct PackCache {
     dir: PathBuf,
     config: CacheConfig,
     store: Arc<dyn ObjectStore>,
-    blocks: Mutex<Blocks>,
-    /// A block was queued (wakes the uploader).
+    packs: Mutex<Packs>,
+    /// The open pack's file; its lock orders every append and cut.
+    packer: tokio::sync::Mutex<Option<OpenPack>>,
+    /// A pack was queued (wakes the uploader).
     queued: Notify,
-    /// An upload finished or a block left the queue (wakes waiters).
+    /// An upload finished or a pack left the queue (wakes waiters).
     progress: Notify,
     counters: Counters,
     /// Set when the mount is fenced: nothing more is uploaded.
@@ -193,61 +224,79 @@ pub struct BlockCache {
     samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
 
+/// The pack being filled: `open/<id>` on the cache disk.
+pub struct OpenPack {
+    id: ObjectId,
+    file: std::fs::File,
+    len: u64,
+}
+
 const RATE_WINDOW: usize = 5;
 
-impl BlockCache {
-    /// Opens the cache in `dir` (created if needed), finding the blocks a
-    /// previous daemon left: dirty ones are queued for upload again.
-    pub fn open(dir: &Path, config: CacheConfig, store: Arc<dyn ObjectStore>) -> io::Result<Arc<BlockCache>> {
-        for sub in ["dirty", "clean", "tmp"] {
+impl PackCache {
+    /// Opens the cache in `dir` (created if needed), finding the packs a
+    /// previous daemon left: its open pack is cut, and every cut pack is
+    /// queued for upload again.
+    pub fn open(dir: &Path, config: CacheConfig, store: Arc<dyn ObjectStore>) -> io::Result<Arc<PackCache>> {
+        for sub in ["open", "dirty", "clean"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        // Half-written blocks of a killed daemon: never referenced.
-        for entry in std::fs::read_dir(dir.join("tmp"))? {
-            let _ = std::fs::remove_file(entry?.path());
-        }
-        let mut blocks = Blocks::default();
-        let mut clean = Vec::new();
-        for (sub, dirty) in [("dirty", true), ("clean", false)] {
-            for entry in std::fs::read_dir(dir.join(sub))? {
-                let entry = entry?;
-                let Some(id) = parse_id(&entry.file_name()) else {
-                    continue;
-                };
-                let meta = entry.metadata()?;
-                if dirty {
-                    blocks.dirty.insert(id, Pending::new(meta.len()));
-                    blocks.dirty_bytes += meta.len();
-                    blocks.queue.push_back(id);
-                } else {
-                    let used = meta
-                        .accessed()
-                        .or_else(|_| meta.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH);
-                    clean.push((used, id, meta.len()));
-                }
+        for entry in std::fs::read_dir(dir.join("open"))? {
+            let entry = entry?;
+            if parse_id(&entry.file_name()).is_some() {
+                let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
+                file.set_len(codec::padded_pack_len(file.metadata()?.len()))?;
+                std::fs::rename(entry.path(), dir.join("dirty").join(entry.file_name()))?;
+            } else {
+                std::fs::remove_file(entry.path())?;
             }
+        }
+        let mut packs = Packs::default();
+        for entry in std::fs::read_dir(dir.join("dirty"))? {
+            let entry = entry?;
+            let Some(id) = parse_id(&entry.file_name()) else {
+                continue;
+            };
+            let len = entry.metadata()?.len();
+            packs.dirty.insert(id, Pending::new(len));
+            packs.dirty_bytes += len;
+            packs.queue.push_back(id);
+        }
+        let mut clean = Vec::new();
+        for entry in std::fs::read_dir(dir.join("clean"))? {
+            let entry = entry?;
+            let Some(id) = parse_id(&entry.file_name()) else {
+                continue;
+            };
+            let file = std::fs::File::open(entry.path())?;
+            let meta = file.metadata()?;
+            let used = meta
+                .accessed()
+                .or_else(|_| meta.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            clean.push((used, id, Present::from_ranges(crate::os::data_ranges(&file)?)));
         }
         // Oldest first, so the least recently used is evicted first.
-        clean.sort();
-        for (_, id, len) in clean {
-            if !blocks.dirty.contains_key(&id) {
-                blocks.clean().put(id, len);
-                blocks.clean_bytes += len;
+        clean.sort_by_key(|(used, id, _)| (*used, *id));
+        for (_, id, present) in clean {
+            if !packs.dirty.contains_key(&id) {
+                packs.clean_bytes += present.bytes();
+                packs.clean().put(id, Clean { present });
             }
         }
-        if !blocks.queue.is_empty() {
+        if !packs.queue.is_empty() {
             tracing::info!(
-                blocks = blocks.queue.len(),
-                bytes = blocks.dirty_bytes,
-                "uploading blocks a previous mount left in the cache"
+                packs = packs.queue.len(),
+                bytes = packs.dirty_bytes,
+                "uploading data a previous mount left in the cache"
             );
         }
-        let cache = Arc::new(BlockCache {
+        let cache = Arc::new(PackCache {
             dir: dir.to_path_buf(),
             config,
             store,
-            blocks: Mutex::new(blocks),
+            packs: Mutex::new(packs),
+            packer: tokio::sync::Mutex::new(None),
             queued: Notify::new(),
             progress: Notify::new(),
             counters: Counters::default(),
@@ -259,8 +308,8 @@ impl BlockCache {
         Ok(cache)
     }
 
-    fn blocks(&self) -> MutexGuard<'_, Blocks> {
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    fn packs(&self) -> MutexGuard<'_, Packs> {
+        self.packs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path(&self, sub: &str, id: &ObjectId) -> PathBuf {
@@ -271,88 +320,113 @@ impl BlockCache {
         &self.config
     }
 
-    /// Writes a sealed block as dirty and queues its upload. Waits first
-    /// while dirty data is above `max_dirty`; fails with [`CacheError::Full`]
-    /// when even evicting every clean block leaves no room on the disk.
-    pub async fn stage(&self, id: ObjectId, sealed: &[u8]) -> Result<(), CacheError> {
-        let len = sealed.len() as u64;
-        self.wait_for_dirty_room(len).await;
+    /// Waits until `len` more bytes of chunks may be appended: while cut
+    /// packs waiting for upload exceed `max_dirty`, and until the disk has
+    /// room for them ([`CacheError::Full`] when even evicting every clean
+    /// pack leaves none). Call before [`PackCache::packer`].
+    pub async fn reserve(&self, len: u64) -> Result<(), CacheError> {
+        let max = self.config.max_dirty;
+        self.wait_until(|p| p.dirty_bytes == 0 || p.dirty_bytes + len <= max)
+            .await;
         if !self.make_room(len, true) {
             return Err(CacheError::Full);
         }
-        self.write_file("dirty", &id, sealed)?;
-        let mut blocks = self.blocks();
-        blocks.dirty.insert(id, Pending::new(len));
-        blocks.dirty_bytes += len;
-        blocks.queue.push_back(id);
-        drop(blocks);
-        self.queued.notify_one();
         Ok(())
     }
 
-    /// Keeps a copy of a block just fetched from the store, if there is room.
-    pub fn keep(&self, id: ObjectId, sealed: &[u8]) {
+    /// The open pack, for appending chunks or cutting it. Whoever also needs
+    /// the metadata takes this first.
+    pub async fn packer(&self) -> Packer<'_> {
+        Packer {
+            cache: self,
+            open: self.packer.lock().await,
+        }
+    }
+
+    /// Keeps sealed bytes just fetched (and authenticated) from the store
+    /// at `offset` of their pack, if there is room.
+    pub fn keep(&self, pack: &ObjectId, offset: u64, sealed: &[u8]) {
         let len = sealed.len() as u64;
         if !self.make_room(len, false) {
             return;
         }
-        if let Err(e) = self.write_file("clean", &id, sealed) {
-            tracing::debug!(error = %e, "cannot keep a fetched block in the cache");
+        {
+            let packs = self.packs();
+            if packs.dirty.contains_key(pack) || packs.open.is_some_and(|(id, _)| id == *pack) {
+                return;
+            }
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path("clean", pack))
+            .and_then(|file| file.write_all_at(sealed, offset));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot keep fetched data in the cache");
             return;
         }
-        let mut blocks = self.blocks();
-        if blocks.dirty.contains_key(&id) {
-            return;
+        let mut packs = self.packs();
+        if packs.clean().get(pack).is_none() {
+            packs.clean().put(
+                *pack,
+                Clean {
+                    present: Present::default(),
+                },
+            );
         }
-        if blocks.clean().put(id, len).is_none() {
-            blocks.clean_bytes += len;
-        }
+        let added = packs
+            .clean()
+            .get_mut(pack)
+            .map_or(0, |c| c.present.insert(offset, offset + len));
+        packs.clean_bytes += added;
     }
 
-    /// Writes through `tmp/`, so a killed daemon never leaves a partial
-    /// block under a valid name.
-    fn write_file(&self, sub: &str, id: &ObjectId, data: &[u8]) -> io::Result<()> {
-        let tmp = self.path("tmp", id);
-        let written = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, self.path(sub, id)));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    }
-
-    /// The sealed block, if the cache has it (dirty or clean).
-    pub fn get(&self, id: &ObjectId) -> Option<Bytes> {
-        let sub = {
-            let mut blocks = self.blocks();
-            if blocks.dirty.contains_key(id) {
-                "dirty"
-            } else if blocks.clean().get(id).is_some() {
-                "clean"
-            } else {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        match std::fs::read(self.path(sub, id)) {
-            Ok(data) => {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Some(Bytes::from(data))
-            }
-            Err(e) => {
-                // Evicted between the lookup and the read, or removed by
-                // hand: fetch it from the store instead.
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                if sub == "clean" {
-                    self.forget_clean(id);
+    /// `len` sealed bytes at `offset` of `pack`, if the cache has them (the
+    /// open pack, a pack waiting for upload, or a stored one's copy).
+    pub fn get(&self, pack: &ObjectId, offset: u64, len: u64) -> Option<Vec<u8>> {
+        // A cut or an upload may move the file between the lookup and the
+        // read: look again once.
+        for _ in 0..2 {
+            let sub = {
+                let mut packs = self.packs();
+                if packs.open.is_some_and(|(id, _)| id == *pack) {
+                    "open"
+                } else if packs.dirty.contains_key(pack) {
+                    "dirty"
+                } else if packs
+                    .clean()
+                    .get(pack)
+                    .is_some_and(|c| c.present.contains(offset, offset + len))
+                {
+                    "clean"
                 } else {
-                    tracing::error!(error = %e, "a block waiting for upload is missing from the cache");
+                    break;
                 }
-                None
+            };
+            let mut data = vec![0u8; len as usize];
+            let read = std::fs::File::open(self.path(sub, pack)).and_then(|f| f.read_exact_at(&mut data, offset));
+            match read {
+                Ok(()) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(data);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    if sub == "clean" {
+                        self.drop_clean(pack);
+                    } else {
+                        tracing::error!(error = %e, "data waiting for upload is unreadable in the cache");
+                    }
+                    break;
+                }
             }
         }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
-    /// Stops uploading (blocks in flight finish): dirty blocks stay in the
+    /// Stops uploading (uploads in flight finish): cut packs stay in the
     /// cache directory.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);
@@ -364,29 +438,19 @@ impl BlockCache {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a block fetched from the store.
+    /// Counts a ranged read from the store.
     pub fn count_download(&self, bytes: u64) {
         self.counters.downloads.fetch_add(1, Ordering::Relaxed);
         self.counters.downloaded_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    fn forget_clean(&self, id: &ObjectId) {
-        let mut blocks = self.blocks();
-        if let Some(len) = blocks.clean().pop(id) {
-            blocks.clean_bytes -= len;
-        }
-    }
-
-    /// Evicts clean blocks until `extra` more bytes fit under the size
-    /// limit and above the free-space floor; false if they cannot. A dirty
-    /// block (`dirty`) may go over the size limit when only dirty blocks are
+    /// Evicts clean packs until `extra` more bytes fit under the size
+    /// limit and above the free-space floor; false if they cannot. Data to
+    /// upload (`dirty`) may go over the size limit when only such data is
     /// left — `max_dirty` bounds that — but never below the floor.
     fn make_room(&self, extra: u64, dirty: bool) -> bool {
         loop {
-            let over_limit = {
-                let blocks = self.blocks();
-                blocks.clean_bytes + blocks.dirty_bytes + extra > self.config.limit
-            };
+            let over_limit = self.packs().used() + extra > self.config.limit;
             let short_of_disk = match self.disk_room() {
                 Ok(room) => room < extra,
                 Err(e) => {
@@ -397,15 +461,15 @@ impl BlockCache {
             if !over_limit && !short_of_disk {
                 return true;
             }
-            let victim = self.blocks().clean().pop_lru();
-            let Some((id, len)) = victim else {
+            let victim = self.packs().clean().pop_lru();
+            let Some((id, clean)) = victim else {
                 return !short_of_disk && (dirty || !over_limit);
             };
-            self.blocks().clean_bytes -= len;
+            self.packs().clean_bytes -= clean.present.bytes();
             if let Err(e) = std::fs::remove_file(self.path("clean", &id))
                 && e.kind() != io::ErrorKind::NotFound
             {
-                tracing::warn!(error = %e, "cannot evict a cached block");
+                tracing::warn!(error = %e, "cannot evict a cached pack");
             }
         }
     }
@@ -420,86 +484,84 @@ impl BlockCache {
         Ok(avail.saturating_sub(floor))
     }
 
-    async fn wait_for_dirty_room(&self, len: u64) {
-        let max = self.config.max_dirty;
-        self.wait_until(|b| b.dirty_bytes == 0 || b.dirty_bytes + len <= max)
-            .await
-    }
-
     /// Waits, without missing a wake-up, until `done` holds.
-    async fn wait_until(&self, done: impl Fn(&Blocks) -> bool) {
+    async fn wait_until(&self, done: impl Fn(&Packs) -> bool) {
         loop {
             let progressed = self.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if done(&self.blocks()) {
+            if done(&self.packs()) {
                 return;
             }
             progressed.await;
         }
     }
 
-    /// Called when a block is no longer referenced by the live metadata,
+    /// Called when a pack lost its last reference in the live metadata,
     /// before any snapshot names it: drops it if its upload has not been
-    /// tried yet. Returns true if the store never saw it (nothing to delete).
+    /// tried yet. Returns true if the store never saw it (nothing to
+    /// delete). The open pack stays: it is cut (and dropped if still
+    /// unreferenced) at the next sync.
     pub fn drop_unreferenced(&self, id: &ObjectId) -> bool {
-        let blocks = self.blocks();
-        let Some(p) = blocks.dirty.get(id) else {
+        let packs = self.packs();
+        let Some(p) = packs.dirty.get(id) else {
             return false;
         };
         if p.uploading || p.attempted || p.pins > 0 {
             return false;
         }
-        self.cancel_upload(blocks, id);
+        self.cancel_upload(packs, id);
         true
     }
 
-    /// Takes a queued (not in flight) block out of the queue and the cache.
-    fn cancel_upload(&self, mut blocks: MutexGuard<'_, Blocks>, id: &ObjectId) {
-        if let Some(p) = blocks.dirty.remove(id) {
-            blocks.dirty_bytes -= p.len;
-            blocks.queue.retain(|q| q != id);
+    /// Takes a queued (not in flight) pack out of the queue and the cache.
+    fn cancel_upload(&self, mut packs: MutexGuard<'_, Packs>, id: &ObjectId) {
+        if let Some(p) = packs.dirty.remove(id) {
+            packs.dirty_bytes -= p.len;
+            packs.queue.retain(|q| q != id);
         }
-        drop(blocks);
+        drop(packs);
         let _ = std::fs::remove_file(self.path("dirty", id));
         self.progress.notify_waiters();
     }
 
-    /// Forgets a block the metadata no longer references and no snapshot in
+    /// Forgets a pack the metadata no longer references and no snapshot in
     /// the store names (garbage being reclaimed). A pending upload is
     /// cancelled; one in flight deletes its object when it completes.
     pub fn remove(&self, id: &ObjectId) {
-        let mut blocks = self.blocks();
-        if let Some(p) = blocks.dirty.get_mut(id) {
+        let mut packs = self.packs();
+        if let Some(p) = packs.dirty.get_mut(id) {
             if p.uploading {
                 p.discard = true;
                 return;
             }
-            self.cancel_upload(blocks, id);
+            self.cancel_upload(packs, id);
             return;
         }
-        drop(blocks);
+        drop(packs);
         self.drop_clean(id);
     }
 
-    /// Drops the clean copy of a block, if there is one (it failed to open:
-    /// the next read fetches it again). A dirty block, the only copy, stays.
+    /// Drops the clean copy of a pack, if there is one (part of it failed
+    /// to open: the next read fetches it again). A pack waiting for upload,
+    /// the only copy, stays.
     pub fn drop_clean(&self, id: &ObjectId) {
-        let mut blocks = self.blocks();
-        if let Some(len) = blocks.clean().pop(id) {
-            blocks.clean_bytes -= len;
-            drop(blocks);
+        let mut packs = self.packs();
+        if let Some(clean) = packs.clean().pop(id) {
+            packs.clean_bytes -= clean.present.bytes();
+            drop(packs);
             let _ = std::fs::remove_file(self.path("clean", id));
         }
     }
 
-    /// Marks every block now pending as needed by a snapshot about to be
-    /// uploaded, so none is dropped before it is in the store; returns them.
-    /// Call under the metadata lock, together with the export.
+    /// Marks every cut pack now pending as needed by a metadata state about
+    /// to be uploaded, so none is dropped before it is in the store;
+    /// returns them. Call under the metadata lock, after cutting the open
+    /// pack, together with the export.
     pub fn pin_pending(&self) -> Vec<ObjectId> {
-        let mut blocks = self.blocks();
-        let ids: Vec<ObjectId> = blocks.dirty.keys().copied().collect();
-        for p in blocks.dirty.values_mut() {
+        let mut packs = self.packs();
+        let ids: Vec<ObjectId> = packs.dirty.keys().copied().collect();
+        for p in packs.dirty.values_mut() {
             p.pins += 1;
         }
         ids
@@ -507,9 +569,9 @@ impl BlockCache {
 
     /// Releases `pin_pending`'s pins.
     pub fn unpin(&self, ids: &[ObjectId]) {
-        let mut blocks = self.blocks();
+        let mut packs = self.packs();
         for id in ids {
-            if let Some(p) = blocks.dirty.get_mut(id) {
+            if let Some(p) = packs.dirty.get_mut(id) {
                 p.pins = p.pins.saturating_sub(1);
             }
         }
@@ -518,7 +580,7 @@ impl BlockCache {
     /// Waits until none of `ids` is waiting for upload, or uploads are
     /// paused (check `is_paused` after).
     pub async fn wait_uploaded(&self, ids: &[ObjectId]) {
-        self.wait_until(|b| self.is_paused() || !ids.iter().any(|id| b.dirty.contains_key(id)))
+        self.wait_until(|p| self.is_paused() || !ids.iter().any(|id| p.dirty.contains_key(id)))
             .await
     }
 
@@ -526,9 +588,9 @@ impl BlockCache {
         self.paused.load(Ordering::SeqCst)
     }
 
-    /// Waits until nothing is waiting for upload.
+    /// Waits until no cut pack is waiting for upload.
     pub async fn wait_all_uploaded(&self) {
-        self.wait_until(|b| b.dirty.is_empty()).await
+        self.wait_until(|p| p.dirty.is_empty()).await
     }
 
     /// Records upload and download totals for the rates; call every second.
@@ -558,15 +620,15 @@ impl BlockCache {
                 _ => (0.0, 0.0),
             }
         };
-        let blocks = self.blocks();
+        let packs = self.packs();
         let last_upload = c.last_upload.load(Ordering::Relaxed);
         CacheStatus {
-            used_bytes: blocks.clean_bytes + blocks.dirty_bytes,
+            used_bytes: packs.used(),
             limit_bytes: self.config.limit,
-            dirty_bytes: blocks.dirty_bytes,
+            dirty_bytes: packs.dirty_bytes + packs.open_bytes(),
             max_dirty_bytes: self.config.max_dirty,
-            pending_uploads: blocks.dirty.len() as u64,
-            uploads_in_flight: blocks.dirty.values().filter(|p| p.uploading).count() as u64,
+            pending_uploads: packs.dirty.len() as u64,
+            uploads_in_flight: packs.dirty.values().filter(|p| p.uploading).count() as u64,
             upload_bytes_per_sec: upload_rate,
             download_bytes_per_sec: download_rate,
             uploaded_bytes: c.uploaded_bytes.load(Ordering::Relaxed),
@@ -600,7 +662,7 @@ impl BlockCache {
                  when it does)"
             );
         } else {
-            tracing::debug!(%error, attempt, retry_in_ms = retry_in.as_millis() as u64, "block upload failed; retrying");
+            tracing::debug!(%error, attempt, retry_in_ms = retry_in.as_millis() as u64, "pack upload failed; retrying");
         }
     }
 
@@ -615,6 +677,107 @@ impl BlockCache {
             );
             outage.failures = 0;
         }
+    }
+}
+
+/// The open pack, locked: chunks are appended to it and it is cut for
+/// upload only through this, so a cut never separates a chunk from the
+/// metadata transaction that references it (both happen under the lock).
+pub struct Packer<'a> {
+    cache: &'a PackCache,
+    open: tokio::sync::MutexGuard<'a, Option<OpenPack>>,
+}
+
+impl Packer<'_> {
+    /// The open pack's id, if there is one.
+    pub fn id(&self) -> Option<ObjectId> {
+        self.open.as_ref().map(|p| p.id)
+    }
+
+    /// Bytes in the open pack (0 when there is none).
+    pub fn len(&self) -> u64 {
+        self.open.as_ref().map_or(0, |p| p.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `more` bytes would take the open pack past its target size:
+    /// cut it first.
+    pub fn is_full_for(&self, more: u64) -> bool {
+        !self.is_empty() && self.len() + more > PACK_TARGET
+    }
+
+    /// The open pack (started if there is none) and where the next chunk
+    /// starts in it.
+    pub fn position(&mut self) -> io::Result<(ObjectId, u64)> {
+        if self.open.is_none() {
+            let id = codec::new_object_id();
+            let file = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(self.cache.path("open", &id))?;
+            *self.open = Some(OpenPack { id, file, len: 0 });
+            self.cache.packs().open = Some((id, 0));
+        }
+        let open = self.open.as_ref().expect("just started");
+        Ok((open.id, open.len))
+    }
+
+    /// Appends a sealed chunk at `position()`.
+    pub fn append(&mut self, sealed: &[u8]) -> io::Result<()> {
+        let Some(open) = self.open.as_mut() else {
+            return Err(io::Error::other("no open pack"));
+        };
+        if let Err(e) = open.file.write_all_at(sealed, open.len) {
+            // Whatever part landed is beyond `len`: overwritten next time.
+            return Err(e);
+        }
+        open.len += sealed.len() as u64;
+        self.cache.packs().open = Some((open.id, open.len));
+        Ok(())
+    }
+
+    /// Ends the open pack, asking `meta` (locked after this packer) whether
+    /// any chunk of it is referenced; an unreferenced one leaves the
+    /// garbage list with it.
+    pub fn cut_with(&mut self, meta: &mut dyn crate::meta::MetadataStore) -> Result<(), CacheError> {
+        let Some(id) = self.id() else {
+            return Ok(());
+        };
+        let referenced = meta.references(&id)?;
+        self.cut(referenced)?;
+        if !referenced {
+            meta.remove_garbage(&[id])?;
+        }
+        Ok(())
+    }
+
+    /// Ends the open pack: padded to its size class and queued for upload
+    /// if the metadata references it (`referenced`), deleted otherwise
+    /// (every chunk in it was replaced or never committed).
+    pub fn cut(&mut self, referenced: bool) -> io::Result<()> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(());
+        };
+        let (id, path) = (open.id, self.cache.path("open", &open.id));
+        if !referenced {
+            std::fs::remove_file(&path)?;
+        } else {
+            let len = codec::padded_pack_len(open.len);
+            open.file.set_len(len)?;
+            std::fs::rename(&path, self.cache.path("dirty", &id))?;
+            let mut packs = self.cache.packs();
+            packs.dirty.insert(id, Pending::new(len));
+            packs.dirty_bytes += len;
+            packs.queue.push_back(id);
+        }
+        self.cache.packs().open = None;
+        *self.open = None;
+        self.cache.queued.notify_one();
+        self.cache.progress.notify_waiters();
+        Ok(())
     }
 }
 

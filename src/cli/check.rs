@@ -82,7 +82,7 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
         let report = fsck::run(
             volume.store.clone(),
             volume.ring.clone(),
-            volume.superblock.block_size,
+            volume.superblock.chunk_size,
             options,
             &progress,
         )

@@ -16,9 +16,9 @@ use std::path::Path;
 #[derive(Args)]
 pub struct InitArgs {
     url: String,
-    /// Block size: 64K..16M, a power of two.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_block_size)]
-    block_size: u32,
+    /// Chunk size, the unit data is sealed in: 4K..1M, a power of two.
+    #[arg(long, alias = "block-size", value_name = "SIZE", default_value = "64K", value_parser = parse_chunk_size)]
+    chunk_size: u32,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
@@ -68,10 +68,10 @@ pub enum KeyCommand {
     },
 }
 
-fn parse_block_size(s: &str) -> Result<u32, String> {
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
     let size = s3vault::units::parse_size(s)?;
     let size = u32::try_from(size).map_err(|_| format!("{s:?} is too large"))?;
-    superblock::check_block_size(size).map_err(|e| e.to_string())?;
+    superblock::check_chunk_size(size).map_err(|e| e.to_string())?;
     Ok(size)
 }
 
@@ -87,7 +87,7 @@ pub fn keygen(path: &Path) -> Result<(), Exit> {
 pub fn init(args: InitArgs) -> Result<(), Exit> {
     let InitArgs {
         url,
-        block_size,
+        chunk_size,
         key,
         s3,
     } = args;
@@ -105,7 +105,7 @@ pub fn init(args: InitArgs) -> Result<(), Exit> {
         volume::init(
             store,
             &url,
-            block_size,
+            chunk_size,
             &unlock,
             DEFAULT_ARGON2,
             s3vault::os::real_ids(),
@@ -113,7 +113,7 @@ pub fn init(args: InitArgs) -> Result<(), Exit> {
         .await
     })?
     .map_err(volume_exit)?;
-    println!("created volume {} at {url} (block size {block_size})", hex::encode(id));
+    println!("created volume {} at {url} (chunk size {chunk_size})", hex::encode(id));
     Ok(())
 }
 

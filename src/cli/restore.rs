@@ -63,7 +63,7 @@ pub fn run(args: RestoreArgs) -> Result<(), Exit> {
         let mut restorer = restore::Restorer::new(
             store.clone(),
             ring.clone(),
-            volume.superblock.block_size,
+            volume.superblock.chunk_size,
             snapshot,
             audited_progress(&bar, &log, subject, detail, &mut unaudited),
         )
@@ -200,7 +200,7 @@ pub fn recover(args: RecoverArgs) -> Result<(), Exit> {
         let mut restorer = restore::Restorer::of_state(
             store.clone(),
             ring.clone(),
-            volume.superblock.block_size,
+            volume.superblock.chunk_size,
             meta,
             Some(args.cache_dir.join("blocks")),
             audited_progress(&bar, &log, subject, detail, &mut unaudited),

@@ -1,29 +1,27 @@
-//! File data: open files, their write buffers, block reads and staging.
+//! File data: open files, their write buffers, chunk reads and staging.
 //!
-//! Writes land in a per-file buffer of whole blocks in memory. `flush`
-//! (every close), `fsync` and memory pressure seal the buffered blocks, each
-//! into a new object with a fresh random id, stage them in the local block
-//! cache (which uploads them in the background), and point the block map at
-//! them in one metadata transaction. A block is never overwritten in place;
-//! `persist.rs` uploads a metadata state only after every block it
-//! references is in the store (invariant 3).
+//! Writes land in a per-file buffer of whole chunks in memory (a 4 KiB
+//! write touches one chunk). `flush` (every close), `fsync` and memory
+//! pressure seal the buffered chunks, append them to the cache's open pack
+//! (uploaded in the background once cut), and point the chunk map at them
+//! in one metadata transaction, under the pack lock so no cut comes between.
+//! A chunk is never overwritten in place; the journal writer uploads a
+//! metadata state only after every pack it references is in the store
+//! (invariant 3).
 
 use super::trail::subject;
 use super::{Caller, Core, FsError, FsResult, Inode, purge};
 use crate::audit::{Event, Record, Subject};
-use crate::cache::CacheError;
-use crate::cache::Wanted;
-use crate::codec::{self, BlockAddress};
-use crate::meta::{BlockRef, FileKind};
+use crate::cache::{CacheError, Packer, Wanted};
+use crate::codec::{self, ChunkAddress};
+use crate::meta::{ChunkRef, FileKind, MetadataStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 const NONE: u64 = u64::MAX;
-/// How far ahead of a sequential reader blocks are fetched: this many
-/// bytes, but no more blocks than `READ_AHEAD_BLOCKS` (small block sizes).
+/// How far ahead of a sequential reader chunks are fetched, at most.
 const READ_AHEAD_BYTES: u64 = 32 << 20;
-const READ_AHEAD_BLOCKS: u64 = 64;
 /// Reads this close to where the last one ended still count as sequential:
 /// the kernel's parallel readahead requests may arrive out of order.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
@@ -349,7 +347,7 @@ impl Core {
                 return Ok(Vec::new());
             }
             let mut out = vec![0u8; (end - offset) as usize];
-            let bs = self.block_size;
+            let bs = self.chunk_size;
             let (first, last) = (offset / bs, (end - 1) / bs);
             for (index, content) in buffer.dirty.range(first..=last) {
                 copy_block(&mut out, offset, index * bs, content);
@@ -363,12 +361,12 @@ impl Core {
             };
             (out, stored, ahead)
         };
-        // Start every block this read needs at once, and what comes next.
-        self.fetcher
-            .prefetch(stored.iter().skip(1).chain(ahead.iter()).copied().collect());
-        for wanted in stored {
-            let content = self.fetcher.get(wanted).await?;
-            copy_block(&mut out, offset, wanted.index * self.block_size, &content);
+        // What comes next starts now; what this read needs comes in as
+        // few ranged GETs as its chunks allow.
+        self.fetcher.prefetch(ahead);
+        let contents = self.fetcher.get_all(&stored).await?;
+        for (wanted, content) in stored.iter().zip(contents) {
+            copy_block(&mut out, offset, wanted.index * self.chunk_size, &content);
         }
         Ok(out)
     }
@@ -377,16 +375,16 @@ impl Core {
     fn stored_blocks(&self, buffer: &WriteBuffer, ino: u64, first: u64, last: u64) -> FsResult<Vec<Wanted>> {
         Ok(self
             .meta()
-            .blocks(ino, first, last)?
+            .chunks(ino, first, last)?
             .into_iter()
             .filter(|(index, _)| !buffer.dirty.contains_key(index) && buffer.cut.is_none_or(|cut| *index < cut))
             .map(|(index, block)| Wanted { ino, index, block })
             .collect())
     }
 
-    /// Blocks fetched ahead of a sequential reader, at most.
+    /// Chunks fetched ahead of a sequential reader, at most.
     fn max_ahead(&self) -> u64 {
-        (READ_AHEAD_BYTES / self.block_size).clamp(2, READ_AHEAD_BLOCKS)
+        (READ_AHEAD_BYTES / self.chunk_size).max(2)
     }
 
     /// Writes through handle `fh` (0 if unknown, as in tests).
@@ -410,7 +408,7 @@ impl Core {
         let mut buffer = file.buffer.lock().await;
         let committed = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?.size;
         let size = buffer.size.unwrap_or(committed);
-        let bs = self.block_size as usize;
+        let bs = self.chunk_size as usize;
         let mut pos = 0usize;
         while pos < data.len() {
             let at = offset + pos as u64;
@@ -466,7 +464,7 @@ impl Core {
             0 | libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
             m if m == punch => {
                 let end = end.min(size);
-                let bs = self.block_size;
+                let bs = self.chunk_size;
                 let mut at = offset;
                 while at < end {
                     let index = at / bs;
@@ -514,7 +512,7 @@ impl Core {
             }
             let old_size = buffer.size.unwrap_or(inode.size);
             if new_size < old_size {
-                let bs = self.block_size;
+                let bs = self.chunk_size;
                 let first_gone = new_size.div_ceil(bs);
                 let gone: Vec<u64> = buffer.dirty.range(first_gone..).map(|(i, _)| *i).collect();
                 for index in gone {
@@ -554,88 +552,80 @@ impl Core {
         let Some(content) = self.stored_block(ino, index).await? else {
             return Ok(Vec::new());
         };
-        let valid = size.saturating_sub(index * self.block_size).min(content.len() as u64) as usize;
+        let valid = size.saturating_sub(index * self.chunk_size).min(content.len() as u64) as usize;
         Ok(content[..valid].to_vec())
     }
 
     /// The committed content of one block, or `None` for a hole.
     async fn stored_block(&self, ino: u64, index: u64) -> FsResult<Option<Arc<Vec<u8>>>> {
-        let Some((_, block)) = self.meta().blocks(ino, index, index)?.into_iter().next() else {
+        let Some((_, block)) = self.meta().chunks(ino, index, index)?.into_iter().next() else {
             return Ok(None);
         };
         Ok(Some(self.fetcher.get(Wanted { ino, index, block }).await?))
     }
 
-    /// Stages buffered blocks in the cache (all of them, or only whole ones
+    /// Stages buffered chunks in the cache (all of them, or only whole ones
     /// ahead of close) and commits them, the size and the mtime in one
-    /// transaction. On failure the blocks stay buffered, so nothing is lost.
+    /// transaction. On failure the chunks stay buffered, so nothing is lost.
     async fn commit(&self, file: &OpenFile, buffer: &mut WriteBuffer, all: bool) -> FsResult<()> {
         if buffer.is_clean() {
             return Ok(());
         }
-        let bs = self.block_size as usize;
+        let bs = self.chunk_size as usize;
         let chosen: Vec<u64> = buffer
             .dirty
             .iter()
             .filter(|(_, b)| all || b.len() == bs)
             .map(|(i, _)| *i)
             .collect();
-        let mut blocks: Vec<(u64, Vec<u8>)> = chosen
+        let chunks: Vec<(u64, Vec<u8>)> = chosen
             .iter()
             .filter_map(|i| buffer.dirty.remove(i).map(|b| (*i, b)))
             .collect();
-        let uploaded = match self.stage(file.ino, &blocks).await {
-            Ok(refs) => refs,
+        let ino = file.ino;
+        let chunk_size = self.chunk_size;
+        let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
+        let staged = self
+            .stage(ino, &chunks, |m, staged| {
+                let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+                let mut replaced = Vec::new();
+                if let Some(cut) = cut.filter(|_| all) {
+                    replaced.extend(m.remove_chunks_from(ino, cut)?);
+                }
+                for (index, chunk) in staged {
+                    replaced.extend(m.set_chunk(ino, *index, *chunk)?);
+                }
+                let freed = crate::meta::release_packs(m, &replaced)?;
+                if all {
+                    inode.size = size.unwrap_or(inode.size);
+                } else if let Some(end) = staged
+                    .iter()
+                    .map(|(i, b)| i * chunk_size + b.map_or(0, |b| b.len as u64))
+                    .max()
+                {
+                    inode.size = inode.size.max(end.min(size.unwrap_or(u64::MAX)));
+                }
+                if let Some(t) = mtime {
+                    inode.mtime = t;
+                    inode.ctime = inode.ctime.max(t);
+                }
+                m.put_inode(&inode)?;
+                Ok(freed)
+            })
+            .await;
+        let (staged, freed) = match staged {
+            Ok(done) => done,
             Err(e) => {
-                buffer.dirty.extend(blocks);
+                buffer.dirty.extend(chunks);
                 return Err(e);
             }
         };
-        let ino = file.ino;
-        let block_size = self.block_size;
-        let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
-        let result = self.transact_local(|m| {
-            let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
-            let mut replaced = Vec::new();
-            if let Some(cut) = cut.filter(|_| all) {
-                replaced.extend(m.remove_blocks_from(ino, cut)?.into_iter().map(|b| b.object_id));
-            }
-            for (index, block) in &uploaded {
-                replaced.extend(m.set_block(ino, *index, *block)?.map(|b| b.object_id));
-            }
-            for id in &replaced {
-                m.add_garbage(id)?;
-            }
-            if all {
-                inode.size = size.unwrap_or(inode.size);
-            } else if let Some(end) = uploaded
-                .iter()
-                .map(|(i, b)| i * block_size + b.map_or(0, |b| b.len as u64))
-                .max()
-            {
-                inode.size = inode.size.max(end.min(size.unwrap_or(u64::MAX)));
-            }
-            if let Some(t) = mtime {
-                inode.mtime = t;
-                inode.ctime = inode.ctime.max(t);
-            }
-            m.put_inode(&inode)?;
-            Ok(replaced)
-        });
-        match result {
-            Ok(replaced) => self.discard_unuploaded(&replaced),
-            Err(e) => {
-                self.unstage(&uploaded);
-                buffer.dirty.extend(blocks.drain(..));
-                return Err(e);
-            }
-        }
+        self.discard_unuploaded(&freed);
         // What was just written is the likeliest to be read next: keep it
         // instead of fetching it back from the store.
-        let mut contents: std::collections::HashMap<u64, Vec<u8>> = blocks.into_iter().collect();
-        for (index, block) in &uploaded {
-            if let (Some(block), Some(content)) = (block, contents.remove(index)) {
-                self.fetcher.remember(block.object_id, content);
+        for ((_, chunk), (_, content)) in staged.iter().zip(chunks) {
+            if let Some(chunk) = chunk {
+                self.fetcher.remember(chunk, content);
             }
         }
         buffer.dirty_bytes = buffer.dirty.len() * bs;
@@ -648,48 +638,80 @@ impl Core {
         Ok(())
     }
 
-    /// Seals blocks into new objects in the local cache, where the uploader
-    /// picks them up; an all-zero block becomes a hole (`None`) and costs no
-    /// object.
-    async fn stage(&self, ino: u64, blocks: &[(u64, Vec<u8>)]) -> FsResult<Vec<(u64, Option<BlockRef>)>> {
-        let mut refs = Vec::with_capacity(blocks.len());
-        for (index, content) in blocks {
-            if content.iter().all(|b| *b == 0) {
-                refs.push((*index, None));
-                continue;
-            }
-            let addr = BlockAddress {
-                object_id: codec::new_object_id(),
-                ino,
-                index: *index,
-            };
-            let sealed = codec::seal_block(&self.ring, &addr, content);
-            if let Err(e) = self.cache.stage(addr.object_id, &sealed).await {
-                self.unstage(&refs);
-                return Err(match e {
-                    CacheError::Full => FsError::ENOSPC,
-                    CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FsError::ENOSPC,
-                    CacheError::Io(e) => {
-                        tracing::error!(error = %e, "cannot write a block to the cache");
-                        FsError::EIO
-                    }
-                });
-            }
-            refs.push((
-                *index,
-                Some(BlockRef {
-                    object_id: addr.object_id,
-                    len: content.len() as u32,
-                }),
-            ));
+    /// Seals chunks into the cache's open pack and runs `commit` (which
+    /// maps them) in one metadata transaction, both under the pack lock; an
+    /// all-zero chunk becomes a hole (`None`) and stores nothing. Returns
+    /// the chunks as mapped and what `commit` returned.
+    async fn stage<T>(
+        &self,
+        ino: u64,
+        chunks: &[(u64, Vec<u8>)],
+        commit: impl FnOnce(&mut dyn MetadataStore, &[(u64, Option<ChunkRef>)]) -> FsResult<T>,
+    ) -> FsResult<(Vec<(u64, Option<ChunkRef>)>, T)> {
+        let stored = |content: &Vec<u8>| content.iter().any(|b| *b != 0);
+        let sealed_len: u64 = chunks
+            .iter()
+            .filter(|(_, c)| stored(c))
+            .map(|(_, c)| codec::sealed_chunk_len(c.len()) as u64)
+            .sum();
+        if sealed_len > 0 {
+            self.cache.reserve(sealed_len).await.map_err(cache_error)?;
         }
-        Ok(refs)
+        let mut packer = self.cache.packer().await;
+        if packer.is_full_for(sealed_len) {
+            self.cut(&mut packer)?;
+        }
+        let mut staged = Vec::with_capacity(chunks.len());
+        if sealed_len > 0 {
+            let (pack, mut offset) = packer.position().map_err(|e| cache_error(e.into()))?;
+            let key = codec::pack_key(&self.ring, &pack);
+            for (index, content) in chunks {
+                if !stored(content) {
+                    staged.push((*index, None));
+                    continue;
+                }
+                let addr = ChunkAddress {
+                    pack,
+                    offset,
+                    ino,
+                    index: *index,
+                };
+                let sealed = codec::seal_chunk(&self.ring, &key, &addr, content);
+                packer.append(&sealed).map_err(|e| cache_error(e.into()))?;
+                staged.push((
+                    *index,
+                    Some(ChunkRef {
+                        pack,
+                        offset: u32::try_from(offset).map_err(|_| FsError::EIO)?,
+                        len: content.len() as u32,
+                    }),
+                ));
+                offset += sealed.len() as u64;
+            }
+        } else {
+            staged.extend(chunks.iter().map(|(index, _)| (*index, None)));
+        }
+        let done = self.transact_local(|m| commit(m, &staged))?;
+        drop(packer);
+        Ok((staged, done))
     }
 
-    /// Takes back blocks staged for a commit that did not happen.
-    fn unstage(&self, refs: &[(u64, Option<BlockRef>)]) {
-        for block in refs.iter().filter_map(|(_, b)| b.as_ref()) {
-            self.cache.drop_unreferenced(&block.object_id);
+    /// Cuts the open pack for upload (or drops it, if nothing references
+    /// it any more).
+    pub(super) fn cut(&self, packer: &mut Packer<'_>) -> FsResult<()> {
+        packer.cut_with(self.meta().as_mut()).map_err(cache_error)
+    }
+}
+
+/// What a cache failure means to the caller.
+fn cache_error(e: CacheError) -> FsError {
+    match e {
+        CacheError::Full => FsError::ENOSPC,
+        CacheError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => FsError::ENOSPC,
+        CacheError::Io(e) => {
+            tracing::error!(error = %e, "cannot write file data to the cache");
+            FsError::EIO
         }
+        CacheError::Meta(e) => e.into(),
     }
 }

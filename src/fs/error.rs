@@ -93,13 +93,17 @@ impl From<SyncError> for FsError {
             SyncError::Store(e) => e.into(),
             SyncError::Meta(e) => e.into(),
             SyncError::State(e) => e.into(),
+            SyncError::Cache(e) => {
+                tracing::error!(error = %e, "cannot write file data to the cache");
+                FsError::EIO
+            }
         }
     }
 }
 
 impl From<FetchError> for FsError {
     fn from(_: FetchError) -> Self {
-        // Logged where it happened, with the block's inode and index.
+        // Logged where it happened, with the chunk's inode and index.
         FsError::EIO
     }
 }

@@ -49,7 +49,7 @@ fn read_only_core(volume: &Volume, meta: SqliteStore, cache_parent: &Path) -> Co
         max_dirty: 1 << 30,
         upload_concurrency: 1,
     };
-    let cache = crate::cache::BlockCache::open(&dir, config, volume.store.clone()).unwrap();
+    let cache = crate::cache::PackCache::open(&dir, config, volume.store.clone()).unwrap();
     let options = CoreOptions {
         read_only: true,
         ..CoreOptions::default()
@@ -59,7 +59,7 @@ fn read_only_core(volume: &Volume, meta: SqliteStore, cache_parent: &Path) -> Co
         volume.store.clone(),
         cache,
         volume.ring.clone(),
-        volume.superblock.block_size,
+        volume.superblock.chunk_size,
         options,
     )
 }

@@ -19,7 +19,7 @@ pub use access::Caller;
 pub use error::{FsError, FsResult};
 
 use crate::audit::{AuditLog, Event, Record};
-use crate::cache::{BlockCache, CacheStatus, Fetcher};
+use crate::cache::{CacheStatus, Fetcher, PackCache};
 use crate::codec::ObjectId;
 use crate::journal::{SharedMeta, Writer, WriterOptions};
 use crate::keyring::Keyring;
@@ -113,9 +113,9 @@ pub struct FsStats {
 pub struct Core {
     meta: SharedMeta,
     /// Sealed blocks on the cache disk and their write-back uploads.
-    cache: Arc<BlockCache>,
+    cache: Arc<PackCache>,
     ring: Arc<Keyring>,
-    block_size: u64,
+    chunk_size: u64,
     options: CoreOptions,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -142,12 +142,12 @@ impl Core {
     pub fn new(
         mut meta: Box<dyn MetadataStore>,
         store: Arc<dyn ObjectStore>,
-        cache: Arc<BlockCache>,
+        cache: Arc<PackCache>,
         ring: Arc<Keyring>,
-        block_size: u32,
+        chunk_size: u32,
         options: CoreOptions,
     ) -> Core {
-        let blocks = (options.read_cache_bytes / block_size as usize).max(4);
+        let blocks = (options.read_cache_bytes / chunk_size as usize).max(4);
         let fetcher = Arc::new(Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks));
         meta.set_journaling(!options.read_only);
         let meta: SharedMeta = Arc::new(Mutex::new(meta));
@@ -166,7 +166,7 @@ impl Core {
             meta,
             cache,
             ring,
-            block_size: block_size as u64,
+            chunk_size: chunk_size as u64,
             options,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -180,8 +180,8 @@ impl Core {
         }
     }
 
-    pub fn block_size(&self) -> u64 {
-        self.block_size
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
     }
 
     fn meta(&self) -> MutexGuard<'_, Box<dyn MetadataStore>> {
@@ -461,7 +461,7 @@ impl Core {
     /// Blocks that just lost their last reference: those never sent to the
     /// store are dropped from the upload queue (repeated writes to a block
     /// upload once) and need no delete later.
-    fn discard_unuploaded(&self, ids: &[ObjectId]) {
+    pub(super) fn discard_unuploaded(&self, ids: &[ObjectId]) {
         let dropped: Vec<ObjectId> = ids
             .iter()
             .copied()

@@ -446,13 +446,11 @@ pub(super) fn is_ancestor(m: &dyn MetadataStore, ancestor: u64, mut ino: u64) ->
     }
 }
 
-/// Deletes an inode with no links left; its blocks become garbage.
-/// Deletes an inode and its block map; returns the blocks it freed.
+/// Deletes an inode with no links left and its chunk map; returns the
+/// packs that became garbage with it.
 pub(super) fn purge(m: &mut dyn MetadataStore, ino: u64) -> FsResult<Vec<ObjectId>> {
-    let freed: Vec<ObjectId> = m.remove_blocks_from(ino, 0)?.into_iter().map(|b| b.object_id).collect();
-    for id in &freed {
-        m.add_garbage(id)?;
-    }
+    let removed = m.remove_chunks_from(ino, 0)?;
+    let freed = crate::meta::release_packs(m, &removed)?;
     m.delete_inode(ino)?;
     Ok(freed)
 }

@@ -25,14 +25,14 @@ struct Fixture {
 }
 
 /// A block cache in a new directory under `parent`, uploading to `store`.
-fn new_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<BlockCache> {
+fn new_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<PackCache> {
     let cache = idle_cache(parent, store);
     cache.spawn_uploader();
     cache
 }
 
 /// `new_cache` without its uploader running yet.
-fn idle_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<BlockCache> {
+fn idle_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<PackCache> {
     let dir = tempfile::tempdir_in(parent).unwrap().keep();
     let config = crate::cache::CacheConfig {
         limit: 1 << 30,
@@ -40,7 +40,7 @@ fn idle_cache(parent: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<Bloc
         max_dirty: 1 << 30,
         upload_concurrency: 4,
     };
-    BlockCache::open(&dir, config, store).unwrap()
+    PackCache::open(&dir, config, store).unwrap()
 }
 
 impl Fixture {
@@ -237,15 +237,29 @@ async fn core_matches_model(ops: Vec<ModelOp>) -> Result<(), TestCaseError> {
         );
     }
     prop_assert_eq!(fresh.readdir(ROOT_INO, 0, 100).unwrap().len(), model.len());
-    // Every block of every remaining file is referenced; nothing else is kept.
+    // Each non-zero chunk of every remaining file is stored, and the store
+    // keeps exactly the packs they live in.
+    let mut packs = std::collections::BTreeSet::new();
+    let mut stored = 0;
+    for name in model.keys() {
+        let ino = fresh.lookup(&root(), ROOT_INO, name).unwrap().ino;
+        for (_, chunk) in fresh.meta().chunks(ino, 0, u64::MAX).unwrap() {
+            packs.insert(crate::cache::data_key(&chunk.pack));
+            stored += 1;
+        }
+    }
     let live: usize = model
         .values()
         .map(|c| c.chunks(BS as usize).filter(|b| b.iter().any(|x| *x != 0)).count())
         .sum();
+    prop_assert_eq!(stored, live, "zero chunks are holes, the others stored");
     prop_assert_eq!(
-        fx.data_objects().await.len(),
-        live,
-        "unreferenced objects were not reclaimed"
+        fx.data_objects()
+            .await
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        packs,
+        "unreferenced packs were not reclaimed"
     );
     Ok(())
 }
@@ -267,11 +281,11 @@ proptest! {
 }
 
 #[tokio::test]
-async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
+async fn tampered_packs_fail_with_eio_and_other_files_still_read() {
     let fx = Fixture::new();
     let core = fx.core();
     let victim = write_file(&core, b"victim", &[1u8; 100]).await;
-    core.cache.wait_all_uploaded().await;
+    core.sync().await.unwrap();
     let before = fx.data_objects().await;
     let other = write_file(&core, b"other", &[2u8; 100]).await;
     core.sync().await.unwrap();
@@ -282,7 +296,8 @@ async fn tampered_blocks_fail_with_eio_and_other_files_still_read() {
 
     let mut flipped = pristine.to_vec();
     flipped[40] ^= 1;
-    let truncated = pristine.slice(..pristine.len() - 1);
+    // Cut inside the chunk (the rest of the pack is padding).
+    let truncated = pristine.slice(..100);
     for bad in [bytes::Bytes::from(flipped), truncated, other_bytes.clone()] {
         fx.store.overwrite(&victim_key, bad);
         let fresh = fx.remount().await;
@@ -314,7 +329,7 @@ async fn a_wrong_object_never_enters_the_cache() {
 }
 
 #[tokio::test]
-async fn sparse_file_stores_only_written_blocks() {
+async fn sparse_file_stores_only_written_chunks() {
     let fx = Fixture::new();
     let core = fx.core();
     let (inode, _) = core
@@ -334,7 +349,7 @@ async fn sparse_file_stores_only_written_blocks() {
     .unwrap();
     core.write(0, inode.ino, far, b"needle").await.unwrap();
     core.release(0, inode.ino).await.unwrap();
-    core.cache.wait_all_uploaded().await;
+    core.sync().await.unwrap();
     assert_eq!(fx.data_objects().await.len(), 1);
     assert_eq!(core.getattr(inode.ino).unwrap().size, 6 << 30);
     core.open_handle(inode.ino, libc::O_RDONLY, &root()).unwrap();
@@ -485,7 +500,7 @@ async fn an_unreachable_store_delays_durability_but_loses_nothing() {
 }
 
 #[tokio::test]
-async fn a_block_rewritten_before_its_upload_is_uploaded_once() {
+async fn rewrites_between_syncs_share_one_upload() {
     let fx = Fixture::new();
     let cache = idle_cache(fx.caches.path(), fx.store.clone());
     let core = Core::new(
@@ -498,13 +513,13 @@ async fn a_block_rewritten_before_its_upload_is_uploaded_once() {
     );
     let (inode, _) = core.create(&root(), ROOT_INO, b"f", 0o644, libc::O_WRONLY).unwrap();
     core.release(0, inode.ino).await.unwrap();
-    // The uploader is not running yet: each close replaces a queued block.
+    // Each close appends its chunk to the open pack; the sync cuts it.
     for round in 0..5u8 {
         core.open_handle(inode.ino, libc::O_WRONLY, &root()).unwrap();
         core.write(0, inode.ino, 0, &[round + 1; 100]).await.unwrap();
         core.release(0, inode.ino).await.unwrap();
     }
-    assert_eq!(cache.status().pending_uploads, 1);
+    assert_eq!(cache.status().pending_uploads, 0);
     cache.spawn_uploader();
     core.sync().await.unwrap();
     assert_eq!(fx.data_objects().await.len(), 1, "one upload for five rewrites");
@@ -512,13 +527,13 @@ async fn a_block_rewritten_before_its_upload_is_uploaded_once() {
 }
 
 #[tokio::test]
-async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
+async fn punched_hole_reads_zeros_and_frees_whole_chunks() {
     let fx = Fixture::new();
     let core = fx.core();
     let len = 3 * BS as usize;
     let ino = write_file(&core, b"p", &vec![9u8; len]).await;
-    core.cache.wait_all_uploaded().await;
-    assert_eq!(fx.data_objects().await.len(), 3);
+    core.sync().await.unwrap();
+    assert_eq!(fx.data_objects().await.len(), 1, "three chunks, one pack");
     core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // From the middle of block 0 to the middle of block 2: block 1 is whole.
@@ -529,11 +544,8 @@ async fn punched_hole_reads_zeros_and_frees_whole_blocks() {
     assert_eq!(read_all(&core, ino).await.unwrap(), expected);
     assert_eq!(core.getattr(ino).unwrap().size, len as u64);
     core.sync().await.unwrap();
-    assert_eq!(
-        fx.data_objects().await.len(),
-        2,
-        "the whole punched block still has an object"
-    );
+    let stored: Vec<u64> = core.meta().chunks(ino, 0, 2).unwrap().iter().map(|(i, _)| *i).collect();
+    assert_eq!(stored, vec![0, 2], "the whole punched chunk stores nothing");
     assert_eq!(read_all(&fx.remount().await, ino).await.unwrap(), expected);
 }
 
@@ -771,9 +783,11 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     use crate::fsck::{self, Options};
     let fx = Fixture::new();
     let core = fx.core();
+    // Two packs: one shared by two files, one of a file alone.
     write_file(&core, b"kept", b"intact").await;
-    let lost = write_file(&core, b"lost", b"gone by hand").await;
     let damaged = write_file(&core, b"damaged", b"flipped").await;
+    core.sync().await.unwrap();
+    let lost = write_file(&core, b"lost", b"gone by hand").await;
     core.sync().await.unwrap();
     let store: Arc<dyn ObjectStore> = fx.store.clone();
     let run = |repair: bool, min_age: u64| {
@@ -790,15 +804,16 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     let clean = run(false, 0).await;
     assert_eq!((clean.problems.len(), clean.verified, clean.exit_code()), (0, 3, 0));
 
-    let key_of = |ino: u64| {
-        let meta = core.meta();
-        crate::cache::data_key(&meta.blocks(ino, 0, 0).unwrap()[0].1.object_id)
-    };
-    fx.store.delete(&key_of(lost)).await.unwrap();
-    let flipped = key_of(damaged);
-    let mut bytes = fx.store.get(&flipped).await.unwrap().to_vec();
-    bytes[20] ^= 1;
-    fx.store.overwrite(&flipped, bytes.into());
+    let chunk_of = |ino: u64| core.meta().chunks(ino, 0, 0).unwrap()[0].1;
+    fx.store
+        .delete(&crate::cache::data_key(&chunk_of(lost).pack))
+        .await
+        .unwrap();
+    let flipped = chunk_of(damaged);
+    let key = crate::cache::data_key(&flipped.pack);
+    let mut bytes = fx.store.get(&key).await.unwrap().to_vec();
+    bytes[flipped.offset as usize + 20] ^= 1;
+    fx.store.overwrite(&key, bytes.into());
     fx.store.overwrite(
         &format!("data/{}", "ab".repeat(16)),
         bytes::Bytes::from_static(b"stray"),
@@ -815,9 +830,13 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
     let found = run(false, 0).await;
     let text: Vec<String> = found.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(text.len(), 2, "{text:?}");
-    assert!(text.iter().any(|p| p.contains("/lost: block 0 is missing")), "{text:?}");
     assert!(
-        text.iter().any(|p| p.contains("/damaged: block 0 does not open")),
+        text.iter()
+            .any(|p| p.contains("/lost: chunk 0") && p.contains("missing from the store")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|p| p.contains("/damaged: chunk 0 does not open")),
         "{text:?}"
     );
     assert_eq!((found.orphans, found.deleted, found.exit_code()), (3, 0, 4));
@@ -827,7 +846,7 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
         (repaired.deleted, repaired.problems.len(), repaired.exit_code()),
         (3, 2, 4)
     );
-    assert_eq!(fx.data_objects().await.len(), 2);
+    assert_eq!(fx.data_objects().await.len(), 1);
     assert!(fx.store.get(&superseded).await.is_err());
     assert!(fx.store.get(&segment::key(core.generation().unwrap())).await.is_ok());
 }

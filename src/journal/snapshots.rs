@@ -82,7 +82,7 @@ impl Snapshot {
     /// Every data object the snapshot references.
     pub fn blocks(&self) -> impl Iterator<Item = ObjectId> + '_ {
         self.records.iter().filter_map(|r| match r {
-            Record::Block { block, .. } => Some(block.object_id),
+            Record::Chunk { block, .. } => Some(block.pack),
             _ => None,
         })
     }
@@ -257,8 +257,8 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
     store.delete(&object_key(ring, name)).await?;
     let mut candidates: HashSet<ObjectId> = snapshot.blocks().collect();
     for record in live.records {
-        if let Record::Block { block, .. } = record {
-            candidates.remove(&block.object_id);
+        if let Record::Chunk { block, .. } = record {
+            candidates.remove(&block.pack);
         }
     }
     // States first, snapshots second: a snapshot being created from a state
@@ -268,8 +268,8 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
             continue;
         };
         for record in opened.records {
-            if let Record::Block { block, .. } = record {
-                candidates.remove(&block.object_id);
+            if let Record::Chunk { block, .. } = record {
+                candidates.remove(&block.pack);
             }
         }
     }

@@ -15,7 +15,7 @@
 use super::anchor::{self, Anchor};
 use super::seen::{Position, Seen, SeenFile};
 use super::{StateError, checkpoint, segment, snapshots};
-use crate::cache::{BlockCache, data_key};
+use crate::cache::{CacheError, PackCache, Packer, data_key};
 use crate::codec::ObjectId;
 use crate::keyring::Keyring;
 use crate::meta::{ChainHead, MetaError, MetadataStore, in_transaction};
@@ -51,6 +51,8 @@ pub enum SyncError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot cut the open pack for upload: {0}")]
+    Cache(String),
 }
 
 #[derive(Clone, Debug)]
@@ -73,7 +75,7 @@ pub type SharedMeta = Arc<Mutex<Box<dyn MetadataStore>>>;
 pub struct Writer {
     meta: SharedMeta,
     store: Arc<dyn ObjectStore>,
-    cache: Arc<BlockCache>,
+    cache: Arc<PackCache>,
     ring: Arc<Keyring>,
     options: WriterOptions,
     /// Set by every metadata change; cleared when a sync takes them.
@@ -139,7 +141,7 @@ impl Writer {
     pub fn new(
         meta: SharedMeta,
         store: Arc<dyn ObjectStore>,
-        cache: Arc<BlockCache>,
+        cache: Arc<PackCache>,
         ring: Arc<Keyring>,
         options: WriterOptions,
     ) -> Writer {
@@ -349,9 +351,11 @@ impl Writer {
     /// segment; `None` if there was nothing to upload.
     async fn upload_segment(&self, checkpoint: bool) -> Result<Option<Prepared<'_>>, SyncError> {
         let prepared = loop {
-            let Some(prepared) = self.prepare(checkpoint)? else {
+            let mut packer = self.cache.packer().await;
+            let Some(prepared) = self.prepare(checkpoint, &mut packer)? else {
                 return Ok(None);
             };
+            drop(packer);
             self.cache.wait_uploaded(&prepared.pending.1).await;
             if self.is_fenced() {
                 return Err(SyncError::Fenced);
@@ -381,9 +385,16 @@ impl Writer {
     }
 
     /// Takes the journal (and the full state for a checkpoint) under the
-    /// metadata lock; `None` if there is nothing to upload.
-    fn prepare(&self, checkpoint: bool) -> Result<Option<Prepared<'_>>, SyncError> {
-        let meta = self.meta();
+    /// metadata lock, cutting the open pack first: the journal may
+    /// reference it. `None` if there is nothing to upload.
+    fn prepare(&self, checkpoint: bool, packer: &mut Packer<'_>) -> Result<Option<Prepared<'_>>, SyncError> {
+        let mut meta = self.meta();
+        if !packer.is_empty() {
+            packer.cut_with(meta.as_mut()).map_err(|e| match e {
+                CacheError::Meta(e) => SyncError::Meta(e),
+                other => SyncError::Cache(other.to_string()),
+            })?;
+        }
         let mut entries = meta.journal_after(0, SEGMENT_OPS)?;
         if entries.is_empty() && !checkpoint {
             return Ok(None);
@@ -412,7 +423,7 @@ impl Writer {
         } else {
             None
         };
-        // Under the metadata lock, so no block the journal references can
+        // Under the metadata lock, so no pack the journal references can
         // be dropped from the upload queue before we pin it.
         let pending = Pinned(&self.cache, self.cache.pin_pending());
         drop(meta);
@@ -606,7 +617,7 @@ impl Drop for Unsynced<'_> {
 
 /// Blocks a segment or checkpoint being uploaded references, pinned in the
 /// upload queue.
-struct Pinned<'a>(&'a BlockCache, Vec<ObjectId>);
+struct Pinned<'a>(&'a PackCache, Vec<ObjectId>);
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {

@@ -1,4 +1,4 @@
-//! Metadata store: inodes, directory entries and block maps.
+//! Metadata store: inodes, directory entries and chunk maps.
 //!
 //! The filesystem core speaks to this trait only, so the embedded SQLite
 //! store can later be joined by a PostgreSQL one for many hosts. Compound
@@ -54,6 +54,20 @@ pub fn in_transaction<T, E: From<MetaError>>(
             Err(e)
         }
     }
+}
+
+/// After chunks were unmapped or replaced: the packs among theirs that no
+/// chunk references any more become garbage; returns them.
+pub fn release_packs(meta: &mut dyn MetadataStore, replaced: &[ChunkRef]) -> Result<Vec<ObjectId>> {
+    let packs: std::collections::BTreeSet<ObjectId> = replaced.iter().map(|c| c.pack).collect();
+    let mut freed = Vec::new();
+    for pack in packs {
+        if !meta.references(&pack)? {
+            meta.add_garbage(&pack)?;
+            freed.push(pack);
+        }
+    }
+    Ok(freed)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,12 +157,21 @@ impl Inode {
     }
 }
 
-/// One stored block of a file: which object holds it and how many plaintext
-/// bytes it has (the last block of a file may be short).
+/// One stored chunk of a file: the data object (pack) holding it, where its
+/// sealed bytes start there, and how many plaintext bytes it has (the last
+/// chunk of a file may be short).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockRef {
-    pub object_id: ObjectId,
+pub struct ChunkRef {
+    pub pack: ObjectId,
+    pub offset: u32,
     pub len: u32,
+}
+
+impl ChunkRef {
+    /// Where its sealed bytes end in the pack.
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + crate::codec::sealed_chunk_len(self.len as usize) as u64
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +190,7 @@ pub enum Record {
     Inode(Inode),
     SymlinkTarget { ino: u64, target: Vec<u8> },
     Entry { parent: u64, name: Vec<u8>, ino: u64 },
-    Block { ino: u64, index: u64, block: BlockRef },
+    Chunk { ino: u64, index: u64, block: ChunkRef },
     NextIno(u64),
     Xattr { ino: u64, name: Vec<u8>, value: Vec<u8> },
 }
@@ -210,15 +233,20 @@ pub trait MetadataStore: Send {
     fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<bool>;
     fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>>;
 
-    /// Stored blocks of `ino` with index in `first..=last`, in index order.
-    fn blocks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, BlockRef)>>;
-    /// Maps (or with `None` unmaps) one block; returns the block it replaced.
-    fn set_block(&mut self, ino: u64, index: u64, block: Option<BlockRef>) -> Result<Option<BlockRef>>;
-    /// Unmaps every block with index >= `first`; returns them.
-    fn remove_blocks_from(&mut self, ino: u64, first: u64) -> Result<Vec<BlockRef>>;
+    /// Stored chunks of `ino` with index in `first..=last`, in index order.
+    fn chunks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, ChunkRef)>>;
+    /// Maps (or with `None` unmaps) one chunk; returns the chunk it replaced.
+    fn set_chunk(&mut self, ino: u64, index: u64, chunk: Option<ChunkRef>) -> Result<Option<ChunkRef>>;
+    /// Unmaps every chunk with index >= `first`; returns them.
+    fn remove_chunks_from(&mut self, ino: u64, first: u64) -> Result<Vec<ChunkRef>>;
+    /// Whether any chunk of the state lives in `pack`.
+    fn references(&self, pack: &ObjectId) -> Result<bool>;
+    /// Each chunk living in `pack`: (inode, index, chunk), in pack order.
+    fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>>;
 
-    /// Objects no longer referenced locally, to delete once a metadata state
-    /// without them is durable in the object store.
+    /// Data objects no longer referenced locally, to delete once a metadata
+    /// state without them is durable in the object store. A pack that is
+    /// referenced again (the open pack got a new chunk) leaves the list.
     fn add_garbage(&mut self, object_id: &ObjectId) -> Result<()>;
     fn garbage(&self) -> Result<Vec<ObjectId>>;
     fn remove_garbage(&mut self, ids: &[ObjectId]) -> Result<()>;

@@ -14,8 +14,8 @@ use super::{MetaError, MetadataStore, Record, Result};
 const TAG_DELETE_INODE: u8 = 16;
 const TAG_REMOVE_ENTRY: u8 = 17;
 const TAG_REMOVE_XATTR: u8 = 18;
-const TAG_UNMAP_BLOCK: u8 = 19;
-const TAG_REMOVE_BLOCKS_FROM: u8 = 20;
+const TAG_UNMAP_CHUNK: u8 = 19;
+const TAG_REMOVE_CHUNKS_FROM: u8 = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalOp {
@@ -30,11 +30,11 @@ pub enum JournalOp {
         ino: u64,
         name: Vec<u8>,
     },
-    UnmapBlock {
+    UnmapChunk {
         ino: u64,
         index: u64,
     },
-    RemoveBlocksFrom {
+    RemoveChunksFrom {
         ino: u64,
         first: u64,
     },
@@ -49,13 +49,13 @@ impl JournalOp {
             JournalOp::Put(
                 Record::SymlinkTarget { ino, .. }
                 | Record::Entry { ino, .. }
-                | Record::Block { ino, .. }
+                | Record::Chunk { ino, .. }
                 | Record::Xattr { ino, .. },
             ) => Some(*ino),
             JournalOp::Put(Record::NextIno(_)) | JournalOp::DeleteInode(_) | JournalOp::RemoveEntry { .. } => None,
             JournalOp::RemoveXattr { ino, .. }
-            | JournalOp::UnmapBlock { ino, .. }
-            | JournalOp::RemoveBlocksFrom { ino, .. } => Some(*ino),
+            | JournalOp::UnmapChunk { ino, .. }
+            | JournalOp::RemoveChunksFrom { ino, .. } => Some(*ino),
         }
     }
 }
@@ -79,13 +79,13 @@ pub fn encode_op(out: &mut Vec<u8>, op: &JournalOp) {
             out.push(name.len() as u8);
             out.extend_from_slice(name);
         }
-        JournalOp::UnmapBlock { ino, index } => {
-            out.push(TAG_UNMAP_BLOCK);
+        JournalOp::UnmapChunk { ino, index } => {
+            out.push(TAG_UNMAP_CHUNK);
             out.extend_from_slice(&ino.to_be_bytes());
             out.extend_from_slice(&index.to_be_bytes());
         }
-        JournalOp::RemoveBlocksFrom { ino, first } => {
-            out.push(TAG_REMOVE_BLOCKS_FROM);
+        JournalOp::RemoveChunksFrom { ino, first } => {
+            out.push(TAG_REMOVE_CHUNKS_FROM);
             out.extend_from_slice(&ino.to_be_bytes());
             out.extend_from_slice(&first.to_be_bytes());
         }
@@ -116,11 +116,11 @@ pub fn decode_ops(bytes: &[u8]) -> Result<Vec<JournalOp>> {
                     name: r.take(len)?.to_vec(),
                 }
             }
-            TAG_UNMAP_BLOCK => JournalOp::UnmapBlock {
+            TAG_UNMAP_CHUNK => JournalOp::UnmapChunk {
                 ino: r.u64()?,
                 index: r.u64()?,
             },
-            TAG_REMOVE_BLOCKS_FROM => JournalOp::RemoveBlocksFrom {
+            TAG_REMOVE_CHUNKS_FROM => JournalOp::RemoveChunksFrom {
                 ino: r.u64()?,
                 first: r.u64()?,
             },
@@ -140,13 +140,13 @@ pub fn apply(meta: &mut dyn MetadataStore, op: JournalOp) -> Result<()> {
         JournalOp::Put(Record::Inode(inode)) => meta.put_inode(&inode),
         JournalOp::Put(Record::SymlinkTarget { ino, target }) => meta.set_symlink_target(ino, &target),
         JournalOp::Put(Record::Entry { parent, name, ino }) => meta.insert_entry(parent, &name, ino),
-        JournalOp::Put(Record::Block { ino, index, block }) => meta.set_block(ino, index, Some(block)).map(drop),
+        JournalOp::Put(Record::Chunk { ino, index, block }) => meta.set_chunk(ino, index, Some(block)).map(drop),
         JournalOp::Put(Record::NextIno(next)) => meta.set_next_ino(next),
         JournalOp::Put(Record::Xattr { ino, name, value }) => meta.set_xattr(ino, &name, &value),
         JournalOp::DeleteInode(ino) => meta.delete_inode(ino),
         JournalOp::RemoveEntry { parent, name } => meta.remove_entry(parent, &name),
         JournalOp::RemoveXattr { ino, name } => meta.remove_xattr(ino, &name).map(drop),
-        JournalOp::UnmapBlock { ino, index } => meta.set_block(ino, index, None).map(drop),
-        JournalOp::RemoveBlocksFrom { ino, first } => meta.remove_blocks_from(ino, first).map(drop),
+        JournalOp::UnmapChunk { ino, index } => meta.set_chunk(ino, index, None).map(drop),
+        JournalOp::RemoveChunksFrom { ino, first } => meta.remove_chunks_from(ino, first).map(drop),
     }
 }

@@ -5,7 +5,7 @@
 //! the clear, while queries and indexes work as in plain SQLite.
 
 use super::ops::{JournalOp, encode_op};
-use super::{BlockRef, ChainHead, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
+use super::{ChainHead, ChunkRef, DirEntry, FileKind, Inode, MetaError, MetadataStore, Record, Result};
 use crate::codec::ObjectId;
 use crate::crypto::SecretKey;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -26,9 +26,10 @@ CREATE TABLE IF NOT EXISTS entries (
     name BLOB NOT NULL, ino INTEGER NOT NULL, UNIQUE (parent, name));
 CREATE INDEX IF NOT EXISTS entries_by_ino ON entries (ino);
 CREATE INDEX IF NOT EXISTS entries_by_parent ON entries (parent, id);
-CREATE TABLE IF NOT EXISTS blocks (
-    ino INTEGER NOT NULL, idx INTEGER NOT NULL, object BLOB NOT NULL,
-    len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    ino INTEGER NOT NULL, idx INTEGER NOT NULL, pack BLOB NOT NULL,
+    off INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack, off);
 CREATE TABLE IF NOT EXISTS garbage (object BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, op BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS xattrs (
@@ -36,17 +37,20 @@ CREATE TABLE IF NOT EXISTS xattrs (
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
 ";
 
-/// `inodes.allocated` (bytes of stored blocks, for st_blocks) follows the
-/// block map through triggers, so no code path can forget it and a
-/// restored snapshot (which does not carry it) gets it right.
+/// `inodes.allocated` (bytes of stored chunks, for st_blocks) follows the
+/// chunk map through triggers, so no code path can forget it and a
+/// restored snapshot (which does not carry it) gets it right. A pack that
+/// gets a chunk is referenced, so it is no longer garbage.
 const TRIGGERS: &str = "
-CREATE TRIGGER IF NOT EXISTS blocks_added AFTER INSERT ON blocks BEGIN
-    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino; END;
-CREATE TRIGGER IF NOT EXISTS blocks_removed AFTER DELETE ON blocks BEGIN
+CREATE TRIGGER IF NOT EXISTS chunks_added AFTER INSERT ON chunks BEGIN
+    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino;
+    DELETE FROM garbage WHERE object = NEW.pack; END;
+CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
     UPDATE inodes SET allocated = allocated - OLD.len WHERE ino = OLD.ino; END;
-CREATE TRIGGER IF NOT EXISTS blocks_changed AFTER UPDATE ON blocks BEGIN
+CREATE TRIGGER IF NOT EXISTS chunks_changed AFTER UPDATE ON chunks BEGIN
     UPDATE inodes SET allocated = allocated - OLD.len WHERE ino = OLD.ino;
-    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino; END;
+    UPDATE inodes SET allocated = allocated + NEW.len WHERE ino = NEW.ino;
+    DELETE FROM garbage WHERE object = NEW.pack; END;
 ";
 
 /// Columns of an inode as written; reads add the derived `allocated`.
@@ -136,19 +140,10 @@ impl SqliteStore {
     }
 }
 
-/// Creates the tables, or brings a database from an older release up to
-/// date (adding `inodes.allocated`, computed from the block map).
+/// Creates the tables. (A database of the previous format, with a block
+/// map, belongs to a volume this release does not mount.)
 fn create_schema(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)?;
-    let has_allocated = conn
-        .prepare("SELECT 1 FROM pragma_table_info('inodes') WHERE name = 'allocated'")?
-        .exists([])?;
-    if !has_allocated {
-        conn.execute_batch(
-            "ALTER TABLE inodes ADD COLUMN allocated INTEGER NOT NULL DEFAULT 0;
-             UPDATE inodes SET allocated = (SELECT coalesce(sum(len), 0) FROM blocks WHERE blocks.ino = inodes.ino);",
-        )?;
-    }
     conn.execute_batch(TRIGGERS)?;
     Ok(())
 }
@@ -194,10 +189,11 @@ fn object_id(blob: Vec<u8>) -> rusqlite::Result<ObjectId> {
         .map_err(|_| rusqlite::Error::InvalidColumnType(0, "object".into(), rusqlite::types::Type::Blob))
 }
 
-fn block_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<BlockRef> {
-    Ok(BlockRef {
-        object_id: object_id(r.get(first)?)?,
-        len: r.get(first + 1)?,
+fn chunk_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<ChunkRef> {
+    Ok(ChunkRef {
+        pack: object_id(r.get(first)?)?,
+        offset: r.get(first + 1)?,
+        len: r.get(first + 2)?,
     })
 }
 
@@ -427,58 +423,80 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
-    fn blocks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, BlockRef)>> {
+    fn chunks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, ChunkRef)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT idx, object, len FROM blocks WHERE ino = ?1 AND idx >= ?2 AND idx <= ?3 ORDER BY idx",
+            "SELECT idx, pack, off, len FROM chunks WHERE ino = ?1 AND idx >= ?2 AND idx <= ?3 ORDER BY idx",
         )?;
         let rows = stmt.query_map(
             params![ino as i64, first as i64, last.min(i64::MAX as u64) as i64],
-            |r| Ok((r.get::<_, i64>(0)? as u64, block_from_row(r, 1)?)),
+            |r| Ok((r.get::<_, i64>(0)? as u64, chunk_from_row(r, 1)?)),
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn set_block(&mut self, ino: u64, index: u64, block: Option<BlockRef>) -> Result<Option<BlockRef>> {
-        self.record(&match block {
-            Some(block) => JournalOp::Put(Record::Block { ino, index, block }),
-            None => JournalOp::UnmapBlock { ino, index },
+    fn set_chunk(&mut self, ino: u64, index: u64, chunk: Option<ChunkRef>) -> Result<Option<ChunkRef>> {
+        self.record(&match chunk {
+            Some(block) => JournalOp::Put(Record::Chunk { ino, index, block }),
+            None => JournalOp::UnmapChunk { ino, index },
         })?;
         let old = self
             .conn
-            .prepare_cached("SELECT object, len FROM blocks WHERE ino = ?1 AND idx = ?2")?
-            .query_row(params![ino as i64, index as i64], |r| block_from_row(r, 0))
+            .prepare_cached("SELECT pack, off, len FROM chunks WHERE ino = ?1 AND idx = ?2")?
+            .query_row(params![ino as i64, index as i64], |r| chunk_from_row(r, 0))
             .optional()?;
-        match block {
-            Some(b) => {
+        match chunk {
+            Some(c) => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO blocks (ino, idx, object, len) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (ino, idx) DO UPDATE SET object = excluded.object, len = excluded.len",
+                        "INSERT INTO chunks (ino, idx, pack, off, len) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (ino, idx) DO UPDATE SET pack = excluded.pack, off = excluded.off,
+                         len = excluded.len",
                     )?
-                    .execute(params![ino as i64, index as i64, b.object_id.as_slice(), b.len])?;
+                    .execute(params![ino as i64, index as i64, c.pack.as_slice(), c.offset, c.len])?;
             }
             None => {
                 self.conn
-                    .prepare_cached("DELETE FROM blocks WHERE ino = ?1 AND idx = ?2")?
+                    .prepare_cached("DELETE FROM chunks WHERE ino = ?1 AND idx = ?2")?
                     .execute(params![ino as i64, index as i64])?;
             }
         }
         Ok(old)
     }
 
-    fn remove_blocks_from(&mut self, ino: u64, first: u64) -> Result<Vec<BlockRef>> {
-        self.record(&JournalOp::RemoveBlocksFrom { ino, first })?;
-        let removed: Vec<BlockRef> = {
+    fn remove_chunks_from(&mut self, ino: u64, first: u64) -> Result<Vec<ChunkRef>> {
+        self.record(&JournalOp::RemoveChunksFrom { ino, first })?;
+        let removed: Vec<ChunkRef> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT object, len FROM blocks WHERE ino = ?1 AND idx >= ?2")?;
-            stmt.query_map(params![ino as i64, first as i64], |r| block_from_row(r, 0))?
+                .prepare_cached("SELECT pack, off, len FROM chunks WHERE ino = ?1 AND idx >= ?2")?;
+            stmt.query_map(params![ino as i64, first as i64], |r| chunk_from_row(r, 0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         self.conn
-            .prepare_cached("DELETE FROM blocks WHERE ino = ?1 AND idx >= ?2")?
+            .prepare_cached("DELETE FROM chunks WHERE ino = ?1 AND idx >= ?2")?
             .execute(params![ino as i64, first as i64])?;
         Ok(removed)
+    }
+
+    fn references(&self, pack: &ObjectId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE pack = ?1 LIMIT 1")?
+            .exists([pack.as_slice()])?)
+    }
+
+    fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT ino, idx, pack, off, len FROM chunks WHERE pack = ?1 ORDER BY off")?;
+        let rows = stmt.query_map([pack.as_slice()], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                chunk_from_row(r, 2)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn add_garbage(&mut self, id: &ObjectId) -> Result<()> {
@@ -538,7 +556,7 @@ impl MetadataStore for SqliteStore {
         let inodes: i64 = self.conn.query_row("SELECT count(*) FROM inodes", [], |r| r.get(0))?;
         let bytes: i64 = self
             .conn
-            .query_row("SELECT coalesce(sum(len), 0) FROM blocks", [], |r| r.get(0))?;
+            .query_row("SELECT coalesce(sum(len), 0) FROM chunks", [], |r| r.get(0))?;
         Ok((inodes as u64, bytes as u64))
     }
 
@@ -579,13 +597,13 @@ impl MetadataStore for SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT ino, idx, object, len FROM blocks ORDER BY ino, idx")?;
+            .prepare("SELECT ino, idx, pack, off, len FROM chunks ORDER BY ino, idx")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            sink(Record::Block {
+            sink(Record::Chunk {
                 ino: row.get::<_, i64>(0)? as u64,
                 index: row.get::<_, i64>(1)? as u64,
-                block: block_from_row(row, 2)?,
+                block: chunk_from_row(row, 2)?,
             });
         }
         Ok(())
@@ -609,9 +627,15 @@ impl MetadataStore for SqliteStore {
                     tx.prepare_cached("INSERT INTO entries (parent, name, ino) VALUES (?1, ?2, ?3)")?
                         .execute(params![parent as i64, name, ino as i64])?;
                 }
-                Record::Block { ino, index, block } => {
-                    tx.prepare_cached("INSERT INTO blocks (ino, idx, object, len) VALUES (?1, ?2, ?3, ?4)")?
-                        .execute(params![ino as i64, index as i64, block.object_id.as_slice(), block.len])?;
+                Record::Chunk { ino, index, block } => {
+                    tx.prepare_cached("INSERT INTO chunks (ino, idx, pack, off, len) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                        .execute(params![
+                            ino as i64,
+                            index as i64,
+                            block.pack.as_slice(),
+                            block.offset,
+                            block.len
+                        ])?;
                 }
                 Record::Xattr { ino, name, value } => {
                     tx.prepare_cached("INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)")?
@@ -673,32 +697,6 @@ mod tests {
     }
 
     #[test]
-    fn a_database_from_before_allocated_gets_it_computed() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE inodes (
-                ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
-                uid INTEGER NOT NULL, gid INTEGER NOT NULL, nlink INTEGER NOT NULL,
-                size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
-                ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, target BLOB);
-             CREATE TABLE blocks (
-                ino INTEGER NOT NULL, idx INTEGER NOT NULL, object BLOB NOT NULL,
-                len INTEGER NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
-             INSERT INTO inodes VALUES (2, 1, 420, 0, 0, 1, 3000000, 0, 0, 0, 0, NULL);
-             INSERT INTO blocks VALUES (2, 0, randomblob(16), 1048576), (2, 2, randomblob(16), 300);",
-        )
-        .unwrap();
-        create_schema(&conn).unwrap();
-        let mut store = SqliteStore {
-            conn,
-            journaling: false,
-        };
-        assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048876);
-        store.remove_blocks_from(2, 1).unwrap();
-        assert_eq!(store.inode(2).unwrap().unwrap().allocated, 1048576);
-    }
-
-    #[test]
     fn database_on_disk_is_encrypted_and_keyed() {
         let dir_path = tempfile::tempdir().unwrap();
         let path = dir_path.path().join("meta.db");
@@ -749,11 +747,12 @@ mod tests {
         .unwrap();
         db.set_symlink_target(ino, b"target").unwrap();
         db.insert_entry(1, b"link", ino).unwrap();
-        db.set_block(
+        db.set_chunk(
             ino,
             3,
-            Some(BlockRef {
-                object_id: [1; 16],
+            Some(ChunkRef {
+                pack: [1; 16],
+                offset: 0,
                 len: 7,
             }),
         )
@@ -771,21 +770,40 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_block_returns_the_old_one() {
+    fn replacing_a_chunk_returns_the_old_one() {
         let mut db = SqliteStore::in_memory().unwrap();
-        let a = BlockRef {
-            object_id: [1; 16],
+        let a = ChunkRef {
+            pack: [1; 16],
+            offset: 100,
             len: 10,
         };
-        let b = BlockRef {
-            object_id: [2; 16],
+        let b = ChunkRef {
+            pack: [2; 16],
+            offset: 0,
             len: 20,
         };
-        assert_eq!(db.set_block(5, 0, Some(a)).unwrap(), None);
-        assert_eq!(db.set_block(5, 0, Some(b)).unwrap(), Some(a));
-        db.set_block(5, 7, Some(a)).unwrap();
-        assert_eq!(db.blocks(5, 0, u64::MAX).unwrap().len(), 2);
-        assert_eq!(db.remove_blocks_from(5, 1).unwrap(), vec![a]);
-        assert_eq!(db.blocks(5, 0, u64::MAX).unwrap(), vec![(0, b)]);
+        assert_eq!(db.set_chunk(5, 0, Some(a)).unwrap(), None);
+        assert_eq!(db.set_chunk(5, 0, Some(b)).unwrap(), Some(a));
+        db.set_chunk(5, 7, Some(a)).unwrap();
+        assert_eq!(db.chunks(5, 0, u64::MAX).unwrap().len(), 2);
+        assert_eq!(db.chunks_in(&[1; 16]).unwrap(), vec![(5, 7, a)]);
+        assert_eq!(db.remove_chunks_from(5, 1).unwrap(), vec![a]);
+        assert!(!db.references(&[1; 16]).unwrap());
+        assert!(db.references(&[2; 16]).unwrap());
+        assert_eq!(db.chunks(5, 0, u64::MAX).unwrap(), vec![(0, b)]);
+    }
+
+    #[test]
+    fn a_pack_that_gets_a_chunk_again_is_no_longer_garbage() {
+        let mut db = SqliteStore::in_memory().unwrap();
+        db.add_garbage(&[3; 16]).unwrap();
+        db.add_garbage(&[4; 16]).unwrap();
+        let c = ChunkRef {
+            pack: [3; 16],
+            offset: 0,
+            len: 1,
+        };
+        db.set_chunk(9, 0, Some(c)).unwrap();
+        assert_eq!(db.garbage().unwrap(), vec![[4; 16]]);
     }
 }

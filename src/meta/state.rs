@@ -2,13 +2,13 @@
 //! the body of a checkpoint and of a named snapshot.
 //! Layout: FORMAT.md, "Metadata state".
 
-use super::{BlockRef, FileKind, Inode, MetaError, Record, Result};
+use super::{ChunkRef, FileKind, Inode, MetaError, Record, Result};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const TAG_INODE: u8 = 1;
 const TAG_SYMLINK: u8 = 2;
 const TAG_ENTRY: u8 = 3;
-const TAG_BLOCK: u8 = 4;
+const TAG_CHUNK: u8 = 4;
 const TAG_NEXT_INO: u8 = 5;
 const TAG_XATTR: u8 = 6;
 
@@ -52,11 +52,12 @@ pub(super) fn encode_record(out: &mut Vec<u8>, record: &Record) {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
             out.extend_from_slice(name);
         }
-        Record::Block { ino, index, block } => {
-            out.push(TAG_BLOCK);
+        Record::Chunk { ino, index, block } => {
+            out.push(TAG_CHUNK);
             out.extend_from_slice(&ino.to_be_bytes());
             out.extend_from_slice(&index.to_be_bytes());
-            out.extend_from_slice(&block.object_id);
+            out.extend_from_slice(&block.pack);
+            out.extend_from_slice(&block.offset.to_be_bytes());
             out.extend_from_slice(&block.len.to_be_bytes());
         }
         Record::NextIno(n) => {
@@ -123,15 +124,16 @@ pub(super) fn decode_record(r: &mut Cursor<'_>, tag: u8) -> Result<Option<Record
                 name: r.take(len)?.to_vec(),
             }
         }
-        TAG_BLOCK => {
+        TAG_CHUNK => {
             let ino = r.u64()?;
             let index = r.u64()?;
-            let object_id = r.take(16)?.try_into().map_err(|_| corrupt("short object id"))?;
-            Record::Block {
+            let pack = r.take(16)?.try_into().map_err(|_| corrupt("short object id"))?;
+            Record::Chunk {
                 ino,
                 index,
-                block: BlockRef {
-                    object_id,
+                block: ChunkRef {
+                    pack,
+                    offset: r.u32()?,
                     len: r.u32()?,
                 },
             }
@@ -214,11 +216,12 @@ mod tests {
                 ino: 2,
                 target: b"/etc".to_vec(),
             },
-            Record::Block {
+            Record::Chunk {
                 ino: 3,
                 index: 5000,
-                block: BlockRef {
-                    object_id: [9; 16],
+                block: ChunkRef {
+                    pack: [9; 16],
+                    offset: 1 << 20,
                     len: 65536,
                 },
             },

@@ -222,6 +222,10 @@ impl ObjectStore for FaultyStore {
         self.call(Op::Get, key, self.inner.get_at_most(key, limit)).await
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.call(Op::Get, key, self.inner.get_range(key, start, len)).await
+    }
+
     async fn put_if_tag(&self, key: &str, data: Bytes, tag: &str) -> Result<String, StoreError> {
         self.call(Op::PutIfTag, key, self.inner.put_if_tag(key, data, tag))
             .await

@@ -190,6 +190,25 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(key)?;
+        blocking(move || {
+            let file = match fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(io_err("get", e)),
+            };
+            let mut data = vec![0u8; len as usize];
+            match file.read_exact_at(&mut data, start) {
+                Ok(()) => Ok(Bytes::from(data)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::TooShort { end: start + len }),
+                Err(e) => Err(io_err("get", e)),
+            }
+        })
+        .await
+    }
+
     async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
         let data = self.get(key).await?;
         let tag = super::content_tag(&data);

@@ -2,8 +2,8 @@
 //!
 //! Keys are relative to the volume root (`superblock`, `data/<id>`,
 //! `meta/<n>.snap`); each implementation maps them under its bucket prefix or
-//! directory. Every object is written whole and read whole; data objects are
-//! written once and never overwritten.
+//! directory. Every object is written whole; data objects (packs) are
+//! written once, never overwritten, and read by ranges.
 
 mod faulty;
 mod local;
@@ -37,6 +37,8 @@ pub enum StoreError {
     Other { action: &'static str, detail: String },
     #[error("object is larger than the {limit} bytes expected")]
     TooLarge { limit: u64 },
+    #[error("object ends before byte {end}, which the metadata expects")]
+    TooShort { end: u64 },
 }
 
 #[async_trait]
@@ -75,6 +77,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
             return Err(StoreError::TooLarge { limit });
         }
         Ok(data)
+    }
+
+    /// Bytes `start..start + len` of `key`: exactly that many, or
+    /// [`StoreError::TooShort`] when the object ends before. (This default,
+    /// for stores that hold objects in memory anyway, reads the whole
+    /// object first.)
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let data = self.get(key).await?;
+        let end = start + len;
+        if (data.len() as u64) < end {
+            return Err(StoreError::TooShort { end });
+        }
+        Ok(data.slice(start as usize..end as usize))
     }
 
     /// The object and a tag that changes whenever it is replaced (S3: its
