@@ -5,7 +5,7 @@
 # from an empty cache and checks the manifest and the audit trail
 # (src/fs/golden_tests.rs), so every format change is deliberate: bump the
 # version in FORMAT.md, run this script and commit the new volume with it
-# (older versions' volumes stay: they must keep mounting).
+# (older versions' volumes stay while this release still mounts them).
 #
 # Usage (as root, FUSE available): scripts/make-golden.sh VERSION
 # S3VAULT   the binary (default target/release/s3vault)
@@ -40,14 +40,14 @@ rm -rf "$OUT"
 mkdir -p "$OUT" "$MNT"
 "$S3VAULT" keygen "$WORK/key" >/dev/null
 cp "$WORK/key" "$OUT/key"
-"$S3VAULT" init "$URL" --block-size 64K --key-file "$WORK/key" >/dev/null
+"$S3VAULT" init "$URL" --chunk-size 64K --key-file "$WORK/key" >/dev/null
 
 mount_volume
 mkdir -p "$MNT/patients/smith" "$MNT/empty dir"
 chmod 0750 "$MNT/patients"
 printf 'Patient: J. Smith\nAllergies: none known\n' >"$MNT/patients/smith/notes.txt"
 chmod 0640 "$MNT/patients/smith/notes.txt"
-bytes 200000 7 >"$MNT/patients/smith/scan.bin"            # four 64K blocks, the last partial
+bytes 200000 7 >"$MNT/patients/smith/scan.bin"            # four 64K chunks, the last partial
 ln "$MNT/patients/smith/scan.bin" "$MNT/scan-hardlink.bin"
 ln -s patients/smith/notes.txt "$MNT/notes-symlink"
 truncate -s 1M "$MNT/sparse.bin"                          # a hole, then 10 bytes, then a hole

@@ -730,10 +730,9 @@ impl Packer<'_> {
         let Some(open) = self.open.as_mut() else {
             return Err(io::Error::other("no open pack"));
         };
-        if let Err(e) = open.file.write_all_at(sealed, open.len) {
-            // Whatever part landed is beyond `len`: overwritten next time.
-            return Err(e);
-        }
+        // On failure, whatever part landed is beyond `len`: overwritten by
+        // the next append.
+        open.file.write_all_at(sealed, open.len)?;
         open.len += sealed.len() as u64;
         self.cache.packs().open = Some((open.id, open.len));
         Ok(())

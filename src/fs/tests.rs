@@ -308,6 +308,57 @@ async fn tampered_packs_fail_with_eio_and_other_files_still_read() {
     assert_eq!(read_all(&fx.remount().await, victim).await.unwrap(), vec![1u8; 100]);
 }
 
+/// For each file (filled with 1, 2, 3, ... in turn): whether it reads back
+/// intact, or the error.
+async fn reads_intact(core: &Core, inos: &[u64]) -> Vec<Result<bool, FsError>> {
+    let mut out = Vec::new();
+    for (ino, fill) in inos.iter().zip(1u8..) {
+        out.push(read_all(core, *ino).await.map(|d| d == vec![fill; 100]));
+    }
+    out
+}
+
+#[tokio::test]
+async fn damage_inside_a_shared_pack_fails_exactly_the_files_it_touches() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    // Three files of the same length, back to back in one pack.
+    let inos = [
+        write_file(&core, b"first", &[1u8; 100]).await,
+        write_file(&core, b"second", &[2u8; 100]).await,
+        write_file(&core, b"third", &[3u8; 100]).await,
+    ];
+    core.sync().await.unwrap();
+    let chunks: Vec<crate::meta::ChunkRef> = inos
+        .iter()
+        .map(|i| core.meta().chunks(*i, 0, 0).unwrap()[0].1)
+        .collect();
+    assert!(chunks.iter().all(|c| c.pack == chunks[0].pack), "one pack");
+    let key = crate::cache::data_key(&chunks[0].pack);
+    let pristine = fx.store.get(&key).await.unwrap();
+
+    // Truncated after the first chunk: the other two files fail.
+    fx.store.overwrite(&key, pristine.slice(..chunks[0].end() as usize));
+    assert_eq!(
+        reads_intact(&fx.remount().await, &inos).await,
+        vec![Ok(true), Err(FsError::EIO), Err(FsError::EIO)]
+    );
+    // The second and third chunks swapped in place: both fail, the first reads.
+    let (b, c) = (&chunks[1], &chunks[2]);
+    let mut swapped = pristine.to_vec();
+    let second = pristine[b.offset as usize..b.end() as usize].to_vec();
+    let third = pristine[c.offset as usize..c.end() as usize].to_vec();
+    swapped[b.offset as usize..b.end() as usize].copy_from_slice(&third);
+    swapped[c.offset as usize..c.end() as usize].copy_from_slice(&second);
+    fx.store.overwrite(&key, swapped.into());
+    assert_eq!(
+        reads_intact(&fx.remount().await, &inos).await,
+        vec![Ok(true), Err(FsError::EIO), Err(FsError::EIO)]
+    );
+    fx.store.overwrite(&key, pristine);
+    assert_eq!(reads_intact(&fx.remount().await, &inos).await, vec![Ok(true); 3]);
+}
+
 #[tokio::test]
 async fn a_wrong_object_never_enters_the_cache() {
     let fx = Fixture::new();

@@ -3,14 +3,14 @@
 //!
 //! Data objects are never overwritten, so a copy of a metadata state is an
 //! exact copy of every file in it as long as the objects it references
-//! stay. The writer keeps them: it deletes a block only after a checkpoint
+//! stay. The writer keeps them: it deletes a pack only after a checkpoint
 //! that no longer references it, once it has deleted the older checkpoints,
-//! and then only if no snapshot it lists references the block. That is
+//! and then only if no snapshot it lists references the pack. That is
 //! race-free with `create`, which copies the live state (a checkpoint plus
 //! the journal segments after it), stores the snapshot, and then checks
 //! that the checkpoint it started from is still in the store: if it is, the
-//! writer has not yet listed snapshots for any block the copied state
-//! references (such a block is garbage only at a later checkpoint, whose
+//! writer has not yet listed snapshots for any pack the copied state
+//! references (such a pack is garbage only at a later checkpoint, whose
 //! reclaim deletes this one first), and will see this snapshot when it does.
 //!
 //! The object's name is a keyed hash of the snapshot's name, so the bucket
@@ -80,7 +80,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Every data object the snapshot references.
-    pub fn blocks(&self) -> impl Iterator<Item = ObjectId> + '_ {
+    pub fn packs(&self) -> impl Iterator<Item = ObjectId> + '_ {
         self.records.iter().filter_map(|r| match r {
             Record::Chunk { block, .. } => Some(block.pack),
             _ => None,
@@ -238,10 +238,10 @@ pub async fn list(store: &dyn ObjectStore, ring: &Keyring) -> Result<Vec<Snapsho
 }
 
 /// Every data object some snapshot references. A caller deciding whether a
-/// block may be deleted lists the metadata states it keeps *before* calling
+/// pack may be deleted lists the metadata states it keeps *before* calling
 /// this (see the module comment).
-pub async fn referenced_blocks(store: &dyn ObjectStore, ring: &Keyring) -> Result<HashSet<ObjectId>, SnapshotError> {
-    Ok(list(store, ring).await?.iter().flat_map(Snapshot::blocks).collect())
+pub async fn referenced_packs(store: &dyn ObjectStore, ring: &Keyring) -> Result<HashSet<ObjectId>, SnapshotError> {
+    Ok(list(store, ring).await?.iter().flat_map(Snapshot::packs).collect())
 }
 
 /// Deletes snapshot `name`, then the data objects only it referenced (not
@@ -249,13 +249,14 @@ pub async fn referenced_blocks(store: &dyn ObjectStore, ring: &Keyring) -> Resul
 /// snapshot). Returns how many objects were deleted.
 pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<usize, SnapshotError> {
     let snapshot = load(store, ring, name).await?;
-    // The live state, which may reference blocks no checkpoint does yet.
+    // The live state, which may reference packs no checkpoint does yet.
     // Without it nothing is deleted: absent is not empty. Read before the
-    // snapshot goes, which is safe: a block the live state no longer
-    // references never comes back (ids are never reused).
+    // snapshot goes, which is safe: a stored pack the live state no longer
+    // references never comes back (ids are never reused, and only the
+    // open pack, not yet stored, gets new chunks).
     let live = live_state(store, ring).await?.ok_or(SnapshotError::NoState)?;
     store.delete(&object_key(ring, name)).await?;
-    let mut candidates: HashSet<ObjectId> = snapshot.blocks().collect();
+    let mut candidates: HashSet<ObjectId> = snapshot.packs().collect();
     for record in live.records {
         if let Record::Chunk { block, .. } = record {
             candidates.remove(&block.pack);
@@ -273,7 +274,7 @@ pub async fn delete(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
             }
         }
     }
-    for id in referenced_blocks(store, ring).await? {
+    for id in referenced_packs(store, ring).await? {
         candidates.remove(&id);
     }
     let mut deleted = 0;

@@ -543,7 +543,7 @@ impl Writer {
         let all_ripe = ripe.len() == garbage.len();
         // Listed only now that every superseded state is gone (see
         // `snapshots`): a snapshot copying one of them is visible by now.
-        let kept = match snapshots::referenced_blocks(self.store.as_ref(), &self.ring).await {
+        let kept = match snapshots::referenced_packs(self.store.as_ref(), &self.ring).await {
             Ok(kept) => kept,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the volume's snapshots; will retry");
