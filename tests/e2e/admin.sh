@@ -475,7 +475,7 @@ chmod 600 "$PASS1" "$PASS2"
 
 require "keygen" sv_keygen "$KEY"
 require "keygen (second key)" sv_keygen "$KEY2"
-require "init $URL (64K blocks)" save_out "$WORK/init.out" sv_init "$URL" --block-size 64K --key-file "$KEY"
+require "init $URL (64K chunks)" save_out "$WORK/init.out" sv_init "$URL" --chunk-size 64K --key-file "$KEY"
 VOLID=$(sed -n 's/^created volume \([0-9a-f]*\) .*/\1/p' "$WORK/init.out")
 echo "volume id $VOLID"
 
@@ -491,14 +491,14 @@ info_ok() { # URL VOLID SLOTS
         echo "no volume id from init"
         return 1
     }
-    grep -qE '^format version +2$' "$out" || { echo "no 'format version 2'"; return 1; }
+    grep -qE '^format version +3$' "$out" || { echo "no 'format version 3'"; return 1; }
     grep -qE '^revision +1$' "$out" || { echo "no 'revision 1'"; return 1; }
     grep -qE "^volume id +$2\$" "$out" || { echo "no 'volume id $2'"; return 1; }
-    grep -qE '^block size +65536 bytes$' "$out" || { echo "no 'block size 65536 bytes'"; return 1; }
+    grep -qE '^chunk size +65536 bytes$' "$out" || { echo "no 'chunk size 65536 bytes'"; return 1; }
     grep -qE "^key slots +$3\$" "$out" || { echo "no 'key slots $3'"; return 1; }
     slots_are "$out" key-file
 }
-check "info without a key: format 2, volume id, block size, revision, one key-file slot" info_ok "$URL" "$VOLID" 1
+check "info without a key: format 3, volume id, chunk size, revision, one key-file slot" info_ok "$URL" "$VOLID" 1
 info_with_key() { # URL
     local out
     out=$(sv_info "$1" --key-file "$KEY") || return 1

@@ -246,7 +246,7 @@ for _ in 1 2 3 4 5 6; do
     WRITES+=" f$((2 * BA + 7)):$((RANDOM * 7 % (3 * BA))):$((RANDOM % (2 * BA) + 1))"
 done
 
-require "init $URL_A (64K blocks)" sv_init "$URL_A" --block-size 64K --key-file "$KEY"
+require "init $URL_A (64K chunks)" sv_init "$URL_A" --chunk-size 64K --key-file "$KEY"
 require "mount volume A" sv_mount "$URL_A" "$MNT_A" "$CACHE_A" --key-file "$KEY"
 
 step "files of 0, 1, block-1, block, block+1, 2 block+7, 3 block bytes" "$REF_A" "$MNT_A" mk_sizes "$BA"

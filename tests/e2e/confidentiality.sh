@@ -120,7 +120,7 @@ read_all() { # ROOT: read every file back through the mount
 }
 
 require "keygen" sv_keygen "$KEY"
-require "init $URL (64K blocks)" sv_logged sv_init "$URL" --block-size 64K --key-file "$KEY"
+require "init $URL (64K chunks)" sv_logged sv_init "$URL" --chunk-size 64K --key-file "$KEY"
 require "mount" sv_logged sv_mount "$URL" "$MNT" "$CACHE" --key-file "$KEY"
 require "write files, names, dirs, symlink targets with the marker" write_markers "$MNT"
 # Extended attributes are optional: ENOTSUP means there is nothing to leak.

@@ -7,11 +7,11 @@
 # it exits non-zero on the first miscompare, wrong size or failed call, and
 # then prints its last operations.
 #
-# Per volume block size (64K and 1M by default), one run of the operations
+# Per volume chunk size (4K and 64K by default), one run of the operations
 # above plus posix_fallocate and fallocate(PUNCH_HOLE) (FSX_FALLOCATE=0:
-# without those two): seed 1 for the first block size, 2 for the second, and
-# so on, so each block size sees its own sequence without repeating work
-# (FSX_SEEDS runs the same seeds on every block size instead).
+# without those two): seed 1 for the first chunk size, 2 for the second, and
+# so on, so each chunk size sees its own sequence without repeating work
+# (FSX_SEEDS runs the same seeds on every chunk size instead).
 # Then umount, mount from an empty cache dir (everything comes from the
 # store) and compare every file of a passed run with what fsx expects (the
 # same fsx run replayed on local disk).
@@ -19,8 +19,8 @@
 # Usage: [E2E_URL=... E2E_ENDPOINT=...] bash tests/e2e/fsx.sh
 # FSX              the fsx binary (default: $S3VAULT_TOOLS/bin/fsx)
 # FSX_OPS          operations per run (default 20000)
-# FSX_BLOCK_SIZES  volume block sizes (default "64K 1M")
-# FSX_SEEDS        seeds for every block size (default: one per block size)
+# FSX_BLOCK_SIZES  volume chunk sizes (default "4K 64K")
+# FSX_SEEDS        seeds for every chunk size (default: one per chunk size)
 # FSX_FLEN         maximum file size in bytes (default 4 MiB)
 # FSX_FALLOCATE=0  run without fallocate and punch hole
 # scripts/soak.sh runs this suite with a million operations.
@@ -33,7 +33,7 @@ e2e_init fsx
 
 : "${FSX:=${S3VAULT_TOOLS:-$HOME/.cache/s3vault-tools}/bin/fsx}"
 : "${FSX_OPS:=20000}"
-: "${FSX_BLOCK_SIZES:=64K 1M}"
+: "${FSX_BLOCK_SIZES:=4K 64K}"
 : "${FSX_SEEDS:=}"
 : "${FSX_FLEN:=$((4 << 20))}"
 : "${FSX_FALLOCATE:=1}"
@@ -172,8 +172,8 @@ for BS in $FSX_BLOCK_SIZES; do
     MNT=$WORK/mnt-$BS
     PASSED=$WORK/passed-$BS
     : >"$PASSED"
-    require "init $URL ($BS blocks)" sv_init "$URL" --block-size "$BS" --key-file "$KEY"
-    require "mount ($BS blocks)" sv_mount "$URL" "$MNT" "$WORK/cache-$BS" --key-file "$KEY"
+    require "init $URL ($BS chunks)" sv_init "$URL" --chunk-size "$BS" --key-file "$KEY"
+    require "mount ($BS chunks)" sv_mount "$URL" "$MNT" "$WORK/cache-$BS" --key-file "$KEY"
 
     for SEED in $SEEDS; do
         # One run with every operation; FSX_FALLOCATE=0 leaves out
@@ -196,12 +196,12 @@ for BS in $FSX_BLOCK_SIZES; do
         done
     done
 
-    umount_step "umount after fsx ($BS blocks)" "$MNT"
+    umount_step "umount after fsx ($BS chunks)" "$MNT"
     # A fresh host: only the store and the key.
-    require "mount ($BS blocks) from an empty cache dir" \
+    require "mount ($BS chunks) from an empty cache dir" \
         sv_mount "$URL" "$MNT" "$WORK/cache-$BS-fresh" --key-file "$KEY"
     check "block $BS: fsx's files hold what fsx expects (from the store)" same_as_fsx_expects "$PASSED"
-    umount_step "umount ($BS blocks, fresh cache)" "$MNT"
+    umount_step "umount ($BS chunks, fresh cache)" "$MNT"
 done
 
 e2e_finish

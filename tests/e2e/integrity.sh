@@ -2,17 +2,18 @@
 # Integrity (design invariant 2) and key handling (invariant 6).
 #
 # The objects of a volume are tampered with directly in the store: a flipped
-# byte, two objects swapped (within one file and across files), a truncated
-# object, a missing object, an object from a volume with another key, an
-# object from another volume with the same key, a tampered metadata snapshot
-# and superblock. Each case starts from the pristine store and an empty cache
+# byte, two chunks swapped within their pack, two packs swapped (across
+# files), a truncated pack, a missing pack, a pack from a volume with
+# another key, a pack from another volume with the same key, a tampered
+# metadata snapshot and superblock. Each case starts from the pristine store and an empty cache
 # dir (so everything is read from the store). A file whose data was touched
 # must fail to read with EIO and must never yield bytes other than its own;
 # the other files must still read back intact.
 #
-# Which data objects belong to which file cannot be told from their names
-# (random ids); the files are written one per mount session instead, and the
-# objects that appear in data/ after a session belong to that file.
+# Which data objects (packs) belong to which file cannot be told from their
+# names (random ids); the files are written one per mount session instead,
+# so each file is one pack of its own: the one that appears in data/ after
+# its session. Chunk i of a file sealed alone starts at i × (64 KiB + 28).
 #
 # Then: wrong key, wrong passphrase, key files readable by group/world, bad
 # options: mount exits 2 with a one-line message.
@@ -34,7 +35,8 @@ SRC=$WORK/src
 PRISTINE=$WORK/pristine
 mkdir -p "$SRC"
 B=65536
-# The files: sizes of 1, 2 and 3 blocks (the last one partial).
+S=$((B + 28)) # a sealed 64 KiB chunk
+# The files: sizes of 1, 2 and 3 chunks (the last one partial).
 head -c $((B / 2)) /dev/urandom >"$SRC/one"
 head -c $((2 * B)) /dev/urandom >"$SRC/two"
 head -c $((2 * B + B / 2)) /dev/urandom >"$SRC/victim"
@@ -126,21 +128,21 @@ with open(sys.argv[1], "r+b") as f:
 }
 
 # Tamper functions: change the store, report which files are affected.
-t_flip() {
-    local k f
-    k=$(objs_of victim | sed -n 2p)
-    f=$WORK/obj
-    store_get "$URL" "$k" "$f"
-    flip_byte "$f" $(($(stat -c %s "$f") / 2))
-    store_put "$f" "$URL" "$k"
-}
-
-t_flip_last() { # the tag at the end of an AES-GCM object
+t_flip() { # in the middle of the second chunk's ciphertext
     local k f
     k=$(objs_of victim | sed -n 1p)
     f=$WORK/obj
     store_get "$URL" "$k" "$f"
-    flip_byte "$f" $(($(stat -c %s "$f") - 1))
+    flip_byte "$f" $((S + B / 2))
+    store_put "$f" "$URL" "$k"
+}
+
+t_flip_last() { # the tag at the end of the first chunk
+    local k f
+    k=$(objs_of victim | sed -n 1p)
+    f=$WORK/obj
+    store_get "$URL" "$k" "$f"
+    flip_byte "$f" $((S - 1))
     store_put "$f" "$URL" "$k"
 }
 
@@ -151,8 +153,20 @@ swap() { # KEY1 KEY2
     store_put "$WORK/obj1" "$URL" "$2"
 }
 
-t_swap_within() {
-    swap "$(objs_of victim | sed -n 1p)" "$(objs_of victim | sed -n 2p)"
+t_swap_within() { # the first two chunks of the victim's pack trade places
+    local k f
+    k=$(objs_of victim | sed -n 1p)
+    f=$WORK/obj
+    store_get "$URL" "$k" "$f"
+    python3 -c '
+import sys
+s = int(sys.argv[2])
+with open(sys.argv[1], "r+b") as f:
+    data = f.read()
+    f.seek(0)
+    f.write(data[s:2 * s] + data[:s])
+' "$f" "$S"
+    store_put "$f" "$URL" "$k"
 }
 
 t_swap_across() {
@@ -216,14 +230,22 @@ tamper_case() {
 
 require "keygen" sv_keygen "$KEY"
 require "keygen (a second key)" sv_keygen "$KEY_OTHER"
-require "init $URL (64K blocks)" sv_init "$URL" --block-size 64K --key-file "$KEY"
+require "init $URL (64K chunks)" sv_init "$URL" --chunk-size 64K --key-file "$KEY"
 for f in $FILES; do
     require "write '$f' alone in a mount session" write_alone "$f"
 done
-check "'one' (half a block) is 1 data object" object_count one 1
-check "'two' (2 blocks) is 2 data objects" object_count two 2
-check "'victim' (2.5 blocks) is 3 data objects" object_count victim 3
-if (($(objs_of victim | wc -l) < 2 || $(objs_of two | wc -l) < 1 || $(objs_of one | wc -l) < 1)); then
+check "'one' (half a chunk) is 1 pack" object_count one 1
+check "'two' (2 chunks) is 1 pack" object_count two 1
+check "'victim' (2.5 chunks) is 1 pack" object_count victim 1
+pack_len() { # NAME LEN: the file's pack is LEN bytes (padded to 64 KiB)
+    local f=$WORK/obj-len
+    store_get "$URL" "$(objs_of "$1")" "$f"
+    echo "$1's pack is $(stat -c %s "$f") bytes, expected $2"
+    (($(stat -c %s "$f") == $2))
+}
+check "packs are padded: half a chunk takes 64 KiB" pack_len one $((64 * 1024))
+check "... and 2.5 chunks 192 KiB" pack_len victim $((192 * 1024))
+if (($(objs_of victim | wc -l) != 1 || $(objs_of two | wc -l) != 1 || $(objs_of one | wc -l) != 1)); then
     abort "cannot tell which data objects belong to which file"
 fi
 store_dump "$URL" "$PRISTINE" || abort "cannot copy the store"
@@ -232,7 +254,7 @@ store_dump "$URL" "$PRISTINE" || abort "cannot copy the store"
 # a first file like ours, to take objects from.
 prepare_foreign() { # URL KEYFILE SRCFILE OUT
     local url=$1 key=$2 src=$3 out=$4 mnt=$WORK/mnt-foreign
-    sv_init "$url" --block-size 64K --key-file "$key"
+    sv_init "$url" --chunk-size 64K --key-file "$key"
     sv_mount "$url" "$mnt" "$WORK/cache-foreign-${url##*/}" --key-file "$key"
     cp "$src" "$mnt/one"
     sv_umount "$mnt"
@@ -245,15 +267,15 @@ require "a volume with the same key, for its objects" \
     prepare_foreign "$(vol_url integ-same-key)" "$KEY" "$SRC/foreign" "$WORK/foreign-same-key"
 
 tamper_case "pristine store (control)" true ""
-tamper_case "one byte flipped in the middle of a data object" t_flip "victim"
-tamper_case "last byte (tag) of a data object flipped" t_flip_last "victim"
-tamper_case "two data objects of one file swapped" t_swap_within "victim"
-tamper_case "data objects of two files swapped" t_swap_across "victim two"
-tamper_case "data object truncated to half" t_truncate "victim"
-tamper_case "data object emptied" t_empty "victim"
-tamper_case "data object missing" t_missing "victim"
-tamper_case "data object from a volume with another key" t_other_key "victim"
-tamper_case "data object from another volume with the same key" t_same_key_other_volume "one"
+tamper_case "one byte flipped in the middle of a chunk" t_flip "victim"
+tamper_case "last byte (tag) of a chunk flipped" t_flip_last "victim"
+tamper_case "two chunks of one file swapped within their pack" t_swap_within "victim"
+tamper_case "packs of two files swapped" t_swap_across "victim two"
+tamper_case "pack truncated to half" t_truncate "victim"
+tamper_case "pack emptied" t_empty "victim"
+tamper_case "pack missing" t_missing "victim"
+tamper_case "pack from a volume with another key" t_other_key "victim"
+tamper_case "pack from another volume with the same key" t_same_key_other_volume "one"
 
 # Metadata and superblock: the mount must not come up with wrong contents.
 meta_tampered_mount() {
@@ -339,7 +361,7 @@ printf 'wrong horse battery staple\n' >"$WORK/pass-wrong"
 cp "$WORK/pass" "$WORK/pass-0644"
 chmod 0600 "$WORK/pass" "$WORK/pass-wrong"
 chmod 0644 "$WORK/pass-0644"
-require "init with a passphrase file" sv_init "$URL_P" --block-size 64K --passphrase-file "$WORK/pass"
+require "init with a passphrase file" sv_init "$URL_P" --chunk-size 64K --passphrase-file "$WORK/pass"
 require "mount with the right passphrase" sv_mount "$URL_P" "$MNT" "$WORK/cache-p" --passphrase-file "$WORK/pass"
 check "write on the passphrase volume" cp "$SRC/victim" "$MNT/victim"
 umount_step "umount the passphrase volume" "$MNT"
