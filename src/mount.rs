@@ -125,6 +125,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         gate.clone(),
     ));
     runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
+    runtime.spawn(compact_periodically(core.clone()));
     if let Some(log) = core.audit_log() {
         runtime.spawn(audit_periodically(log.clone()));
     }
@@ -613,6 +614,23 @@ async fn sync_periodically(core: Arc<Core>, interval: Duration) {
         ticker.tick().await;
         if let Err(e) = core.sync().await {
             tracing::warn!(error = %e, "periodic metadata upload failed; will retry");
+        }
+    }
+}
+
+/// Rewrites packs that overwrites and deletes left mostly dead
+/// (`fs/compact.rs`); a read-only mount has nothing to do.
+async fn compact_periodically(core: Arc<Core>) {
+    let mut ticker = tokio::time::interval(crate::fs::COMPACT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if core.is_read_only() {
+            return;
+        }
+        if let Err(e) = core.compact().await {
+            tracing::warn!(error = %e, "compaction pass failed; will retry");
         }
     }
 }

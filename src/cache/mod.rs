@@ -765,6 +765,8 @@ impl Packer<'_> {
             std::fs::remove_file(&path)?;
         } else {
             let len = codec::padded_pack_len(open.len);
+            // The padding counts against the limit like the chunks did.
+            self.cache.make_room(len - open.len, true);
             open.file.set_len(len)?;
             std::fs::rename(&path, self.cache.path("dirty", &id))?;
             let mut packs = self.cache.packs();

@@ -149,8 +149,8 @@ async fn clean_packs_are_evicted_least_recently_used_first_dirty_never() {
     let dir = tempfile::tempdir().unwrap();
     let inner = Arc::new(MemoryStore::default());
     let store = Arc::new(FaultyStore::new(inner.clone()));
-    // Room for two kept copies and a pack of 1,000 bytes before padding.
-    let mut cfg = config(1250);
+    // Room for two kept copies and one padded pack.
+    let mut cfg = config(PADDED + 250);
     cfg.max_dirty = 1 << 20;
     let cache = PackCache::open(dir.path(), cfg, store.clone()).unwrap();
     for n in 1..=3 {

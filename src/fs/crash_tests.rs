@@ -158,9 +158,10 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The workload: files across block boundaries, a directory, a rename, an
-/// overwrite (its old block becomes garbage), an unlink, syncs that
-/// checkpoint and reclaim, an fsync, a named snapshot and a lease renewal.
+/// The workload: files across chunk boundaries, a directory, a rename, an
+/// overwrite (its old chunk becomes dead), an unlink, syncs that checkpoint
+/// and reclaim, an fsync, a named snapshot, a lease renewal and a
+/// compaction.
 /// Stops at the first error, as a killed process would.
 async fn workload(
     run: &mut Run,
@@ -188,6 +189,14 @@ async fn workload(
     run.write(core, "c", 0, &content(4, 2 * b)).await?;
     run.sync(core, None, store).await?;
     run.write(core, "c", b, &content(5, 10)).await?;
+    run.sync(core, None, store).await?;
+    // A pack left mostly dead, then compacted: its live chunk moves to a
+    // new pack and the old one is reclaimed.
+    run.write(core, "big", 0, &content(6, 20 * b)).await?;
+    run.write(core, "small", 0, &content(7, 100)).await?;
+    run.sync(core, None, store).await?;
+    run.unlink(core, "big")?;
+    core.compact().await?;
     run.sync(core, None, store).await?;
     if let Ok(lease) = lease {
         let _ = lease.release().await;

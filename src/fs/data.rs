@@ -585,14 +585,27 @@ impl Core {
         let ino = file.ino;
         let chunk_size = self.chunk_size;
         let (size, mtime, cut) = (buffer.size, buffer.mtime, buffer.cut);
+        let items: Vec<ToStage<'_>> = chunks
+            .iter()
+            .map(|(index, content)| ToStage {
+                ino,
+                index: *index,
+                content,
+            })
+            .collect();
         let staged = self
-            .stage(ino, &chunks, |m, staged| {
+            .stage(&items, |m, refs| {
+                let staged: Vec<(u64, Option<ChunkRef>)> = chunks
+                    .iter()
+                    .map(|(index, _)| *index)
+                    .zip(refs.iter().copied())
+                    .collect();
                 let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
                 let mut replaced = Vec::new();
                 if let Some(cut) = cut.filter(|_| all) {
                     replaced.extend(m.remove_chunks_from(ino, cut)?);
                 }
-                for (index, chunk) in staged {
+                for (index, chunk) in &staged {
                     replaced.extend(m.set_chunk(ino, *index, *chunk)?);
                 }
                 let freed = crate::meta::release_packs(m, &replaced)?;
@@ -613,6 +626,7 @@ impl Core {
                 Ok(freed)
             })
             .await;
+        drop(items);
         let (staged, freed) = match staged {
             Ok(done) => done,
             Err(e) => {
@@ -623,7 +637,7 @@ impl Core {
         self.discard_unuploaded(&freed);
         // What was just written is the likeliest to be read next: keep it
         // instead of fetching it back from the store.
-        for ((_, chunk), (_, content)) in staged.iter().zip(chunks) {
+        for (chunk, (_, content)) in staged.iter().zip(chunks) {
             if let Some(chunk) = chunk {
                 self.fetcher.remember(chunk, content);
             }
@@ -641,18 +655,17 @@ impl Core {
     /// Seals chunks into the cache's open pack and runs `commit` (which
     /// maps them) in one metadata transaction, both under the pack lock; an
     /// all-zero chunk becomes a hole (`None`) and stores nothing. Returns
-    /// the chunks as mapped and what `commit` returned.
-    async fn stage<T>(
+    /// where each chunk went, in order, and what `commit` returned.
+    pub(super) async fn stage<T>(
         &self,
-        ino: u64,
-        chunks: &[(u64, Vec<u8>)],
-        commit: impl FnOnce(&mut dyn MetadataStore, &[(u64, Option<ChunkRef>)]) -> FsResult<T>,
-    ) -> FsResult<(Vec<(u64, Option<ChunkRef>)>, T)> {
-        let stored = |content: &Vec<u8>| content.iter().any(|b| *b != 0);
+        chunks: &[ToStage<'_>],
+        commit: impl FnOnce(&mut dyn MetadataStore, &[Option<ChunkRef>]) -> FsResult<T>,
+    ) -> FsResult<(Vec<Option<ChunkRef>>, T)> {
+        let stored = |content: &[u8]| content.iter().any(|b| *b != 0);
         let sealed_len: u64 = chunks
             .iter()
-            .filter(|(_, c)| stored(c))
-            .map(|(_, c)| codec::sealed_chunk_len(c.len()) as u64)
+            .filter(|c| stored(c.content))
+            .map(|c| codec::sealed_chunk_len(c.content.len()) as u64)
             .sum();
         if sealed_len > 0 {
             self.cache.reserve(sealed_len).await.map_err(cache_error)?;
@@ -665,31 +678,28 @@ impl Core {
         if sealed_len > 0 {
             let (pack, mut offset) = packer.position().map_err(|e| cache_error(e.into()))?;
             let key = codec::pack_key(&self.ring, &pack);
-            for (index, content) in chunks {
-                if !stored(content) {
-                    staged.push((*index, None));
+            for chunk in chunks {
+                if !stored(chunk.content) {
+                    staged.push(None);
                     continue;
                 }
                 let addr = ChunkAddress {
                     pack,
                     offset,
-                    ino,
-                    index: *index,
+                    ino: chunk.ino,
+                    index: chunk.index,
                 };
-                let sealed = codec::seal_chunk(&self.ring, &key, &addr, content);
+                let sealed = codec::seal_chunk(&self.ring, &key, &addr, chunk.content);
                 packer.append(&sealed).map_err(|e| cache_error(e.into()))?;
-                staged.push((
-                    *index,
-                    Some(ChunkRef {
-                        pack,
-                        offset: u32::try_from(offset).map_err(|_| FsError::EIO)?,
-                        len: content.len() as u32,
-                    }),
-                ));
+                staged.push(Some(ChunkRef {
+                    pack,
+                    offset: u32::try_from(offset).map_err(|_| FsError::EIO)?,
+                    len: chunk.content.len() as u32,
+                }));
                 offset += sealed.len() as u64;
             }
         } else {
-            staged.extend(chunks.iter().map(|(index, _)| (*index, None)));
+            staged.resize(chunks.len(), None);
         }
         let done = self.transact_local(|m| commit(m, &staged))?;
         drop(packer);
@@ -701,6 +711,13 @@ impl Core {
     pub(super) fn cut(&self, packer: &mut Packer<'_>) -> FsResult<()> {
         packer.cut_with(self.meta().as_mut()).map_err(cache_error)
     }
+}
+
+/// A chunk to seal into the open pack.
+pub(super) struct ToStage<'a> {
+    pub(super) ino: u64,
+    pub(super) index: u64,
+    pub(super) content: &'a [u8],
 }
 
 /// What a cache failure means to the caller.

@@ -7,6 +7,7 @@
 //! touch the object store is `async` and runs on tokio workers.
 
 mod access;
+mod compact;
 mod data;
 mod error;
 mod namespace;
@@ -16,6 +17,7 @@ mod trail;
 mod xattr;
 
 pub use access::Caller;
+pub use compact::{COMPACT_INTERVAL, PackStats};
 pub use error::{FsError, FsResult};
 
 use crate::audit::{AuditLog, Event, Record};
@@ -124,8 +126,13 @@ pub struct Core {
     /// Paths of directories, for audit records.
     dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
     fetcher: Arc<Fetcher>,
+    store: Arc<dyn ObjectStore>,
     /// Uploads the metadata changes (persistence layer).
     journal: Writer,
+    /// The last compaction pass's view of the packs (`compact.rs`).
+    pack_stats: Mutex<Option<compact::PackStats>>,
+    compacted_packs: AtomicU64,
+    compacted_bytes: AtomicU64,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -176,7 +183,11 @@ impl Core {
             )),
             next_fh: AtomicU64::new(1),
             fetcher,
+            store,
             journal,
+            pack_stats: Mutex::new(None),
+            compacted_packs: AtomicU64::new(0),
+            compacted_bytes: AtomicU64::new(0),
         }
     }
 
@@ -484,6 +495,7 @@ impl Core {
             open_handles: self.handles().len(),
             unsynced_metadata: self.has_unsynced_changes(),
             cache: self.cache.status(),
+            packs: self.pack_stats(),
             audit: self.audit.as_ref().map(|log| log.stats()),
         }
     }
@@ -501,6 +513,8 @@ pub struct CoreStatus {
     /// (or a sync is under way).
     pub unsynced_metadata: bool,
     pub cache: CacheStatus,
+    /// `None` until the first compaction pass.
+    pub packs: Option<compact::PackStats>,
     pub audit: Option<crate::audit::AuditStats>,
 }
 

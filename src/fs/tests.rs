@@ -360,6 +360,73 @@ async fn damage_inside_a_shared_pack_fails_exactly_the_files_it_touches() {
 }
 
 #[tokio::test]
+async fn compaction_moves_live_chunks_out_of_a_mostly_dead_pack() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let b = BS as usize;
+    let doomed = write_file(&core, b"doomed", &vec![7u8; 40 * b]).await;
+    let kept = write_file(&core, b"kept", &[1u8; 100]).await;
+    core.sync().await.unwrap();
+    let old = core.meta().chunks(kept, 0, 0).unwrap()[0].1.pack;
+    assert_eq!(core.meta().chunks(doomed, 0, 0).unwrap()[0].1.pack, old, "one pack");
+    // Mostly dead, but not empty: only compaction can reclaim it.
+    core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
+    assert_eq!(core.compact().await.unwrap(), 1);
+    let status = core.status().packs.unwrap();
+    assert_eq!(
+        (status.packs, status.compaction_pending, status.compacted_packs),
+        (1, 0, 1)
+    );
+    assert!(status.live_ratio.unwrap() < 0.01, "{status:?}");
+    let new = core.meta().chunks(kept, 0, 0).unwrap()[0].1.pack;
+    assert_ne!(new, old);
+    assert_eq!(read_all(&core, kept).await.unwrap(), vec![1u8; 100]);
+    // The next checkpoint reclaims the old pack (no grace here).
+    core.sync().await.unwrap();
+    assert_eq!(fx.data_objects().await, vec![crate::cache::data_key(&new)]);
+    assert_eq!(read_all(&fx.remount().await, kept).await.unwrap(), vec![1u8; 100]);
+    // Nothing left worth compacting.
+    assert_eq!(core.compact().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn compaction_leaves_a_chunk_rewritten_meanwhile_alone() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let b = BS as usize;
+    let doomed = write_file(&core, b"doomed", &vec![7u8; 40 * b]).await;
+    let kept = write_file(&core, b"kept", &[1u8; 100]).await;
+    core.sync().await.unwrap();
+    core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
+    let _ = doomed;
+    // The file changes between the compactor's read and its commit: the
+    // commit only moves chunks still where they were read from.
+    let pack = core.meta().chunks(kept, 0, 0).unwrap()[0].1.pack;
+    let chunks = core.meta().chunks_in(&pack).unwrap();
+    core.open_handle(kept, libc::O_WRONLY, &root()).unwrap();
+    core.write(0, kept, 0, &[2u8; 100]).await.unwrap();
+    core.release(0, kept).await.unwrap();
+    let items: Vec<super::data::ToStage<'_>> = chunks
+        .iter()
+        .map(|&(ino, index, _)| super::data::ToStage {
+            ino,
+            index,
+            content: &[1u8; 100],
+        })
+        .collect();
+    let (_, moved) = core
+        .stage(&items, |m, staged| super::compact::remap_unchanged(m, &chunks, staged))
+        .await
+        .unwrap();
+    assert!(moved.is_empty(), "{moved:?}");
+    assert_eq!(
+        read_all(&core, kept).await.unwrap(),
+        vec![2u8; 100],
+        "the newer write wins"
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_object_never_enters_the_cache() {
     let fx = Fixture::new();
     let core = fx.core();

@@ -243,6 +243,8 @@ pub trait MetadataStore: Send {
     fn references(&self, pack: &ObjectId) -> Result<bool>;
     /// Each chunk living in `pack`: (inode, index, chunk), in pack order.
     fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>>;
+    /// Every referenced pack with the sealed bytes of its live chunks.
+    fn pack_usage(&self) -> Result<Vec<(ObjectId, u64)>>;
 
     /// Data objects no longer referenced locally, to delete once a metadata
     /// state without them is durable in the object store. A pack that is

@@ -499,6 +499,15 @@ impl MetadataStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn pack_usage(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let overhead = crate::crypto::SEAL_OVERHEAD as i64;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT pack, sum(len) + ?1 * count(*) FROM chunks GROUP BY pack")?;
+        let rows = stmt.query_map([overhead], |r| Ok((object_id(r.get(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn add_garbage(&mut self, id: &ObjectId) -> Result<()> {
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO garbage (object) VALUES (?1)")?
@@ -787,6 +796,9 @@ mod tests {
         db.set_chunk(5, 7, Some(a)).unwrap();
         assert_eq!(db.chunks(5, 0, u64::MAX).unwrap().len(), 2);
         assert_eq!(db.chunks_in(&[1; 16]).unwrap(), vec![(5, 7, a)]);
+        let mut usage = db.pack_usage().unwrap();
+        usage.sort();
+        assert_eq!(usage, vec![([1; 16], 10 + 28), ([2; 16], 20 + 28)]);
         assert_eq!(db.remove_chunks_from(5, 1).unwrap(), vec![a]);
         assert!(!db.references(&[1; 16]).unwrap());
         assert!(db.references(&[2; 16]).unwrap());
