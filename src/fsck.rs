@@ -404,9 +404,11 @@ pub async fn run(
             && let Some((pack, chunks)) = queue.next()
         {
             let (store, ring) = (store.clone(), ring.clone());
-            let limit = objects.get(&data_key(&pack)).map_or(0, |info| info.size);
+            // Only as far as the metadata expects: padding and whatever a
+            // writer of the bucket appended are never read.
+            let end = chunks.iter().map(|(_, chunk, _, _)| chunk.end()).max().unwrap_or(0);
             tasks.spawn(async move {
-                let outcomes = match store.get_at_most(&data_key(&pack), limit).await {
+                let outcomes = match store.get_range(&data_key(&pack), 0, end).await {
                     Ok(sealed) => chunks
                         .into_iter()
                         .map(|(which, chunk, ino, index)| {

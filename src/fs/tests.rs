@@ -359,14 +359,19 @@ async fn damage_inside_a_shared_pack_fails_exactly_the_files_it_touches() {
     assert_eq!(reads_intact(&fx.remount().await, &inos).await, vec![Ok(true); 3]);
 }
 
+/// A 40-chunk file and a 100-byte one, synced into one pack: (doomed, kept).
+async fn two_files_in_one_pack(core: &Core) -> (u64, u64) {
+    let doomed = write_file(core, b"doomed", &vec![7u8; 40 * BS as usize]).await;
+    let kept = write_file(core, b"kept", &[1u8; 100]).await;
+    core.sync().await.unwrap();
+    (doomed, kept)
+}
+
 #[tokio::test]
 async fn compaction_moves_live_chunks_out_of_a_mostly_dead_pack() {
     let fx = Fixture::new();
     let core = fx.core();
-    let b = BS as usize;
-    let doomed = write_file(&core, b"doomed", &vec![7u8; 40 * b]).await;
-    let kept = write_file(&core, b"kept", &[1u8; 100]).await;
-    core.sync().await.unwrap();
+    let (doomed, kept) = two_files_in_one_pack(&core).await;
     let old = core.meta().chunks(kept, 0, 0).unwrap()[0].1.pack;
     assert_eq!(core.meta().chunks(doomed, 0, 0).unwrap()[0].1.pack, old, "one pack");
     // Mostly dead, but not empty: only compaction can reclaim it.
@@ -393,12 +398,8 @@ async fn compaction_moves_live_chunks_out_of_a_mostly_dead_pack() {
 async fn compaction_leaves_a_chunk_rewritten_meanwhile_alone() {
     let fx = Fixture::new();
     let core = fx.core();
-    let b = BS as usize;
-    let doomed = write_file(&core, b"doomed", &vec![7u8; 40 * b]).await;
-    let kept = write_file(&core, b"kept", &[1u8; 100]).await;
-    core.sync().await.unwrap();
+    let (_, kept) = two_files_in_one_pack(&core).await;
     core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
-    let _ = doomed;
     // The file changes between the compactor's read and its commit: the
     // commit only moves chunks still where they were read from.
     let pack = core.meta().chunks(kept, 0, 0).unwrap()[0].1.pack;

@@ -88,6 +88,14 @@ impl LocalStore {
     }
 }
 
+/// An object's file for reading; a missing one is `NotFound`.
+fn open_object(path: &Path) -> Result<fs::File, StoreError> {
+    fs::File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => StoreError::NotFound,
+        _ => io_err("get", e),
+    })
+}
+
 fn io_err(action: &'static str, e: io::Error) -> StoreError {
     match e.kind() {
         io::ErrorKind::PermissionDenied => StoreError::AccessDenied {
@@ -169,11 +177,7 @@ impl ObjectStore for LocalStore {
         use std::io::Read;
         let path = self.path(key)?;
         blocking(move || {
-            let file = match fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-                Err(e) => return Err(io_err("get", e)),
-            };
+            let file = open_object(&path)?;
             let len = file.metadata().map_err(|e| io_err("get", e))?.len();
             if len > limit {
                 return Err(StoreError::TooLarge { limit });
@@ -194,11 +198,7 @@ impl ObjectStore for LocalStore {
         use std::os::unix::fs::FileExt;
         let path = self.path(key)?;
         blocking(move || {
-            let file = match fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-                Err(e) => return Err(io_err("get", e)),
-            };
+            let file = open_object(&path)?;
             let mut data = vec![0u8; len as usize];
             match file.read_exact_at(&mut data, start) {
                 Ok(()) => Ok(Bytes::from(data)),
