@@ -8,7 +8,7 @@ use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
 use crate::meta::{FileKind, Inode};
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -482,6 +482,20 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             move |core| async move { core.fallocate(ino, offset, length, mode).await },
             move |r| reply_empty(r, reply),
+        );
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds itself).
+    fn lseek(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::ENXIO);
+        };
+        self.spawn(
+            move |core| async move { core.seek_data_or_hole(ino, offset, whence).await },
+            move |r| match r {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(e.errno()),
+            },
         );
     }
 

@@ -440,6 +440,54 @@ impl Core {
         Ok(data.len() as u32)
     }
 
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE: answered from the chunk map and
+    /// the write buffer, so `cp --sparse`, tar and backup tools skip holes
+    /// instead of reading zeros through FUSE. A buffered chunk counts as
+    /// data until it is committed (an all-zero one then becomes a hole);
+    /// the end of the file is a hole.
+    pub async fn seek_data_or_hole(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let file = self.file(ino);
+        let buffer = file.buffer.lock().await;
+        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
+        let size = buffer.size.unwrap_or(inode.size);
+        if offset >= size {
+            return Err(FsError::ENXIO);
+        }
+        let cs = self.chunk_size;
+        let cut = buffer.cut.unwrap_or(u64::MAX);
+        let first = offset / cs;
+        let found = match whence {
+            libc::SEEK_DATA => {
+                let stored = self.meta().next_chunk(ino, first)?.filter(|i| *i < cut);
+                let buffered = buffer.dirty.range(first..).next().map(|(i, _)| *i);
+                let Some(index) = stored.into_iter().chain(buffered).min() else {
+                    return Err(FsError::ENXIO);
+                };
+                (index * cs).max(offset)
+            }
+            libc::SEEK_HOLE => {
+                let mut index = first;
+                loop {
+                    if buffer.dirty.contains_key(&index) {
+                        index += 1;
+                    } else if index < cut && self.meta().next_chunk(ino, index)? == Some(index) {
+                        index = self.meta().next_gap(ino, index)?.min(cut);
+                    } else {
+                        break;
+                    }
+                }
+                (index * cs).max(offset)
+            }
+            _ => return Err(FsError::EINVAL),
+        };
+        drop(buffer);
+        self.retire(&file).await?;
+        if found >= size && whence == libc::SEEK_DATA {
+            return Err(FsError::ENXIO);
+        }
+        Ok(found.min(size))
+    }
+
     /// fallocate(2): mode 0 (and KEEP_SIZE) reserve nothing on an object
     /// store but extend the size as asked; PUNCH_HOLE | KEEP_SIZE zeroes a
     /// range, and blocks it covers whole become holes that store nothing.

@@ -29,6 +29,7 @@ macro_rules! errno {
 }
 
 errno!(
+    ENXIO,
     ENOENT,
     EEXIST,
     ENOTDIR,

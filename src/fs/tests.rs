@@ -488,6 +488,49 @@ async fn sparse_file_stores_only_written_chunks() {
 }
 
 #[tokio::test]
+async fn seek_data_and_hole_follow_the_chunk_map_and_the_buffer() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let cs = BS as u64;
+    let (inode, _) = core.create(&root(), ROOT_INO, b"sparse", 0o644, libc::O_RDWR).unwrap();
+    let ino = inode.ino;
+    core.write(0, ino, 2 * cs, &vec![1u8; 2 * BS as usize]).await.unwrap();
+    core.write(0, ino, 9 * cs, b"tail").await.unwrap();
+    core.release(0, ino).await.unwrap();
+    core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
+    core.setattr(
+        &root(),
+        ino,
+        SetAttr {
+            size: Some(12 * cs),
+            ..SetAttr::default()
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    // Buffered, not committed: data all the same.
+    core.write(0, ino, 6 * cs + 10, b"buffered").await.unwrap();
+    let (data, hole) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+    let seek = |offset: u64, whence: i32| core.seek_data_or_hole(ino, offset, whence);
+    assert_eq!(seek(0, data).await, Ok(2 * cs));
+    assert_eq!(seek(0, hole).await, Ok(0));
+    assert_eq!(seek(2 * cs + 5, data).await, Ok(2 * cs + 5));
+    assert_eq!(seek(2 * cs + 5, hole).await, Ok(4 * cs));
+    assert_eq!(seek(4 * cs, data).await, Ok(6 * cs));
+    assert_eq!(seek(6 * cs, hole).await, Ok(7 * cs));
+    assert_eq!(seek(7 * cs, data).await, Ok(9 * cs));
+    assert_eq!(seek(9 * cs, hole).await, Ok(10 * cs));
+    assert_eq!(seek(10 * cs, data).await, Err(FsError::ENXIO));
+    assert_eq!(seek(10 * cs, hole).await, Ok(10 * cs));
+    assert_eq!(seek(12 * cs, hole).await, Err(FsError::ENXIO));
+    core.release(0, ino).await.unwrap();
+    // Committed now: the same answers from the chunk map alone.
+    assert_eq!(seek(4 * cs, data).await, Ok(6 * cs));
+    assert_eq!(seek(6 * cs, hole).await, Ok(7 * cs));
+}
+
+#[tokio::test]
 async fn truncate_then_extend_exposes_zeros_not_old_bytes() {
     let fx = Fixture::new();
     let core = fx.core();

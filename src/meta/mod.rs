@@ -239,6 +239,10 @@ pub trait MetadataStore: Send {
     fn set_chunk(&mut self, ino: u64, index: u64, chunk: Option<ChunkRef>) -> Result<Option<ChunkRef>>;
     /// Unmaps every chunk with index >= `first`; returns them.
     fn remove_chunks_from(&mut self, ino: u64, first: u64) -> Result<Vec<ChunkRef>>;
+    /// The first stored chunk of `ino` at index `from` or after.
+    fn next_chunk(&self, ino: u64, from: u64) -> Result<Option<u64>>;
+    /// The first index at `from` or after with no stored chunk of `ino`.
+    fn next_gap(&self, ino: u64, from: u64) -> Result<u64>;
     /// Whether any chunk of the state lives in `pack`.
     fn references(&self, pack: &ObjectId) -> Result<bool>;
     /// Each chunk living in `pack`: (inode, index, chunk), in pack order.

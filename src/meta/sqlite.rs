@@ -478,6 +478,34 @@ impl MetadataStore for SqliteStore {
         Ok(removed)
     }
 
+    fn next_chunk(&self, ino: u64, from: u64) -> Result<Option<u64>> {
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(idx) FROM chunks WHERE ino = ?1 AND idx >= ?2")?
+            .query_row(params![ino as i64, from.min(i64::MAX as u64) as i64], |r| r.get(0))?;
+        Ok(found.map(|i| i as u64))
+    }
+
+    fn next_gap(&self, ino: u64, from: u64) -> Result<u64> {
+        let from = from.min(i64::MAX as u64) as i64;
+        let stored = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE ino = ?1 AND idx = ?2")?
+            .exists(params![ino as i64, from])?;
+        if !stored {
+            return Ok(from as u64);
+        }
+        // The end of the run of consecutive chunks that starts at `from`.
+        let gap: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT min(c.idx) + 1 FROM chunks c WHERE c.ino = ?1 AND c.idx >= ?2
+                 AND NOT EXISTS (SELECT 1 FROM chunks d WHERE d.ino = c.ino AND d.idx = c.idx + 1)",
+            )?
+            .query_row(params![ino as i64, from], |r| r.get(0))?;
+        Ok(gap as u64)
+    }
+
     fn references(&self, pack: &ObjectId) -> Result<bool> {
         Ok(self
             .conn
@@ -803,6 +831,27 @@ mod tests {
         assert!(!db.references(&[1; 16]).unwrap());
         assert!(db.references(&[2; 16]).unwrap());
         assert_eq!(db.chunks(5, 0, u64::MAX).unwrap(), vec![(0, b)]);
+    }
+
+    #[test]
+    fn holes_and_data_are_found_from_any_index() {
+        let mut db = SqliteStore::in_memory().unwrap();
+        let c = ChunkRef {
+            pack: [1; 16],
+            offset: 0,
+            len: 1,
+        };
+        for index in [2, 3, 4, 9] {
+            db.set_chunk(5, index, Some(c)).unwrap();
+        }
+        db.set_chunk(6, 0, Some(c)).unwrap();
+        assert_eq!(db.next_chunk(5, 0).unwrap(), Some(2));
+        assert_eq!(db.next_chunk(5, 5).unwrap(), Some(9));
+        assert_eq!(db.next_chunk(5, 10).unwrap(), None);
+        assert_eq!(db.next_gap(5, 0).unwrap(), 0);
+        assert_eq!(db.next_gap(5, 2).unwrap(), 5);
+        assert_eq!(db.next_gap(5, 4).unwrap(), 5);
+        assert_eq!(db.next_gap(5, 9).unwrap(), 10);
     }
 
     #[test]

@@ -124,6 +124,36 @@ sparse_terabyte() {
     ((blocks * 512 >= 3 << 20 && blocks * 512 < 4 << 20))
 }
 
+# SEEK_DATA/SEEK_HOLE on the terabyte file: two data regions, the rest a
+# hole, so `cp --sparse=always` copies it in moments, not a terabyte of
+# zeros through FUSE.
+holes_are_visible() {
+    local f=$MP/sparse-1t
+    python3 - "$f" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+regions, at = [], 0
+while True:
+    try:
+        start = os.lseek(fd, at, os.SEEK_DATA)
+    except OSError:
+        break
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    regions.append((start, end))
+    at = end
+print("data regions:", regions)
+assert len(regions) == 2, regions
+assert regions[0][0] == 0 and regions[0][1] <= 1 << 20, regions
+assert regions[1][1] == size and size - regions[1][0] <= 1 << 20, regions
+PY
+    local t0=$SECONDS
+    timeout 120 cp --sparse=always "$f" "$WORK/sparse-copy"
+    echo "cp --sparse=always of the 1 TiB file took $((SECONDS - t0)) s"
+    cmp <(head -c 4 "$WORK/sparse-copy") <(printf head)
+    rm -f "$WORK/sparse-copy"
+}
+
 # POSIX_BIG_DIR entries; then, while a reader lists the directory over and
 # over, entries are removed and others added; finally the listing must be
 # exactly the expected set, live and after a remount.
@@ -191,6 +221,7 @@ check "mmap'd data reads back" mmap_content_ok
 check "unmount and mount again" remount
 check "mmap'd data survives the remount" mmap_content_ok
 check "a 1 TiB sparse file stores and counts only what was written" sparse_terabyte
+check "SEEK_DATA/SEEK_HOLE show its holes; cp --sparse=always copies it quickly" holes_are_visible
 check "a directory of $POSIX_BIG_DIR entries" big_directory_fill
 check "listing stays exact while entries are removed and added" big_directory_churn
 check "the $POSIX_BIG_DIR-entry listing is exact" big_directory_exact
