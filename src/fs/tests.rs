@@ -940,6 +940,46 @@ async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
     assert_eq!(read_all(&now, ino).await.unwrap(), b"kept by the live state");
 }
 
+/// A pack that grows between fsck's listing and its read (a writer of the
+/// bucket appending, or a listing that lags) is still verified by the bytes
+/// its chunks name, not refused for being larger than listed.
+#[tokio::test]
+async fn fsck_verifies_a_pack_that_grew_after_it_was_listed() {
+    use crate::store::{Fault, Op, Rule};
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let core = fx.core();
+    let ino = write_file(&core, b"kept", b"intact").await;
+    core.sync().await.unwrap();
+    let key = crate::cache::data_key(&core.meta().chunks(ino, 0, 0).unwrap()[0].1.pack);
+    let faulty = Arc::new(FaultyStore::new(fx.store.clone()));
+    faulty.inject(
+        Rule::new(Fault::Stall(Duration::from_secs(2)))
+            .on(&[Op::Get])
+            .under("data/")
+            .nth(1),
+    );
+    let options = crate::fsck::Options {
+        verify: true,
+        repair: false,
+        min_age: Duration::ZERO,
+    };
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let ring = fx.ring.clone();
+    let check = tokio::spawn(async move { crate::fsck::run(store, ring, BS, &options, &|_, _| {}).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut grown = fx.store.get(&key).await.unwrap().to_vec();
+    grown.extend_from_slice(&[0u8; 1 << 20]);
+    fx.store.overwrite(&key, grown.into());
+    let report = check.await.unwrap();
+    assert_eq!(
+        (report.problems.len(), report.verified, report.exit_code()),
+        (0, 1, 0),
+        "{:?}",
+        report.problems
+    );
+}
+
 #[tokio::test]
 async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() {
     use crate::fsck::{self, Options};
