@@ -489,8 +489,9 @@ impl Core {
     }
 
     /// fallocate(2): mode 0 (and KEEP_SIZE) reserve nothing on an object
-    /// store but extend the size as asked; PUNCH_HOLE | KEEP_SIZE zeroes a
-    /// range, and blocks it covers whole become holes that store nothing.
+    /// store but extend the size as asked; PUNCH_HOLE | KEEP_SIZE and
+    /// ZERO_RANGE zero a range, and chunks it covers whole become holes that
+    /// store nothing (ZERO_RANGE without KEEP_SIZE also extends the size).
     pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         if self.is_read_only() {
             return Err(FsError::EROFS);
@@ -510,30 +511,11 @@ impl Core {
         match mode {
             0 if end > size => buffer.size = Some(end),
             0 | libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
-            m if m == punch => {
-                let end = end.min(size);
-                let bs = self.chunk_size;
-                let mut at = offset;
-                while at < end {
-                    let index = at / bs;
-                    let block_end = ((index + 1) * bs).min(size);
-                    let to = end.min(block_end);
-                    let base = match buffer.dirty.remove(&index) {
-                        Some(content) => content,
-                        None if at == index * bs && to == block_end => Vec::new(),
-                        None => self.current_block(&buffer, ino, index, size).await?,
-                    };
-                    let mut content = base;
-                    let (from, upto) = ((at - index * bs) as usize, (to - index * bs) as usize);
-                    if from == 0 && upto >= content.len() {
-                        content.clear();
-                    } else if from < content.len() {
-                        let upto = upto.min(content.len());
-                        content[from..upto].fill(0);
-                    }
-                    buffer.dirty_bytes += bs as usize;
-                    buffer.dirty.insert(index, content);
-                    at = to;
+            m if m == punch => self.zero_range(&mut buffer, ino, offset, end.min(size), size).await?,
+            m if m & !libc::FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_ZERO_RANGE => {
+                self.zero_range(&mut buffer, ino, offset, end.min(size), size).await?;
+                if m & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+                    buffer.size = Some(end);
                 }
             }
             _ => return Err(FsError::EOPNOTSUPP),
@@ -541,6 +523,40 @@ impl Core {
         buffer.mtime = Some(super::now_ns());
         file.publish(&buffer);
         self.commit(&file, &mut buffer, true).await
+    }
+
+    /// Zeroes `offset..end` (within `size`) in the write buffer: chunks the
+    /// range covers whole become empty, so they commit as holes.
+    async fn zero_range(&self, buffer: &mut WriteBuffer, ino: u64, offset: u64, end: u64, size: u64) -> FsResult<()> {
+        let bs = self.chunk_size;
+        let mut at = offset;
+        while at < end {
+            let index = at / bs;
+            let block_end = ((index + 1) * bs).min(size);
+            let to = end.min(block_end);
+            let mut content = match buffer.dirty.remove(&index) {
+                Some(content) => content,
+                None => {
+                    let stored = if at == index * bs && to == block_end {
+                        Vec::new()
+                    } else {
+                        self.current_block(buffer, ino, index, size).await?
+                    };
+                    buffer.dirty_bytes += bs as usize;
+                    stored
+                }
+            };
+            let (from, upto) = ((at - index * bs) as usize, (to - index * bs) as usize);
+            if from == 0 && upto >= content.len() {
+                content.clear();
+            } else if from < content.len() {
+                let upto = upto.min(content.len());
+                content[from..upto].fill(0);
+            }
+            buffer.dirty.insert(index, content);
+            at = to;
+        }
+        Ok(())
     }
 
     /// Changes the size of `ino`, zeroing what a later extension would expose.

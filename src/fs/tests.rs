@@ -712,6 +712,42 @@ async fn punched_hole_reads_zeros_and_frees_whole_chunks() {
 }
 
 #[tokio::test]
+async fn zero_range_zeroes_frees_whole_chunks_and_extends_unless_keep_size() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let len = 3 * BS as usize;
+    let ino = write_file(&core, b"z", &vec![7u8; len]).await;
+    core.sync().await.unwrap();
+    core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
+    let zero = libc::FALLOC_FL_ZERO_RANGE;
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    // Chunk 1 whole and half of chunk 2, keeping the size.
+    core.fallocate(ino, BS as u64, BS as u64 * 3 / 2, zero | keep)
+        .await
+        .unwrap();
+    assert_eq!(core.getattr(ino).unwrap().size, len as u64);
+    // Past the end without KEEP_SIZE: the file grows by zeros.
+    core.fallocate(ino, len as u64 - 10, 100, zero).await.unwrap();
+    core.release(0, ino).await.unwrap();
+    let mut expected = vec![7u8; len];
+    expected[BS as usize..BS as usize * 5 / 2].fill(0);
+    expected[len - 10..].fill(0);
+    expected.resize(len + 90, 0);
+    assert_eq!(read_all(&core, ino).await.unwrap(), expected);
+    core.sync().await.unwrap();
+    let stored: Vec<u64> = core.meta().chunks(ino, 0, 3).unwrap().iter().map(|(i, _)| *i).collect();
+    assert_eq!(stored, vec![0, 2], "the whole zeroed chunk stores nothing");
+    assert_eq!(read_all(&fx.remount().await, ino).await.unwrap(), expected);
+    // Other modes stay refused.
+    core.open_handle(ino, libc::O_RDWR, &root()).unwrap();
+    assert_eq!(
+        core.fallocate(ino, 0, 1, libc::FALLOC_FL_COLLAPSE_RANGE).await,
+        Err(FsError::EOPNOTSUPP)
+    );
+    core.release(0, ino).await.unwrap();
+}
+
+#[tokio::test]
 async fn xattrs_round_trip_through_a_snapshot() {
     let fx = Fixture::new();
     let core = fx.core();

@@ -154,6 +154,36 @@ PY
     rm -f "$WORK/sparse-copy"
 }
 
+# fallocate --zero-range (util-linux) on a 3 MiB file: the range reads as
+# zeros, the whole chunks inside it stop counting in st_blocks, and without
+# --keep-size a range past the end grows the file; same after a remount.
+zero_range() {
+    local f=$MP/zeroed before after
+    head -c $((3 << 20)) /dev/urandom >"$f"
+    cp "$f" "$WORK/zeroed-expected"
+    before=$(stat -c %b "$f")
+    fallocate --zero-range --keep-size --offset $((1 << 20)) --length $((1 << 20)) "$f"
+    fallocate --zero-range --offset $(((3 << 20) - 100)) --length 4196 "$f"
+    python3 - "$WORK/zeroed-expected" <<'PY'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[1 << 20:2 << 20] = bytes(1 << 20)
+b[(3 << 20) - 100:] = bytes(100)
+b += bytes(4096)
+open(p, "wb").write(b)
+PY
+    cmp "$f" "$WORK/zeroed-expected"
+    sync "$f"
+    after=$(stat -c %b "$f")
+    echo "st_blocks before and after zeroing 1 MiB: $before, $after"
+    (((before - after) * 512 >= 1 << 20))
+}
+
+zero_range_kept() {
+    cmp "$MP/zeroed" "$WORK/zeroed-expected"
+}
+
 # POSIX_BIG_DIR entries; then, while a reader lists the directory over and
 # over, entries are removed and others added; finally the listing must be
 # exactly the expected set, live and after a remount.
@@ -222,10 +252,12 @@ check "unmount and mount again" remount
 check "mmap'd data survives the remount" mmap_content_ok
 check "a 1 TiB sparse file stores and counts only what was written" sparse_terabyte
 check "SEEK_DATA/SEEK_HOLE show its holes; cp --sparse=always copies it quickly" holes_are_visible
+check "fallocate --zero-range zeroes, frees whole chunks and grows past the end" zero_range
 check "a directory of $POSIX_BIG_DIR entries" big_directory_fill
 check "listing stays exact while entries are removed and added" big_directory_churn
 check "the $POSIX_BIG_DIR-entry listing is exact" big_directory_exact
 check "unmount and mount again" remount
 check "the listing is exact after the remount" big_directory_exact
+check "the zeroed file is the same after the remount" zero_range_kept
 umount_step "unmount" "$MP"
 e2e_finish
