@@ -195,7 +195,8 @@ def cmd_row(args):
 
 ORDER = ["seq-write-close", "seq-write-durable", "seq-read-cold", "seq-read-warm",
          "randread-4k", "randwrite-4k", "meta-create", "meta-stat", "meta-rename",
-         "meta-delete", "untar+sync", "untar+umount"]
+         "meta-delete", "untar+sync", "untar+umount", "tree-untar+umount", "tree-stat",
+         "tree-read"]
 
 
 def num(v):

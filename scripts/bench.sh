@@ -29,6 +29,13 @@
 #   untar+sync         tar -x of a tarball of BENCH_TAR_FILES small files (1-8 KiB, ~sqrt(N)
 #                      directories, generated once; or BENCH_TARBALL) then sync -f, seconds
 #   untar+umount       ... until the contender's unmount returned (durable in S3), seconds
+#   tree-untar+umount  a real tree (BENCH_TREE, default /usr/include: thousands of headers of
+#                      every size) untarred, synced and unmounted (durable in S3), seconds;
+#                      the note gives data PUTs per file where requests are counted
+#   tree-stat          remounted with an empty cache and caches dropped: lstat of every
+#                      entry (find -ls, what `git status` or a backup scan does), seconds
+#   tree-read          then every file read once (tar -c to /dev/null), seconds; the copy is
+#                      compared with the source afterwards (untimed)
 #
 # Each row also gets: times faster than rclone crypt and than bindfs (>1: faster;
 # for seconds, the inverse ratio), the peak RSS of the FUSE daemon during the row
@@ -48,12 +55,14 @@
 # Environment:
 #   S3VAULT             binary (default target/release/s3vault of this repo)
 #   S3VAULT_MOUNT_FLAGS extra flags for `s3vault mount` (word-split)
+#   S3VAULT_INIT_FLAGS  extra flags for `s3vault init` (word-split), e.g. "--chunk-size 16K"
 #   BENCH_CONTENDERS    default "s3vault rclone-crypt s3fs bindfs"
-#   BENCH_WORKLOADS     default "seq read fio meta untar" (read needs seq's file)
+#   BENCH_WORKLOADS     default "seq read fio meta untar tree" (read needs seq's file)
 #   BENCH_SIZE_MB       sequential file size in MiB (default 1024)
 #   BENCH_META_N        files for the metadata workload (default 5000)
 #   BENCH_TAR_FILES     files in the generated tarball (default 10000)
 #   BENCH_TARBALL       use this tarball instead of a generated one
+#   BENCH_TREE          directory the tree workload copies (default /usr/include)
 #   BENCH_FIO_SIZE_MB   fio file size (default 256)
 #   BENCH_FIO_RUNTIME   seconds per fio job (default 20)
 #   BENCH_WORK          work dir (default a new /tmp/s3vault-bench.XXXXXX)
@@ -83,6 +92,8 @@ HELPER=$REPO/scripts/bench-helper.py
 PROXY_PY=$REPO/scripts/s3-count-proxy.py
 S3VAULT=${S3VAULT:-$REPO/target/release/s3vault}
 S3VAULT_MOUNT_FLAGS=${S3VAULT_MOUNT_FLAGS:-}
+S3VAULT_INIT_FLAGS=${S3VAULT_INIT_FLAGS:-}
+TREE=${BENCH_TREE:-/usr/include}
 ANCHORS=${ANCHORS:-/work/shared/anchors}
 TOOLS=${S3VAULT_TOOLS:-$HOME/.cache/s3vault-tools}
 S3S_FS_VERSION=0.14.1
@@ -443,8 +454,9 @@ wl_setup() {
             [[ -x $S3VAULT ]] || { echo "s3vault binary not found at $S3VAULT"; return 1; }
             "$S3VAULT" keygen "$WORK/key" >/dev/null
             python3 "$ANCHORS/mk-bucket.py" "$SERVER_EP" "$(bucket "$c")"
+            # shellcheck disable=SC2086 # extra flags are word-split on purpose
             "$S3VAULT" init "s3://$(bucket "$c")/vol" --key-file "$WORK/key" \
-                --endpoint "$SERVER_EP" --region "$AWS_REGION" --path-style
+                --endpoint "$SERVER_EP" --region "$AWS_REGION" --path-style $S3VAULT_INIT_FLAGS
             ;;
         rclone-crypt | s3fs) python3 "$ANCHORS/mk-bucket.py" "$SERVER_EP" "$(bucket "$c")" ;;
         bindfs) mkdir -p "$WORK/bindfs-backing" ;;
@@ -557,19 +569,25 @@ wl_meta() {
     [[ $d == "$mp" ]] || rmdir "$d"
 }
 
+# mkdir_or_na C DIR ROW...: makes DIR, or records the rows (seconds) as n/a
+# with the reason and fails
+mkdir_or_na() {
+    local c=$1 d=$2 err why row
+    shift 2
+    err=$(mkdir "$d" 2>&1) && return 0
+    echo "$err"
+    why="mkdir failed: ${err##*: }"
+    [[ $c != s3fs ]] || why="$why; s3s-fs answers 500 to HEAD of a key that is also a directory"
+    for row in "$@"; do emit "$c" "$row" s n/a "$why"; done
+    return 1
+}
+
 wl_untar() {
-    local c=$1 mp d err t0
+    local c=$1 mp d t0
     mp=$(mp_of "$c")
     ensure_mounted "$c"
     d=$mp/untar
-    if ! err=$(mkdir "$d" 2>&1); then
-        echo "$err"
-        local why="mkdir failed: ${err##*: }"
-        [[ $c != s3fs ]] || why="$why; s3s-fs answers 500 to HEAD of a key that is also a directory"
-        emit "$c" untar+sync s n/a "$why"
-        emit "$c" untar+umount s n/a "$why"
-        return 0
-    fi
+    mkdir_or_na "$c" "$d" untar+sync untar+umount || return 0
     phase_begin "$c"
     timeout -k 5 "$STEP_TIMEOUT" tar -C "$d" -xf "$TARBALL"
     sync -f "$d"
@@ -579,6 +597,38 @@ wl_untar() {
     [[ $c != rclone-crypt ]] || extra="; $(grep -o 'upload wait: .*' "$WORK/tmp/umount.out" || true)"
     phase_mark "$c" untar+umount s "" "until the unmount returned$extra"
     phase_stop
+}
+
+wl_tree() {
+    local c=$1 mp d puts files
+    mp=$(mp_of "$c")
+    ensure_mounted "$c"
+    d=$mp/tree
+    mkdir_or_na "$c" "$d" tree-untar+umount tree-stat tree-read || return 0
+    files=$(tar -tvf "$TREE_TAR" | grep -c '^-')
+    phase_begin "$c"
+    timeout -k 5 "$STEP_TIMEOUT" tar -C "$d" -xf "$TREE_TAR"
+    sync -f "$d"
+    c_umount "$c" >/dev/null
+    phase_mark "$c" tree-untar+umount s "" "$TREE_DESC; until the unmount returned"
+    phase_stop
+    puts=$(python3 -c 'import json,sys
+rows=[json.loads(l) for l in open(sys.argv[1])]
+r=[x for x in rows if x.get("contender")==sys.argv[2] and x.get("workload")=="tree-untar+umount"]
+print(r[-1].get("PUT","") if r else "")' "$WORK/results.jsonl" "$c" 2>/dev/null || true)
+    [[ -z $puts ]] || echo "tree: $puts PUTs of every kind for $files files ($(python3 -c "print(round($puts / $files, 3))") per file)"
+    drop_caches
+    c_mount "$c"
+    phase_begin "$c"
+    timeout -k 5 "$STEP_TIMEOUT" find "$d" -ls >/dev/null
+    phase_mark "$c" tree-stat s "" "find -ls of every entry; new cache, caches dropped"
+    phase_stop
+    phase_begin "$c"
+    timeout -k 5 "$STEP_TIMEOUT" tar -C "$d" -cf - . | cat >/dev/null
+    phase_mark "$c" tree-read s "" "every file read once (tar -c)"
+    phase_stop
+    timeout -k 5 "$STEP_TIMEOUT" diff -r --no-dereference "$TREE" "$d" >/dev/null
+    echo "the tree matches $TREE"
 }
 
 # rows each workload records (run_workload reads them through ${!name})
@@ -592,7 +642,9 @@ ROWS_fio="randread-4k:IOPS randwrite-4k:IOPS"
 ROWS_meta="meta-create:ops/s meta-stat:ops/s meta-rename:ops/s meta-delete:ops/s"
 # shellcheck disable=SC2034
 ROWS_untar="untar+sync:s untar+umount:s"
-WORKLOADS=${BENCH_WORKLOADS:-seq read fio meta untar}
+# shellcheck disable=SC2034
+ROWS_tree="tree-untar+umount:s tree-stat:s tree-read:s"
+WORKLOADS=${BENCH_WORKLOADS:-seq read fio meta untar tree}
 
 # why LOG: the reason of a failure, one line: the last line of LOG that looks
 # like an error, else its last line
@@ -727,6 +779,9 @@ main() {
         TAR_DESC="$TAR_FILES files of 1-8 KiB"
     fi
     TAR_DESC="$TAR_DESC, $(($(stat -c %s "$TARBALL") / 1048576)) MiB tar"
+    TREE_TAR=$WORK/real-tree.tar
+    tar -C "$TREE" -cf "$TREE_TAR" .
+    TREE_DESC="$(tar -tvf "$TREE_TAR" | grep -c '^-') files from $TREE, $(($(stat -c %s "$TREE_TAR") / 1048576)) MiB tar"
     start_s3
 
     for c in $CONTENDERS; do

@@ -146,6 +146,18 @@ impl Fetcher {
         fetched.into_iter().collect()
     }
 
+    /// Whether a chunk is in memory or on the cache disk: reading it costs
+    /// no request.
+    pub fn is_local(&self, wanted: &Wanted) -> bool {
+        let block = &wanted.block;
+        self.memory().contains(&wanted.key())
+            || self.cache.has(
+                &block.pack,
+                u64::from(block.offset),
+                block.end() - u64::from(block.offset),
+            )
+    }
+
     /// Starts fetching chunks a sequential reader will want next.
     pub fn prefetch(self: &Arc<Self>, wanted: Vec<Wanted>) {
         for run in runs(&wanted) {

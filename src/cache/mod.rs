@@ -183,6 +183,8 @@ pub struct CacheStatus {
     pub download_bytes_per_sec: f64,
     pub uploaded_bytes: u64,
     pub downloaded_bytes: u64,
+    /// Ranged GETs of data.
+    pub downloads: u64,
     pub hits: u64,
     pub misses: u64,
     pub hit_ratio: Option<f64>,
@@ -382,27 +384,37 @@ impl PackCache {
         packs.clean_bytes += added;
     }
 
+    /// Whether the cache has `len` sealed bytes at `offset` of `pack`.
+    pub fn has(&self, pack: &ObjectId, offset: u64, len: u64) -> bool {
+        self.holder(pack, offset, len).is_some()
+    }
+
+    /// The directory that holds these sealed bytes, if one does.
+    fn holder(&self, pack: &ObjectId, offset: u64, len: u64) -> Option<&'static str> {
+        let mut packs = self.packs();
+        if packs.open.is_some_and(|(id, _)| id == *pack) {
+            Some("open")
+        } else if packs.dirty.contains_key(pack) {
+            Some("dirty")
+        } else if packs
+            .clean()
+            .get(pack)
+            .is_some_and(|c| c.present.contains(offset, offset + len))
+        {
+            Some("clean")
+        } else {
+            None
+        }
+    }
+
     /// `len` sealed bytes at `offset` of `pack`, if the cache has them (the
     /// open pack, a pack waiting for upload, or a stored one's copy).
     pub fn get(&self, pack: &ObjectId, offset: u64, len: u64) -> Option<Vec<u8>> {
         // A cut or an upload may move the file between the lookup and the
         // read: look again once.
         for _ in 0..2 {
-            let sub = {
-                let mut packs = self.packs();
-                if packs.open.is_some_and(|(id, _)| id == *pack) {
-                    "open"
-                } else if packs.dirty.contains_key(pack) {
-                    "dirty"
-                } else if packs
-                    .clean()
-                    .get(pack)
-                    .is_some_and(|c| c.present.contains(offset, offset + len))
-                {
-                    "clean"
-                } else {
-                    break;
-                }
+            let Some(sub) = self.holder(pack, offset, len) else {
+                break;
             };
             let mut data = vec![0u8; len as usize];
             let read = std::fs::File::open(self.path(sub, pack)).and_then(|f| f.read_exact_at(&mut data, offset));
@@ -633,6 +645,7 @@ impl PackCache {
             download_bytes_per_sec: download_rate,
             uploaded_bytes: c.uploaded_bytes.load(Ordering::Relaxed),
             downloaded_bytes: c.downloaded_bytes.load(Ordering::Relaxed),
+            downloads: c.downloads.load(Ordering::Relaxed),
             hits,
             misses,
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 const NONE: u64 = u64::MAX;
 /// How far ahead of a sequential reader chunks are fetched, at most.
 const READ_AHEAD_BYTES: u64 = 32 << 20;
+/// How far into a pack a cold read of a file's start fetches the other
+/// files stored after it (see `pack_neighbours`).
+const PACK_AHEAD: u64 = 4 << 20;
 /// Reads this close to where the last one ended still count as sequential:
 /// the kernel's parallel readahead requests may arrive out of order.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
@@ -364,11 +367,35 @@ impl Core {
         // What comes next starts now; what this read needs comes in as
         // few ranged GETs as its chunks allow.
         self.fetcher.prefetch(ahead);
+        if offset == 0 {
+            self.fetcher.prefetch(self.pack_neighbours(ino, &stored)?);
+        }
         let contents = self.fetcher.get_all(&stored).await?;
         for (wanted, content) in stored.iter().zip(contents) {
             copy_block(&mut out, offset, wanted.index * self.chunk_size, &content);
         }
         Ok(out)
+    }
+
+    /// When a file's first chunk must come from the store: the other
+    /// files' chunks stored after it in the same pack, up to
+    /// `PACK_AHEAD` bytes. Files written together are packed together and
+    /// are mostly read together (a tree copied in, then read back, scanned
+    /// or backed up), so one GET serves many small files instead of one
+    /// each.
+    fn pack_neighbours(&self, ino: u64, stored: &[Wanted]) -> FsResult<Vec<Wanted>> {
+        let Some(first) = stored.first().filter(|w| !self.fetcher.is_local(w)) else {
+            return Ok(Vec::new());
+        };
+        let from = stored.last().map_or(0, |w| w.block.end());
+        let to = u64::from(first.block.offset) + PACK_AHEAD;
+        let neighbours = self.meta().chunks_in_range(&first.block.pack, from, to)?;
+        Ok(neighbours
+            .into_iter()
+            .filter(|(other, _, _)| *other != ino)
+            .map(|(ino, index, block)| Wanted { ino, index, block })
+            .filter(|w| !self.fetcher.is_local(w))
+            .collect())
     }
 
     /// Stored (not buffered, not truncated away) blocks `first..=last`.

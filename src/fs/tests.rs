@@ -871,6 +871,38 @@ async fn sequential_readers_get_blocks_fetched_ahead_once_each() {
     assert!(fresh.cache.status().downloaded_bytes <= 8 * sealed_block);
 }
 
+/// Small files written together share a pack; reading the first of them
+/// on a fresh host fetches its neighbours in the same few GETs, not one GET
+/// per file.
+#[tokio::test]
+async fn a_cold_read_of_a_small_file_fetches_the_files_packed_after_it() {
+    let fx = Fixture::new();
+    let core = fx.core();
+    let mut files = Vec::new();
+    for i in 0..20u8 {
+        let content = vec![i + 1; 1000 + usize::from(i)];
+        let ino = write_file(&core, format!("f{i}").as_bytes(), &content).await;
+        files.push((ino, content));
+    }
+    core.sync().await.unwrap();
+    assert_eq!(fx.data_objects().await.len(), 1, "one pack");
+    let fresh = fx.remount().await;
+    let (first, content) = &files[0];
+    assert_eq!(&read_all(&fresh, *first).await.unwrap(), content);
+    for _ in 0..500 {
+        if fresh.cache.status().downloads >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let after_first = fresh.cache.status().downloads;
+    assert_eq!(after_first, 2, "the file, then its neighbours");
+    for (ino, content) in &files[1..] {
+        assert_eq!(&read_all(&fresh, *ino).await.unwrap(), content);
+    }
+    assert_eq!(fresh.cache.status().downloads, after_first, "no GET per file");
+}
+
 #[tokio::test]
 async fn a_second_writer_fences_the_first_at_the_next_generation() {
     let fx = Fixture::new();

@@ -247,6 +247,8 @@ pub trait MetadataStore: Send {
     fn references(&self, pack: &ObjectId) -> Result<bool>;
     /// Each chunk living in `pack`: (inode, index, chunk), in pack order.
     fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>>;
+    /// The chunks of `pack` starting in `from..to`, in pack order.
+    fn chunks_in_range(&self, pack: &ObjectId, from: u64, to: u64) -> Result<Vec<(u64, u64, ChunkRef)>>;
     /// Every referenced pack with the sealed bytes of its live chunks.
     fn pack_usage(&self) -> Result<Vec<(ObjectId, u64)>>;
 

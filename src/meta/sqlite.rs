@@ -514,10 +514,14 @@ impl MetadataStore for SqliteStore {
     }
 
     fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT ino, idx, pack, off, len FROM chunks WHERE pack = ?1 ORDER BY off")?;
-        let rows = stmt.query_map([pack.as_slice()], |r| {
+        self.chunks_in_range(pack, 0, i64::MAX as u64)
+    }
+
+    fn chunks_in_range(&self, pack: &ObjectId, from: u64, to: u64) -> Result<Vec<(u64, u64, ChunkRef)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ino, idx, pack, off, len FROM chunks WHERE pack = ?1 AND off >= ?2 AND off < ?3 ORDER BY off",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![pack.as_slice(), from as i64, to as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)? as u64,
                 r.get::<_, i64>(1)? as u64,
