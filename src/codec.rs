@@ -1,7 +1,7 @@
 //! Sealed layouts: file data chunks (packed into data objects) and the
 //! framed metadata objects.
 //!
-//! File data is sealed in chunks (the volume's chunk size, 64 KiB by
+//! File data is sealed in chunks (the volume's chunk size, 16 KiB by
 //! default), each its own AES-GCM message. Chunks of many files are packed
 //! back to back into data objects ("packs"), so one PUT carries many small
 //! files and a random read fetches and opens one chunk with a ranged GET. A

@@ -15,9 +15,10 @@ use std::path::Path;
 
 #[derive(Args)]
 pub struct InitArgs {
+    /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
     url: String,
     /// Chunk size, the unit data is sealed in: 4K..1M, a power of two.
-    #[arg(long, alias = "block-size", value_name = "SIZE", default_value = "64K", value_parser = parse_chunk_size)]
+    #[arg(long, alias = "block-size", value_name = "SIZE", default_value = "16K", value_parser = parse_chunk_size)]
     chunk_size: u32,
     #[command(flatten)]
     key: KeyArgs,
@@ -29,6 +30,7 @@ pub struct InitArgs {
 pub enum KeyCommand {
     /// List the key slots (needs a key that unlocks the volume).
     List {
+        /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
         url: String,
         #[command(flatten)]
         key: KeyArgs,
@@ -37,6 +39,7 @@ pub enum KeyCommand {
     },
     /// Add a slot for a new key file or passphrase.
     Add {
+        /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
         url: String,
         #[command(flatten)]
         key: KeyArgs,
@@ -59,7 +62,9 @@ pub enum KeyCommand {
     },
     /// Remove a slot (by number or id from `key list`); unlock with another slot.
     Remove {
+        /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
         url: String,
+        /// The slot to remove: its number or id, as `s3vault key list` shows them.
         slot: String,
         #[command(flatten)]
         key: KeyArgs,
@@ -191,4 +196,20 @@ pub fn run(action: KeyCommand) -> Result<(), Exit> {
     .map_err(volume_exit)?;
     print!("{message}");
     recorded.map_err(|e| runtime_err(anyhow!("the change is made, but its audit record is not stored: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_defaults_to_the_superblock_chunk_size() {
+        let command = <InitArgs as clap::Args>::augment_args(clap::Command::new("init"));
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "chunk_size")
+            .expect("a --chunk-size argument");
+        let default = arg.get_default_values()[0].to_str().unwrap();
+        assert_eq!(parse_chunk_size(default), Ok(superblock::DEFAULT_CHUNK_SIZE));
+    }
 }
