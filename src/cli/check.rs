@@ -66,7 +66,13 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
     init_command_logging()?;
     let s3 = s3.options()?;
     let report = block_on(async {
-        let volume = open_volume(&location, url, &unlock, &s3).await.map_err(volume_exit)?;
+        // fsck's codes follow e2fsck: what keeps it from checking at all
+        // (an unreachable store, a volume it cannot read) is 8; a wrong
+        // argument or key stays 2 as for every command.
+        let volume = open_volume(&location, url, &unlock, &s3)
+            .await
+            .map_err(volume_exit)
+            .map_err(|Exit(code, e)| Exit(if code == 1 && !gc { 8 } else { code }, e))?;
         let bar = indicatif::ProgressBar::hidden();
         if options.verify && std::io::stderr().is_terminal() {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());

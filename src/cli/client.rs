@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct UmountArgs {
+    /// Where the volume is mounted.
     mountpoint: PathBuf,
     /// Give up, leaving the volume mounted, when uploads have failed
     /// without progress for this many seconds.
@@ -21,6 +22,7 @@ pub struct UmountArgs {
 
 #[derive(Args)]
 pub struct StatusArgs {
+    /// Where the volume is mounted.
     mountpoint: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]

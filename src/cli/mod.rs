@@ -6,6 +6,7 @@
 mod audit;
 mod check;
 mod client;
+mod examples;
 mod key;
 mod mount;
 mod options;
@@ -53,6 +54,7 @@ enum Command {
     Status(client::StatusArgs),
     /// Show a volume's format, id, block size and key slots (no key needed).
     Info {
+        /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
         url: String,
         /// With a key (--key-file, --passphrase-file or --kms): also the
         /// live metadata generation and its journal chain head, to compare
@@ -90,11 +92,22 @@ enum Command {
     /// Copy out the files a cache directory changed that never reached the
     /// store (a mount fenced by another writer), never overwriting.
     Recover(restore::RecoverArgs),
+    /// Print the shell completion script for SHELL to standard output.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (s3vault.1 and one per command) into DIR.
+    Manpages {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The volume a command reads, and how to unlock it.
 #[derive(Args, Debug)]
 struct VolumeArgs {
+    /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
     url: String,
     #[command(flatten)]
     key: KeyArgs,
@@ -162,9 +175,11 @@ fn volume_exit(e: volume::VolumeError) -> Exit {
     Exit(if e.is_usage() { 2 } else { 1 }, e.into())
 }
 
+/// A snapshot named wrongly or not there is the caller's mistake (2, as
+/// `mount --snapshot` says it); anything else is a runtime failure.
 fn snapshot_exit(e: snapshots::SnapshotError) -> Exit {
     match e {
-        snapshots::SnapshotError::BadName => usage(e),
+        snapshots::SnapshotError::BadName | snapshots::SnapshotError::NotFound(_) => usage(e),
         e => runtime_err(e),
     }
 }
@@ -254,11 +269,16 @@ async fn open_volume(
     volume::unlock(store, url, unlock, s3).await
 }
 
+/// The command line with every command's examples.
+fn command() -> clap::Command {
+    examples::with_examples(Cli::command())
+}
+
 /// Parses `args` (mount(8)'s helper convention, `s3vault SOURCE MOUNTPOINT
 /// -o OPTIONS`, included) and runs the command.
 pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
     let args = options::mount_helper_args(args);
-    let matches = Cli::command().get_matches_from(args);
+    let matches = command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Keygen { path } => key::keygen(&path),
@@ -279,5 +299,69 @@ pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
         Command::Gc(args) => check::gc(args),
         Command::Restore(args) => restore::run(args),
         Command::Recover(args) => restore::recover(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "s3vault", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir),
+    }
+}
+
+/// Writes `s3vault.1` and a page per command (`s3vault-mount.1`, ...) into
+/// `dir`.
+fn manpages(dir: &std::path::Path) -> Result<(), Exit> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(command(), dir))
+        .map_err(|e| runtime_err(anyhow!("cannot write the man pages into {}: {e}", dir.display())))?;
+    println!("wrote the man pages into {}", dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_name_every_command() {
+        let mut script = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "s3vault", &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for command in Cli::command().get_subcommands() {
+            assert!(script.contains(command.get_name()), "{} missing", command.get_name());
+        }
+    }
+
+    #[test]
+    fn every_positional_argument_is_described() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "s3vault", &mut missing);
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn man_pages_cover_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(manpages(dir.path()).is_ok());
+        let main = std::fs::read_to_string(dir.path().join("s3vault.1")).unwrap();
+        assert!(main.starts_with(".ie") || main.contains(".TH"), "{main:.200}");
+        for command in Cli::command().get_subcommands() {
+            let page = dir.path().join(format!("s3vault-{}.1", command.get_name()));
+            assert!(page.exists(), "no {}", page.display());
+        }
+        let mount = std::fs::read_to_string(dir.path().join("s3vault-mount.1")).unwrap();
+        assert!(
+            mount.contains("Examples:") && mount.contains("s3vault mount s3://"),
+            "{mount}"
+        );
     }
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
+    /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
     url: String,
+    /// Directory to mount on: an existing, empty one (see --allow-non-empty).
     mountpoint: PathBuf,
     /// Mount options, comma separated: ro, rw, and the name=value (or bare
     /// flag) form of every option here, with underscores or dashes

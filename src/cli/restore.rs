@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
     url: String,
     /// Paths in the volume, e.g. /reports/2026 ("/" for everything).
     #[arg(required = true, value_name = "PATH")]
@@ -152,6 +153,7 @@ fn print_summary(summary: &restore::Summary, uid: u32) {
 
 #[derive(Args)]
 pub struct RecoverArgs {
+    /// Volume URL: s3://bucket[/prefix] or file:///absolute/path.
     url: String,
     /// The cache directory of a mount whose changes never reached the store
     /// (the mount was fenced, or its host lost the lease).

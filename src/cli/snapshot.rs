@@ -19,6 +19,7 @@ pub enum SnapshotCommand {
     Create {
         #[command(flatten)]
         volume: VolumeArgs,
+        /// The new snapshot's name: any UTF-8 without control characters.
         name: String,
     },
     /// List the snapshots, oldest first.
@@ -33,6 +34,7 @@ pub enum SnapshotCommand {
     Delete {
         #[command(flatten)]
         volume: VolumeArgs,
+        /// The snapshot to delete, as `s3vault snapshot list` names it.
         name: String,
     },
 }

@@ -792,5 +792,8 @@ PORT=$(free_port)
 MOUNT_TIMEOUT=120 check "mount with an unreachable loopback endpoint: exit 1, unreachable" \
     without_endpoint sv_mount_refused 1 'unreachable' "$S3_ELSEWHERE" "$MNT_X" "$WORK/cache-x" \
     --key-file "$KEY2" --endpoint "http://127.0.0.1:$PORT" --path-style
+check "fsck with an unreachable loopback endpoint: exit 8 (could not check), unreachable" \
+    expect_exit 8 'unreachable' timeout 120 "$S3VAULT" fsck "$S3_ELSEWHERE" --key-file "$KEY2" \
+    --endpoint "http://127.0.0.1:$PORT" --path-style
 
 e2e_finish

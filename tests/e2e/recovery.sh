@@ -129,6 +129,11 @@ restore_one_path_never_overwrites() {
     rc=0
     sv restore "$URL" /no/such --snapshot "before change" --to "$WORK/one" || rc=$?
     ((rc == 1))
+    # A snapshot that does not exist is a wrong argument, as for mount: 2.
+    rc=0
+    out=$(sv restore "$URL" /reports --snapshot "no such snapshot" --to "$WORK/one" 2>&1) || rc=$?
+    echo "$out"
+    ((rc == 2)) && grep -q 'no snapshot named' <<<"$out"
 }
 
 restore_is_audited() {
