@@ -3,7 +3,7 @@
 //! One Unix socket per mount point, in a root-only (or per-user) runtime
 //! directory; requests are one line (`sync`, `pid`, `status`, `unmount`),
 //! answers one line (`ok [value]` or `error <message>`; `status` answers
-//! with JSON).
+//! with JSON, times in RFC 3339).
 
 use crate::fs::Core;
 use sha2::{Digest, Sha256};
@@ -43,8 +43,57 @@ pub type Unmount = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// even though answering it ends the session.
 pub type Gate = Arc<tokio::sync::RwLock<()>>;
 
+/// What a mount says about itself in `status`, beside the core's counters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct About {
+    pub url: String,
+    pub volume_id: String,
+    pub mountpoint: PathBuf,
+    pub pid: u32,
+    pub cache_dir: PathBuf,
+    /// The daemon's log file, or "stderr" in the foreground.
+    pub log: String,
+    pub mounted_ns: i64,
+}
+
+/// The `status` answer: the mount's own facts under `volume`, the core's
+/// counters beside them, every time in RFC 3339 (`last_upload_ns` is
+/// answered as `last_upload`).
+pub fn status_json(core: &Core, about: &About) -> serde_json::Result<String> {
+    let mut value = serde_json::to_value(core.status())?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("volume".into(), serde_json::to_value(about)?);
+    }
+    Ok(with_rfc3339(value).to_string())
+}
+
+fn with_rfc3339(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let Value::Object(map) = value else {
+        return value;
+    };
+    let map = map
+        .into_iter()
+        .map(|(key, value)| match (key.strip_suffix("_ns"), value) {
+            (Some(name), Value::Number(n)) => (
+                name.to_string(),
+                Value::String(crate::units::rfc3339(n.as_i64().unwrap_or(0))),
+            ),
+            (Some(name), Value::Null) => (name.to_string(), Value::Null),
+            (_, value) => (key, with_rfc3339(value)),
+        })
+        .collect();
+    Value::Object(map)
+}
+
 /// Serves requests until the runtime shuts down.
-pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate) -> std::io::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    core: Arc<Core>,
+    about: Arc<About>,
+    unmount: Unmount,
+    gate: Gate,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -53,7 +102,7 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
     let listener = tokio::net::UnixListener::bind(&path)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let (core, unmount) = (core.clone(), unmount.clone());
+        let (core, about, unmount) = (core.clone(), about.clone(), unmount.clone());
         let Ok(_answering) = gate.clone().try_read_owned() else {
             return Ok(()); // the daemon is exiting
         };
@@ -70,7 +119,7 @@ pub async fn serve(path: PathBuf, core: Arc<Core>, unmount: Unmount, gate: Gate)
                     Err(e) => format!("error {e}"),
                 },
                 "pid" => format!("ok {}", std::process::id()),
-                "status" => match serde_json::to_string(&core.status()) {
+                "status" => match status_json(&core, &about) {
                     Ok(json) => format!("ok {json}"),
                     Err(e) => format!("error {e}"),
                 },

@@ -118,9 +118,24 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         Arc::new(move || unmount_now(&mountpoint))
     };
     let gate = control::Gate::default();
+    let log = if ready.is_background() {
+        cache_dir.join("s3vault.log").display().to_string()
+    } else {
+        "stderr".to_string()
+    };
+    let about = Arc::new(control::About {
+        url: config.url.clone(),
+        volume_id: hex::encode(core.volume_id()),
+        mountpoint: mountpoint.clone(),
+        pid: std::process::id(),
+        cache_dir: cache_dir.clone(),
+        log,
+        mounted_ns: crate::os::now_ns(),
+    });
     runtime.spawn(serve_control(
         socket.clone(),
         core.clone(),
+        about,
         unmount.clone(),
         gate.clone(),
     ));
@@ -139,7 +154,15 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             tracing::warn!(error = %e, "cannot redirect output to the log file");
         }
     }
-    tracing::info!("mounted");
+    // The volume's URL and the local mount point are the administrator's
+    // configuration, not names inside the volume.
+    tracing::info!(
+        url = %config.url,
+        mountpoint = %mountpoint.display(),
+        cache_dir = %cache_dir.display(),
+        read_only = config.read_only,
+        "mounted"
+    );
     ready.report(Ok(()));
     let served = session.run();
     crate::daemon::notify_systemd("STOPPING=1");
@@ -555,8 +578,14 @@ async fn follow_segments(core: &Core, volume: &volume::Volume, current: u64) -> 
     Ok(true)
 }
 
-async fn serve_control(socket: PathBuf, core: Arc<Core>, unmount: control::Unmount, gate: control::Gate) {
-    if let Err(e) = control::serve(socket, core, unmount, gate).await {
+async fn serve_control(
+    socket: PathBuf,
+    core: Arc<Core>,
+    about: Arc<control::About>,
+    unmount: control::Unmount,
+    gate: control::Gate,
+) {
+    if let Err(e) = control::serve(socket, core, about, unmount, gate).await {
         tracing::error!(error = %e, "control socket failed; `s3vault umount` will not work for this mount");
     }
 }

@@ -5,7 +5,7 @@ use super::{Exit, runtime_err, usage};
 use anyhow::{Context, anyhow};
 use clap::Args;
 use s3vault::control;
-use s3vault::units::{format_size, rfc3339};
+use s3vault::units::format_size;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,30 +44,88 @@ pub fn status(args: &StatusArgs) -> Result<(), Exit> {
         return Ok(());
     }
     let value: serde_json::Value = serde_json::from_str(&answer).map_err(runtime_err)?;
-    let mut rows = vec![("mount point".to_string(), mountpoint.display().to_string())];
-    flatten_status("", &value, &mut rows);
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (key, value) in rows {
-        println!("{key:<width$}  {value}");
+    let sections = status_sections(value);
+    let width = sections
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|(k, _)| k.len()))
+        .max()
+        .unwrap_or(0);
+    for (i, (title, rows)) in sections.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("{title}");
+        for (key, value) in rows {
+            println!("  {key:<width$}  {value}");
+        }
     }
     Ok(())
 }
 
-/// `{"audit": {"lost": 0}}` as rows like ("audit lost", "0"); times (keys
-/// ending in `_ns`) in RFC 3339.
-fn flatten_status(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, String)>) {
-    let serde_json::Value::Object(map) = value else {
-        return;
+/// The status answer as titled sections of (label, value) rows: the
+/// volume and this mount, the cache, its uploads, packs, the metadata, the
+/// audit log.
+fn status_sections(value: serde_json::Value) -> Vec<(&'static str, Vec<(String, String)>)> {
+    use serde_json::{Map, Value};
+    let Value::Object(mut top) = value else {
+        return Vec::new();
     };
+    let take = |map: &mut Map<String, Value>, keys: &[&str]| -> Map<String, Value> {
+        keys.iter()
+            .filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v)))
+            .collect()
+    };
+    let object = |v: Option<Value>| match v {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let mut volume = object(top.remove("volume"));
+    volume.extend(take(&mut top, &["read_only", "fenced", "open_files", "open_handles"]));
+    let mut cache = object(top.remove("cache"));
+    let uploads: Map<String, Value> = cache
+        .keys()
+        .filter(|k| k.contains("upload") || ["errors", "retries", "last_error", "failing_since"].contains(&k.as_str()))
+        .cloned()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter_map(|k| cache.remove(&k).map(|v| (k, v)))
+        .collect();
+    let packs = object(top.remove("packs"));
+    let audit = object(top.remove("audit"));
+    // What is left (unsynced_metadata, and anything newer) is metadata.
+    let metadata = std::mem::take(&mut top);
+    let mut sections = Vec::new();
+    for (title, map) in [
+        ("volume", volume),
+        ("cache", cache),
+        ("uploads", uploads),
+        ("packs", packs),
+        ("metadata", metadata),
+        ("audit", audit),
+    ] {
+        let mut rows = Vec::new();
+        flatten_status("", &map, &mut rows);
+        if title == "volume" {
+            const ORDER: [&str; 6] = ["url", "volume id", "mountpoint", "pid", "cache dir", "log"];
+            rows.sort_by_key(|(label, _)| ORDER.iter().position(|o| o == label).unwrap_or(ORDER.len()));
+        }
+        if title == "packs" && rows.is_empty() {
+            rows.push(("packs".into(), "- (counted at the first compaction pass)".into()));
+        }
+        sections.push((title, rows));
+    }
+    sections
+}
+
+/// `{"audit": {"lost": 0}}` as rows like ("audit lost", "0"), sizes and
+/// rates in human units.
+fn flatten_status(prefix: &str, map: &serde_json::Map<String, serde_json::Value>, rows: &mut Vec<(String, String)>) {
     let size = |n: &serde_json::Number| format_size(n.as_f64().unwrap_or(0.0) as u64);
     for (key, value) in map {
-        let label = format!("{prefix}{}", key.trim_end_matches("_ns").replace('_', " "));
+        let label = format!("{prefix}{}", key.replace('_', " "));
         match value {
-            serde_json::Value::Object(_) => flatten_status(&format!("{label} "), value, rows),
+            serde_json::Value::Object(inner) => flatten_status(&format!("{label} "), inner, rows),
             serde_json::Value::Null => rows.push((label, "-".into())),
-            serde_json::Value::Number(n) if key.ends_with("_ns") => {
-                rows.push((label, rfc3339(n.as_i64().unwrap_or(0))))
-            }
             serde_json::Value::Number(n) if key.ends_with("_bytes") => {
                 rows.push((label.trim_end_matches(" bytes").to_string(), size(n)))
             }

@@ -102,6 +102,10 @@ impl Core {
         self.journal.is_fenced()
     }
 
+    pub fn volume_id(&self) -> &crate::keyring::VolumeId {
+        self.ring.volume_id()
+    }
+
     /// Marks the state as differing from the newest segment in the store.
     pub fn mark_changed(&self) {
         self.journal.mark_changed();

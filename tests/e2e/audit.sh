@@ -215,7 +215,7 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 a = s["audit"]
 assert a["mode"] == "required" and a["records"] > 10 and a["lost"] == 0, a
-assert a["last_upload_ns"] and not a["last_error"], a
+assert a["last_upload"].endswith("Z") and not a["last_error"], a
 EOF
 }
 

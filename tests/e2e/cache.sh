@@ -273,15 +273,25 @@ status_shows_the_cache() {
     sv_mount "$url" "$mp" "$WORK/cache-status" --key-file "$KEY" --cache-size 1G
     head -c 3000000 /dev/urandom >"$mp/f"
     cat "$mp/f" >/dev/null
+    sync "$mp/f"
     out=$("$S3VAULT" status "$mp")
     echo "$out"
-    for row in "cache used " "cache limit *1.0 GiB" "cache dirty " "cache pending uploads" \
-        "cache upload rate" "cache hit ratio" "cache errors" "cache last upload"; do
-        grep -q "^$row" <<<"$out" || {
+    for row in volume "  url +${url//./\\.}\$" "  volume id +[0-9a-f]{32}" "  mountpoint +$mp\$" "  pid +[0-9]+" \
+        "  cache dir +$WORK/cache-status\$" cache "  used " "  limit +1\.0 GiB" "  dirty " "  hit ratio" \
+        uploads "  pending uploads" "  upload rate" "  errors" "  last upload +20[0-9-]+T[0-9:.]+Z" \
+        packs metadata audit; do
+        grep -qE "^$row" <<<"$out" || {
             echo "missing row: $row"
             return 1
         }
     done
+    # --json: the same facts, times in RFC 3339.
+    "$S3VAULT" status "$mp" --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+assert s["volume"]["url"] == sys.argv[1] and s["volume"]["pid"] > 0, s["volume"]
+assert s["cache"]["last_upload"].endswith("Z") and "last_upload_ns" not in s["cache"], s["cache"]
+' "$url"
     sv_umount "$mp"
 }
 
