@@ -63,6 +63,7 @@
 #   BENCH_TAR_FILES     files in the generated tarball (default 10000)
 #   BENCH_TARBALL       use this tarball instead of a generated one
 #   BENCH_TREE          directory the tree workload copies (default /usr/include)
+#   BENCH_TREE_WAIT     seconds the tree's untar, and its unmount, may take (default 600)
 #   BENCH_FIO_SIZE_MB   fio file size (default 256)
 #   BENCH_FIO_RUNTIME   seconds per fio job (default 20)
 #   BENCH_WORK          work dir (default a new /tmp/s3vault-bench.XXXXXX)
@@ -108,6 +109,7 @@ KEEP=${BENCH_KEEP:-0}
 COUNT=${BENCH_COUNT:-log}
 case $COUNT in proxy | log | none) ;; *) echo "BENCH_COUNT must be proxy, log or none" >&2; exit 2 ;; esac
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-1800}
+TREE_WAIT=${BENCH_TREE_WAIT:-600}
 # s3fs retries a failed request 5 times by default, with pauses: its mkdir,
 # which s3s-fs fails with a 500, then takes ~3 minutes instead of ~5 s.
 # Retries only matter for failed requests; a local server fails none of the
@@ -198,7 +200,8 @@ start_s3() {
     mkdir -p "$WORK/s3s-root"
     local rust_log=${RUST_LOG:-}
     # log mode: s3s logs every request's resolved operation at debug level
-    [[ $COUNT != log ]] || rust_log="s3s::ops=debug,s3s::ops::signature=info"
+    # (and s3s-fs's internal errors, which name_too_long counts)
+    [[ $COUNT != log ]] || rust_log="s3s::ops=debug,s3s::ops::signature=info,s3s_fs_internal_error=error"
     RUST_LOG=$rust_log "$TOOLS/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
         --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
         "$WORK/s3s-root" >"$WORK/logs/s3s-fs.log" 2>&1 3>&- &
@@ -599,6 +602,13 @@ wl_untar() {
     phase_stop
 }
 
+# name_too_long: how many requests s3s-fs has failed with ENAMETOOLONG so far
+name_too_long() {
+    local n
+    n=$(grep -c 'File name too long' "$WORK/logs/s3s-fs.log" 2>/dev/null) || true
+    echo "${n:-0}"
+}
+
 wl_tree() {
     local c=$1 mp d puts files
     mp=$(mp_of "$c")
@@ -606,10 +616,23 @@ wl_tree() {
     d=$mp/tree
     mkdir_or_na "$c" "$d" tree-untar+umount tree-stat tree-read || return 0
     files=$(tar -tvf "$TREE_TAR" | grep -c '^-')
+    local refused0 refused trc=0 urc=0
+    refused0=$(name_too_long)
     phase_begin "$c"
-    timeout -k 5 "$STEP_TIMEOUT" tar -C "$d" -xf "$TREE_TAR"
-    sync -f "$d"
-    c_umount "$c" >/dev/null
+    # A contender whose uploads s3s-fs refuses retries them for ever and
+    # slows to a crawl (rclone): the untar and the unmount are bounded here.
+    timeout -k 5 "$TREE_WAIT" tar -C "$d" -xf "$TREE_TAR" || trc=$?
+    timeout -k 5 "$TREE_WAIT" sync -f "$d" || trc=$?
+    STEP_TIMEOUT=$TREE_WAIT c_umount "$c" >/dev/null || urc=$?
+    refused=$(($(name_too_long) - refused0))
+    if ((refused > 0)); then
+        phase_stop
+        local why="s3s-fs refused $refused PUTs (File name too long: it names a metadata file after the base64 of the whole key, so keys over about 150 bytes fail; $c's deep keys exceed it)"
+        for row in tree-untar+umount tree-stat tree-read; do emit "$c" "$row" s n/a "$why"; done
+        return 0
+    fi
+    ((trc == 0)) || return "$trc"
+    ((urc == 0)) || return "$urc"
     phase_mark "$c" tree-untar+umount s "" "$TREE_DESC; until the unmount returned"
     phase_stop
     puts=$(python3 -c 'import json,sys
