@@ -137,4 +137,8 @@ say "Audit report: per user, for a compliance review"
 run "$S3VAULT" audit report "$URL" --key-file "$KEYDIR/volume.key"
 say "Audit verify: the hash chains are whole (a deleted or edited record would show here)"
 run "$S3VAULT" audit verify "$URL" --key-file "$KEYDIR/volume.key"
+say "Access review: the same trail as one HTML page for a compliance officer (opens offline)"
+REVIEW=${DEMO_REVIEW:-$REPO/target/demo-review.html}
+run "$S3VAULT" audit review "$URL" --key-file "$KEYDIR/volume.key" --since 1h --html "$REVIEW"
+echo "Open $REVIEW in a browser."
 echo "Demo complete."

@@ -1,7 +1,7 @@
 //! Running a mount: unlock the volume, load its metadata, mount it with
 //! FUSE, keep metadata flowing to the store, and flush at the end.
 
-use crate::audit::{AuditLog, AuditMode, AuditSettings, Event, Record, Subject};
+use crate::audit::{AuditLog, AuditSettings, Event, Record, Subject};
 use crate::cache::{CacheConfig, PackCache};
 use crate::control;
 use crate::daemon::Readiness;
@@ -446,11 +446,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             volume.superblock.chunk_size,
             options,
         );
-        let core = Arc::new(if config.audit.mode == AuditMode::Off {
-            core
-        } else {
-            core.with_audit(audit)
-        });
+        // With --audit=off the log still takes the mount's own records
+        // (AuditLog::record drops the rest).
+        let core = Arc::new(core.with_audit(audit));
         if let Some(seen) = seen {
             core.remember_in(seen);
             if let Some(retain_for) = retain_for {

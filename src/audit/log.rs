@@ -365,7 +365,10 @@ impl AuditLog {
     /// process. In `Required` mode a failure is returned (the caller fails
     /// the operation with EIO); in `BestEffort` it is counted and logged.
     pub fn record(&self, mut record: Record) -> Result<(), AuditError> {
-        if self.settings.mode == AuditMode::Off {
+        // Off still records the mount itself (and its unmount and
+        // checkpoints): the trail then shows that, and when, a mount
+        // recorded nothing.
+        if self.settings.mode == AuditMode::Off && !record.event.volume_level() {
             return Ok(());
         }
         record.user = self.ids.user_name(record.uid);

@@ -8,6 +8,7 @@
 //! - `query`: reading every segment back, verifying chains, filtering.
 //! - `syslog`: the optional copy of each record to the local syslog.
 //! - `witness`: the generations mounts recorded, against the store's.
+//! - `review`: the access review and alerts for compliance officers.
 //!
 //! Layouts: FORMAT.md, "Audit segments".
 
@@ -16,6 +17,7 @@ pub mod output;
 mod process;
 mod query;
 mod record;
+pub mod review;
 pub(crate) mod segment;
 mod syslog;
 mod witness;
@@ -24,8 +26,8 @@ pub use log::{
     AuditError, AuditLog, AuditMode, AuditSettings, AuditStats, DEFAULT_RETENTION_DAYS, Syslog, retention_for,
 };
 pub use query::{
-    Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, read_segments, report,
-    verify,
+    Damage, Filter, Listed, Problem, ReadError, Segment, Segments, UserSummary, Verification, Verifier, read_segments,
+    report, stream_segments, verify,
 };
 pub use record::{Event, Record, Subject, display_bytes, errno_name, flags_words};
 pub use segment::AUDIT_PREFIX;

@@ -1,5 +1,6 @@
 //! How `audit log` and `audit report` print: a table for people, CSV for
-//! spreadsheets, JSON Lines for tools. Times are UTC, RFC 3339.
+//! spreadsheets, JSON Lines for tools. Times are RFC 3339, in UTC unless
+//! `--tz` names a zone.
 
 use super::query::{Listed, UserSummary};
 
@@ -24,13 +25,35 @@ impl std::str::FromStr for Format {
 }
 
 pub use crate::units::{parse_time, rfc3339};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+/// A time as RFC 3339 in `tz`: "…Z" in UTC, else with the zone's offset;
+/// nanoseconds, or whole seconds (for the table).
+pub fn stamp(tz: &TimeZone, ns: i64, whole_seconds: bool) -> String {
+    if tz.iana_name() == Some("UTC") {
+        let mut utc = rfc3339(ns);
+        if whole_seconds {
+            utc.truncate(19);
+            utc.push('Z');
+        }
+        return utc;
+    }
+    let ts = Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH);
+    let format = if whole_seconds {
+        "%Y-%m-%dT%H:%M:%S%:z"
+    } else {
+        "%Y-%m-%dT%H:%M:%S%.9f%:z"
+    };
+    ts.to_zoned_datetime(tz.clone()).strftime(format).to_string()
+}
 
 const COLUMNS: [&str; 14] = [
     "time", "host", "event", "result", "uid", "user", "pid", "process", "exe", "path", "new_path", "flags", "bytes",
     "detail",
 ];
 
-fn row(l: &Listed) -> [String; 14] {
+fn row(l: &Listed, tz: &TimeZone, whole_seconds: bool) -> [String; 14] {
     let r = &l.record;
     let opt = |s: &Option<String>| s.clone().unwrap_or_default();
     let bytes = match (r.bytes_read, r.bytes_written) {
@@ -38,7 +61,7 @@ fn row(l: &Listed) -> [String; 14] {
         (read, written) => format!("r={} w={}", read.unwrap_or(0), written.unwrap_or(0)),
     };
     [
-        rfc3339(r.time_ns),
+        stamp(tz, r.time_ns, whole_seconds),
         l.host.clone(),
         r.event.to_string(),
         r.result.clone(),
@@ -55,26 +78,25 @@ fn row(l: &Listed) -> [String; 14] {
     ]
 }
 
-pub fn records(listed: &[Listed], format: Format) -> String {
+/// Records as `audit log` prints them, times in `tz`.
+pub fn records(listed: &[Listed], format: Format, tz: &TimeZone) -> String {
     match format {
         Format::Json => listed
             .iter()
             .map(|l| {
                 let mut value = serde_json::to_value(l).expect("records serialize");
-                value["time"] = rfc3339(l.record.time_ns).into();
+                value["time"] = stamp(tz, l.record.time_ns, false).into();
                 format!("{value}\n")
             })
             .collect(),
-        Format::Csv => csv(&COLUMNS, listed.iter().map(row)),
+        Format::Csv => csv(&COLUMNS, listed.iter().map(|l| row(l, tz, false))),
         Format::Table => {
             // The table leaves out the volume-wide columns to stay readable.
             let shown = [0, 2, 3, 5, 4, 6, 7, 9, 10, 11, 12, 13];
             let header: Vec<&str> = shown.iter().map(|&i| COLUMNS[i]).collect();
+            // Whole seconds are enough on screen; json and csv keep ns.
             let rows = listed.iter().map(|l| {
-                let mut full = row(l);
-                // Whole seconds are enough on screen; json and csv keep ns.
-                full[0].truncate(19);
-                full[0].push('Z');
+                let full = row(l, tz, true);
                 shown.iter().map(|&i| full[i].clone()).collect::<Vec<_>>()
             });
             table(&header, rows)
@@ -82,7 +104,8 @@ pub fn records(listed: &[Listed], format: Format) -> String {
     }
 }
 
-pub fn report(summaries: &[UserSummary], format: Format) -> String {
+/// The per-user summary of `audit report`, times in `tz`.
+pub fn report(summaries: &[UserSummary], format: Format, tz: &TimeZone) -> String {
     let header = [
         "uid",
         "user",
@@ -101,8 +124,8 @@ pub fn report(summaries: &[UserSummary], format: Format) -> String {
             s.files_written.to_string(),
             s.files_deleted.to_string(),
             s.denied.to_string(),
-            rfc3339(s.first_ns),
-            rfc3339(s.last_ns),
+            stamp(tz, s.first_ns, false),
+            stamp(tz, s.last_ns, false),
         ]
     });
     match format {
@@ -169,6 +192,16 @@ mod tests {
         assert!((now - day_ago - 86_400_000_000_000).abs() < 5_000_000_000);
         assert!(parse_time("yesterday-ish").is_err());
         assert_eq!(rfc3339(1_500_000_000), "1970-01-01T00:00:01.500000000Z");
+    }
+
+    #[test]
+    fn times_are_shown_in_the_zone_asked_for() {
+        let ns = 1_793_577_600_000_000_123; // 2026-11-02T00:00:00Z and 123 ns
+        assert_eq!(stamp(&TimeZone::UTC, ns, true), "2026-11-02T00:00:00Z");
+        assert_eq!(stamp(&TimeZone::UTC, ns, false), "2026-11-02T00:00:00.000000123Z");
+        let new_york = TimeZone::get("America/New_York").unwrap();
+        assert_eq!(stamp(&new_york, ns, true), "2026-11-01T19:00:00-05:00");
+        assert_eq!(stamp(&new_york, ns, false), "2026-11-01T19:00:00.000000123-05:00");
     }
 
     #[test]

@@ -50,6 +50,19 @@ pub struct Segments {
 }
 
 pub async fn read_segments(store: Arc<dyn ObjectStore>, ring: Arc<Keyring>) -> Result<Segments, ReadError> {
+    let mut segments = Vec::new();
+    let strays = stream_segments(store, ring, |s| segments.push(s)).await?;
+    Ok(Segments { segments, strays })
+}
+
+/// Every segment, opened, handed to `each` in (writer, number) order while
+/// at most `FETCH_PARALLELISM` are in memory: a review of millions of
+/// records never holds them all. Returns the strays.
+pub async fn stream_segments(
+    store: Arc<dyn ObjectStore>,
+    ring: Arc<Keyring>,
+    mut each: impl FnMut(Segment),
+) -> Result<Vec<String>, ReadError> {
     let keys = store.list(AUDIT_PREFIX).await.map_err(ReadError::List)?;
     let mut named = Vec::new();
     let mut strays = Vec::new();
@@ -59,7 +72,7 @@ pub async fn read_segments(store: Arc<dyn ObjectStore>, ring: Arc<Keyring>) -> R
             None => strays.push(key),
         }
     }
-    let mut segments = Vec::with_capacity(named.len());
+    named.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
     for batch in named.chunks(FETCH_PARALLELISM) {
         let mut tasks = JoinSet::new();
         for (i, (key, _, _)) in batch.iter().enumerate() {
@@ -76,7 +89,7 @@ pub async fn read_segments(store: Arc<dyn ObjectStore>, ring: Arc<Keyring>) -> R
                 key: key.clone(),
                 source,
             })?;
-            segments.push(Segment {
+            each(Segment {
                 key: key.clone(),
                 writer: writer.clone(),
                 number: *number,
@@ -84,8 +97,7 @@ pub async fn read_segments(store: Arc<dyn ObjectStore>, ring: Arc<Keyring>) -> R
             });
         }
     }
-    segments.sort_by(|a, b| (&a.writer, a.number).cmp(&(&b.writer, b.number)));
-    Ok(Segments { segments, strays })
+    Ok(strays)
 }
 
 pub(super) fn open_segment(ring: &Keyring, key: &str, object: &[u8]) -> Result<(SegmentHeader, Vec<String>), Damage> {
@@ -134,98 +146,134 @@ struct Line<'a> {
 /// before, and within a segment the order, completeness and MAC of every
 /// record. Reports each kind of damage once, where it starts.
 pub fn verify(ring: &Keyring, found: &Segments) -> Verification {
-    let key = ring.audit_chain_key();
-    let volume = hex::encode(ring.volume_id());
-    let mut out = Verification::default();
-    for stray in &found.strays {
-        out.problems.push(Problem {
-            segment: stray.clone(),
-            seq: None,
-            kind: "stray",
-            detail: "object in the audit area that is not a segment".into(),
-        });
+    let mut verifier = Verifier::new(ring);
+    verifier.strays(&found.strays);
+    let mut ordered: Vec<&Segment> = found.segments.iter().collect();
+    ordered.sort_by(|a, b| (&a.writer, a.number).cmp(&(&b.writer, b.number)));
+    for s in ordered {
+        verifier.segment(s);
     }
-    let mut by_writer: BTreeMap<&str, Vec<&Segment>> = BTreeMap::new();
-    for s in &found.segments {
-        by_writer.entry(&s.writer).or_default().push(s);
-    }
-    out.chains = by_writer.len();
-    for segments in by_writer.values() {
-        // What the next segment must continue from; None after damage.
-        let mut expect: Option<(u64, Mac)> = Some((1, GENESIS));
-        let mut next_number = 1;
-        for s in segments {
-            out.segments += 1;
-            let mut problem = |seq, kind, detail: String| {
-                out.problems.push(Problem {
-                    segment: s.key.clone(),
-                    seq,
-                    kind,
-                    detail,
-                })
-            };
-            if s.number != next_number {
-                let missing = if s.number == next_number + 1 {
-                    format!("segment {next_number} is missing")
-                } else {
-                    format!("segments {next_number} to {} are missing", s.number - 1)
-                };
-                problem(None, "gap", missing);
-                expect = None;
-            }
-            next_number = s.number + 1;
-            let (header, lines) = match &s.content {
-                Ok(content) => content,
-                Err(Damage::Truncated) => {
-                    problem(None, "truncated", "the object ends early".into());
-                    expect = None;
-                    continue;
-                }
-                Err(Damage::Unreadable(why)) => {
-                    problem(None, "edited", format!("does not open with the volume key: {why}"));
-                    expect = None;
-                    continue;
-                }
-            };
-            if header.writer != s.writer || header.number != s.number || header.volume != volume {
-                problem(None, "moved", "header names another writer, number or volume".into());
-            }
-            let mut parsed = Vec::with_capacity(lines.len());
-            for (i, line) in lines.iter().enumerate() {
-                let line = segment::split_line(line).and_then(|(mac, json)| {
-                    let record = serde_json::from_str::<Record>(json).ok()?;
-                    Some(Line { mac, json, record })
-                });
-                match line {
-                    Some(line) => parsed.push(line),
-                    None => problem(None, "edited", format!("line {} is not a record", i + 1)),
-                }
-            }
-            out.records += parsed.len() as u64;
-            let mut prev_mac = [0u8; 32];
-            let continues = hex::decode_to_slice(&header.prev_mac, &mut prev_mac).is_ok();
-            if let Some((seq, mac)) = expect {
-                if header.first_seq > seq {
-                    let what = format!("records {seq} to {} are missing", header.first_seq - 1);
-                    problem(Some(seq), "missing", what);
-                } else if header.first_seq < seq {
-                    problem(
-                        Some(header.first_seq),
-                        "inserted",
-                        "overlaps the previous segment".into(),
-                    );
-                } else if !continues || prev_mac != mac {
-                    problem(None, "chain", "does not continue from the previous segment".into());
-                }
-            }
-            check_records(&key, header, &parsed, prev_mac, &mut problem);
-            expect = match (parsed.last(), &header.final_mac) {
-                (Some(last), Some(_)) => Some((last.record.seq + 1, last.mac)),
-                _ => None,
-            };
+    verifier.finish()
+}
+
+/// `verify`, fed one segment at a time in (writer, number) order.
+pub struct Verifier {
+    key: crate::crypto::SecretKey,
+    volume: String,
+    writer: Option<String>,
+    /// What the next segment must continue from; None after damage.
+    expect: Option<(u64, Mac)>,
+    next_number: u64,
+    out: Verification,
+}
+
+impl Verifier {
+    pub fn new(ring: &Keyring) -> Verifier {
+        Verifier {
+            key: ring.audit_chain_key(),
+            volume: hex::encode(ring.volume_id()),
+            writer: None,
+            expect: None,
+            next_number: 1,
+            out: Verification::default(),
         }
     }
-    out
+
+    pub fn strays(&mut self, strays: &[String]) {
+        for stray in strays {
+            self.out.problems.push(Problem {
+                segment: stray.clone(),
+                seq: None,
+                kind: "stray",
+                detail: "object in the audit area that is not a segment".into(),
+            });
+        }
+    }
+
+    /// Checks one segment; returns its readable records (those of a damaged
+    /// segment included: the problems say what they are worth).
+    pub fn segment(&mut self, s: &Segment) -> Vec<Record> {
+        if self.writer.as_deref() != Some(s.writer.as_str()) {
+            self.writer = Some(s.writer.clone());
+            self.out.chains += 1;
+            self.expect = Some((1, GENESIS));
+            self.next_number = 1;
+        }
+        self.out.segments += 1;
+        let problems = &mut self.out.problems;
+        let mut problem = |seq, kind, detail: String| {
+            problems.push(Problem {
+                segment: s.key.clone(),
+                seq,
+                kind,
+                detail,
+            })
+        };
+        if s.number != self.next_number {
+            let missing = if s.number == self.next_number + 1 {
+                format!("segment {} is missing", self.next_number)
+            } else {
+                format!("segments {} to {} are missing", self.next_number, s.number - 1)
+            };
+            problem(None, "gap", missing);
+            self.expect = None;
+        }
+        self.next_number = s.number + 1;
+        let (header, lines) = match &s.content {
+            Ok(content) => content,
+            Err(Damage::Truncated) => {
+                problem(None, "truncated", "the object ends early".into());
+                self.expect = None;
+                return Vec::new();
+            }
+            Err(Damage::Unreadable(why)) => {
+                problem(None, "edited", format!("does not open with the volume key: {why}"));
+                self.expect = None;
+                return Vec::new();
+            }
+        };
+        if header.writer != s.writer || header.number != s.number || header.volume != self.volume {
+            problem(None, "moved", "header names another writer, number or volume".into());
+        }
+        let mut parsed = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let line = segment::split_line(line).and_then(|(mac, json)| {
+                let record = serde_json::from_str::<Record>(json).ok()?;
+                Some(Line { mac, json, record })
+            });
+            match line {
+                Some(line) => parsed.push(line),
+                None => problem(None, "edited", format!("line {} is not a record", i + 1)),
+            }
+        }
+        self.out.records += parsed.len() as u64;
+        let mut prev_mac = [0u8; 32];
+        let continues = hex::decode_to_slice(&header.prev_mac, &mut prev_mac).is_ok();
+        if let Some((seq, mac)) = self.expect {
+            if header.first_seq > seq {
+                let what = format!("records {seq} to {} are missing", header.first_seq - 1);
+                problem(Some(seq), "missing", what);
+            } else if header.first_seq < seq {
+                problem(
+                    Some(header.first_seq),
+                    "inserted",
+                    "overlaps the previous segment".into(),
+                );
+            } else if !continues || prev_mac != mac {
+                problem(None, "chain", "does not continue from the previous segment".into());
+            }
+        }
+        check_records(&self.key, header, &parsed, prev_mac, &mut problem);
+        self.expect = match (parsed.last(), &header.final_mac) {
+            (Some(last), Some(_)) => Some((last.record.seq + 1, last.mac)),
+            _ => None,
+        };
+        parsed.into_iter().map(|l| l.record).collect()
+    }
+
+    pub fn finish(self) -> Verification {
+        self.out
+    }
 }
 
 /// Order, completeness and MACs of the records of one segment.

@@ -115,6 +115,19 @@ impl Event {
         }
     }
 
+    /// Events about the volume, not a file: recorded even with `--audit=off`.
+    pub fn volume_level(self) -> bool {
+        matches!(
+            self,
+            Event::Mount
+                | Event::Unmount
+                | Event::KeyUse
+                | Event::ChainsSeen
+                | Event::Checkpoint
+                | Event::AcceptOlderState
+        )
+    }
+
     /// Events that read or write a file's content (for reports).
     pub fn opens(self) -> bool {
         matches!(self, Event::Open | Event::Create | Event::Restore)

@@ -142,6 +142,26 @@ async fn a_crash_loses_no_appended_record_and_keeps_the_chain() {
 }
 
 #[tokio::test]
+async fn with_audit_off_the_mount_is_recorded_and_its_file_accesses_are_not() {
+    let fx = Fixture::new();
+    let log = fx.open(AuditMode::Off);
+    log.record(Record::new(Event::Mount, Subject::default(), None).detail("audit=off"))
+        .unwrap();
+    log.record(Record::new(Event::Open, Subject::default(), None).path(b"/patients/a"))
+        .unwrap();
+    log.record(Record::new(Event::Unmount, Subject::default(), None))
+        .unwrap();
+    log.upload().await.unwrap();
+    let found = read_segments(fx.store.clone(), fx.ring.clone()).await.unwrap();
+    let events: Vec<Event> = found
+        .records(&Filter::default())
+        .iter()
+        .map(|l| l.record.event)
+        .collect();
+    assert_eq!(events, [Event::Mount, Event::Unmount]);
+}
+
+#[tokio::test]
 async fn a_flipped_byte_is_found_in_its_segment() {
     let fx = Fixture::new();
     fx.write(&fx.open(AuditMode::Required), 20, 10).await;

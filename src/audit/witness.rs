@@ -124,7 +124,7 @@ pub fn check_chains_seen(found: &Segments, records: &[Listed]) -> Vec<Problem> {
 
 /// The number after the last `field=` of a record's detail (`field` at the
 /// start or after a space), if any.
-fn generation_in(detail: &str, field: &str) -> Option<u64> {
+pub(crate) fn generation_in(detail: &str, field: &str) -> Option<u64> {
     let at = detail
         .match_indices(field)
         .filter(|(i, _)| *i == 0 || detail[..*i].ends_with(' '))

@@ -4,11 +4,12 @@
 use super::{Exit, VolumeArgs, block_on, init_command_logging, location, read_unlock, runtime_err, usage, volume_exit};
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use s3vault::audit::{self, AuditSettings};
+use s3vault::audit::{self, AuditSettings, review};
 use s3vault::keyring::Keyring;
 use s3vault::store::ObjectStore;
 use s3vault::units::{parse_time, parse_time_until};
 use s3vault::volume;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub enum AuditCommand {
         /// table, json (one object per line) or csv.
         #[arg(long, default_value = "table")]
         format: String,
+        /// Time zone of the times shown (tz database name or "local").
+        #[arg(long, default_value = "UTC")]
+        tz: String,
     },
     /// Check every chain of every segment from every host; exit 1 on any problem.
     Verify {
@@ -45,7 +49,68 @@ pub enum AuditCommand {
         /// table, json (one object per line) or csv.
         #[arg(long, default_value = "table")]
         format: String,
+        /// Time zone of the times shown (tz database name or "local").
+        #[arg(long, default_value = "UTC")]
+        tz: String,
     },
+    /// Access review for a compliance officer: whether the trail is intact,
+    /// activity over time, what each user opened, who opened each folder,
+    /// and unusual access with the records behind it. Written as one
+    /// self-contained HTML page (--html) and/or JSON (--json); a summary
+    /// is printed.
+    Review {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        review: ReviewArgs,
+        /// Write the report as a self-contained HTML page (opens offline).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Write the report as JSON ("-": standard output).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Unusual access in the period (e.g. --since 15m) as JSON lines, one
+    /// finding per line; exit 1 when there is any, for cron or a SIEM.
+    Alerts {
+        #[command(flatten)]
+        volume: VolumeArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        review: ReviewArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ReviewArgs {
+    /// Time zone of the times shown: a tz database name (Europe/Paris,
+    /// America/New_York, UTC) or "local" (this host's).
+    #[arg(long, default_value = "local")]
+    tz: String,
+    /// What counts as unusual (TOML: working_hours, working_days,
+    /// bulk_min_files, ...; see README "Reviewing access").
+    #[arg(long, value_name = "FILE")]
+    thresholds: Option<PathBuf>,
+}
+
+impl ReviewArgs {
+    fn scope(&self, filter: audit::Filter) -> Result<review::Scope, Exit> {
+        let tz = review::time_zone(&self.tz).map_err(|e| usage(anyhow!("--tz: {e}")))?;
+        let thresholds = match &self.thresholds {
+            Some(path) => review::Thresholds::load(path).map_err(|e| usage(anyhow!(e)))?,
+            None => review::Thresholds::default(),
+        };
+        Ok(review::Scope {
+            filter,
+            tz,
+            thresholds,
+            now_ns: s3vault::os::now_ns(),
+            live_generation: None,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -98,11 +163,23 @@ impl FilterArgs {
 }
 
 pub fn run(action: AuditCommand) -> Result<(), Exit> {
+    if matches!(action, AuditCommand::Review { .. } | AuditCommand::Alerts { .. }) {
+        return run_review(action);
+    }
     let (AuditCommand::Log { volume, .. } | AuditCommand::Verify { volume } | AuditCommand::Report { volume, .. }) =
-        &action;
+        &action
+    else {
+        unreachable!("review and alerts returned above");
+    };
     let VolumeArgs { url, key, s3 } = volume;
     let location = location(url)?;
     let unlock = read_unlock(key, false)?;
+    let tz = match &action {
+        AuditCommand::Log { tz, .. } | AuditCommand::Report { tz, .. } => {
+            review::time_zone(tz).map_err(|e| usage(anyhow!("--tz: {e}")))?
+        }
+        _ => jiff::tz::TimeZone::UTC,
+    };
     let (filter, format) = match &action {
         AuditCommand::Log {
             filter,
@@ -124,6 +201,7 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
             (filter.filter()?, format.parse().map_err(|e: String| usage(anyhow!(e)))?)
         }
         AuditCommand::Verify { .. } => (audit::Filter::default(), audit::output::Format::Table),
+        AuditCommand::Review { .. } | AuditCommand::Alerts { .. } => unreachable!("run_review"),
     };
     init_command_logging()?;
     let s3 = s3.options()?;
@@ -149,11 +227,12 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
         }
     }
     match action {
-        AuditCommand::Log { .. } => print!("{}", audit::output::records(&segments.records(&filter), format)),
+        AuditCommand::Log { .. } => print!("{}", audit::output::records(&segments.records(&filter), format, &tz)),
         AuditCommand::Report { .. } => {
             let summary = audit::report(&segments.records(&filter));
-            print!("{}", audit::output::report(&summary, format));
+            print!("{}", audit::output::report(&summary, format, &tz));
         }
+        AuditCommand::Review { .. } | AuditCommand::Alerts { .. } => unreachable!("run_review"),
         AuditCommand::Verify { .. } => {
             let mut result = audit::verify(&ring, &segments);
             let records = segments.records(&audit::Filter::default());
@@ -179,6 +258,102 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
             );
         }
     }
+    Ok(())
+}
+
+/// `audit review` and `audit alerts`.
+fn run_review(action: AuditCommand) -> Result<(), Exit> {
+    let (volume, filter, args, html, json, alerts) = match action {
+        AuditCommand::Review {
+            volume,
+            filter,
+            review,
+            html,
+            json,
+        } => (volume, filter, review, html, json, false),
+        AuditCommand::Alerts { volume, filter, review } => (volume, filter, review, None, None, true),
+        _ => unreachable!("only review and alerts"),
+    };
+    if alerts && filter.since.is_none() {
+        return Err(usage(anyhow!(
+            "audit alerts needs --since: the period to look at, e.g. --since 15m for a job every 15 minutes"
+        )));
+    }
+    let mut scope = args.scope(filter.filter()?)?;
+    let VolumeArgs { url, key, s3 } = &volume;
+    let location = location(url)?;
+    let unlock = read_unlock(key, false)?;
+    init_command_logging()?;
+    let s3 = s3.options()?;
+    let report = block_on(async {
+        let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
+        let volume = volume::unlock(store.clone(), url, &unlock, &s3).await?;
+        scope.live_generation = s3vault::journal::live::newest_generation(store.as_ref()).await?;
+        Ok::<_, volume::VolumeError>(review::review(store, volume.ring, scope).await)
+    })?
+    .map_err(volume_exit)?
+    .map_err(runtime_err)?;
+    if alerts {
+        let unusual: Vec<&review::Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity != review::Severity::Info)
+            .collect();
+        for finding in &unusual {
+            println!("{}", serde_json::to_string(finding).expect("a finding serializes"));
+        }
+        if !unusual.is_empty() {
+            return Err(runtime_err(anyhow!(
+                "{} unusual access finding(s) since {}",
+                unusual.len(),
+                report.since.as_deref().unwrap_or("the beginning")
+            )));
+        }
+        return Ok(());
+    }
+    let write = |path: &PathBuf, text: String, what: &str| -> Result<(), Exit> {
+        if path.as_os_str() == "-" {
+            print!("{text}");
+            return Ok(());
+        }
+        std::fs::write(path, text)
+            .map_err(|e| runtime_err(anyhow!("cannot write the {what} to {}: {e}", path.display())))
+    };
+    if let Some(path) = &json {
+        let text = serde_json::to_string_pretty(&report).expect("a review serializes") + "\n";
+        write(path, text, "JSON report")?;
+    }
+    if let Some(path) = &html {
+        write(path, review::render_html(&report), "HTML report")?;
+    }
+    if json.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        return Ok(());
+    }
+    println!("{}", report.integrity.verdict);
+    println!(
+        "{} records in the period ({} read); {} user(s); {} finding(s)",
+        report.records_in_period,
+        report.records_read,
+        report.users.len(),
+        report.findings.len()
+    );
+    for f in &report.findings {
+        println!(
+            "  [{}] {}: {}",
+            serde_json::to_value(f.severity)
+                .expect("a severity serializes")
+                .as_str()
+                .unwrap_or(""),
+            f.kind,
+            f.summary
+        );
+    }
+    for (path, what) in [(&html, "HTML report"), (&json, "JSON report")] {
+        if let Some(path) = path {
+            println!("{what}: {}", path.display());
+        }
+    }
+    println!("digest {}", report.digest);
     Ok(())
 }
 

@@ -60,6 +60,17 @@ const EXAMPLES: &[(&str, &str)] = &[
   s3vault audit report s3://clinic-phi/records --key-file K --path '/patients/*' --format json",
     ),
     (
+        "audit review",
+        "s3vault audit review s3://clinic-phi/records --key-file K --since 2026-11-01 --until 2026-11-30 --tz America/New_York --html review-november.html
+  s3vault audit review s3://clinic-phi/records --key-file K --path '/patients/smith/*' --since 90d --html smith.html --json smith.json
+  s3vault audit review s3://clinic-phi/records --key-file K --since 30d --thresholds /etc/s3vault/review.toml --json -",
+    ),
+    (
+        "audit alerts",
+        "s3vault audit alerts s3://clinic-phi/records --key-file K --since 15m
+  s3vault audit alerts s3://clinic-phi/records --key-file K --since 1h --thresholds /etc/s3vault/review.toml >> /var/log/s3vault-alerts.jsonl",
+    ),
+    (
         "snapshot create",
         "s3vault snapshot create s3://clinic-phi/records before-upgrade --key-file /etc/s3vault/clinic.key",
     ),
