@@ -34,6 +34,9 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Where this store is ("s3://bucket/prefix at http://endpoint"), for
+    /// errors: the administrator must know which store failed.
+    place: String,
     /// The bucket's default Object Lock mode, once `supports_retention`
     /// has looked; retained objects use it (GOVERNANCE if it has none).
     lock_mode: std::sync::OnceLock<ObjectLockMode>,
@@ -135,16 +138,28 @@ impl S3Store {
         if let Some(endpoint) = &opts.endpoint {
             config = config.endpoint_url(endpoint);
         }
+        let url = format!("s3://{bucket}/{prefix}");
+        let url = url.trim_end_matches('/');
+        let place = match &opts.endpoint {
+            Some(endpoint) => format!("{url} at {endpoint}"),
+            None => url.to_string(),
+        };
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            place,
             lock_mode: std::sync::OnceLock::new(),
         })
     }
 
     fn key(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key)
+    }
+
+    /// A response body that broke off.
+    fn cut_off(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unreachable(format!("{}: {e}", self.place))
     }
 
     fn map<E>(&self, action: &'static str, e: SdkError<E, HttpResponse>) -> StoreError
@@ -157,7 +172,7 @@ impl S3Store {
             _ => None,
         };
         let code = e.code().map(str::to_string);
-        let detail = one_line(&e);
+        let detail = format!("{}: {}", self.place, one_line(&e));
         match (code.as_deref(), status) {
             (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket(self.bucket.clone()),
             (Some("NoSuchKey" | "NotFound"), _) | (None, Some(404)) => StoreError::NotFound,
@@ -278,11 +293,7 @@ impl ObjectStore for S3Store {
         // Read chunk by chunk, in case the length the server announced lies.
         let mut body = resp.body;
         let mut data = Vec::new();
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| StoreError::Unreachable(e.to_string()))?
-        {
+        while let Some(chunk) = body.try_next().await.map_err(|e| self.cut_off(e))? {
             if (data.len() + chunk.len()) as u64 > limit {
                 return Err(too_large);
             }
@@ -315,11 +326,7 @@ impl ObjectStore for S3Store {
         // Read chunk by chunk, in case the server sends more than asked.
         let mut body = resp.body;
         let mut data = Vec::with_capacity(len as usize);
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| StoreError::Unreachable(e.to_string()))?
-        {
+        while let Some(chunk) = body.try_next().await.map_err(|e| self.cut_off(e))? {
             if (data.len() + chunk.len()) as u64 > len {
                 return Err(StoreError::Other {
                     action: "s3:GetObject",
@@ -337,11 +344,7 @@ impl ObjectStore for S3Store {
     async fn get_tagged(&self, key: &str) -> Result<(Bytes, String), StoreError> {
         let resp = self.get_object(key, None).await?;
         let tag = resp.e_tag().unwrap_or_default().to_string();
-        let body = resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unreachable(e.to_string()))?;
+        let body = resp.body.collect().await.map_err(|e| self.cut_off(e))?;
         Ok((body.into_bytes(), tag))
     }
 

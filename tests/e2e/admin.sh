@@ -789,11 +789,11 @@ check "mount -o endpoint=http://10.1.2.3:9000: exit 2, https" \
 check "info --endpoint http://10.1.2.3:9000: exit 2, https" \
     expect_exit 2 'https' timeout 120 "$S3VAULT" info "$S3_ELSEWHERE" --endpoint http://10.1.2.3:9000 --path-style
 PORT=$(free_port)
-MOUNT_TIMEOUT=120 check "mount with an unreachable loopback endpoint: exit 1, unreachable" \
-    without_endpoint sv_mount_refused 1 'unreachable' "$S3_ELSEWHERE" "$MNT_X" "$WORK/cache-x" \
-    --key-file "$KEY2" --endpoint "http://127.0.0.1:$PORT" --path-style
-check "fsck with an unreachable loopback endpoint: exit 8 (could not check), unreachable" \
-    expect_exit 8 'unreachable' timeout 120 "$S3VAULT" fsck "$S3_ELSEWHERE" --key-file "$KEY2" \
+MOUNT_TIMEOUT=120 check "mount with an unreachable loopback endpoint: exit 1, unreachable, store and endpoint named" \
+    without_endpoint sv_mount_refused 1 "unreachable: ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: " \
+    "$S3_ELSEWHERE" "$MNT_X" "$WORK/cache-x" --key-file "$KEY2" --endpoint "http://127.0.0.1:$PORT" --path-style
+check "fsck with an unreachable loopback endpoint: exit 8 (could not check), store and endpoint named" \
+    expect_exit 8 "unreachable: ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: " timeout 120 "$S3VAULT" fsck "$S3_ELSEWHERE" --key-file "$KEY2" \
     --endpoint "http://127.0.0.1:$PORT" --path-style
 
 e2e_finish
