@@ -6,6 +6,7 @@
 pub use crate::fs::AttrOverrides;
 use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
 use crate::meta::{FileKind, Inode};
+use crate::metrics::Timer;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
@@ -103,14 +104,18 @@ impl FuseAdapter {
     }
 
     /// Runs `work` on a tokio worker and hands its result to `done`.
-    fn spawn<T, W, D>(&self, work: impl FnOnce(Arc<Core>) -> W, done: D)
+    /// `timer` measures the request until `done` has replied.
+    fn spawn<T, W, D>(&self, timer: Timer, work: impl FnOnce(Arc<Core>) -> W, done: D)
     where
         W: Future<Output = FsResult<T>> + Send + 'static,
         D: FnOnce(FsResult<T>) + Send + 'static,
         T: Send + 'static,
     {
         let future = work(self.core.clone());
-        self.runtime.spawn(async move { done(future.await) });
+        self.runtime.spawn(async move {
+            done(future.await);
+            drop(timer);
+        });
     }
 
     /// Like `spawn`, but first polls `work` once on this thread: a request
@@ -120,7 +125,7 @@ impl FuseAdapter {
     /// the store, a lock, backpressure) continues on a tokio worker, so the
     /// request loop never stalls on the network. Not for requests that may
     /// burn much CPU before their first wait (large writes seal blocks).
-    fn run<T, W, D>(&self, work: impl FnOnce(Arc<Core>) -> W, done: D)
+    fn run<T, W, D>(&self, timer: Timer, work: impl FnOnce(Arc<Core>) -> W, done: D)
     where
         W: Future<Output = FsResult<T>> + Send + 'static,
         D: FnOnce(FsResult<T>) + Send + 'static,
@@ -134,7 +139,10 @@ impl FuseAdapter {
         match future.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(result) => done(result),
             std::task::Poll::Pending => {
-                self.runtime.spawn(async move { done(future.await) });
+                self.runtime.spawn(async move {
+                    done(future.await);
+                    drop(timer);
+                });
             }
         }
     }
@@ -177,10 +185,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let _timer = Timer::fuse("lookup");
         self.entry(self.core.lookup(&caller(req), parent, name.as_bytes()), reply);
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let _timer = Timer::fuse("getattr");
         match self.core.getattr(ino) {
             Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
             Err(e) => reply.error(e.errno()),
@@ -205,6 +215,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        let timer = Timer::fuse("setattr");
         let change = SetAttr {
             mode,
             uid,
@@ -216,6 +227,7 @@ impl Filesystem for FuseAdapter {
         let caller = caller(req);
         let core = self.core.clone();
         self.run(
+            timer,
             move |core| async move { core.setattr(&caller, ino, change, fh.is_some()).await },
             move |result| match result {
                 Ok(inode) => reply.attr(&TTL, &file_attr(&core, &inode)),
@@ -225,6 +237,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let _timer = Timer::fuse("readlink");
         match self.core.readlink(ino) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e.errno()),
@@ -241,6 +254,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = Timer::fuse("mknod");
         self.entry(
             self.core
                 .mknod(&caller(req), parent, name.as_bytes(), mode & !umask, rdev),
@@ -249,6 +263,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _timer = Timer::fuse("mkdir");
         self.entry(
             self.core.mkdir(&caller(req), parent, name.as_bytes(), mode & !umask),
             reply,
@@ -256,14 +271,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = Timer::fuse("unlink");
         reply_empty(self.core.unlink(&caller(req), parent, name.as_bytes()), reply);
     }
 
     fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = Timer::fuse("rmdir");
         reply_empty(self.core.rmdir(&caller(req), parent, name.as_bytes()), reply);
     }
 
     fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _timer = Timer::fuse("symlink");
         self.entry(
             self.core.symlink(
                 &caller(req),
@@ -285,6 +303,7 @@ impl Filesystem for FuseAdapter {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        let _timer = Timer::fuse("rename");
         reply_empty(
             self.core.rename(
                 &caller(req),
@@ -299,13 +318,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn link(&mut self, req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        let _timer = Timer::fuse("link");
         self.entry(self.core.link(&caller(req), ino, newparent, newname.as_bytes()), reply);
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let timer = Timer::fuse("open");
         let caller = caller(req);
         let open_flags = self.open_flags();
         self.run(
+            timer,
             move |core| async move { core.open(&caller, ino, flags).await },
             move |result| match result {
                 Ok(fh) => reply.opened(fh, open_flags),
@@ -315,6 +337,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&mut self, req: &Request<'_>, ino: u64, mask: i32, reply: ReplyEmpty) {
+        let _timer = Timer::fuse("access");
         reply_empty(self.core.access(&caller(req), ino, mask), reply);
     }
 
@@ -329,10 +352,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
+        let timer = Timer::fuse("read");
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
         self.run(
+            timer,
             move |core| async move { core.read(fh, ino, offset, size).await },
             move |result| match result {
                 Ok(data) => reply.data(&data),
@@ -353,11 +378,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        let timer = Timer::fuse("write");
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
         let data = data.to_vec();
         self.spawn(
+            timer,
             move |core| async move { core.write(fh, ino, offset, &data).await },
             move |result| match result {
                 Ok(n) => reply.written(n),
@@ -367,7 +394,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        let timer = Timer::fuse("flush");
         self.run(
+            timer,
             move |core| async move { core.flush(ino).await },
             move |r| reply_empty(r, reply),
         );
@@ -383,20 +412,25 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = Timer::fuse("release");
         self.run(
+            timer,
             move |core| async move { core.release(fh, ino).await },
             move |r| reply_empty(r, reply),
         );
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let timer = Timer::fuse("fsync");
         self.run(
+            timer,
             move |core| async move { core.fsync(ino).await },
             move |r| reply_empty(r, reply),
         );
     }
 
     fn opendir(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let _timer = Timer::fuse("opendir");
         match self.core.opendir(&caller(req), ino, flags) {
             Ok(()) => reply.opened(0, 0),
             Err(e) => reply.error(e.errno()),
@@ -404,6 +438,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let _timer = Timer::fuse("readdir");
         // Offsets 1 and 2 are "." and ".."; entry offsets are shifted by 2.
         let offset = offset.max(0) as u64;
         if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
@@ -439,13 +474,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let timer = Timer::fuse("fsyncdir");
         self.run(
+            timer,
             move |core| async move { core.sync().await },
             move |r| reply_empty(r, reply),
         );
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let _timer = Timer::fuse("statfs");
         match self.core.statfs() {
             Ok(stats) => {
                 let blocks = STATFS_CAPACITY / STATFS_BLOCK;
@@ -476,10 +514,12 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let timer = Timer::fuse("fallocate");
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
         self.spawn(
+            timer,
             move |core| async move { core.fallocate(ino, offset, length, mode).await },
             move |r| reply_empty(r, reply),
         );
@@ -487,10 +527,12 @@ impl Filesystem for FuseAdapter {
 
     /// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds itself).
     fn lseek(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, whence: i32, reply: ReplyLseek) {
+        let timer = Timer::fuse("lseek");
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::ENXIO);
         };
         self.spawn(
+            timer,
             move |core| async move { core.seek_data_or_hole(ino, offset, whence).await },
             move |r| match r {
                 Ok(at) => reply.offset(at as i64),
@@ -500,10 +542,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timer = Timer::fuse("getxattr");
         reply_xattr(self.core.getxattr(&caller(req), ino, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let _timer = Timer::fuse("listxattr");
         reply_xattr(self.core.listxattr(&caller(req), ino), size, reply);
     }
 
@@ -517,6 +561,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _timer = Timer::fuse("setxattr");
         reply_empty(
             self.core.setxattr(&caller(req), ino, name.as_bytes(), value, flags),
             reply,
@@ -524,6 +569,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = Timer::fuse("removexattr");
         reply_empty(self.core.removexattr(&caller(req), ino, name.as_bytes()), reply);
     }
 
@@ -537,6 +583,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = Timer::fuse("create");
         match self
             .core
             .create(&caller(req), parent, name.as_bytes(), mode & !umask, flags)

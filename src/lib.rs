@@ -23,6 +23,7 @@ pub mod keyfile;
 pub mod keyring;
 pub mod kms;
 pub mod meta;
+pub mod metrics;
 pub mod mount;
 pub mod mountpoint;
 pub mod os;

@@ -46,6 +46,8 @@ pub struct MountConfig {
     /// A read-only mount of the live state: how often to look for the
     /// writer's newer metadata (`None`: never).
     pub follow_interval: Option<Duration>,
+    /// Serve Prometheus metrics here (`None`: no metrics).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How long a block the writer stopped using stays in the store, so that
@@ -74,6 +76,17 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             return 1;
         }
     };
+    if let Some(addr) = config.metrics_addr {
+        let _in_runtime = runtime.enter();
+        if let Err(e) = crate::metrics::serve(addr) {
+            let message = format!("--metrics-addr {addr}: {e}");
+            if !ready.is_background() {
+                eprintln!("s3vault: {message}");
+            }
+            ready.report(Err((2, message)));
+            return 2;
+        }
+    }
     // `_cache_lock` is held until the daemon exits.
     let (core, mountpoint, cache_dir, _cache_lock, lease) = match runtime.block_on(prepare(&config, unlock)) {
         Ok(prepared) => prepared,
@@ -141,6 +154,9 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     ));
     runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
     runtime.spawn(compact_periodically(core.clone()));
+    if config.metrics_addr.is_some() {
+        runtime.spawn(publish_status(core.clone()));
+    }
     if let Some(log) = core.audit_log() {
         runtime.spawn(audit_periodically(log.clone()));
     }
@@ -295,7 +311,10 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         return Err((2, format!("mount point {} is not a directory", mountpoint.display())));
     }
     crate::mountpoint::check(&mountpoint, config.allow_non_empty).map_err(|e| (2, e))?;
-    let store = location.open(&config.s3).await.map_err(|e| volume_failure(e.into()))?;
+    let mut store = location.open(&config.s3).await.map_err(|e| volume_failure(e.into()))?;
+    if config.metrics_addr.is_some() {
+        store = Arc::new(crate::store::MeteredStore::new(store));
+    }
     let volume = volume::unlock(store.clone(), &config.url, &unlock, &config.s3)
         .await
         .map_err(volume_failure)?;
@@ -590,6 +609,18 @@ async fn serve_control(
 
 /// fsyncs the audit segment every second and uploads closed segments every
 /// flush interval.
+/// Keeps the metrics' gauges at what `status` would answer.
+async fn publish_status(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match serde_json::to_value(core.status()) {
+            Ok(status) => crate::metrics::publish(&status),
+            Err(e) => tracing::warn!(error = %e, "cannot publish the status as metrics"),
+        }
+    }
+}
+
 async fn audit_periodically(log: Arc<AuditLog>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -785,6 +816,7 @@ mod tests {
             set_aside_unuploaded: false,
             snapshot: None,
             follow_interval: None,
+            metrics_addr: None,
         }
     }
 

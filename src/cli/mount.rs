@@ -117,6 +117,11 @@ pub struct MountArgs {
     /// metadata, so other hosts' changes appear (0: never) [default: 5].
     #[arg(long, value_name = "SECONDS")]
     follow_interval: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464: request latencies per FUSE and store operation, and
+    /// the figures of `status` (no file names) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The local block cache's limits.
@@ -303,6 +308,7 @@ pub fn run(args: MountArgs) -> Result<(), Exit> {
         force_takeover: args.force_takeover,
         accept_older_state: args.accept_older_state,
         set_aside_unuploaded: args.set_aside_unuploaded,
+        metrics_addr: args.metrics_addr,
     };
     let ready = if args.foreground {
         Readiness::foreground()

@@ -8,11 +8,13 @@
 mod faulty;
 mod local;
 mod memory;
+mod metered;
 pub(crate) mod s3;
 
 pub use faulty::{Fault, FaultyStore, Op, Rule};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use metered::MeteredStore;
 pub use s3::{S3Options, S3Store, check_endpoint_url};
 
 use async_trait::async_trait;

@@ -769,6 +769,41 @@ if [[ $E2E_BACKEND == moto && -n $E2E_ENDPOINT ]]; then
 fi
 
 # ---------------------------------------------------------------------------
+# Metrics
+
+# A mount with --metrics-addr serves Prometheus text: FUSE and store request
+# latencies by operation, the figures of `status` as gauges, no file name;
+# a port already taken is refused at mount (exit 2).
+metrics_scraped() {
+    local url mp=$WORK/mnt-metrics out=$WORK/metrics.txt port value
+    url=$(vol_url metrics)
+    port=$(free_port)
+    sv_init "$url" --key-file "$KEY2" >/dev/null
+    sv_mount "$url" "$mp" "$WORK/cache-metrics" --key-file "$KEY2" --metrics-addr "127.0.0.1:$port"
+    for i in $(seq 20); do echo "content $i" >"$mp/metrics-marker-$i"; done
+    cat "$mp"/metrics-marker-* >/dev/null
+    sync -f "$mp"
+    sleep 6 # the gauges are published every 5 s
+    curl -fsS --max-time 10 "http://127.0.0.1:$port/metrics" >"$out"
+    expect_exit 2 "metrics-addr 127.0.0.1:$port" timeout 60 "$S3VAULT" mount "$url" "$MNT_X" \
+        --cache-dir "$WORK/cache-metrics-2" --key-file "$KEY2" --metrics-addr "127.0.0.1:$port"
+    sv_umount "$mp"
+    grep -E '^s3vault_(fuse|store)_request_seconds_count' "$out"
+    value=$(awk -F' ' '/^s3vault_fuse_request_seconds_count\{op="create"\}/ { print $2 }' "$out")
+    [[ ${value:-0} -ge 20 ]] || { echo "creates counted: ${value:-none}"; return 1; }
+    grep -qE '^s3vault_fuse_request_seconds_bucket\{op="read",le="0\.001"\} [0-9]+' "$out"
+    grep -qE '^s3vault_store_request_seconds_count\{op="put[a-z_]*",outcome="ok"\} [1-9]' "$out"
+    grep -qE '^s3vault_cache_[a-z_]+ [0-9]' "$out"
+    grep -qE '^s3vault_audit_records [1-9]' "$out"
+    if grep -q 'metrics-marker' "$out"; then
+        echo "a file name reached the metrics"
+        return 1
+    fi
+}
+check "--metrics-addr: Prometheus text with FUSE and store latencies and status gauges, no names; a taken port is refused" \
+    metrics_scraped
+
+# ---------------------------------------------------------------------------
 # Errors: exit 2 for configuration, 1 for runtime, one-line messages
 
 S3_ELSEWHERE=s3://s3vault-test/admin-elsewhere-${WORK##*.}
