@@ -222,6 +222,9 @@ pub struct PackCache {
     /// Set when the mount is fenced: nothing more is uploaded.
     paused: std::sync::atomic::AtomicBool,
     outage: Mutex<Outage>,
+    /// Writes are being refused for lack of disk space (logged once per
+    /// episode, and again when they resume).
+    full: std::sync::atomic::AtomicBool,
     /// (when, uploaded bytes, downloaded bytes), one per second, for rates.
     samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
@@ -304,6 +307,7 @@ impl PackCache {
             counters: Counters::default(),
             paused: std::sync::atomic::AtomicBool::new(false),
             outage: Mutex::new(Outage::default()),
+            full: std::sync::atomic::AtomicBool::new(false),
             samples: Mutex::new(VecDeque::new()),
         });
         cache.make_room(0, true);
@@ -331,7 +335,19 @@ impl PackCache {
         self.wait_until(|p| p.dirty_bytes == 0 || p.dirty_bytes + len <= max)
             .await;
         if !self.make_room(len, true) {
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cache_dir = %self.dir.display(),
+                    min_free = %self.config.min_free,
+                    waiting_for_upload = self.packs().dirty_bytes,
+                    "the cache disk is full: writes fail with ENOSPC until uploads drain or clean packs can be \
+                     evicted (logged again when they resume)"
+                );
+            }
             return Err(CacheError::Full);
+        }
+        if self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!("the cache disk has room again: writes resume");
         }
         Ok(())
     }

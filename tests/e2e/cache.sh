@@ -252,6 +252,10 @@ full_cache_disk() {
         echo "closed before the disk filled: $(wc -l <"$WORK/full-closed")"
         (($(wc -l <"$WORK/full-closed") >= 5)) || rc=1
         python3 "$GEN" verify "$mp" "$WORK/full-closed" --size-kib 2048 --no-extra-check || rc=$?
+        grep -q "the cache disk is full: writes fail with ENOSPC" "$t/c/s3vault.log" || {
+            echo "the daemon log does not say the cache disk is full"
+            rc=1
+        }
         store_up
         "$S3VAULT" umount "$mp" || rc=$?
     fi
