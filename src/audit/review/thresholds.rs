@@ -137,10 +137,11 @@ impl Thresholds {
     }
 }
 
-/// A zone name from the tz database ("Europe/Paris", "UTC"), or "local".
+/// A zone name from the tz database ("Europe/Paris", "UTC"), or "local"
+/// (the host's; UTC when the host has none configured).
 pub fn time_zone(name: &str) -> Result<TimeZone, String> {
     if name == "local" {
-        return TimeZone::try_system().map_err(|e| format!("the host's time zone: {e}"));
+        return Ok(TimeZone::system());
     }
     TimeZone::get(name).map_err(|_| format!("{name:?} is not a time zone of the tz database (e.g. Europe/Paris, UTC)"))
 }
