@@ -375,6 +375,7 @@ mod tests {
             "SIZE" => "128M",
             "SIZE|N%" => "7%",
             "NAME" => "before upgrade",
+            "ADDR" => "127.0.0.1:9464",
             other => panic!("no sample value for {other}: add one"),
         }
     }
