@@ -48,6 +48,8 @@ SUMMARY=""
 RUN=""
 S3S_PID=""
 MOTO_PID=""
+PG_PID=""
+PG_DIR=""
 
 log() { echo "=== $(date +%H:%M:%S) $*"; }
 
@@ -74,6 +76,8 @@ ensure_system_tools() {
     command -v flock >/dev/null || missing+=(util-linux)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     command -v python3 >/dev/null || missing+=(python3 python3-pip python3-venv)
+    # Metadata on PostgreSQL: the cargo tests of the shared store.
+    [[ -n $(postgres_bin) ]] || missing+=(postgresql)
     # The review suite: a browser to open the report in, and a clock
     # override for one mount.
     if [[ " $SUITES " == *" review "* ]]; then
@@ -171,10 +175,52 @@ start_moto() {
     log "moto up at $MOTO_ENDPOINT (pid $MOTO_PID)"
 }
 
+# ---------------------------------------------------------------------------
+# PostgreSQL: an unprivileged throwaway cluster on 127.0.0.1
+
+# The newest installed server's bin directory (Debian: /usr/lib/postgresql/N/bin).
+postgres_bin() {
+    local dirs=(/usr/lib/postgresql/*/bin/postgres)
+    [[ -x ${dirs[-1]} ]] && dirname "${dirs[-1]}"
+}
+
+start_postgres() {
+    local bin port
+    bin=$(postgres_bin)
+    port=$(free_port)
+    # initdb refuses root; the package's "postgres" user owns the cluster.
+    # Not under $RUN, which only root may enter.
+    PG_DIR=$(mktemp -d /tmp/s3vault-pg.XXXXXX)
+    chown postgres: "$PG_DIR"
+    setpriv --reuid=postgres --regid=postgres --init-groups -- \
+        "$bin/initdb" -D "$PG_DIR/data" -U s3vault -A trust --no-sync >"$RUN/postgres-initdb.log" 2>&1 || {
+        cat "$RUN/postgres-initdb.log" >&2
+        exit 1
+    }
+    # setpriv execs: $! is the server's own pid, stopped by it.
+    setpriv --reuid=postgres --regid=postgres --init-groups -- \
+        "$bin/postgres" -D "$PG_DIR/data" -p "$port" -k "$PG_DIR" -c listen_addresses=127.0.0.1 \
+        -c fsync=off -c max_connections=200 >"$RUN/postgres.log" 2>&1 &
+    PG_PID=$!
+    for _ in $(seq 100); do
+        "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+        kill -0 "$PG_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" || {
+        echo "PostgreSQL did not come up on port $port; its log:" >&2
+        tail -n 20 "$RUN/postgres.log" >&2
+        exit 1
+    }
+    export S3VAULT_TEST_POSTGRES=postgresql://s3vault@127.0.0.1:$port/postgres
+    log "PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') up at 127.0.0.1:$port (pid $PG_PID, data $PG_DIR)"
+}
+
+# stop_pid PID [SIGNAL]: the signal, then up to 5 s, then SIGKILL.
 stop_pid() {
-    local pid=$1
+    local pid=$1 signal=${2:-TERM}
     [[ -n $pid ]] || return 0
-    kill "$pid" 2>/dev/null || return 0
+    kill "-$signal" "$pid" 2>/dev/null || return 0
     for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
@@ -187,6 +233,9 @@ cleanup() {
     set +e
     stop_pid "$S3S_PID"
     stop_pid "$MOTO_PID"
+    # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for clients).
+    stop_pid "$PG_PID" INT
+    [[ -z $PG_DIR ]] || rm -rf --one-file-system "$PG_DIR"
     [[ -z $RUN ]] || rm -rf --one-file-system "$RUN"
     exit "$rc"
 }
@@ -270,6 +319,8 @@ cargo_build_and_test() {
     log "cargo test --release"
     out=$RUN/cargo-test.out
     cargo_locked test --release --locked >"$out" 2>&1 || rc=$?
+    # The tests of the PostgreSQL store need the server started above.
+    cargo_locked test --release --locked --lib -- --ignored postgres >>"$out" 2>&1 || rc=$?
     cat "$out"
     # One "test result:" line per test binary; add them up.
     read -r passed failed < <(awk '/^test result:/ {
@@ -302,6 +353,8 @@ main() {
     export FSX=$TOOLS/bin/fsx
 
     RUN=$(mktemp -d /tmp/s3vault-test.XXXXXX)
+
+    start_postgres
 
     if [[ ${SKIP_CARGO:-} == 1 ]]; then
         log "SKIP_CARGO=1: using the existing $S3VAULT"

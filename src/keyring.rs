@@ -23,6 +23,8 @@ pub mod purpose {
     pub const AUDIT_CHAIN: &[u8] = b"s3vault v1 audit chain";
     pub const SNAPSHOT_NAME: &[u8] = b"s3vault v1 snapshot name";
     pub const JOURNAL_CHAIN: &[u8] = b"s3vault v1 journal chain";
+    pub const DATABASE_ROWS: &[u8] = b"s3vault v1 shared database rows";
+    pub const DATABASE_NAMES: &[u8] = b"s3vault v1 shared database names";
 }
 
 pub struct Keyring {
@@ -106,6 +108,16 @@ impl Keyring {
     pub fn snapshot_name_id(&self, name: &[u8]) -> [u8; 16] {
         let derived = self.keys.metadata.derive(&[], &[purpose::SNAPSHOT_NAME, name]);
         derived.as_bytes()[..16].try_into().expect("16 of 32 bytes")
+    }
+
+    /// The subkey sealing rows of a shared metadata database (`meta::sealing`).
+    pub fn database_row_key(&self) -> SecretKey {
+        self.keys.metadata.derive(&[], &[purpose::DATABASE_ROWS])
+    }
+
+    /// The HMAC key of name lookups in a shared metadata database.
+    pub fn database_name_key(&self) -> SecretKey {
+        self.keys.metadata.derive(&[], &[purpose::DATABASE_NAMES])
     }
 
     /// The raw SQLCipher key of the local metadata database.

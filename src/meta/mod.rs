@@ -1,14 +1,19 @@
 //! Metadata store: inodes, directory entries and chunk maps.
 //!
-//! The filesystem core speaks to this trait only, so the embedded SQLite
-//! store can later be joined by a PostgreSQL one for many hosts. Compound
+//! The filesystem core speaks to this trait only: the embedded SQLite
+//! store of a single-writer volume, or PostgreSQL for several hosts. Compound
 //! operations run between [`MetadataStore::begin`] and
 //! [`MetadataStore::commit`], so a crash never leaves half a rename.
 
+#[cfg(test)]
+mod conformance_tests;
 pub mod ops;
+pub mod postgres;
+mod sealing;
 mod sqlite;
 mod state;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use state::{decode_state, encode_state, encode_state_into};
 
@@ -20,6 +25,13 @@ pub const ROOT_INO: u64 = 1;
 pub enum MetaError {
     #[error("metadata database: {0}")]
     Sqlite(rusqlite::Error),
+    #[error("metadata database: {0}")]
+    Postgres(tokio_postgres::Error),
+    #[error("metadata database unreachable: {0}")]
+    Unreachable(String),
+    /// A setting or the database's contents do not fit this volume.
+    #[error("{0}")]
+    Config(String),
     #[error("metadata is corrupt: {0}")]
     Corrupt(String),
 }

@@ -697,6 +697,7 @@ impl MetadataStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conformance_tests::dir;
     use super::*;
 
     /// Each readdir request reads one page after an offset; without an
@@ -720,23 +721,6 @@ mod tests {
         assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{plan:?}");
     }
 
-    fn dir(ino: u64) -> Inode {
-        Inode {
-            ino,
-            kind: FileKind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 2,
-            size: 0,
-            atime: 0,
-            mtime: 0,
-            ctime: 0,
-            rdev: 0,
-            allocated: 0,
-        }
-    }
-
     #[test]
     fn database_on_disk_is_encrypted_and_keyed() {
         let dir_path = tempfile::tempdir().unwrap();
@@ -758,117 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn entry_offsets_are_stable_while_entries_come_and_go() {
-        let mut db = SqliteStore::in_memory().unwrap();
-        db.put_inode(&dir(1)).unwrap();
-        for (i, name) in [b"a", b"b", b"c"].iter().enumerate() {
-            db.put_inode(&dir(10 + i as u64)).unwrap();
-            db.insert_entry(1, *name, 10 + i as u64).unwrap();
-        }
-        let first = db.entries(1, 0, 2).unwrap();
-        assert_eq!(first.len(), 2);
-        db.remove_entry(1, b"a").unwrap();
-        db.put_inode(&dir(20)).unwrap();
-        db.insert_entry(1, b"d", 20).unwrap();
-        let rest = db.entries(1, first[1].offset, 10).unwrap();
-        let names: Vec<_> = rest.iter().map(|e| e.name.clone()).collect();
-        assert_eq!(names, vec![b"c".to_vec(), b"d".to_vec()]);
-    }
-
-    #[test]
-    fn export_import_reproduces_the_state() {
-        let mut db = SqliteStore::in_memory().unwrap();
-        db.put_inode(&dir(1)).unwrap();
-        let ino = db.allocate_ino().unwrap();
-        db.put_inode(&Inode {
-            ino,
-            kind: FileKind::Symlink,
-            ..dir(ino)
-        })
-        .unwrap();
-        db.set_symlink_target(ino, b"target").unwrap();
-        db.insert_entry(1, b"link", ino).unwrap();
-        db.set_chunk(
-            ino,
-            3,
-            Some(ChunkRef {
-                pack: [1; 16],
-                offset: 0,
-                len: 7,
-            }),
-        )
-        .unwrap();
-        let mut records = Vec::new();
-        db.export(&mut |r| records.push(r)).unwrap();
-
-        let mut copy = SqliteStore::in_memory().unwrap();
-        copy.import(&mut records.clone().into_iter()).unwrap();
-        let mut again = Vec::new();
-        copy.export(&mut |r| again.push(r)).unwrap();
-        assert_eq!(records, again);
-        assert_eq!(copy.symlink_target(ino).unwrap(), Some(b"target".to_vec()));
-        assert_eq!(copy.allocate_ino().unwrap(), ino + 1);
-    }
-
-    #[test]
-    fn replacing_a_chunk_returns_the_old_one() {
-        let mut db = SqliteStore::in_memory().unwrap();
-        let a = ChunkRef {
-            pack: [1; 16],
-            offset: 100,
-            len: 10,
-        };
-        let b = ChunkRef {
-            pack: [2; 16],
-            offset: 0,
-            len: 20,
-        };
-        assert_eq!(db.set_chunk(5, 0, Some(a)).unwrap(), None);
-        assert_eq!(db.set_chunk(5, 0, Some(b)).unwrap(), Some(a));
-        db.set_chunk(5, 7, Some(a)).unwrap();
-        assert_eq!(db.chunks(5, 0, u64::MAX).unwrap().len(), 2);
-        assert_eq!(db.chunks_in(&[1; 16]).unwrap(), vec![(5, 7, a)]);
-        let mut usage = db.pack_usage().unwrap();
-        usage.sort();
-        assert_eq!(usage, vec![([1; 16], 10 + 28), ([2; 16], 20 + 28)]);
-        assert_eq!(db.remove_chunks_from(5, 1).unwrap(), vec![a]);
-        assert!(!db.references(&[1; 16]).unwrap());
-        assert!(db.references(&[2; 16]).unwrap());
-        assert_eq!(db.chunks(5, 0, u64::MAX).unwrap(), vec![(0, b)]);
-    }
-
-    #[test]
-    fn holes_and_data_are_found_from_any_index() {
-        let mut db = SqliteStore::in_memory().unwrap();
-        let c = ChunkRef {
-            pack: [1; 16],
-            offset: 0,
-            len: 1,
-        };
-        for index in [2, 3, 4, 9] {
-            db.set_chunk(5, index, Some(c)).unwrap();
-        }
-        db.set_chunk(6, 0, Some(c)).unwrap();
-        assert_eq!(db.next_chunk(5, 0).unwrap(), Some(2));
-        assert_eq!(db.next_chunk(5, 5).unwrap(), Some(9));
-        assert_eq!(db.next_chunk(5, 10).unwrap(), None);
-        assert_eq!(db.next_gap(5, 0).unwrap(), 0);
-        assert_eq!(db.next_gap(5, 2).unwrap(), 5);
-        assert_eq!(db.next_gap(5, 4).unwrap(), 5);
-        assert_eq!(db.next_gap(5, 9).unwrap(), 10);
-    }
-
-    #[test]
-    fn a_pack_that_gets_a_chunk_again_is_no_longer_garbage() {
-        let mut db = SqliteStore::in_memory().unwrap();
-        db.add_garbage(&[3; 16]).unwrap();
-        db.add_garbage(&[4; 16]).unwrap();
-        let c = ChunkRef {
-            pack: [3; 16],
-            offset: 0,
-            len: 1,
-        };
-        db.set_chunk(9, 0, Some(c)).unwrap();
-        assert_eq!(db.garbage().unwrap(), vec![[4; 16]]);
+    fn behaves_as_every_metadata_store_must() {
+        super::super::conformance_tests::run_all(&|| Box::new(SqliteStore::in_memory().unwrap()));
     }
 }

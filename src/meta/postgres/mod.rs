@@ -1,0 +1,801 @@
+//! The shared metadata store: a volume's inodes, entries and chunk maps in
+//! PostgreSQL, so that several hosts can write one volume.
+//!
+//! Nothing readable about the files reaches the database: attributes,
+//! names, symlink targets, extended attributes and chunk places are sealed
+//! (`meta::sealing`) and names are looked up by a keyed hash. What stays
+//! clear is what the queries need: inode numbers, which inode an entry
+//! names in which directory, chunk indexes and the pack each chunk is in.
+//! FORMAT.md ("Metadata in PostgreSQL") lists what a database
+//! administrator can and cannot learn.
+//!
+//! Counters that would need sealed values summed in SQL are kept beside
+//! them: each inode's stored bytes (for st_blocks) in a sealed column
+//! updated at commit from the transaction's chunk changes, and the
+//! volume's totals (for statfs) as one sealed row per host, so hosts never
+//! contend for a single counter row.
+
+mod connect;
+mod schema;
+
+pub use connect::Target;
+
+use super::sealing::{Place, RowSealer};
+use super::state::{Cursor, decode_record, encode_record};
+use super::{ChainHead, ChunkRef, DirEntry, Inode, MetaError, MetadataStore, Record, Result};
+use crate::codec::{OBJECT_ID_LEN, ObjectId};
+use crate::keyring::Keyring;
+use connect::{Connection, wait};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+/// Which host a store speaks for: the key of its usage row.
+pub type HostId = [u8; 16];
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Counts a transaction adds to its host's share of the volume's usage.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    inodes: i64,
+    bytes: i64,
+}
+
+impl Usage {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.inodes.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Usage> {
+        let mut r = Cursor(bytes);
+        Ok(Usage {
+            inodes: r.u64()? as i64,
+            bytes: r.u64()? as i64,
+        })
+    }
+
+    fn add(&mut self, other: Usage) {
+        self.inodes += other.inodes;
+        self.bytes += other.bytes;
+    }
+}
+
+/// What the open transaction changed that is written at its commit.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Change of each inode's stored bytes.
+    allocated: HashMap<u64, i64>,
+    usage: Usage,
+}
+
+pub struct PgStore {
+    conn: Connection,
+    sealer: RowSealer,
+    host: HostId,
+    /// Prepared once per connection, by SQL text.
+    statements: Mutex<HashMap<&'static str, tokio_postgres::Statement>>,
+    in_transaction: bool,
+    pending: Pending,
+    /// This host's committed share of the volume's usage (its row).
+    host_usage: Usage,
+}
+
+fn db(e: tokio_postgres::Error) -> MetaError {
+    MetaError::Postgres(e)
+}
+
+fn corrupt(what: String) -> MetaError {
+    MetaError::Corrupt(what)
+}
+
+fn object_id(bytes: &[u8]) -> Result<ObjectId> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("a pack id of {} bytes in the database", bytes.len())))
+}
+
+/// Database integers are signed; inode numbers and indexes never reach 2^63.
+fn int(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl PgStore {
+    /// Creates the tables of a new volume and opens them.
+    pub fn create(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
+        let conn = target.connect()?;
+        let name = schema::schema_name(ring.volume_id());
+        let ddl = format!(
+            "BEGIN; CREATE SCHEMA {name}; SET LOCAL search_path TO {name}; {}
+             INSERT INTO volume (id, format) VALUES ('\\x{}', {}); COMMIT;",
+            schema::TABLES,
+            hex::encode(ring.volume_id()),
+            schema::FORMAT
+        );
+        wait(conn.client.batch_execute(&ddl)).map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::DUPLICATE_SCHEMA) => MetaError::Config(format!(
+                "the database already holds this volume's metadata (schema {name})"
+            )),
+            _ => db(e),
+        })?;
+        Self::open_on(conn, ring, host)
+    }
+
+    /// Opens the tables of an existing volume.
+    pub fn open(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
+        Self::open_on(target.connect()?, ring, host)
+    }
+
+    fn open_on(conn: Connection, ring: &Keyring, host: HostId) -> Result<PgStore> {
+        let name = schema::schema_name(ring.volume_id());
+        let exists = wait(
+            conn.client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&name]),
+        )
+        .map_err(db)?
+        .is_some();
+        if !exists {
+            return Err(MetaError::Config(format!(
+                "the database holds no metadata of this volume (no schema {name})"
+            )));
+        }
+        wait(conn.client.batch_execute(&format!("SET search_path TO {name}"))).map_err(db)?;
+        let row = wait(conn.client.query_one("SELECT id, format FROM volume", &[])).map_err(db)?;
+        let (id, format): (Vec<u8>, i32) = (row.get(0), row.get(1));
+        if id != ring.volume_id() {
+            return Err(corrupt(format!("schema {name} belongs to another volume")));
+        }
+        if format != schema::FORMAT {
+            return Err(MetaError::Config(format!(
+                "the database schema has format {format}; this release reads format {}",
+                schema::FORMAT
+            )));
+        }
+        let mut store = PgStore {
+            conn,
+            sealer: RowSealer::new(ring),
+            host,
+            statements: Mutex::new(HashMap::new()),
+            in_transaction: false,
+            pending: Pending::default(),
+            host_usage: Usage::default(),
+        };
+        let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
+        if let Some(row) = host_row {
+            store.host_usage = Usage::decode(&store.sealer.open(Place::HostUsage(&host), row.get(0))?)?;
+        }
+        Ok(store)
+    }
+
+    fn statement(&self, sql: &'static str) -> Result<tokio_postgres::Statement> {
+        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = wait(self.conn.client.prepare(sql)).map_err(db)?;
+        cache.insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+
+    fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let stmt = self.statement(sql)?;
+        wait(self.conn.client.query(&stmt, params)).map_err(db)
+    }
+
+    fn query_opt(&self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>> {
+        let stmt = self.statement(sql)?;
+        wait(self.conn.client.query_opt(&stmt, params)).map_err(db)
+    }
+
+    fn query_one(&self, sql: &'static str, params: Params<'_>) -> Result<Row> {
+        let stmt = self.statement(sql)?;
+        wait(self.conn.client.query_one(&stmt, params)).map_err(db)
+    }
+
+    fn execute(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        let stmt = self.statement(sql)?;
+        wait(self.conn.client.execute(&stmt, params)).map_err(db)
+    }
+
+    /// Runs a change that updates counters in a transaction of its own
+    /// when none is open, so the counters commit with it.
+    fn write<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.in_transaction {
+            return f(self);
+        }
+        self.begin()?;
+        match f(self) {
+            Ok(v) => {
+                self.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the counters the transaction changed.
+    fn write_pending(&mut self) -> Result<()> {
+        let allocated: Vec<(u64, i64)> = self.pending.allocated.iter().map(|(k, v)| (*k, *v)).collect();
+        for (ino, delta) in allocated {
+            if delta == 0 {
+                continue;
+            }
+            let Some(row) = self.query_opt("SELECT usage FROM inode WHERE ino = $1", &[&int(ino)])? else {
+                continue;
+            };
+            let stored = self.open_allocated(ino, row.get(0))?;
+            let now = (stored as i64 + delta).max(0) as u64;
+            let sealed = self.sealer.seal(Place::InodeUsage(ino), &now.to_be_bytes());
+            self.execute("UPDATE inode SET usage = $2 WHERE ino = $1", &[&int(ino), &sealed])?;
+        }
+        let delta = self.pending.usage;
+        if delta.inodes != 0 || delta.bytes != 0 {
+            let mut total = self.host_usage;
+            total.add(delta);
+            let sealed = self.sealer.seal(Place::HostUsage(&self.host), &total.encode());
+            self.execute(
+                "INSERT INTO usage (host, body) VALUES ($1, $2) ON CONFLICT (host) DO UPDATE SET body = excluded.body",
+                &[&self.host.as_slice(), &sealed],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn open_allocated(&self, ino: u64, sealed: &[u8]) -> Result<u64> {
+        Cursor(&self.sealer.open(Place::InodeUsage(ino), sealed)?).u64()
+    }
+
+    fn seal_inode(&self, inode: &Inode) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(64);
+        encode_record(&mut plain, &Record::Inode(*inode));
+        self.sealer.seal(Place::InodeAttrs(inode.ino), &plain)
+    }
+
+    /// The inode sealed in `attrs` of row `ino` (`allocated` left 0).
+    fn open_inode(&self, ino: u64, attrs: &[u8]) -> Result<Inode> {
+        let plain = self.sealer.open(Place::InodeAttrs(ino), attrs)?;
+        let mut r = Cursor(&plain);
+        let tag = r.u8()?;
+        match decode_record(&mut r, tag)? {
+            Some(Record::Inode(inode)) if inode.ino == ino => Ok(inode),
+            _ => Err(corrupt(format!("the attributes of inode {ino} are not an inode's"))),
+        }
+    }
+
+    fn entry_mac(&self, parent: u64, name: &[u8]) -> [u8; 32] {
+        self.sealer.name_mac(b"entry", parent, name)
+    }
+
+    fn xattr_mac(&self, ino: u64, name: &[u8]) -> [u8; 32] {
+        self.sealer.name_mac(b"xattr", ino, name)
+    }
+
+    /// The name of an entry row, checked to be the one naming `ino`.
+    fn open_entry(&self, parent: u64, name_mac: &[u8], ino: u64, sealed: &[u8]) -> Result<Vec<u8>> {
+        let plain = self.sealer.open(Place::EntryName { parent, name_mac }, sealed)?;
+        let mut r = Cursor(&plain);
+        if r.u64()? != ino {
+            return Err(corrupt(format!(
+                "an entry of directory {parent} was redirected to inode {ino}"
+            )));
+        }
+        Ok(r.0.to_vec())
+    }
+
+    /// Name and value of an extended attribute row.
+    fn open_xattr(&self, ino: u64, name_mac: &[u8], sealed: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let plain = self.sealer.open(Place::Xattr { ino, name_mac }, sealed)?;
+        let mut r = Cursor(&plain);
+        let len = r.u8()? as usize;
+        let name = r.take(len)?.to_vec();
+        Ok((name, r.0.to_vec()))
+    }
+
+    fn seal_chunk(&self, ino: u64, index: u64, chunk: &ChunkRef) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(OBJECT_ID_LEN + 8);
+        plain.extend_from_slice(&chunk.pack);
+        plain.extend_from_slice(&chunk.offset.to_be_bytes());
+        plain.extend_from_slice(&chunk.len.to_be_bytes());
+        self.sealer.seal(Place::Chunk { ino, index }, &plain)
+    }
+
+    /// A chunk row, checked to name the pack its clear column names.
+    fn open_chunk(&self, ino: u64, index: u64, pack: &[u8], place: &[u8]) -> Result<ChunkRef> {
+        let plain = self.sealer.open(Place::Chunk { ino, index }, place)?;
+        let mut r = Cursor(&plain);
+        let sealed_pack: ObjectId = r.array()?;
+        if sealed_pack.as_slice() != pack {
+            return Err(corrupt(format!(
+                "chunk {index} of inode {ino} was moved to another pack"
+            )));
+        }
+        Ok(ChunkRef {
+            pack: sealed_pack,
+            offset: r.u32()?,
+            len: r.u32()?,
+        })
+    }
+
+    fn note_chunk_change(&mut self, ino: u64, bytes: i64) {
+        *self.pending.allocated.entry(ino).or_default() += bytes;
+        self.pending.usage.bytes += bytes;
+    }
+
+    fn entry_rows(&self, rows: Vec<Row>) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let parent = row.get::<_, i64>(0) as u64;
+        let name = self.open_entry(parent, row.get(1), row.get::<_, i64>(2) as u64, row.get(3))?;
+        Ok(Some((parent, name)))
+    }
+
+    fn chunk_rows(&self, ino: u64, rows: Vec<Row>) -> Result<Vec<(u64, ChunkRef)>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let index = row.get::<_, i64>(0) as u64;
+            out.push((index, self.open_chunk(ino, index, row.get(1), row.get(2))?));
+        }
+        out.sort_by_key(|(index, _)| *index);
+        Ok(out)
+    }
+}
+
+impl MetadataStore for PgStore {
+    fn begin(&mut self) -> Result<()> {
+        wait(self.conn.client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")).map_err(db)?;
+        self.in_transaction = true;
+        self.pending = Pending::default();
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let done = self
+            .write_pending()
+            .and_then(|()| wait(self.conn.client.batch_execute("COMMIT")).map_err(db));
+        match done {
+            Ok(()) => {
+                self.in_transaction = false;
+                let pending = std::mem::take(&mut self.pending);
+                self.host_usage.add(pending.usage);
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn rollback(&mut self) {
+        let _ = wait(self.conn.client.batch_execute("ROLLBACK"));
+        self.in_transaction = false;
+        self.pending = Pending::default();
+    }
+
+    fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+        let Some(row) = self.query_opt("SELECT attrs, usage FROM inode WHERE ino = $1", &[&int(ino)])? else {
+            return Ok(None);
+        };
+        let mut inode = self.open_inode(ino, row.get(0))?;
+        let pending = self.pending.allocated.get(&ino).copied().unwrap_or(0);
+        inode.allocated = (self.open_allocated(ino, row.get(1))? as i64 + pending).max(0) as u64;
+        Ok(Some(inode))
+    }
+
+    fn put_inode(&mut self, inode: &Inode) -> Result<()> {
+        let attrs = self.seal_inode(inode);
+        let usage = self.sealer.seal(Place::InodeUsage(inode.ino), &0u64.to_be_bytes());
+        self.write(|s| {
+            let row = s.query_one(
+                "INSERT INTO inode (ino, orphan, attrs, usage) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (ino) DO UPDATE SET orphan = excluded.orphan, attrs = excluded.attrs
+                 RETURNING xmax = 0",
+                &[&int(inode.ino), &(inode.nlink == 0), &attrs, &usage],
+            )?;
+            if row.get::<_, bool>(0) {
+                s.pending.usage.inodes += 1;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_inode(&mut self, ino: u64) -> Result<()> {
+        self.write(|s| {
+            let n = s.execute(
+                "WITH attrs AS (DELETE FROM xattr WHERE ino = $1) DELETE FROM inode WHERE ino = $1",
+                &[&int(ino)],
+            )?;
+            if n > 0 {
+                s.pending.usage.inodes -= 1;
+            }
+            s.pending.allocated.remove(&ino);
+            Ok(())
+        })
+    }
+
+    fn allocate_ino(&mut self) -> Result<u64> {
+        Ok(self.query_one("SELECT nextval('ino_seq')", &[])?.get::<_, i64>(0) as u64)
+    }
+
+    fn set_next_ino(&mut self, next: u64) -> Result<()> {
+        self.query_one("SELECT setval('ino_seq', $1, false)", &[&int(next.max(2))])?;
+        Ok(())
+    }
+
+    fn orphans(&self) -> Result<Vec<u64>> {
+        let rows = self.query("SELECT ino FROM inode WHERE orphan ORDER BY ino", &[])?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>> {
+        let mac = self.entry_mac(parent, name);
+        let Some(row) = self.query_opt(
+            "SELECT ino, name FROM entry WHERE parent = $1 AND name_mac = $2",
+            &[&int(parent), &mac.as_slice()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let ino = row.get::<_, i64>(0) as u64;
+        if self.open_entry(parent, &mac, ino, row.get(1))? != name {
+            return Err(corrupt(format!("an entry of directory {parent} holds another name")));
+        }
+        Ok(Some(ino))
+    }
+
+    fn parent_of(&self, ino: u64) -> Result<Option<u64>> {
+        Ok(self.name_of(ino)?.map(|(parent, _)| parent))
+    }
+
+    fn name_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let rows = self.query(
+            "SELECT parent, name_mac, ino, name FROM entry WHERE ino = $1 ORDER BY id LIMIT 1",
+            &[&int(ino)],
+        )?;
+        self.entry_rows(rows)
+    }
+
+    fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        let mac = self.entry_mac(parent, name);
+        let mut plain = Vec::with_capacity(8 + name.len());
+        plain.extend_from_slice(&ino.to_be_bytes());
+        plain.extend_from_slice(name);
+        let sealed = self.sealer.seal(Place::EntryName { parent, name_mac: &mac }, &plain);
+        self.execute(
+            "INSERT INTO entry (parent, name_mac, ino, name) VALUES ($1, $2, $3, $4)",
+            &[&int(parent), &mac.as_slice(), &int(ino), &sealed],
+        )?;
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        let mac = self.entry_mac(parent, name);
+        self.execute(
+            "DELETE FROM entry WHERE parent = $1 AND name_mac = $2",
+            &[&int(parent), &mac.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn entries(&self, parent: u64, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        let rows = self.query(
+            "SELECT e.id, e.name_mac, e.ino, e.name, i.attrs FROM entry e JOIN inode i ON i.ino = e.ino
+             WHERE e.parent = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+            &[&int(parent), &int(after), &int(limit as u64)],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ino = row.get::<_, i64>(2) as u64;
+            out.push(DirEntry {
+                offset: row.get::<_, i64>(0) as u64,
+                name: self.open_entry(parent, row.get(1), ino, row.get(3))?,
+                ino,
+                kind: self.open_inode(ino, row.get(4))?.kind,
+            });
+        }
+        Ok(out)
+    }
+
+    fn has_entries(&self, parent: u64) -> Result<bool> {
+        Ok(self
+            .query_one("SELECT EXISTS (SELECT 1 FROM entry WHERE parent = $1)", &[&int(parent)])?
+            .get(0))
+    }
+
+    fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {
+        let Some(row) = self.query_opt("SELECT target FROM inode WHERE ino = $1", &[&int(ino)])? else {
+            return Ok(None);
+        };
+        row.get::<_, Option<&[u8]>>(0)
+            .map(|sealed| self.sealer.open(Place::SymlinkTarget(ino), sealed))
+            .transpose()
+    }
+
+    fn set_symlink_target(&mut self, ino: u64, target: &[u8]) -> Result<()> {
+        let sealed = self.sealer.seal(Place::SymlinkTarget(ino), target);
+        let n = self.execute("UPDATE inode SET target = $2 WHERE ino = $1", &[&int(ino), &sealed])?;
+        if n == 0 {
+            return Err(corrupt(format!("symlink target for missing inode {ino}")));
+        }
+        Ok(())
+    }
+
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mac = self.xattr_mac(ino, name);
+        let Some(row) = self.query_opt(
+            "SELECT body FROM xattr WHERE ino = $1 AND name_mac = $2",
+            &[&int(ino), &mac.as_slice()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let (stored, value) = self.open_xattr(ino, &mac, row.get(0))?;
+        if stored != name {
+            return Err(corrupt(format!(
+                "an extended attribute of inode {ino} holds another name"
+            )));
+        }
+        Ok(Some(value))
+    }
+
+    fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        let mac = self.xattr_mac(ino, name);
+        let mut plain = Vec::with_capacity(1 + name.len() + value.len());
+        plain.push(u8::try_from(name.len()).map_err(|_| corrupt("an extended attribute name over 255 bytes".into()))?);
+        plain.extend_from_slice(name);
+        plain.extend_from_slice(value);
+        let sealed = self.sealer.seal(Place::Xattr { ino, name_mac: &mac }, &plain);
+        self.execute(
+            "INSERT INTO xattr (ino, name_mac, body) VALUES ($1, $2, $3)
+             ON CONFLICT (ino, name_mac) DO UPDATE SET body = excluded.body",
+            &[&int(ino), &mac.as_slice(), &sealed],
+        )?;
+        Ok(())
+    }
+
+    fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<bool> {
+        let mac = self.xattr_mac(ino, name);
+        let n = self.execute(
+            "DELETE FROM xattr WHERE ino = $1 AND name_mac = $2",
+            &[&int(ino), &mac.as_slice()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let rows = self.query("SELECT name_mac, body FROM xattr WHERE ino = $1", &[&int(ino)])?;
+        let mut names = rows
+            .iter()
+            .map(|row| Ok(self.open_xattr(ino, row.get(0), row.get(1))?.0))
+            .collect::<Result<Vec<_>>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn chunks(&self, ino: u64, first: u64, last: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        let rows = self.query(
+            "SELECT idx, pack, place FROM chunk WHERE ino = $1 AND idx >= $2 AND idx <= $3 ORDER BY idx",
+            &[&int(ino), &int(first), &int(last)],
+        )?;
+        self.chunk_rows(ino, rows)
+    }
+
+    fn set_chunk(&mut self, ino: u64, index: u64, chunk: Option<ChunkRef>) -> Result<Option<ChunkRef>> {
+        self.write(|s| {
+            let old = match &chunk {
+                Some(c) => {
+                    let place = s.seal_chunk(ino, index, c);
+                    // A pack that gets a chunk is referenced: no longer garbage.
+                    s.query(
+                        "WITH old AS (SELECT idx, pack, place FROM chunk WHERE ino = $1 AND idx = $2),
+                         put AS (INSERT INTO chunk (ino, idx, pack, place) VALUES ($1, $2, $3, $4)
+                                 ON CONFLICT (ino, idx) DO UPDATE SET pack = excluded.pack, place = excluded.place),
+                         kept AS (DELETE FROM garbage WHERE pack = $3)
+                         SELECT idx, pack, place FROM old",
+                        &[&int(ino), &int(index), &c.pack.as_slice(), &place],
+                    )?
+                }
+                None => s.query(
+                    "DELETE FROM chunk WHERE ino = $1 AND idx = $2 RETURNING idx, pack, place",
+                    &[&int(ino), &int(index)],
+                )?,
+            };
+            let old = s.chunk_rows(ino, old)?.pop().map(|(_, c)| c);
+            let delta = chunk.map_or(0, |c| i64::from(c.len)) - old.map_or(0, |c| i64::from(c.len));
+            s.note_chunk_change(ino, delta);
+            Ok(old)
+        })
+    }
+
+    fn remove_chunks_from(&mut self, ino: u64, first: u64) -> Result<Vec<ChunkRef>> {
+        self.write(|s| {
+            let rows = s.query(
+                "DELETE FROM chunk WHERE ino = $1 AND idx >= $2 RETURNING idx, pack, place",
+                &[&int(ino), &int(first)],
+            )?;
+            let removed: Vec<ChunkRef> = s.chunk_rows(ino, rows)?.into_iter().map(|(_, c)| c).collect();
+            let bytes: i64 = removed.iter().map(|c| i64::from(c.len)).sum();
+            s.note_chunk_change(ino, -bytes);
+            Ok(removed)
+        })
+    }
+
+    fn next_chunk(&self, ino: u64, from: u64) -> Result<Option<u64>> {
+        let row = self.query_one(
+            "SELECT min(idx) FROM chunk WHERE ino = $1 AND idx >= $2",
+            &[&int(ino), &int(from)],
+        )?;
+        Ok(row.get::<_, Option<i64>>(0).map(|i| i as u64))
+    }
+
+    fn next_gap(&self, ino: u64, from: u64) -> Result<u64> {
+        let from = int(from);
+        // The end of the run of consecutive chunks that starts at `from`
+        // (`from` itself when it is not stored).
+        let row = self.query_one(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM chunk WHERE ino = $1 AND idx = $2) THEN $2
+                    ELSE (SELECT min(c.idx) + 1 FROM chunk c WHERE c.ino = $1 AND c.idx >= $2
+                          AND NOT EXISTS (SELECT 1 FROM chunk d WHERE d.ino = c.ino AND d.idx = c.idx + 1)) END",
+            &[&int(ino), &from],
+        )?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn references(&self, pack: &ObjectId) -> Result<bool> {
+        Ok(self
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM chunk WHERE pack = $1)",
+                &[&pack.as_slice()],
+            )?
+            .get(0))
+    }
+
+    fn chunks_in(&self, pack: &ObjectId) -> Result<Vec<(u64, u64, ChunkRef)>> {
+        // Offsets are sealed: a pack's rows (a few hundred at most) are
+        // put in pack order here.
+        let rows = self.query("SELECT ino, idx, place FROM chunk WHERE pack = $1", &[&pack.as_slice()])?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (ino, index) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+            out.push((ino, index, self.open_chunk(ino, index, pack, row.get(2))?));
+        }
+        out.sort_by_key(|(_, _, c)| c.offset);
+        Ok(out)
+    }
+
+    fn chunks_in_range(&self, pack: &ObjectId, from: u64, to: u64) -> Result<Vec<(u64, u64, ChunkRef)>> {
+        let mut chunks = self.chunks_in(pack)?;
+        chunks.retain(|(_, _, c)| (from..to).contains(&u64::from(c.offset)));
+        Ok(chunks)
+    }
+
+    fn pack_usage(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let rows = self.query("SELECT ino, idx, pack, place FROM chunk", &[])?;
+        let mut usage: BTreeMap<ObjectId, u64> = BTreeMap::new();
+        for row in rows {
+            let (ino, index) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+            let chunk = self.open_chunk(ino, index, row.get(2), row.get(3))?;
+            *usage.entry(chunk.pack).or_default() += u64::from(chunk.len) + crate::crypto::SEAL_OVERHEAD as u64;
+        }
+        Ok(usage.into_iter().collect())
+    }
+
+    fn add_garbage(&mut self, id: &ObjectId) -> Result<()> {
+        self.execute(
+            "INSERT INTO garbage (pack) VALUES ($1) ON CONFLICT (pack) DO NOTHING",
+            &[&id.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn garbage(&self) -> Result<Vec<ObjectId>> {
+        let rows = self.query("SELECT pack FROM garbage ORDER BY pack", &[])?;
+        rows.iter().map(|r| object_id(r.get(0))).collect()
+    }
+
+    fn remove_garbage(&mut self, ids: &[ObjectId]) -> Result<()> {
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+        self.execute("DELETE FROM garbage WHERE pack = ANY($1)", &[&ids])?;
+        Ok(())
+    }
+
+    fn generation(&self) -> Result<u64> {
+        Ok(self.query_one("SELECT generation FROM volume", &[])?.get::<_, i64>(0) as u64)
+    }
+
+    fn set_generation(&mut self, generation: u64) -> Result<()> {
+        self.execute("UPDATE volume SET generation = $1", &[&int(generation)])?;
+        Ok(())
+    }
+
+    fn head(&self) -> Result<Option<ChainHead>> {
+        let head: Option<Vec<u8>> = self.query_one("SELECT head FROM volume", &[])?.get(0);
+        head.map(|h| ChainHead::try_from(h.as_slice()).map_err(|_| corrupt("journal chain head".into())))
+            .transpose()
+    }
+
+    fn set_head(&mut self, head: Option<ChainHead>) -> Result<()> {
+        let head = head.map(|h| h.to_vec());
+        self.execute("UPDATE volume SET head = $1", &[&head])?;
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<(u64, u64)> {
+        let mut total = self.pending.usage;
+        for row in self.query("SELECT host, body FROM usage", &[])? {
+            let host: &[u8] = row.get(0);
+            total.add(Usage::decode(&self.sealer.open(Place::HostUsage(host), row.get(1))?)?);
+        }
+        Ok((total.inodes.max(0) as u64, total.bytes.max(0) as u64))
+    }
+
+    /// The database is the persistence: there is no journal to keep.
+    fn set_journaling(&mut self, _on: bool) {}
+
+    fn journal_after(&self, _after: u64, _limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    fn trim_journal(&mut self, _upto: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn export(&self, sink: &mut dyn FnMut(Record)) -> Result<()> {
+        let next = self.query_one(
+            "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM ino_seq",
+            &[],
+        )?;
+        sink(Record::NextIno(next.get::<_, i64>(0) as u64));
+        for row in self.query("SELECT ino, attrs, usage, target FROM inode ORDER BY ino", &[])? {
+            let ino = row.get::<_, i64>(0) as u64;
+            let mut inode = self.open_inode(ino, row.get(1))?;
+            inode.allocated = self.open_allocated(ino, row.get(2))?;
+            sink(Record::Inode(inode));
+            if let Some(sealed) = row.get::<_, Option<&[u8]>>(3) {
+                let target = self.sealer.open(Place::SymlinkTarget(ino), sealed)?;
+                sink(Record::SymlinkTarget { ino, target });
+            }
+        }
+        for row in self.query("SELECT parent, name_mac, ino, name FROM entry ORDER BY id", &[])? {
+            let (parent, ino) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(2) as u64);
+            let name = self.open_entry(parent, row.get(1), ino, row.get(3))?;
+            sink(Record::Entry { parent, name, ino });
+        }
+        let mut xattrs = Vec::new();
+        for row in self.query("SELECT ino, name_mac, body FROM xattr", &[])? {
+            let ino = row.get::<_, i64>(0) as u64;
+            let (name, value) = self.open_xattr(ino, row.get(1), row.get(2))?;
+            xattrs.push((ino, name, value));
+        }
+        xattrs.sort();
+        for (ino, name, value) in xattrs {
+            sink(Record::Xattr { ino, name, value });
+        }
+        for row in self.query("SELECT ino, idx, pack, place FROM chunk ORDER BY ino, idx", &[])? {
+            let (ino, index) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+            let block = self.open_chunk(ino, index, row.get(2), row.get(3))?;
+            sink(Record::Chunk { ino, index, block });
+        }
+        Ok(())
+    }
+
+    fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()> {
+        super::in_transaction(self, |meta| {
+            for record in records {
+                super::ops::apply(meta, super::ops::JournalOp::Put(record))?;
+            }
+            Ok::<_, MetaError>(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! Tests against a real PostgreSQL server. `scripts/test.sh` starts an
+//! unprivileged cluster on 127.0.0.1 and runs them with `--ignored`,
+//! naming it in `S3VAULT_TEST_POSTGRES`; a plain `cargo test` skips them.
+
+use super::*;
+use crate::crypto::SecretKey;
+use crate::meta::FileKind;
+
+fn target() -> Target {
+    let url = std::env::var("S3VAULT_TEST_POSTGRES")
+        .expect("S3VAULT_TEST_POSTGRES names the test database (scripts/test.sh starts one)");
+    Target::parse(&url).unwrap()
+}
+
+fn ring() -> Keyring {
+    Keyring::new(&SecretKey::random(), crate::crypto::random_bytes())
+}
+
+fn fresh() -> PgStore {
+    PgStore::create(&target(), &ring(), crate::crypto::random_bytes()).unwrap()
+}
+
+/// A second connection looking at the same tables, as a DBA would.
+fn admin(ring: &Keyring) -> Connection {
+    let conn = target().connect().unwrap();
+    let sql = format!("SET search_path TO {}", schema::schema_name(ring.volume_id()));
+    wait(conn.client.batch_execute(&sql)).unwrap();
+    conn
+}
+
+fn sql(conn: &Connection, statement: &str) {
+    wait(conn.client.batch_execute(statement)).unwrap();
+}
+
+fn file(ino: u64) -> Inode {
+    Inode {
+        ino,
+        kind: FileKind::File,
+        perm: 0o640,
+        uid: 1000,
+        gid: 1000,
+        nlink: 1,
+        size: 123_456,
+        atime: 1,
+        mtime: 2,
+        ctime: 3,
+        rdev: 0,
+        allocated: 0,
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_behaves_as_every_metadata_store_must() {
+    crate::meta::conformance_tests::run_all(&|| Box::new(fresh()));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_tables_hold_nothing_readable() {
+    let ring = ring();
+    let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    db.put_inode(&Inode::root(0, 0, 0)).unwrap();
+    db.put_inode(&file(2)).unwrap();
+    db.insert_entry(1, b"PHI-MARKER-name.txt", 2).unwrap();
+    db.set_symlink_target(2, b"PHI-MARKER-target").unwrap();
+    db.set_xattr(2, b"user.PHI-MARKER-xattr", b"PHI-MARKER-value").unwrap();
+    db.set_chunk(
+        2,
+        0,
+        Some(ChunkRef {
+            pack: [7; 16],
+            offset: 4242,
+            len: 12_345,
+        }),
+    )
+    .unwrap();
+    let conn = admin(&ring);
+    let mut dump = Vec::new();
+    for table in ["volume", "inode", "entry", "xattr", "chunk", "garbage", "usage"] {
+        let query = format!("SELECT t::text FROM {table} t");
+        for row in wait(conn.client.query(query.as_str(), &[])).unwrap() {
+            dump.extend_from_slice(row.get::<_, &str>(0).as_bytes());
+        }
+    }
+    let dump = String::from_utf8(dump).unwrap();
+    assert!(dump.contains(&hex::encode([7; 16])), "pack ids are clear: {dump}");
+    for secret in [
+        &b"PHI-MARKER"[..],
+        b"user.",
+        &123_456u64.to_be_bytes(),
+        &4242u32.to_be_bytes(),
+        &12_345u32.to_be_bytes(),
+        &1000u32.to_be_bytes(),
+    ] {
+        assert!(!dump.contains(&hex::encode(secret)), "{secret:?} in {dump}");
+        assert!(!dump.as_bytes().windows(secret.len()).any(|w| w == secret));
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_rows_moved_or_redirected_by_a_dba_are_refused() {
+    let ring = ring();
+    let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    db.put_inode(&Inode::root(0, 0, 0)).unwrap();
+    for ino in [2, 3] {
+        db.put_inode(&file(ino)).unwrap();
+        db.insert_entry(1, format!("f{ino}").as_bytes(), ino).unwrap();
+        let chunk = ChunkRef {
+            pack: [ino as u8; 16],
+            offset: 0,
+            len: 10,
+        };
+        db.set_chunk(ino, 0, Some(chunk)).unwrap();
+    }
+    let conn = admin(&ring);
+    // Point the name "f2" at inode 3.
+    sql(&conn, "UPDATE entry SET ino = 3 WHERE ino = 2");
+    assert!(matches!(db.lookup(1, b"f2"), Err(MetaError::Corrupt(_))));
+    assert!(db.entries(1, 0, 10).is_err());
+    // Give inode 2 the attributes of inode 3.
+    sql(
+        &conn,
+        "UPDATE inode SET attrs = (SELECT attrs FROM inode WHERE ino = 3) WHERE ino = 2",
+    );
+    assert!(matches!(db.inode(2), Err(MetaError::Corrupt(_))));
+    assert!(db.inode(3).unwrap().is_some());
+    // Make chunk 0 of inode 3 read from another pack.
+    sql(
+        &conn,
+        "UPDATE chunk SET pack = '\\x02020202020202020202020202020202' WHERE ino = 3",
+    );
+    assert!(matches!(db.chunks(3, 0, 0), Err(MetaError::Corrupt(_))));
+    // Swap two files' chunk places.
+    sql(
+        &conn,
+        "UPDATE chunk SET place = (SELECT place FROM chunk WHERE ino = 2) WHERE ino = 3",
+    );
+    assert!(db.chunks(3, 0, 0).is_err());
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_volumes_are_kept_apart_and_reopened() {
+    let (one, two) = (ring(), ring());
+    let mut a = PgStore::create(&target(), &one, [1; 16]).unwrap();
+    let mut b = PgStore::create(&target(), &two, [1; 16]).unwrap();
+    a.put_inode(&file(2)).unwrap();
+    a.set_chunk(
+        2,
+        0,
+        Some(ChunkRef {
+            pack: [1; 16],
+            offset: 0,
+            len: 77,
+        }),
+    )
+    .unwrap();
+    b.put_inode(&file(5)).unwrap();
+    assert_eq!(a.inode(5).unwrap(), None);
+    assert_eq!(b.usage().unwrap(), (1, 0));
+    drop(a);
+    let err = PgStore::create(&target(), &one, [1; 16]).err().unwrap().to_string();
+    assert!(err.contains("already holds"), "{err}");
+    // Another host of the same volume adds its own share of the usage.
+    let mut again = PgStore::open(&target(), &one, [2; 16]).unwrap();
+    assert_eq!(again.inode(2).unwrap().unwrap().allocated, 77);
+    again.put_inode(&file(6)).unwrap();
+    assert_eq!(again.usage().unwrap(), (2, 77));
+    assert_eq!(
+        PgStore::open(&target(), &one, [1; 16]).unwrap().usage().unwrap(),
+        (2, 77)
+    );
+    let err = PgStore::open(&target(), &ring(), [1; 16]).err().unwrap().to_string();
+    assert!(err.contains("no metadata of this volume"), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_named_without_its_password() {
+    let target = Target::parse("postgresql://alice:hunter2@127.0.0.1:1/vault").unwrap();
+    let err = PgStore::open(&target, &ring(), [1; 16]).err().unwrap().to_string();
+    assert!(
+        err.contains("unreachable") && err.contains("postgresql://alice@127.0.0.1:1/vault"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
