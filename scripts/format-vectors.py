@@ -70,8 +70,12 @@ def framed(magic: bytes, subkey: bytes, label: bytes, name: str, plaintext: byte
     return magic + b"\x01" + OBJECT_ID + struct.pack(">I", len(sealed)) + sealed
 
 
+LOCATION = b"host='db.example' user='vault' password='known answer' dbname='meta' sslmode='require'"
+
+
 def superblock(version: int, revision: int) -> bytes:
-    """The revision follows the creation time (formats 2 and 3)."""
+    """The revision follows the creation time (formats 2, 3 and 4); format 4
+    ends its body with the sealed location of the metadata database."""
     created = 1_790_000_000
     slot_params = struct.pack(">BBQIII", 1, 0, created, 0, 0, 0) + SLOT_SALT
     kek = hkdf(KEY_FILE_KEY, SLOT_SALT, b"s3vault v1 key-file slot")
@@ -79,10 +83,31 @@ def superblock(version: int, revision: int) -> bytes:
     slot = slot_params + struct.pack(">H", 0) + struct.pack(">H", len(wrapped)) + wrapped
     header = struct.pack(">IBQ", 64 << 10, 1, created) + struct.pack(">Q", revision)
     body = b"S3VAULT\x00" + struct.pack(">H", version) + VOLUME_ID + header + b"\x01" + slot
+    if version == 4:
+        location_key = hkdf(sub["superblock"], b"", b"s3vault v1 metadata location")
+        sealed = seal(location_key, NONCE, b"s3vault v1 metadata location" + VOLUME_ID, LOCATION)
+        body += b"\x01" + struct.pack(">H", len(sealed)) + sealed
     return body + hmac.new(sub["superblock"], body, hashlib.sha256).digest()
 
 
 journal_chain_key = hkdf(sub["metadata"], b"", b"s3vault v1 journal chain")
+
+# Rows of the shared metadata database (FORMAT.md, "Metadata in PostgreSQL").
+row_key = hkdf(sub["metadata"], b"", b"s3vault v1 shared database rows")
+name_key = hkdf(sub["metadata"], b"", b"s3vault v1 shared database names")
+ROW_SALT = bytes(range(0x10, 0x20))
+
+
+def row_aad(label: bytes, a: int, b: int, tail: bytes) -> bytes:
+    return b"s3vault v1 row " + VOLUME_ID + bytes([len(label)]) + label + struct.pack(">QQ", a, b) + tail
+
+
+def seal_row(aad: bytes, plaintext: bytes) -> bytes:
+    return ROW_SALT + seal(hkdf(row_key, ROW_SALT, b"s3vault v1 row seal"), NONCE, aad, plaintext)
+
+
+ENTRY_NAME = b"known answer.txt"
+entry_mac = hmac.new(name_key, b"entry" + struct.pack(">Q", 1) + ENTRY_NAME, hashlib.sha256).digest()
 
 
 def journal_head(number: int, prev: bytes, ops: bytes) -> bytes:
@@ -162,9 +187,26 @@ vectors = {
         "record": record.decode(),
         "mac": hmac.new(chain_key, b"s3vault v1 audit record" + prev + record, hashlib.sha256).hexdigest(),
     },
+    "database_rows": {
+        "entry_parent": 1,
+        "entry_ino": 7,
+        "entry_name": ENTRY_NAME.decode(),
+        "entry_name_mac": entry_mac.hex(),
+        "entry_sealed_name": seal_row(row_aad(b"entry.name", 1, 0, entry_mac), struct.pack(">Q", 7) + ENTRY_NAME).hex(),
+        "chunk_ino": 7,
+        "chunk_index": 3,
+        "chunk_pack": OBJECT_ID.hex(),
+        "chunk_offset": CHUNK_OFFSET,
+        "chunk_len": len(CHUNK),
+        "chunk_sealed_place": seal_row(
+            row_aad(b"chunk.place", 7, 3, b""), OBJECT_ID + struct.pack(">II", CHUNK_OFFSET, len(CHUNK))
+        ).hex(),
+    },
     "superblock": {
         "key_file_key": KEY_FILE_KEY.hex(),
         "bytes": superblock(3, 5).hex(),
+        "format_4_bytes": superblock(4, 5).hex(),
+        "format_4_location": LOCATION.decode(),
         "revision": 5,
         "format_2_bytes": superblock(2, 5).hex(),
         "chunk_size": 64 << 10,

@@ -34,8 +34,9 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper}
-BACKENDS=${E2E_BACKENDS-file s3s moto}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper shared}
+# pg: a directory store with the metadata in PostgreSQL (init --metadata).
+BACKENDS=${E2E_BACKENDS-file s3s moto pg}
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
 # Keep the AWS SDK and boto3 from probing the EC2 metadata address.
@@ -261,6 +262,8 @@ run_suite() {
         s3s) env+=(E2E_URL="s3://$BUCKET/$suite" E2E_ENDPOINT="$S3S_ENDPOINT" E2E_STORE_DISK="$RUN/s3s-root"
             S3S_FS_BIN="$TOOLS/bin/s3s-fs") ;;
         moto) env+=(E2E_URL="s3://$BUCKET/$suite" E2E_ENDPOINT="$MOTO_ENDPOINT" E2E_STORE_DISK=) ;;
+        pg) env+=(E2E_URL="file://$RUN/pg-store" E2E_ENDPOINT= E2E_STORE_DISK= E2E_METADATA="$S3VAULT_TEST_POSTGRES"
+            E2E_PG_BIN="$(postgres_bin)" E2E_PG_DATA="$PG_DIR/data") ;;
     esac
     out=$RUN/$suite-$backend.out
     log "suite $suite on $backend"
@@ -400,6 +403,12 @@ main() {
                 # Crash points through the fault proxy need an S3 endpoint;
                 # one fast server is enough.
                 crash:file | crash:moto) continue ;;
+                # Metadata in PostgreSQL: its own suite, and the suites that
+                # exercise the metadata store (the namespace, chunk maps,
+                # what reaches a DBA); the others do not depend on where
+                # the metadata lives.
+                shared:pg | basic:pg | pjdfstest:pg | fsx:pg | confidentiality:pg) ;;
+                *:pg | shared:*) continue ;;
             esac
             run_suite "$suite" "$backend"
         done

@@ -84,8 +84,16 @@ pub async fn info(
         sb.slots.len(),
         describe_slots(&sb)
     );
+    if sb.has_shared_metadata() && unlock.is_none() {
+        out.push_str("metadata        in PostgreSQL (unlock to see where)\n");
+    }
     if let Some(unlock) = unlock {
         let volume = volume::unlock(store.clone(), url, unlock, aws).await?;
+        if let Some(conninfo) = volume.superblock.metadata_location(&volume.ring)? {
+            let target = crate::meta::postgres::Target::parse(&conninfo)?;
+            let _ = writeln!(out, "metadata        {} (PostgreSQL)", target.describe());
+            return Ok(out);
+        }
         match live::newest_position(store.as_ref(), &volume.ring).await? {
             Some(position) => {
                 let _ = write!(

@@ -244,3 +244,57 @@ fn the_superblock_written_from_the_spec_unlocks_and_reencodes_byte_for_byte() {
     let tampered = Superblock::decode(&tampered);
     assert!(tampered.is_err() || tampered.unwrap().verify(&master).is_err());
 }
+
+#[test]
+fn a_format_4_superblock_names_its_metadata_database_as_the_spec_says() {
+    let v = vectors();
+    let sb = &v["superblock"];
+    let encoded = bytes(&sb["format_4_bytes"]);
+    let superblock = Superblock::decode(&encoded).unwrap();
+    assert_eq!(superblock.format, 4);
+    assert!(superblock.has_shared_metadata());
+    let key: [u8; 32] = bytes(&sb["key_file_key"]).try_into().unwrap();
+    let master = superblock
+        .unlock(&Unlock::KeyFile(SecretKey::from_bytes(&key)))
+        .unwrap();
+    let ring = Keyring::new(&master, superblock.volume_id);
+    let location = superblock.metadata_location(&ring).unwrap().unwrap();
+    assert_eq!(location.as_str(), text(&sb["format_4_location"]));
+    assert_eq!(superblock.encode(), encoded);
+}
+
+#[test]
+fn database_rows_sealed_from_the_spec_open_in_their_place_only() {
+    use crate::meta::sealing::{Place, RowSealer};
+    let v = vectors();
+    let r = &v["database_rows"];
+    let sealer = RowSealer::new(&ring(&v));
+    let parent = r["entry_parent"].as_u64().unwrap();
+    let name = text(&r["entry_name"]).as_bytes();
+    let mac = sealer.name_mac(b"entry", parent, name);
+    assert_eq!(mac.to_vec(), bytes(&r["entry_name_mac"]));
+    let plain = sealer
+        .open(
+            Place::EntryName { parent, name_mac: &mac },
+            &bytes(&r["entry_sealed_name"]),
+        )
+        .unwrap();
+    let ino = r["entry_ino"].as_u64().unwrap();
+    assert_eq!(plain, [&ino.to_be_bytes()[..], name].concat());
+    let (ino, index) = (r["chunk_ino"].as_u64().unwrap(), r["chunk_index"].as_u64().unwrap());
+    let place = sealer
+        .open(Place::Chunk { ino, index }, &bytes(&r["chunk_sealed_place"]))
+        .unwrap();
+    let expected = [
+        bytes(&r["chunk_pack"]),
+        (r["chunk_offset"].as_u64().unwrap() as u32).to_be_bytes().to_vec(),
+        (r["chunk_len"].as_u64().unwrap() as u32).to_be_bytes().to_vec(),
+    ]
+    .concat();
+    assert_eq!(place, expected);
+    assert!(
+        sealer
+            .open(Place::Chunk { ino, index: index + 1 }, &bytes(&r["chunk_sealed_place"]))
+            .is_err()
+    );
+}

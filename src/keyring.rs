@@ -25,6 +25,7 @@ pub mod purpose {
     pub const JOURNAL_CHAIN: &[u8] = b"s3vault v1 journal chain";
     pub const DATABASE_ROWS: &[u8] = b"s3vault v1 shared database rows";
     pub const DATABASE_NAMES: &[u8] = b"s3vault v1 shared database names";
+    pub const METADATA_LOCATION: &[u8] = b"s3vault v1 metadata location";
 }
 
 pub struct Keyring {
@@ -118,6 +119,12 @@ impl Keyring {
     /// The HMAC key of name lookups in a shared metadata database.
     pub fn database_name_key(&self) -> SecretKey {
         self.keys.metadata.derive(&[], &[purpose::DATABASE_NAMES])
+    }
+
+    /// The key sealing the shared database's connection string in the
+    /// superblock.
+    pub fn metadata_location_key(&self) -> SecretKey {
+        self.keys.superblock.derive(&[], &[purpose::METADATA_LOCATION])
     }
 
     /// The raw SQLCipher key of the local metadata database.

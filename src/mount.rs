@@ -370,17 +370,30 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         // Where the bucket can retain objects (S3 Object Lock), audit
         // segments and the volume's anchors are retained.
         let retain_for = crate::audit::retention_for(store.as_ref(), config.audit.retain_for).await;
-        let (meta, unsynced, accepted, seen, anchor) = match &config.snapshot {
-            Some(name) => (
-                volume::load_snapshot(&volume, &cache_dir, name)
-                    .await
-                    .map_err(volume_failure)?,
+        if config.snapshot.is_some() && volume.superblock.has_shared_metadata() {
+            return Err(volume_failure(volume::VolumeError::SharedMetadata(
+                "mount --snapshot".into(),
+            )));
+        }
+        let shared = volume::open_shared(&volume, &cache_dir).map_err(volume_failure)?;
+        let metadata_place = shared
+            .as_ref()
+            .map_or_else(|| "bucket".to_string(), |(_, place)| place.clone());
+        let loaded: (Box<dyn MetadataStore>, _, _, _, _) = match (shared, &config.snapshot) {
+            // The database is the live state: nothing to load or compare.
+            (Some((meta, _)), _) => (Box::new(meta), false, None, None, None),
+            (None, Some(name)) => (
+                Box::new(
+                    volume::load_snapshot(&volume, &cache_dir, name)
+                        .await
+                        .map_err(volume_failure)?,
+                ),
                 false,
                 None,
                 None,
                 None,
             ),
-            None => {
+            (None, None) => {
                 let options = volume::LoadOptions {
                     accept_older_state: config.accept_older_state,
                     set_aside_unuploaded: config.set_aside_unuploaded,
@@ -389,14 +402,24 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
                 let live = volume::load_live(&volume, &cache_dir, options)
                     .await
                     .map_err(volume_failure)?;
-                (live.meta, live.unsynced, live.accepted, Some(live.seen), live.anchor)
+                (
+                    Box::new(live.meta),
+                    live.unsynced,
+                    live.accepted,
+                    Some(live.seen),
+                    live.anchor,
+                )
             }
         };
+        let (meta, unsynced, accepted, seen, anchor) = loaded;
+        let shared = volume.superblock.has_shared_metadata();
+        // A read-only mount of a shared volume reads the database itself.
         let follow = config
             .follow_interval
-            .filter(|_| config.read_only && config.snapshot.is_none());
+            .filter(|_| config.read_only && config.snapshot.is_none() && !shared);
         let options = CoreOptions {
             read_only: config.read_only,
+            shared_metadata: shared,
             overrides: config.overrides,
             reclaim_grace: RECLAIM_GRACE,
             checkpoint_interval: CHECKPOINT_INTERVAL,
@@ -426,7 +449,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             .map_or_else(String::new, |s| s.id());
         let mut opened = vec![
             Record::new(Event::Mount, daemon_subject(), None).detail(format!(
-                "{} {} superblock_revision={}",
+                "{} metadata={metadata_place} {} superblock_revision={}",
                 describe(config, &cache_dir),
                 Position {
                     generation: meta.generation().unwrap_or(0),
@@ -458,7 +481,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         blocks.spawn_uploader();
         tokio::spawn(sample_cache_rates(blocks.clone()));
         let core = Core::new(
-            Box::new(meta),
+            meta,
             store,
             blocks,
             volume.ring.clone(),
@@ -780,6 +803,7 @@ mod tests {
             &Unlock::KeyFile(key.clone()),
             no_cost,
             (0, 0),
+            None,
         )
         .await
         .unwrap();

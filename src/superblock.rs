@@ -16,6 +16,10 @@ pub const MAGIC: &[u8; 8] = b"S3VAULT\0";
 /// format 3 packs sealed chunks into data objects, where formats 1 and 2
 /// stored one block per object.
 pub const FORMAT_VERSION: u16 = 3;
+/// Format 3 plus where the metadata lives: a volume whose metadata is in
+/// a shared database. Embedded volumes keep format 3, so releases that
+/// predate shared metadata still mount them, and refuse the others.
+pub const SHARED_FORMAT_VERSION: u16 = 4;
 pub const CIPHER_AES_256_GCM: u8 = 1;
 pub const MIN_CHUNK_SIZE: u32 = 4 * 1024;
 pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
@@ -34,6 +38,11 @@ const MAX_KMS_KEY_ID_LEN: usize = 2048;
 const MAC_LEN: usize = 32;
 const SLOT_AAD: &[u8] = b"s3vault v1 key slot";
 const KEY_FILE_SLOT: &[u8] = b"s3vault v1 key-file slot";
+const METADATA_AAD: &[u8] = b"s3vault v1 metadata location";
+/// Metadata kinds of format 4.
+const METADATA_POSTGRES: u8 = 1;
+/// A connection string's sealed length at most.
+const MAX_LOCATION_LEN: usize = 4096;
 
 /// Argon2id cost for new passphrase slots: 64 MiB, 3 passes, 1 lane
 /// (OWASP's 2023 baseline is 19 MiB/2 passes; a mount is rare, so spend more).
@@ -100,6 +109,9 @@ pub struct Superblock {
     /// back).
     pub revision: u64,
     pub slots: Vec<KeySlot>,
+    /// Format 4: the sealed connection string of the PostgreSQL database
+    /// holding the metadata (`metadata_location` opens it).
+    shared_metadata: Option<Vec<u8>>,
     mac: [u8; MAC_LEN],
 }
 
@@ -269,6 +281,7 @@ impl Superblock {
             created: now,
             revision: 1,
             slots: vec![slot],
+            shared_metadata: None,
             mac: [0; MAC_LEN],
         };
         sb.mac = sb.compute_mac(&Keyring::new(&master, volume_id));
@@ -361,6 +374,44 @@ impl Superblock {
         Ok(removed)
     }
 
+    /// Makes a new volume's metadata live in the PostgreSQL database
+    /// `conninfo` names (format 4). Sealed under the master key: it holds
+    /// the database password.
+    pub fn set_shared_metadata(&mut self, master: &SecretKey, conninfo: &str) -> Result<(), SuperblockError> {
+        let ring = Keyring::new(master, self.volume_id);
+        let sealed = crypto::seal(&ring.metadata_location_key(), &self.location_aad(), conninfo.as_bytes());
+        if sealed.len() > MAX_LOCATION_LEN {
+            return Err(SuperblockError::Malformed);
+        }
+        self.format = SHARED_FORMAT_VERSION;
+        self.shared_metadata = Some(sealed);
+        self.mac = self.compute_mac(&ring);
+        Ok(())
+    }
+
+    /// Whether the metadata is in a shared database (and not in the bucket).
+    pub fn has_shared_metadata(&self) -> bool {
+        self.shared_metadata.is_some()
+    }
+
+    /// The connection string of the shared metadata database, if the
+    /// volume has one.
+    pub fn metadata_location(&self, ring: &Keyring) -> Result<Option<Zeroizing<String>>, SuperblockError> {
+        let Some(sealed) = &self.shared_metadata else {
+            return Ok(None);
+        };
+        let plain = Zeroizing::new(
+            crypto::open(&ring.metadata_location_key(), &self.location_aad(), sealed)
+                .map_err(|_| SuperblockError::Tampered)?,
+        );
+        let text = std::str::from_utf8(&plain).map_err(|_| SuperblockError::Malformed)?;
+        Ok(Some(Zeroizing::new(text.to_string())))
+    }
+
+    fn location_aad(&self) -> Vec<u8> {
+        [METADATA_AAD, &self.volume_id[..]].concat()
+    }
+
     /// After a key change: the next revision, a new MAC.
     fn revise(&mut self, master: &SecretKey) {
         self.revision += 1;
@@ -384,6 +435,11 @@ impl Superblock {
             b.extend_from_slice(&(slot.wrapped.len() as u16).to_be_bytes());
             b.extend_from_slice(&slot.wrapped);
         }
+        if let Some(sealed) = &self.shared_metadata {
+            b.push(METADATA_POSTGRES);
+            b.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
+            b.extend_from_slice(sealed);
+        }
         b
     }
 
@@ -406,7 +462,7 @@ impl Superblock {
         if format < FORMAT_VERSION {
             return Err(SuperblockError::OldFormat(format));
         }
-        if format > FORMAT_VERSION {
+        if format > SHARED_FORMAT_VERSION {
             return Err(SuperblockError::UnsupportedVersion(format));
         }
         let volume_id: VolumeId = r
@@ -461,6 +517,18 @@ impl Superblock {
                 wrapped,
             });
         }
+        let shared_metadata = if format == SHARED_FORMAT_VERSION {
+            if r.u8()? != METADATA_POSTGRES {
+                return Err(SuperblockError::Malformed);
+            }
+            let len = r.u16()? as usize;
+            if !(SEAL_OVERHEAD..=MAX_LOCATION_LEN).contains(&len) {
+                return Err(SuperblockError::Malformed);
+            }
+            Some(r.take(len)?.to_vec())
+        } else {
+            None
+        };
         let mac = r.take(MAC_LEN)?.try_into().map_err(|_| SuperblockError::Malformed)?;
         if !r.0.is_empty() {
             return Err(SuperblockError::Malformed);
@@ -472,6 +540,7 @@ impl Superblock {
             created,
             revision,
             slots,
+            shared_metadata,
             mac,
         })
     }
@@ -582,18 +651,56 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_volume_names_its_database_sealed_and_under_the_mac() {
+        let key = Unlock::KeyFile(SecretKey::random());
+        let (mut sb, master) = Superblock::create(1 << 14, &key, TEST_COST, 1).unwrap();
+        assert_eq!(sb.encode()[9], 3);
+        let conninfo = "host=db.example user=vault password=hunter2 dbname=meta";
+        sb.set_shared_metadata(&master, conninfo).unwrap();
+        let bytes = sb.encode();
+        assert_eq!(bytes[9], 4);
+        assert!(!bytes.windows(7).any(|w| w == b"hunter2"));
+        let read = Superblock::decode(&bytes).unwrap();
+        assert_eq!(read, sb);
+        let ring = Keyring::new(&read.unlock(&key).unwrap(), read.volume_id);
+        assert_eq!(read.metadata_location(&ring).unwrap().unwrap().as_str(), conninfo);
+        assert!(read.has_shared_metadata());
+        // Another volume's key does not open it; an edit breaks the MAC.
+        let other = Keyring::new(&SecretKey::random(), read.volume_id);
+        assert!(read.metadata_location(&other).is_err());
+        let mut edited = bytes.clone();
+        let at = edited.len() - 40;
+        edited[at] ^= 1;
+        assert!(matches!(
+            Superblock::decode(&edited).unwrap().unlock(&key),
+            Err(SuperblockError::Tampered)
+        ));
+        for len in 0..bytes.len() {
+            assert!(Superblock::decode(&bytes[..len]).is_err());
+        }
+        // An embedded volume has none.
+        let (plain, master) = Superblock::create(1 << 14, &key, TEST_COST, 1).unwrap();
+        let ring = Keyring::new(&master, plain.volume_id);
+        assert!(plain.metadata_location(&ring).unwrap().is_none());
+    }
+
+    #[test]
     fn malformed_input_is_rejected_not_panicking() {
         let (sb, _) = Superblock::create(1 << 20, &Unlock::KeyFile(SecretKey::random()), TEST_COST, 1).unwrap();
         let bytes = sb.encode();
         for len in 0..bytes.len() {
             assert!(Superblock::decode(&bytes[..len]).is_err());
         }
+        let mut v5 = bytes.clone();
+        v5[9] = 5;
+        assert!(matches!(
+            Superblock::decode(&v5),
+            Err(SuperblockError::UnsupportedVersion(5))
+        ));
+        // Format 4 without the metadata location it must have.
         let mut v4 = bytes.clone();
         v4[9] = 4;
-        assert!(matches!(
-            Superblock::decode(&v4),
-            Err(SuperblockError::UnsupportedVersion(4))
-        ));
+        assert!(Superblock::decode(&v4).is_err());
         let mut v2 = bytes.clone();
         v2[9] = 2;
         assert!(matches!(Superblock::decode(&v2), Err(SuperblockError::OldFormat(2))));

@@ -31,7 +31,7 @@ pub async fn new_volume_in(store: MemoryStore) -> TestVolume {
     let key = SecretKey::random();
     let unlock = Unlock::KeyFile(key.clone());
     let no_cost = Argon2Params { m_kib: 0, t: 0, p: 0 };
-    volume::init(inner.clone(), "mem://test", BS, &unlock, no_cost, (0, 0))
+    volume::init(inner.clone(), "mem://test", BS, &unlock, no_cost, (0, 0), None)
         .await
         .unwrap();
     let volume = volume::unlock(inner.clone(), "mem://test", &unlock, &S3Options::default())

@@ -6,7 +6,8 @@ use crate::journal::anchor::{self, Anchor};
 use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
-use crate::meta::{Inode, MetadataStore, ROOT_INO, SqliteStore};
+use crate::meta::postgres::HostId;
+use crate::meta::{Inode, MetadataStore, PgStore, ROOT_INO, SqliteStore};
 use crate::os::now_ns;
 use crate::store::{ObjectStore, S3Options, StoreError};
 use crate::superblock::{Argon2Params, SlotKind, Superblock, SuperblockError, Unlock};
@@ -80,6 +81,11 @@ pub enum VolumeError {
     SlotInUse,
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
+    #[error(
+        "this volume keeps its metadata in PostgreSQL, and `{0}` does not handle such volumes yet (mount, \
+         unmount, status and the audit commands do)"
+    )]
+    SharedMetadata(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -94,7 +100,9 @@ impl VolumeError {
             VolumeError::NotInitialised(_)
             | VolumeError::AlreadyInitialised(_)
             | VolumeError::CacheDir { .. }
-            | VolumeError::SlotInUse => true,
+            | VolumeError::SlotInUse
+            | VolumeError::SharedMetadata(_) => true,
+            VolumeError::Meta(e) => matches!(e, crate::meta::MetaError::Config(_)),
             VolumeError::Snapshot(e) => matches!(
                 e,
                 snapshots::SnapshotError::NotFound(_) | snapshots::SnapshotError::BadName
@@ -135,9 +143,10 @@ pub struct Volume {
     pub slot: usize,
 }
 
-/// Creates a volume: first its initial metadata snapshot, then the
-/// superblock (written only if absent), so a superblock never names a
-/// volume without metadata.
+/// Creates a volume: first its initial metadata (a checkpoint in the
+/// store, or with `shared_metadata` — a connection string — the tables in
+/// PostgreSQL), then the superblock (written only if absent), so a
+/// superblock never names a volume without metadata.
 pub async fn init(
     store: Arc<dyn ObjectStore>,
     url: &str,
@@ -145,17 +154,29 @@ pub async fn init(
     unlock: &Unlock,
     cost: Argon2Params,
     owner: (u32, u32),
+    shared_metadata: Option<&str>,
 ) -> Result<VolumeId, VolumeError> {
     match store.get(SUPERBLOCK_KEY).await {
         Ok(_) => return Err(VolumeError::AlreadyInitialised(url.to_string())),
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let (superblock, master) = Superblock::create(chunk_size, unlock, cost, crate::os::now_secs())?;
+    let (mut superblock, master) = Superblock::create(chunk_size, unlock, cost, crate::os::now_secs())?;
     let ring = Keyring::new(&master, superblock.volume_id);
-    let mut meta = SqliteStore::in_memory()?;
-    meta.put_inode(&Inode::root(owner.0, owner.1, now_ns()))?;
-    checkpoint::store(store.as_ref(), &ring, &meta, 1, &segment::genesis(&ring)).await?;
+    let root = Inode::root(owner.0, owner.1, now_ns());
+    match shared_metadata {
+        None => {
+            let mut meta = SqliteStore::in_memory()?;
+            meta.put_inode(&root)?;
+            checkpoint::store(store.as_ref(), &ring, &meta, 1, &segment::genesis(&ring)).await?;
+        }
+        Some(conninfo) => {
+            let target = crate::meta::postgres::Target::parse(conninfo)?;
+            let mut meta = PgStore::create(&target, &ring, INIT_HOST)?;
+            meta.put_inode(&root)?;
+            superblock.set_shared_metadata(&master, conninfo)?;
+        }
+    }
     match store.put_new(SUPERBLOCK_KEY, Bytes::from(superblock.encode())).await {
         Ok(()) => Ok(superblock.volume_id),
         Err(StoreError::AlreadyExists) => Err(VolumeError::AlreadyInitialised(url.to_string())),
@@ -309,6 +330,35 @@ pub fn writer_id(cache_dir: &Path) -> Result<String, VolumeError> {
             Ok(id)
         }
     }
+}
+
+/// The usage row of what `init` made (the root directory).
+const INIT_HOST: HostId = [0; 16];
+
+/// Opens the shared metadata database of a volume that has one, as the
+/// host mounting `cache_dir` (its writer id names the host's usage row);
+/// with what may be shown of where it is (no password).
+pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<(PgStore, String)>, VolumeError> {
+    let Some(conninfo) = volume.superblock.metadata_location(&volume.ring)? else {
+        return Ok(None);
+    };
+    let target = crate::meta::postgres::Target::parse(&conninfo)?;
+    let mut host: HostId = [0; 16];
+    hex::decode_to_slice(writer_id(cache_dir)?, &mut host).map_err(|_| VolumeError::CacheDir {
+        path: cache_dir.join("writer"),
+        reason: "its writer id is not hexadecimal".into(),
+    })?;
+    let meta = PgStore::open(&target, &volume.ring, host)?;
+    Ok(Some((meta, target.describe())))
+}
+
+/// Refuses `command` on a volume whose metadata is in a shared database,
+/// which it does not handle yet.
+pub fn require_embedded(volume: &Volume, command: &str) -> Result<(), VolumeError> {
+    if volume.superblock.has_shared_metadata() {
+        return Err(VolumeError::SharedMetadata(command.to_string()));
+    }
+    Ok(())
 }
 
 /// The database of a snapshot mount, `snapshot.db` in its cache

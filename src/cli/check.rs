@@ -69,7 +69,7 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
         // fsck's codes follow e2fsck: what keeps it from checking at all
         // (an unreachable store, a volume it cannot read) is 8; a wrong
         // argument or key stays 2 as for every command.
-        let volume = open_volume(&location, url, &unlock, &s3)
+        let volume = open_volume(&location, url, &unlock, &s3, if gc { "gc" } else { "fsck" })
             .await
             .map_err(volume_exit)
             .map_err(|Exit(code, e)| Exit(if code == 1 && !gc { 8 } else { code }, e))?;

@@ -20,10 +20,45 @@ pub struct InitArgs {
     /// Chunk size, the unit data is sealed in: 4K..1M, a power of two.
     #[arg(long, alias = "block-size", value_name = "SIZE", default_value = "16K", value_parser = parse_chunk_size)]
     chunk_size: u32,
+    /// Keep the metadata in PostgreSQL instead of the bucket:
+    /// postgresql://USER@HOST[:PORT]/DB, completed from libpq's PG*
+    /// variables (the password from PGPASSWORD, never on the command line).
+    /// TLS is required unless the server is on this machine.
+    #[arg(long, value_name = "URL", conflicts_with = "metadata_file")]
+    metadata: Option<String>,
+    /// Like --metadata, the connection string read from this file (which
+    /// may hold the password; keep it mode 0600).
+    #[arg(long, value_name = "PATH")]
+    metadata_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
     s3: S3Args,
+}
+
+/// The connection string `init` records for --metadata or
+/// --metadata-file, completed from the environment.
+fn shared_metadata(given: Option<String>, file: Option<&Path>) -> Result<Option<String>, Exit> {
+    use s3vault::meta::postgres::Target;
+    let given = match (given, file) {
+        (Some(url), _) => {
+            if Target::parse(&url).is_ok_and(|t| t.has_password()) {
+                return Err(usage(anyhow!(
+                    "--metadata holds a password, which every user of this host can read in the process list; \
+                     put it in PGPASSWORD or in a --metadata-file (mode 0600)"
+                )));
+            }
+            url
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| usage(anyhow!("metadata connection file {}: {e}", path.display())))?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    Target::complete(&given, |name| std::env::var(name).ok())
+        .map(Some)
+        .map_err(usage)
 }
 
 #[derive(Subcommand)]
@@ -93,10 +128,13 @@ pub fn init(args: InitArgs) -> Result<(), Exit> {
     let InitArgs {
         url,
         chunk_size,
+        metadata,
+        metadata_file,
         key,
         s3,
     } = args;
     let location = location(&url)?;
+    let shared = shared_metadata(metadata, metadata_file.as_deref())?;
     if key.kms {
         return Err(usage(anyhow!(
             "init needs a key file or a passphrase; add a KMS slot afterwards with `s3vault key add --new-kms-key-id`"
@@ -114,11 +152,24 @@ pub fn init(args: InitArgs) -> Result<(), Exit> {
             &unlock,
             DEFAULT_ARGON2,
             s3vault::os::real_ids(),
+            shared.as_deref(),
         )
         .await
     })?
     .map_err(volume_exit)?;
-    println!("created volume {} at {url} (chunk size {chunk_size})", hex::encode(id));
+    let place = match &shared {
+        Some(conninfo) => format!(
+            ", metadata in {}",
+            s3vault::meta::postgres::Target::parse(conninfo)
+                .map_err(usage)?
+                .describe()
+        ),
+        None => String::new(),
+    };
+    println!(
+        "created volume {} at {url} (chunk size {chunk_size}{place})",
+        hex::encode(id)
+    );
     Ok(())
 }
 

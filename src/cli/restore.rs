@@ -51,7 +51,9 @@ pub fn run(args: RestoreArgs) -> Result<(), Exit> {
     let s3 = s3.options()?;
     let to = std::path::absolute(&to).map_err(usage)?;
     block_on(async {
-        let volume = open_volume(&location, &url, &unlock, &s3).await.map_err(volume_exit)?;
+        let volume = open_volume(&location, &url, &unlock, &s3, "restore")
+            .await
+            .map_err(volume_exit)?;
         let (store, ring) = (volume.store.clone(), volume.ring.clone());
         let snapshot = snapshots::load(store.as_ref(), &ring, &name)
             .await
@@ -184,7 +186,9 @@ pub fn recover(args: RecoverArgs) -> Result<(), Exit> {
     let to = std::path::absolute(&args.to).map_err(usage)?;
     let url = args.url.clone();
     block_on(async {
-        let volume = open_volume(&location, &url, &unlock, &s3).await.map_err(volume_exit)?;
+        let volume = open_volume(&location, &url, &unlock, &s3, "recover")
+            .await
+            .map_err(volume_exit)?;
         // No mount may use the directory meanwhile.
         let _lock = volume::lock_cache_dir(&args.cache_dir).map_err(volume_exit)?;
         let meta = volume::open_cache_database(&volume, &args.cache_dir, &args.database).map_err(volume_exit)?;

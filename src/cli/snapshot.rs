@@ -52,7 +52,9 @@ pub fn run(action: SnapshotCommand) -> Result<(), Exit> {
     init_command_logging()?;
     let s3 = s3.options()?;
     block_on(async {
-        let volume = open_volume(&location, url, &unlock, &s3).await.map_err(volume_exit)?;
+        let volume = open_volume(&location, url, &unlock, &s3, "snapshot")
+            .await
+            .map_err(volume_exit)?;
         let (store, ring) = (volume.store.clone(), volume.ring.clone());
         let (event, detail) = match &action {
             SnapshotCommand::List { json, .. } => {

@@ -61,7 +61,11 @@ impl std::fmt::Display for FsError {
 
 impl From<MetaError> for FsError {
     fn from(e: MetaError) -> Self {
-        tracing::error!(error = %e, "metadata store failure");
+        // An unreachable database is logged once per outage, where it is
+        // noticed (`meta::postgres`), not once per file operation.
+        if !matches!(e, MetaError::Unreachable(_)) {
+            tracing::error!(error = %e, "metadata store failure");
+        }
         FsError::EIO
     }
 }

@@ -71,6 +71,9 @@ pub struct CoreOptions {
     /// journal segment (zero: every sync). Unused blocks are deleted only
     /// after a checkpoint that no longer references them.
     pub checkpoint_interval: std::time::Duration,
+    /// The metadata store is a shared database, durable at every commit:
+    /// syncs upload data only (`journal::Writer`).
+    pub shared_metadata: bool,
 }
 
 impl Default for CoreOptions {
@@ -83,6 +86,7 @@ impl Default for CoreOptions {
             reclaim_grace: std::time::Duration::ZERO,
             follower: false,
             checkpoint_interval: std::time::Duration::ZERO,
+            shared_metadata: false,
         }
     }
 }
@@ -167,6 +171,7 @@ impl Core {
                 read_only: options.read_only,
                 checkpoint_interval: options.checkpoint_interval,
                 reclaim_grace: options.reclaim_grace,
+                shared_metadata: options.shared_metadata,
             },
         );
         Core {
@@ -497,6 +502,7 @@ impl Core {
             cache: self.cache.status(),
             packs: self.pack_stats(),
             audit: self.audit.as_ref().map(|log| log.stats()),
+            database: self.meta().database_status(),
         }
     }
 }
@@ -516,6 +522,9 @@ pub struct CoreStatus {
     /// `None` until the first compaction pass.
     pub packs: Option<compact::PackStats>,
     pub audit: Option<crate::audit::AuditStats>,
+    /// The shared metadata database, if the volume has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::meta::DatabaseStatus>,
 }
 
 #[cfg(test)]

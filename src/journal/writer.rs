@@ -65,6 +65,9 @@ pub struct WriterOptions {
     /// How long a block the live state stopped using stays in the store
     /// before it is deleted.
     pub reclaim_grace: Duration,
+    /// The metadata is in a shared database, durable at each commit: a
+    /// sync makes the data it names durable and reclaims, nothing more.
+    pub shared_metadata: bool,
 }
 
 /// The metadata database shared by the core and its writer.
@@ -247,6 +250,9 @@ impl Writer {
         if self.options.read_only {
             return Ok(());
         }
+        if self.options.shared_metadata {
+            return self.sync_data(last).await;
+        }
         let checkpoint = last || self.checkpoint_due();
         let waiting = {
             let c = self.checkpoints();
@@ -278,6 +284,32 @@ impl Writer {
         }
         unsynced.1 = false;
         self.lay_anchor(last).await;
+        Ok(())
+    }
+
+    /// The sync of a volume whose metadata is in a shared database, where
+    /// every change is durable at its commit, possibly naming chunks still
+    /// in this host's cache: cuts the open pack and waits until every pack
+    /// queued so far is in the store, then deletes the packs nothing
+    /// references any more (after the grace period, unless `last`).
+    async fn sync_data(&self, last: bool) -> Result<(), SyncError> {
+        self.changed.store(false, Ordering::SeqCst);
+        let mut unsynced = Unsynced(&self.changed, true);
+        let pending = {
+            let mut packer = self.cache.packer().await;
+            let mut meta = self.meta();
+            if !packer.is_empty() {
+                packer.cut_with(meta.as_mut()).map_err(cut_error)?;
+            }
+            Pinned(&self.cache, self.cache.pin_pending())
+        };
+        self.cache.wait_uploaded(&pending.1).await;
+        drop(pending);
+        unsynced.1 = false;
+        let garbage = self.meta().garbage()?;
+        if !garbage.is_empty() {
+            self.delete_unreferenced(garbage, !last).await;
+        }
         Ok(())
     }
 
@@ -390,10 +422,7 @@ impl Writer {
     fn prepare(&self, checkpoint: bool, packer: &mut Packer<'_>) -> Result<Option<Prepared<'_>>, SyncError> {
         let mut meta = self.meta();
         if !packer.is_empty() {
-            packer.cut_with(meta.as_mut()).map_err(|e| match e {
-                CacheError::Meta(e) => SyncError::Meta(e),
-                other => SyncError::Cache(other.to_string()),
-            })?;
+            packer.cut_with(meta.as_mut()).map_err(cut_error)?;
         }
         let mut entries = meta.journal_after(0, SEGMENT_OPS)?;
         if entries.is_empty() && !checkpoint {
@@ -531,6 +560,13 @@ impl Writer {
             tracing::warn!(error = %e, "cannot delete superseded metadata; will retry");
             return;
         }
+        self.delete_unreferenced(garbage, with_grace).await;
+    }
+
+    /// Deletes the data objects no state references any more (`garbage`)
+    /// once their grace period is over, except those a named snapshot
+    /// keeps; failures are logged and retried at a later sync.
+    async fn delete_unreferenced(&self, garbage: Vec<ObjectId>, with_grace: bool) {
         let ripe = if with_grace {
             self.ripe_garbage(&garbage)
         } else {
@@ -601,6 +637,13 @@ impl Writer {
             .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= self.options.reclaim_grace)
             .copied()
             .collect()
+    }
+}
+
+fn cut_error(e: CacheError) -> SyncError {
+    match e {
+        CacheError::Meta(e) => SyncError::Meta(e),
+        other => SyncError::Cache(other.to_string()),
     }
 }
 

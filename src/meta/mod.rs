@@ -9,7 +9,7 @@
 mod conformance_tests;
 pub mod ops;
 pub mod postgres;
-mod sealing;
+pub(crate) mod sealing;
 mod sqlite;
 mod state;
 
@@ -295,4 +295,24 @@ pub trait MetadataStore: Send {
     fn export(&self, sink: &mut dyn FnMut(Record)) -> Result<()>;
     /// Loads a state made by `export` into an empty store.
     fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()>;
+
+    /// The state of the connection to a shared database (`status`); `None`
+    /// for the embedded store.
+    fn database_status(&self) -> Option<DatabaseStatus> {
+        None
+    }
+}
+
+/// How a shared metadata database is doing, for `status` and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DatabaseStatus {
+    /// Where (no password).
+    pub server: String,
+    pub connected: bool,
+    /// The last statement's round trip, in milliseconds.
+    pub round_trip_ms: f64,
+    pub statements: u64,
+    pub reconnects: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
 }

@@ -66,10 +66,6 @@ RAND=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 MARK_NAME=PHI-NAME-$RAND
 MARK_DATA=PHI-DATA-$RAND
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # sv_info URL: `s3vault info` with the S3 options of URL and no key.
 sv_info() { # URL [OPTION...]
     local url=$1 opts
@@ -90,30 +86,6 @@ sv_key() {
 # that pass an endpoint of their own).
 without_endpoint() {
     E2E_ENDPOINT="" "$@"
-}
-
-# expect_exit CODE PATTERN CMD...: CMD must exit with CODE and print exactly
-# one line on stderr, matching the extended regex PATTERN (case-insensitive).
-expect_exit() {
-    local code=$1 pat=$2 rc=0 err lines
-    shift 2
-    err=$(mktemp "$WORK/err.XXXXXX")
-    "$@" 2>"$err" || rc=$?
-    echo "exit $rc; stderr:"
-    cat "$err"
-    if ((rc != code)); then
-        echo "expected exit $code"
-        return 1
-    fi
-    lines=$(grep -c . "$err" || true)
-    if ((lines != 1)); then
-        echo "expected a one-line message on stderr, got $lines lines"
-        return 1
-    fi
-    if ! grep -qiE -- "$pat" "$err"; then
-        echo "the message does not match /$pat/"
-        return 1
-    fi
 }
 
 # save_out FILE CMD...: CMD's stdout also goes to FILE, for later steps.

@@ -8,6 +8,9 @@
 # is searched for the marker. The daemon runs with S3VAULT_LOG=debug, since
 # debug logs fall under the same rule.
 #
+# With E2E_METADATA (metadata in PostgreSQL) a pg_dump of the database and
+# the server's files (E2E_PG_DATA) are searched too.
+#
 # Usage: [E2E_URL=... E2E_ENDPOINT=... E2E_STORE_DISK=...] bash tests/e2e/confidentiality.sh
 # Functions here are mostly run indirectly, through `check`.
 # shellcheck disable=SC2317
@@ -115,6 +118,20 @@ scan_store() {
     no_marker "$dump"
 }
 
+# scan_database: with the metadata in PostgreSQL, a dump of the database
+# (pg_dump, as its administrator would take one) holds the volume's tables
+# and no marker; nor do the server's own files (tables, WAL).
+scan_database() {
+    local dump=$WORK/pgdump
+    mkdir -p "$dump"
+    "${E2E_PG_BIN:+$E2E_PG_BIN/}pg_dump" "$E2E_METADATA" >"$dump/dump.sql"
+    grep -c 'CREATE TABLE s3vault_' "$dump/dump.sql"
+    no_marker "$dump"
+    if [[ -n ${E2E_PG_DATA:-} ]]; then
+        no_marker "$E2E_PG_DATA"
+    fi
+}
+
 read_all() { # ROOT: read every file back through the mount
     find "$1" -type f -exec cat {} + >/dev/null
 }
@@ -148,6 +165,9 @@ elif [[ $URL == file://* ]]; then
     check "no marker in the store directory on disk" no_marker "$(file_path "$URL")"
 fi
 check "no marker in the cache dir after umount" no_marker "$CACHE"
+if [[ -n ${E2E_METADATA:-} ]]; then
+    check "no marker in the metadata database (pg_dump, server files)" scan_database
+fi
 check "no marker in the daemon's output (S3VAULT_LOG=debug)" no_marker "$DAEMON_LOG"
 if [[ -n $(find "$DAEMON_TMP" -type f) ]]; then
     check "no marker in the daemon's temp files" no_marker "$DAEMON_TMP"

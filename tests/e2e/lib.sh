@@ -13,7 +13,9 @@
 #   E2E_ENDPOINT   S3 endpoint (http://127.0.0.1:PORT) for s3:// URLs
 #   E2E_STORE_DISK directory holding the S3 server's objects on disk, if any
 #                  (s3s-fs), scanned by the confidentiality suite
-#   E2E_BACKEND    a label for messages (file, s3s, moto)
+#   E2E_BACKEND    a label for messages (file, s3s, moto, pg)
+#   E2E_METADATA   a PostgreSQL connection string: volumes are created with
+#                  their metadata there (`init --metadata`), data in E2E_URL
 #   E2E_KEEP=1     keep the temp dir (logs, caches) after the run
 #   CHECK_TIMEOUT, MOUNT_TIMEOUT, UMOUNT_TIMEOUT  seconds
 
@@ -257,6 +259,34 @@ s3_opts() {
     fi
 }
 
+# expect_exit CODE PATTERN CMD...: CMD must exit with CODE and print exactly
+# one line on stderr, matching the extended regex PATTERN (case-insensitive).
+expect_exit() {
+    local code=$1 pat=$2 rc=0 err lines
+    shift 2
+    err=$(mktemp "$WORK/err.XXXXXX")
+    "$@" 2>"$err" || rc=$?
+    echo "exit $rc; stderr:"
+    cat "$err"
+    if ((rc != code)); then
+        echo "expected exit $code"
+        return 1
+    fi
+    lines=$(grep -c . "$err" || true)
+    if ((lines != 1)); then
+        echo "expected a one-line message on stderr, got $lines lines"
+        return 1
+    fi
+    if ! grep -qiE -- "$pat" "$err"; then
+        echo "the message does not match /$pat/"
+        return 1
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # vol_url NAME: a fresh volume URL under E2E_URL, unique to this run.
 vol_url() {
     echo "${E2E_URL%/}/$1-${WORK##*.}"
@@ -266,11 +296,13 @@ sv_keygen() {
     timeout 30 "$S3VAULT" keygen "$1"
 }
 
-# sv_init URL ARGS...: create a volume.
+# sv_init URL ARGS...: create a volume (with E2E_METADATA, its metadata in
+# PostgreSQL).
 sv_init() {
     local url=$1 opts
     shift
     mapfile -t opts < <(s3_opts "$url")
+    [[ -z ${E2E_METADATA:-} ]] || opts+=(--metadata "$E2E_METADATA")
     timeout 120 "$S3VAULT" init "$url" "${opts[@]}" "$@"
 }
 
@@ -327,34 +359,19 @@ sv_umount() {
 # with CODE, print exactly one line on stderr matching the extended regex
 # PATTERN (case-insensitive; empty: any), and leave nothing mounted.
 sv_mount_refused() {
-    local code=$1 pat=$2 url=$3 mp=$4 cache=$5 rc=0 err opts lines
+    local code=$1 pat=$2 url=$3 mp=$4 cache=$5 rc=0 opts
     shift 5
     mkdir -p "$mp" "$cache"
     echo "$mp" >>"$WORK/mounts"
     mapfile -t opts < <(s3_opts "$url")
-    err=$(mktemp "$WORK/err.XXXXXX")
-    timeout -k 5 "$MOUNT_TIMEOUT" "$S3VAULT" mount "$url" "$mp" --cache-dir "$cache" "${opts[@]}" "$@" \
-        >/dev/null 2>"$err" || rc=$?
-    echo "exit $rc; stderr:"
-    cat "$err"
+    expect_exit "$code" "$pat" \
+        timeout -k 5 "$MOUNT_TIMEOUT" "$S3VAULT" mount "$url" "$mp" --cache-dir "$cache" "${opts[@]}" "$@" || rc=$?
     if mountpoint -q "$mp"; then
         echo "but $mp got mounted"
         force_unmount "$mp"
         return 1
     fi
-    if ((rc != code)); then
-        echo "expected exit $code"
-        return 1
-    fi
-    lines=$(grep -c . "$err" || true)
-    if ((lines != 1)); then
-        echo "expected a one-line message on stderr, got $lines lines"
-        return 1
-    fi
-    if [[ -n $pat ]] && ! grep -qiE -- "$pat" "$err"; then
-        echo "the message does not match /$pat/"
-        return 1
-    fi
+    return "$rc"
 }
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres::config::{Host, SslMode};
 
+/// How long a connection attempt may take unless the string says.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client whose connection is driven on its own thread.
 pub struct Connection {
     pub client: tokio_postgres::Client,
@@ -32,6 +35,7 @@ pub fn wait<F: Future>(f: F) -> F::Output {
 
 /// A parsed connection string: tokio-postgres's settings and the CA file,
 /// which it does not know.
+#[derive(Clone)]
 pub struct Target {
     config: tokio_postgres::Config,
     root_cert: Option<PathBuf>,
@@ -51,6 +55,102 @@ impl Target {
             ));
         }
         Ok(Target { config, root_cert })
+    }
+
+    /// `given` (a URL or a `key=value` string, maybe empty) completed from
+    /// libpq's environment variables for what it leaves out (`PGHOST`,
+    /// `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`,
+    /// `PGSSLROOTCERT`; `env` looks them up), as one `key=value` string: what
+    /// a volume records, so every host connects alike.
+    pub fn complete(given: &str, env: impl Fn(&str) -> Option<String>) -> Result<String> {
+        let (rest, root_cert) = take_root_cert(given);
+        let rest = if rest.trim().is_empty() { String::new() } else { rest };
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| MetaError::Config(format!("the PostgreSQL connection string is not valid: {e}")))?;
+        if config.get_hosts().is_empty()
+            && let Some(hosts) = env("PGHOST")
+        {
+            for host in hosts.split(',') {
+                config.host(host);
+            }
+        }
+        if config.get_ports().is_empty()
+            && let Some(ports) = env("PGPORT")
+        {
+            for port in ports.split(',') {
+                let port = port
+                    .parse()
+                    .map_err(|_| MetaError::Config(format!("PGPORT {port:?} is not a port number")))?;
+                config.port(port);
+            }
+        }
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            pairs.push(("host", hosts.join(",")));
+        }
+        let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            pairs.push(("port", ports.join(",")));
+        }
+        if let Some(user) = config.get_user().map(str::to_string).or_else(|| env("PGUSER")) {
+            pairs.push(("user", user));
+        }
+        let password = match config.get_password() {
+            Some(p) => Some(
+                String::from_utf8(p.to_vec())
+                    .map_err(|_| MetaError::Config("the PostgreSQL password is not UTF-8".into()))?,
+            ),
+            None => env("PGPASSWORD"),
+        };
+        if let Some(password) = password {
+            pairs.push(("password", password));
+        }
+        if let Some(db) = config.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE")) {
+            pairs.push(("dbname", db));
+        }
+        if given.contains("sslmode") {
+            let mode = match config.get_ssl_mode() {
+                SslMode::Disable => "disable",
+                SslMode::Require => "require",
+                _ => "prefer",
+            };
+            pairs.push(("sslmode", mode.to_string()));
+        } else if let Some(mode) = env("PGSSLMODE") {
+            pairs.push(("sslmode", mode));
+        }
+        if let Some(root) = root_cert
+            .map(|p| p.display().to_string())
+            .or_else(|| env("PGSSLROOTCERT"))
+        {
+            pairs.push(("sslrootcert", root));
+        }
+        if let Some(timeout) = config.get_connect_timeout() {
+            pairs.push(("connect_timeout", timeout.as_secs().to_string()));
+        }
+        if let Some(name) = config.get_application_name() {
+            pairs.push(("application_name", name.to_string()));
+        }
+        let conninfo = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Target::parse(&conninfo)?;
+        Ok(conninfo)
+    }
+
+    /// Whether the string sets a password (which must not be in argv).
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
     }
 
     /// Whether every host is on this machine, where TLS may be skipped.
@@ -91,6 +191,11 @@ impl Target {
     /// Opens a connection; TLS as the module comment says.
     pub fn connect(&self) -> Result<Connection> {
         let mut config = self.config.clone();
+        // A server that does not answer (a dead host, a firewall) must not
+        // hang the mount or a file operation for ever.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let tls = if self.is_local() && config.get_ssl_mode() != SslMode::Require {
             None
         } else {
@@ -269,6 +374,31 @@ mod tests {
         assert_eq!(rest, "host=db.example user=u");
         assert_eq!(root.unwrap(), PathBuf::from("/etc/ca.pem"));
         assert_eq!(take_root_cert("postgresql://h/db").1, None);
+    }
+
+    #[test]
+    fn a_connection_string_is_completed_from_the_environment() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("db.example".to_string()),
+            "PGPORT" => Some("6432".to_string()),
+            "PGPASSWORD" => Some("it's a \\ secret".to_string()),
+            "PGUSER" => Some("from-env".to_string()),
+            _ => None,
+        };
+        let conninfo = Target::complete("postgresql://alice@/vault?sslmode=require", env).unwrap();
+        assert_eq!(
+            conninfo,
+            "host='db.example' port='6432' user='alice' password='it\\'s a \\\\ secret' dbname='vault' sslmode='require'"
+        );
+        let target = Target::parse(&conninfo).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"it's a \\ secret"[..]));
+        assert_eq!(target.describe(), "postgresql://alice@db.example:6432/vault");
+        assert!(target.has_password());
+        let local = Target::complete("host=127.0.0.1 dbname=x sslrootcert=/ca.pem", |_| None).unwrap();
+        assert_eq!(local, "host='127.0.0.1' dbname='x' sslrootcert='/ca.pem'");
+        assert!(Target::complete("", |_| None).is_err());
+        assert!(Target::complete("postgresql://u@h/d", |n| (n == "PGPORT").then(|| "x".into())).is_ok());
+        assert!(Target::complete("postgresql://u@/d", |n| (n == "PGPORT").then(|| "x".into())).is_err());
     }
 
     #[test]

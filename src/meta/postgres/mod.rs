@@ -22,12 +22,15 @@ pub use connect::Target;
 
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
-use super::{ChainHead, ChunkRef, DirEntry, Inode, MetaError, MetadataStore, Record, Result};
+use super::{ChainHead, ChunkRef, DatabaseStatus, DirEntry, Inode, MetaError, MetadataStore, Record, Result};
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
 use crate::keyring::Keyring;
 use connect::{Connection, wait};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -74,12 +77,12 @@ struct Pending {
 }
 
 pub struct PgStore {
-    conn: Connection,
+    link: Link,
     sealer: RowSealer,
     host: HostId,
-    /// Prepared once per connection, by SQL text.
-    statements: Mutex<HashMap<&'static str, tokio_postgres::Statement>>,
-    in_transaction: bool,
+    /// The session of the open transaction: its statements must all go
+    /// to the connection that began it.
+    transaction: Option<Arc<Session>>,
     pending: Pending,
     /// This host's committed share of the volume's usage (its row).
     host_usage: Usage,
@@ -87,6 +90,170 @@ pub struct PgStore {
 
 fn db(e: tokio_postgres::Error) -> MetaError {
     MetaError::Postgres(e)
+}
+
+/// How often, at most, a store whose server is gone tries to reconnect;
+/// in between its calls fail at once.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// The connection in use, replaced when the server went away: a restart
+/// of PostgreSQL (or a failover) costs the transactions under way, not
+/// the mount.
+struct Link {
+    target: Target,
+    schema: String,
+    current: Mutex<Current>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    statements: AtomicU64,
+    /// Microseconds.
+    round_trip: AtomicU64,
+    reconnects: AtomicU64,
+    errors: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+struct Current {
+    conn: Option<Arc<Session>>,
+    /// When the last reconnect failed, and why.
+    failed: Option<(Instant, String)>,
+}
+
+/// A connection with this volume's search path and its prepared
+/// statements (by SQL text).
+struct Session {
+    conn: Connection,
+    statements: Mutex<HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl Link {
+    fn open(target: &Target, schema: String) -> Result<Link> {
+        let link = Link {
+            target: target.clone(),
+            schema,
+            current: Mutex::new(Current {
+                conn: None,
+                failed: None,
+            }),
+            stats: Stats::default(),
+        };
+        link.session()?;
+        Ok(link)
+    }
+
+    /// The live session, reconnecting (at most every `RECONNECT_EVERY`)
+    /// if the server went away.
+    fn session(&self) -> Result<Arc<Session>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(session) = &current.conn
+            && !session.conn.client.is_closed()
+        {
+            return Ok(session.clone());
+        }
+        if let Some((when, why)) = &current.failed
+            && when.elapsed() < RECONNECT_EVERY
+        {
+            return Err(MetaError::Unreachable(why.clone()));
+        }
+        let reconnecting = current.conn.take().is_some();
+        match self.connect() {
+            Ok(session) => {
+                if reconnecting || current.failed.is_some() {
+                    tracing::info!(database = %self.target.describe(), "reconnected to the metadata database");
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                current.failed = None;
+                current.conn = Some(session.clone());
+                Ok(session)
+            }
+            Err(e) => {
+                if current.failed.is_none() {
+                    tracing::warn!(error = %e, "metadata database unreachable; operations fail with EIO until it is back");
+                }
+                current.failed = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Times one round trip and counts its failure.
+    fn timed<T>(&self, f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>) -> Result<T> {
+        let started = Instant::now();
+        let result = wait(f);
+        let stats = &self.stats;
+        stats.statements.fetch_add(1, Ordering::Relaxed);
+        stats
+            .round_trip
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result.map_err(|e| {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            db(e)
+        })
+    }
+
+    fn status(&self) -> DatabaseStatus {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let connected = current.conn.as_ref().is_some_and(|s| !s.client().is_closed());
+        let stats = &self.stats;
+        DatabaseStatus {
+            server: self.target.describe(),
+            connected,
+            round_trip_ms: stats.round_trip.load(Ordering::Relaxed) as f64 / 1000.0,
+            statements: stats.statements.load(Ordering::Relaxed),
+            reconnects: stats.reconnects.load(Ordering::Relaxed),
+            errors: stats.errors.load(Ordering::Relaxed),
+            last_error: current
+                .failed
+                .as_ref()
+                .map(|(_, why)| why.clone())
+                .or_else(|| stats.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        }
+    }
+
+    fn connect(&self) -> Result<Arc<Session>> {
+        let conn = self.target.connect()?;
+        let exists = wait(
+            conn.client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&self.schema]),
+        )
+        .map_err(db)?
+        .is_some();
+        if !exists {
+            return Err(MetaError::Config(format!(
+                "the database holds no metadata of this volume (no schema {})",
+                self.schema
+            )));
+        }
+        wait(
+            conn.client
+                .batch_execute(&format!("SET search_path TO {}", self.schema)),
+        )
+        .map_err(db)?;
+        Ok(Arc::new(Session {
+            conn,
+            statements: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+impl Session {
+    fn client(&self) -> &tokio_postgres::Client {
+        &self.conn.client
+    }
+
+    fn statement(&self, sql: &'static str) -> Result<tokio_postgres::Statement> {
+        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = wait(self.client().prepare(sql)).map_err(db)?;
+        cache.insert(sql, prepared.clone());
+        Ok(prepared)
+    }
 }
 
 fn corrupt(what: String) -> MetaError {
@@ -122,29 +289,15 @@ impl PgStore {
             )),
             _ => db(e),
         })?;
-        Self::open_on(conn, ring, host)
+        drop(conn);
+        Self::open(target, ring, host)
     }
 
     /// Opens the tables of an existing volume.
     pub fn open(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
-        Self::open_on(target.connect()?, ring, host)
-    }
-
-    fn open_on(conn: Connection, ring: &Keyring, host: HostId) -> Result<PgStore> {
         let name = schema::schema_name(ring.volume_id());
-        let exists = wait(
-            conn.client
-                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&name]),
-        )
-        .map_err(db)?
-        .is_some();
-        if !exists {
-            return Err(MetaError::Config(format!(
-                "the database holds no metadata of this volume (no schema {name})"
-            )));
-        }
-        wait(conn.client.batch_execute(&format!("SET search_path TO {name}"))).map_err(db)?;
-        let row = wait(conn.client.query_one("SELECT id, format FROM volume", &[])).map_err(db)?;
+        let link = Link::open(target, name.clone())?;
+        let row = link.timed(link.session()?.client().query_one("SELECT id, format FROM volume", &[]))?;
         let (id, format): (Vec<u8>, i32) = (row.get(0), row.get(1));
         if id != ring.volume_id() {
             return Err(corrupt(format!("schema {name} belongs to another volume")));
@@ -156,11 +309,10 @@ impl PgStore {
             )));
         }
         let mut store = PgStore {
-            conn,
+            link,
             sealer: RowSealer::new(ring),
             host,
-            statements: Mutex::new(HashMap::new()),
-            in_transaction: false,
+            transaction: None,
             pending: Pending::default(),
             host_usage: Usage::default(),
         };
@@ -171,40 +323,51 @@ impl PgStore {
         Ok(store)
     }
 
-    fn statement(&self, sql: &'static str) -> Result<tokio_postgres::Statement> {
-        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = cache.get(sql) {
-            return Ok(s.clone());
+    /// The session for a statement: outside a transaction the link may
+    /// reconnect; inside one, a lost connection lost the transaction.
+    fn session(&self) -> Result<Arc<Session>> {
+        match &self.transaction {
+            Some(session) if session.client().is_closed() => Err(MetaError::Unreachable(format!(
+                "{}: the connection was lost during a transaction",
+                self.link.target.describe()
+            ))),
+            Some(session) => Ok(session.clone()),
+            None => self.link.session(),
         }
-        let prepared = wait(self.conn.client.prepare(sql)).map_err(db)?;
-        cache.insert(sql, prepared.clone());
-        Ok(prepared)
     }
 
     fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let stmt = self.statement(sql)?;
-        wait(self.conn.client.query(&stmt, params)).map_err(db)
+        let session = self.session()?;
+        let stmt = session.statement(sql)?;
+        self.link.timed(session.client().query(&stmt, params))
     }
 
     fn query_opt(&self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>> {
-        let stmt = self.statement(sql)?;
-        wait(self.conn.client.query_opt(&stmt, params)).map_err(db)
+        let session = self.session()?;
+        let stmt = session.statement(sql)?;
+        self.link.timed(session.client().query_opt(&stmt, params))
     }
 
     fn query_one(&self, sql: &'static str, params: Params<'_>) -> Result<Row> {
-        let stmt = self.statement(sql)?;
-        wait(self.conn.client.query_one(&stmt, params)).map_err(db)
+        let session = self.session()?;
+        let stmt = session.statement(sql)?;
+        self.link.timed(session.client().query_one(&stmt, params))
     }
 
     fn execute(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
-        let stmt = self.statement(sql)?;
-        wait(self.conn.client.execute(&stmt, params)).map_err(db)
+        let session = self.session()?;
+        let stmt = session.statement(sql)?;
+        self.link.timed(session.client().execute(&stmt, params))
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        self.link.timed(self.session()?.client().batch_execute(sql))
     }
 
     /// Runs a change that updates counters in a transaction of its own
     /// when none is open, so the counters commit with it.
     fn write<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if self.in_transaction {
+        if self.transaction.is_some() {
             return f(self);
         }
         self.begin()?;
@@ -350,19 +513,19 @@ impl PgStore {
 
 impl MetadataStore for PgStore {
     fn begin(&mut self) -> Result<()> {
-        wait(self.conn.client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")).map_err(db)?;
-        self.in_transaction = true;
+        let session = self.link.session()?;
+        self.link
+            .timed(session.client().batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE"))?;
+        self.transaction = Some(session);
         self.pending = Pending::default();
         Ok(())
     }
 
     fn commit(&mut self) -> Result<()> {
-        let done = self
-            .write_pending()
-            .and_then(|()| wait(self.conn.client.batch_execute("COMMIT")).map_err(db));
+        let done = self.write_pending().and_then(|()| self.batch("COMMIT"));
         match done {
             Ok(()) => {
-                self.in_transaction = false;
+                self.transaction = None;
                 let pending = std::mem::take(&mut self.pending);
                 self.host_usage.add(pending.usage);
                 Ok(())
@@ -375,8 +538,8 @@ impl MetadataStore for PgStore {
     }
 
     fn rollback(&mut self) {
-        let _ = wait(self.conn.client.batch_execute("ROLLBACK"));
-        self.in_transaction = false;
+        let _ = self.batch("ROLLBACK");
+        self.transaction = None;
         self.pending = Pending::default();
     }
 
@@ -785,6 +948,10 @@ impl MetadataStore for PgStore {
             sink(Record::Chunk { ino, index, block });
         }
         Ok(())
+    }
+
+    fn database_status(&self) -> Option<DatabaseStatus> {
+        Some(self.link.status())
     }
 
     fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()> {

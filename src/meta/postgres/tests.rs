@@ -186,3 +186,42 @@ fn an_unreachable_server_is_named_without_its_password() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
+    let ring = ring();
+    let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    db.put_inode(&file(2)).unwrap();
+    let kill = |db: &PgStore| {
+        let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let conn = admin(&ring);
+        let killed = wait(conn.client.query_one("SELECT pg_terminate_backend($1)", &[&pid])).unwrap();
+        assert!(killed.get::<_, bool>(0));
+    };
+    // A transaction under way when the server drops the connection fails,
+    // and none of it is kept.
+    db.begin().unwrap();
+    db.put_inode(&file(3)).unwrap();
+    kill(&db);
+    let lost = db.put_inode(&file(4)).and_then(|()| db.commit());
+    assert!(lost.is_err());
+    db.rollback();
+    // The next calls reconnect by themselves.
+    let back = (0..50).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        db.inode(2).ok()
+    });
+    assert!(back.flatten().is_some(), "the store did not reconnect");
+    assert_eq!(db.inode(3).unwrap(), None);
+    assert_eq!(db.inode(4).unwrap(), None);
+    // Outside a transaction a single change made after the loss goes through.
+    kill(&db);
+    let done = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        db.put_inode(&file(5)).is_ok()
+    });
+    assert!(done);
+    assert!(db.inode(5).unwrap().is_some());
+    assert_eq!(db.usage().unwrap().0, 2);
+}
