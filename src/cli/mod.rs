@@ -285,6 +285,9 @@ pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
     let args = options::mount_helper_args(args);
     let matches = command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.command, Command::Mount(_) | Command::Umount(_)) {
+        end_quietly_on_closed_output();
+    }
     match cli.command {
         Command::Keygen { path } => key::keygen(&path),
         Command::Init(args) => key::init(args),
@@ -309,6 +312,18 @@ pub fn run(args: Vec<OsString>) -> Result<(), Exit> {
             Ok(())
         }
         Command::Manpages { dir } => manpages(&dir),
+    }
+}
+
+/// `s3vault status | head`: when the reader of our output goes away, end
+/// as other Unix tools do (killed by SIGPIPE, which Rust ignores by
+/// default), not with a panic about a broken pipe. Not for the mount
+/// daemon, whose writes to sockets must fail as errors, never kill it.
+fn end_quietly_on_closed_output() {
+    // SAFETY: restoring a signal's default disposition before any thread
+    // is started has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
