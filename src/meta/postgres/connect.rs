@@ -303,7 +303,11 @@ fn take_root_cert(conninfo: &str) -> (String, Option<PathBuf>) {
             .split('&')
             .filter(|pair| match pair.strip_prefix("sslrootcert=") {
                 Some(path) => {
-                    root = Some(PathBuf::from(percent_decode(path)));
+                    root = Some(PathBuf::from(
+                        percent_encoding::percent_decode_str(path)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    ));
                     false
                 }
                 None => true,
@@ -329,26 +333,6 @@ fn take_root_cert(conninfo: &str) -> (String, Option<PathBuf>) {
             .collect();
         (kept.join(" "), root)
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_loopback(host: &str) -> bool {
