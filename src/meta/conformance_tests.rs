@@ -31,20 +31,11 @@ pub fn run_all(make: Make<'_>) {
     }
 }
 
+/// An empty directory, as the root is made.
 pub fn dir(ino: u64) -> Inode {
     Inode {
         ino,
-        kind: FileKind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        size: 0,
-        atime: 0,
-        mtime: 0,
-        ctime: 0,
-        rdev: 0,
-        allocated: 0,
+        ..Inode::root(0, 0, 0)
     }
 }
 
