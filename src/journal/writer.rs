@@ -293,7 +293,12 @@ impl Writer {
     /// queued so far is in the store, then deletes the packs nothing
     /// references any more (after the grace period, unless `last`).
     async fn sync_data(&self, last: bool) -> Result<(), SyncError> {
-        self.changed.store(false, Ordering::SeqCst);
+        // Idle (the periodic sync): nothing new to upload, no garbage
+        // waiting out its grace period, so no query to the database.
+        let changed = self.changed.swap(false, Ordering::SeqCst);
+        if !changed && !last && !self.checkpoints().garbage_waiting {
+            return Ok(());
+        }
         let mut unsynced = Unsynced(&self.changed, true);
         let pending = {
             let mut packer = self.cache.packer().await;
@@ -307,7 +312,11 @@ impl Writer {
         drop(pending);
         unsynced.1 = false;
         let garbage = self.meta().garbage()?;
-        if !garbage.is_empty() {
+        if garbage.is_empty() {
+            self.checkpoints().garbage_waiting = false;
+        } else {
+            // Cleared by `delete_unreferenced` once all of it is gone.
+            self.checkpoints().garbage_waiting = true;
             self.delete_unreferenced(garbage, !last).await;
         }
         Ok(())
