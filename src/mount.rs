@@ -340,7 +340,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         ));
     }
     let cache_lock = volume::lock_cache_dir(&cache_dir).map_err(volume_failure)?;
-    let lease = if config.read_only {
+    // Several hosts write a volume whose metadata is in a shared database,
+    // which orders their changes: no lease to take.
+    let lease = if config.read_only || volume.superblock.has_shared_metadata() {
         None
     } else {
         let writer = volume::writer_id(&cache_dir).map_err(volume_failure)?;

@@ -11,11 +11,13 @@ use crate::codec::{self, ChunkAddress, CodecError, ObjectId};
 use crate::keyring::Keyring;
 use crate::meta::ChunkRef;
 use crate::store::{ObjectStore, StoreError};
+use bytes::Bytes;
 use futures_util::future::join_all;
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Why a stored chunk could not be read (already logged, with the chunk's
 /// inode number and index, where it happened).
@@ -89,7 +91,16 @@ pub struct Fetcher {
     /// Fetches in progress: a second reader of the same chunk waits for
     /// the first instead of fetching it again.
     inflight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a missing data object is waited for: on a volume several
+    /// hosts write, a chunk another host just committed may still be on
+    /// its way to the store (it is there once that host's close returns).
+    missing_wait: Duration,
 }
+
+/// The first pause before a missing object is asked for again, and the
+/// longest (doubled in between).
+const MISSING_RETRY_FIRST: Duration = Duration::from_millis(20);
+const MISSING_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Fetcher {
     pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<PackCache>, ring: Arc<Keyring>, chunks: usize) -> Fetcher {
@@ -99,6 +110,30 @@ impl Fetcher {
             ring,
             memory: Mutex::new(LruCache::new(NonZeroUsize::new(chunks).unwrap_or(NonZeroUsize::MIN))),
             inflight: Mutex::new(HashMap::new()),
+            missing_wait: Duration::ZERO,
+        }
+    }
+
+    /// Waits up to `limit` for data objects that are not in the store yet
+    /// (see `missing_wait`).
+    pub fn waiting_for_missing(mut self, limit: Duration) -> Fetcher {
+        self.missing_wait = limit;
+        self
+    }
+
+    /// A ranged GET, asked again while the object is missing and the wait
+    /// allows.
+    async fn get_range_waiting(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let deadline = std::time::Instant::now() + self.missing_wait;
+        let mut pause = MISSING_RETRY_FIRST;
+        loop {
+            match self.store.get_range(key, start, len).await {
+                Err(StoreError::NotFound) if std::time::Instant::now() + pause <= deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MISSING_RETRY_MAX);
+                }
+                done => return done,
+            }
         }
     }
 
@@ -248,7 +283,7 @@ impl Fetcher {
         let pack = first.block.pack;
         let start = u64::from(first.block.offset);
         let end = last.block.end();
-        let bytes = match self.store.get_range(&data_key(&pack), start, end - start).await {
+        let bytes = match self.get_range_waiting(&data_key(&pack), start, end - start).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(ino = first.ino, index = first.index, chunks = chunks.len(), error = %e,
@@ -317,6 +352,36 @@ mod tests {
         let lens: Vec<usize> = runs(&wanted).iter().map(|r| r.len()).collect();
         assert_eq!(lens, vec![2, 1, 2]);
         assert!(runs(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_is_waited_for_as_long_as_allowed() {
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::super::CacheConfig {
+            limit: 1 << 30,
+            min_free: super::super::MinFree::Bytes(0),
+            max_dirty: 1 << 30,
+            upload_concurrency: 1,
+        };
+        let cache = PackCache::open(dir.path(), config, store.clone()).unwrap();
+        let ring = Arc::new(Keyring::new(
+            &crate::crypto::SecretKey::random(),
+            crate::crypto::random_bytes(),
+        ));
+        let wanted = chunk(1, 0, 5);
+        let key = codec::pack_key(&ring, &wanted.block.pack);
+        let sealed = codec::seal_chunk(&ring, &key, &wanted.address(), b"hello");
+        let impatient = Fetcher::new(store.clone(), cache.clone(), ring.clone(), 8);
+        assert!(impatient.get(wanted).await.is_err());
+        let patient = Fetcher::new(store.clone(), cache, ring, 8).waiting_for_missing(Duration::from_secs(20));
+        // Another host's upload, landing a moment later.
+        let uploader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            store.put(&data_key(&[1; 16]), sealed.into()).await.unwrap();
+        });
+        assert_eq!(patient.get(wanted).await.unwrap().as_slice(), b"hello");
+        uploader.await.unwrap();
     }
 
     #[test]

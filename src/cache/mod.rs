@@ -779,6 +779,7 @@ impl Packer<'_> {
         if !referenced {
             meta.remove_garbage(&[id])?;
         }
+        meta.pack_cut(&id)?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::codec::{self, ChunkAddress};
 use crate::meta::{ChunkRef, FileKind, MetadataStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 const NONE: u64 = u64::MAX;
 /// How far ahead of a sequential reader chunks are fetched, at most.
@@ -53,6 +53,12 @@ pub(super) struct OpenFile {
     next_read: AtomicU64,
     window: AtomicU64,
     fetched_ahead: AtomicU64,
+    /// Whether this host's open of it is counted in the shared database
+    /// (`MetadataStore::hold`), so other hosts keep it after an unlink.
+    held: AtomicBool,
+    /// Data of it was committed that may not be in the store yet: on a
+    /// shared database, its next close waits for the upload.
+    not_uploaded: AtomicBool,
 }
 
 /// One open(2)'s file handle: what the close record reports.
@@ -94,6 +100,8 @@ impl OpenFile {
             next_read: AtomicU64::new(0),
             window: AtomicU64::new(0),
             fetched_ahead: AtomicU64::new(0),
+            held: AtomicBool::new(false),
+            not_uploaded: AtomicBool::new(false),
         }
     }
 
@@ -218,9 +226,18 @@ impl Core {
         // Count the open while holding the map, so `retire` cannot drop the
         // entry between our lookup and our increment.
         let mut files = self.files();
-        let file = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino)));
+        let file = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino))).clone();
         file.opens.fetch_add(1, Ordering::SeqCst);
         drop(files);
+        if self.options.shared_metadata && !file.held.swap(true, Ordering::SeqCst) {
+            let held = self.with_retries(|| Ok(self.meta().hold(ino, true)?));
+            if held != Ok(true) {
+                file.held.store(false, Ordering::SeqCst);
+                file.opens.fetch_sub(1, Ordering::SeqCst);
+                // Another host removed it since we looked it up.
+                return Err(held.err().unwrap_or(FsError::ENOENT));
+            }
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let handle = Handle {
             flags,
@@ -273,6 +290,24 @@ impl Core {
         }
         // Not under the file map's lock: unlink takes the metadata lock,
         // then the map's; taking them the other way round could deadlock.
+        if file.held.swap(false, Ordering::SeqCst) {
+            // One transaction, so that an unlink on another host sees
+            // either our hold or our check of the link count.
+            let may_purge = !self.is_read_only();
+            let garbage = self.retrying(|m| {
+                m.hold(file.ino, false)?;
+                let orphan = m.inode(file.ino)?.is_some_and(|i| i.nlink == 0);
+                if orphan && may_purge && !m.held(file.ino)? {
+                    return purge(m, file.ino).map(Some);
+                }
+                Ok(None)
+            })?;
+            if let Some(garbage) = garbage {
+                self.mark_changed();
+                self.discard_unuploaded(&garbage);
+            }
+            return Ok(());
+        }
         let unlinked = self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0);
         if unlinked {
             let garbage = self.transact(|m| purge(m, file.ino))?;
@@ -313,7 +348,18 @@ impl Core {
             return Ok(());
         };
         let mut buffer = file.buffer.lock().await;
-        self.commit(&file, &mut buffer, true).await
+        self.commit(&file, &mut buffer, true).await?;
+        drop(buffer);
+        // Close-to-open across hosts: another host that opens the file
+        // once this close returned reads the chunks it maps, so they must
+        // be in the store, not only in this host's cache.
+        if file.not_uploaded.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.journal.sync(false, async { Ok::<(), FsError>(()) }).await
+        {
+            file.not_uploaded.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Commits every buffered file (before a metadata snapshot, at unmount).
@@ -730,6 +776,9 @@ impl Core {
             }
         };
         self.discard_unuploaded(&freed);
+        if self.options.shared_metadata {
+            file.not_uploaded.store(true, Ordering::SeqCst);
+        }
         // What was just written is the likeliest to be read next: keep it
         // instead of fetching it back from the store.
         for (chunk, (_, content)) in staged.iter().zip(chunks) {
@@ -754,7 +803,7 @@ impl Core {
     pub(super) async fn stage<T>(
         &self,
         chunks: &[ToStage<'_>],
-        commit: impl FnOnce(&mut dyn MetadataStore, &[Option<ChunkRef>]) -> FsResult<T>,
+        mut commit: impl FnMut(&mut dyn MetadataStore, &[Option<ChunkRef>]) -> FsResult<T>,
     ) -> FsResult<(Vec<Option<ChunkRef>>, T)> {
         let stored = |content: &[u8]| content.iter().any(|b| *b != 0);
         let sealed_len: u64 = chunks

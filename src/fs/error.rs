@@ -16,6 +16,11 @@ pub type FsResult<T> = Result<T, FsError>;
 
 impl FsError {
     pub fn errno(self) -> i32 {
+        // A conflict outside `Core::transact`'s retries (a lone statement
+        // that lost) is a failed operation, not a lock deadlock.
+        if self == FsError::CONFLICT {
+            return libc::EIO;
+        }
         self.0
     }
 }
@@ -53,6 +58,12 @@ errno!(
     ETIMEDOUT,
 );
 
+impl FsError {
+    /// A metadata transaction lost to another host's: `Core::transact`
+    /// runs it again and never hands this errno to the kernel.
+    pub(crate) const CONFLICT: FsError = FsError(libc::EDEADLK);
+}
+
 impl std::fmt::Display for FsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
@@ -61,10 +72,12 @@ impl std::fmt::Display for FsError {
 
 impl From<MetaError> for FsError {
     fn from(e: MetaError) -> Self {
-        // An unreachable database is logged once per outage, where it is
-        // noticed (`meta::postgres`), not once per file operation.
-        if !matches!(e, MetaError::Unreachable(_)) {
-            tracing::error!(error = %e, "metadata store failure");
+        match e {
+            MetaError::Conflict(_) => return FsError::CONFLICT,
+            // Logged once per outage, where it is noticed
+            // (`meta::postgres`), not once per file operation.
+            MetaError::Unreachable(_) => {}
+            e => tracing::error!(error = %e, "metadata store failure"),
         }
         FsError::EIO
     }

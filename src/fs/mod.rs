@@ -40,6 +40,15 @@ pub const NAME_MAX: usize = 255;
 /// Directory paths cached for audit records.
 const DIR_PATHS_CACHED: usize = 16_384;
 pub const PATH_MAX: usize = 4096;
+/// How long a read on a shared volume waits for a chunk another host
+/// committed but has not finished uploading (it is writing the file now).
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a metadata transaction that lost to another host's is run
+/// again before the operation fails, and the first and longest waits in
+/// between (doubled each time, jittered).
+const CONFLICT_RETRIES: u32 = 10;
+const CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
+const CONFLICT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Ownership and permission overrides from `-o uid=,gid=,umask=`: what
 /// callers see, and so what permission checks use.
@@ -159,7 +168,11 @@ impl Core {
         options: CoreOptions,
     ) -> Core {
         let blocks = (options.read_cache_bytes / chunk_size as usize).max(4);
-        let fetcher = Arc::new(Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks));
+        let mut fetcher = Fetcher::new(store.clone(), cache.clone(), ring.clone(), blocks);
+        if options.shared_metadata {
+            fetcher = fetcher.waiting_for_missing(UPLOAD_WAIT);
+        }
+        let fetcher = Arc::new(fetcher);
         meta.set_journaling(!options.read_only);
         let meta: SharedMeta = Arc::new(Mutex::new(meta));
         let journal = Writer::new(
@@ -213,7 +226,7 @@ impl Core {
     }
 
     /// Runs `f` as one metadata transaction and marks the state changed.
-    fn transact<T>(&self, f: impl FnOnce(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+    fn transact<T>(&self, f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
         if self.is_read_only() {
             return Err(FsError::EROFS);
         }
@@ -223,13 +236,47 @@ impl Core {
     /// `transact` that a fence does not stop: data written before another
     /// writer took over is still committed to the local database, so it
     /// stays recoverable from the cache directory.
-    fn transact_local<T>(&self, f: impl FnOnce(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+    fn transact_local<T>(&self, f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
         if self.options.read_only {
             return Err(FsError::EROFS);
         }
-        let v = crate::meta::in_transaction(self.meta().as_mut(), f)?;
+        let v = self.retrying(f)?;
         self.journal.mark_changed();
         Ok(v)
+    }
+
+    /// Runs `f` as one metadata transaction, again from the start when it
+    /// lost to another host's (serializable isolation on a shared
+    /// database); `f` must only change the metadata store.
+    fn retrying<T>(&self, mut f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+        self.with_retries(|| crate::meta::in_transaction(self.meta().as_mut(), &mut f))
+    }
+
+    /// Runs `attempt` until it does not conflict with another host's
+    /// transaction, a bounded number of times.
+    fn with_retries<T>(&self, mut attempt: impl FnMut() -> FsResult<T>) -> FsResult<T> {
+        let mut backoff = CONFLICT_BACKOFF;
+        for _ in 0..CONFLICT_RETRIES {
+            match attempt() {
+                Err(FsError::CONFLICT) => {
+                    // Jittered, so two hosts that collided do not collide
+                    // again in step.
+                    std::thread::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5));
+                    backoff = (backoff * 2).min(CONFLICT_BACKOFF_MAX);
+                }
+                done => return done,
+            }
+        }
+        match attempt() {
+            Err(FsError::CONFLICT) => {
+                tracing::warn!(
+                    attempts = CONFLICT_RETRIES + 1,
+                    "a metadata transaction kept conflicting with other hosts'; failing it with EIO"
+                );
+                Err(FsError::EIO)
+            }
+            done => done,
+        }
     }
 
     /// The inode as callers must see it: with the size and mtime of writes
@@ -462,16 +509,27 @@ impl Core {
 
 impl Core {
     /// Deletes inodes left without links by a crash while they were open.
+    /// On a shared database, first drops the holds a crash of this host
+    /// left, and spares the orphans another host still has open.
     pub fn remove_orphans(&self) -> FsResult<usize> {
+        self.with_retries(|| Ok(self.meta().release_holds()?))?;
         if self.is_read_only() {
             return Ok(0);
         }
-        let orphans = self.meta().orphans()?;
-        for ino in &orphans {
-            let garbage = self.transact(|m| purge(m, *ino))?;
-            self.discard_unuploaded(&garbage);
+        let mut removed = 0;
+        for ino in self.meta().orphans()? {
+            let garbage = self.transact(|m| {
+                if m.held(ino)? {
+                    return Ok(None);
+                }
+                purge(m, ino).map(Some)
+            })?;
+            if let Some(garbage) = garbage {
+                self.discard_unuploaded(&garbage);
+                removed += 1;
+            }
         }
-        Ok(orphans.len())
+        Ok(removed)
     }
 
     /// Blocks that just lost their last reference: those never sent to the
@@ -532,6 +590,8 @@ mod tests;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod shared_tests;
 
 #[cfg(test)]
 mod golden_tests;

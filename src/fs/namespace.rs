@@ -263,12 +263,13 @@ impl Core {
     }
 
     /// Removes one link of a non-directory; the last link of a file that is
-    /// still open leaves an orphan that the last release deletes. Returns
+    /// still open, here or on another host, leaves an orphan that the last
+    /// release deletes. Returns
     /// the blocks freed.
     fn drop_link(&self, m: &mut dyn MetadataStore, mut inode: Inode, now: i64) -> FsResult<Vec<ObjectId>> {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
-        if inode.nlink > 0 || self.is_open(inode.ino) {
+        if inode.nlink > 0 || self.is_open(inode.ino) || m.held(inode.ino)? {
             m.put_inode(&inode)?;
             Ok(Vec::new())
         } else {

@@ -82,9 +82,10 @@ impl Core {
         Ok(self.meta().head()?)
     }
 
-    /// Whether the kernel may keep a file's pages across opens.
+    /// Whether the kernel may keep a file's pages across opens: not when
+    /// another host's writes can change the file under it.
     pub fn keeps_page_cache(&self) -> bool {
-        !self.options.follower
+        !self.options.follower && !self.options.shared_metadata
     }
 
     /// Whether metadata changed since the last journal segment reached the

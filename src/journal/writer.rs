@@ -586,6 +586,14 @@ impl Writer {
             return;
         }
         let all_ripe = ripe.len() == garbage.len();
+        let ripe: Vec<ObjectId> = ripe.into_iter().collect();
+        let ripe = match self.meta().claim_garbage(&ripe) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim unreferenced blocks for deletion; will retry");
+                return;
+            }
+        };
         // Listed only now that every superseded state is gone (see
         // `snapshots`): a snapshot copying one of them is visible by now.
         let kept = match snapshots::referenced_packs(self.store.as_ref(), &self.ring).await {
@@ -606,7 +614,13 @@ impl Writer {
             self.cache.remove(&id);
             match self.store.delete(&data_key(&id)).await {
                 Ok(()) => settled.push(id),
-                Err(e) => tracing::warn!(error = %e, "cannot delete an unreferenced block; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete an unreferenced block; will retry");
+                    // Claimed off the list: back on it, for the retry.
+                    if let Err(e) = self.meta().add_garbage(&id) {
+                        tracing::warn!(error = %e, "cannot record an unreferenced block");
+                    }
+                }
             }
         }
         let all_settled = all_ripe && settled.len() == garbage.len();

@@ -29,6 +29,10 @@ pub enum MetaError {
     Postgres(tokio_postgres::Error),
     #[error("metadata database unreachable: {0}")]
     Unreachable(String),
+    /// Another host's transaction got in the way (a serialization failure
+    /// or a deadlock): the whole transaction may be run again.
+    #[error("metadata transaction conflicted with another host's: {0}")]
+    Conflict(String),
     /// A setting or the database's contents do not fit this volume.
     #[error("{0}")]
     Config(String),
@@ -224,6 +228,23 @@ pub trait MetadataStore: Send {
     /// Inodes with no link left (unlinked while open, then a crash).
     fn orphans(&self) -> Result<Vec<u64>>;
 
+    /// Counts one open of `ino` more (`open`) or one fewer on this host,
+    /// so that no other host deletes the file under it after an unlink;
+    /// false when the inode is gone. Only a shared database keeps them:
+    /// on a single host the open files are in memory.
+    fn hold(&mut self, _ino: u64, _open: bool) -> Result<bool> {
+        Ok(true)
+    }
+    /// Whether any host holds `ino` open.
+    fn held(&self, _ino: u64) -> Result<bool> {
+        Ok(false)
+    }
+    /// Drops every hold of this host, on files and on its open pack: a
+    /// crash left them behind.
+    fn release_holds(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>>;
     /// The directory holding directory `ino` (directories have one link).
     fn parent_of(&self, ino: u64) -> Result<Option<u64>>;
@@ -269,6 +290,18 @@ pub trait MetadataStore: Send {
     /// referenced again (the open pack got a new chunk) leaves the list.
     fn add_garbage(&mut self, object_id: &ObjectId) -> Result<()>;
     fn garbage(&self) -> Result<Vec<ObjectId>>;
+    /// Of `ids`, the garbage that may be deleted now, taken off the list:
+    /// on a shared database, not a pack referenced again or still open on
+    /// some host (only an open pack gets new chunks), so that no host
+    /// deletes what another just wrote into.
+    fn claim_garbage(&mut self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
+        Ok(ids.to_vec())
+    }
+    /// The open pack was cut: it gets no chunk any more (see
+    /// `claim_garbage`).
+    fn pack_cut(&mut self, _pack: &ObjectId) -> Result<()> {
+        Ok(())
+    }
     fn remove_garbage(&mut self, ids: &[ObjectId]) -> Result<()>;
 
     /// Number of the newest metadata state uploaded (or being uploaded).
@@ -314,5 +347,7 @@ pub struct DatabaseStatus {
     pub statements: u64,
     pub reconnects: u64,
     pub errors: u64,
+    /// Transactions run again because another host's got in the way.
+    pub conflicts: u64,
     pub last_error: Option<String>,
 }

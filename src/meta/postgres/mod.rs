@@ -89,7 +89,13 @@ pub struct PgStore {
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
-    MetaError::Postgres(e)
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+            MetaError::Conflict(e.to_string())
+        }
+        _ => MetaError::Postgres(e),
+    }
 }
 
 /// How often, at most, a store whose server is gone tries to reconnect;
@@ -113,6 +119,8 @@ struct Stats {
     round_trip: AtomicU64,
     reconnects: AtomicU64,
     errors: AtomicU64,
+    /// Transactions that lost to another host's and were run again.
+    conflicts: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -188,10 +196,16 @@ impl Link {
         stats
             .round_trip
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        result.map_err(|e| {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            db(e)
+        result.map_err(|e| match db(e) {
+            MetaError::Conflict(why) => {
+                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                MetaError::Conflict(why)
+            }
+            e => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                e
+            }
         })
     }
 
@@ -206,6 +220,7 @@ impl Link {
             statements: stats.statements.load(Ordering::Relaxed),
             reconnects: stats.reconnects.load(Ordering::Relaxed),
             errors: stats.errors.load(Ordering::Relaxed),
+            conflicts: stats.conflicts.load(Ordering::Relaxed),
             last_error: current
                 .failed
                 .as_ref()
@@ -230,7 +245,12 @@ impl Link {
         }
         wait(
             conn.client
-                .batch_execute(&format!("SET search_path TO {}", self.schema)),
+                // A statement outside BEGIN is a serializable transaction
+                // of its own too, so it takes part in conflict detection.
+                .batch_execute(&format!(
+                    "SET search_path TO {}; SET default_transaction_isolation TO serializable",
+                    self.schema
+                )),
         )
         .map_err(db)?;
         Ok(Arc::new(Session {
@@ -302,6 +322,12 @@ impl PgStore {
         if id != ring.volume_id() {
             return Err(corrupt(format!("schema {name} belongs to another volume")));
         }
+        let format = if format == 1 {
+            link.timed(link.session()?.client().batch_execute(schema::FROM_FORMAT_1))?;
+            schema::FORMAT
+        } else {
+            format
+        };
         if format != schema::FORMAT {
             return Err(MetaError::Config(format!(
                 "the database schema has format {format}; this release reads format {}",
@@ -514,8 +540,7 @@ impl PgStore {
 impl MetadataStore for PgStore {
     fn begin(&mut self) -> Result<()> {
         let session = self.link.session()?;
-        self.link
-            .timed(session.client().batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE"))?;
+        self.link.timed(session.client().batch_execute("BEGIN"))?;
         self.transaction = Some(session);
         self.pending = Pending::default();
         Ok(())
@@ -596,6 +621,41 @@ impl MetadataStore for PgStore {
     fn orphans(&self) -> Result<Vec<u64>> {
         let rows = self.query("SELECT ino FROM inode WHERE orphan ORDER BY ino", &[])?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn hold(&mut self, ino: u64, open: bool) -> Result<bool> {
+        let host = self.host.as_slice();
+        if open {
+            let n = self.execute(
+                "INSERT INTO opened (ino, host, opens) SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inode WHERE ino = $1)
+                 ON CONFLICT (ino, host) DO UPDATE SET opens = opened.opens + 1",
+                &[&int(ino), &host],
+            )?;
+            return Ok(n > 0);
+        }
+        // One statement sees one snapshot: of the two, exactly one
+        // matches the row.
+        self.execute(
+            "WITH gone AS (DELETE FROM opened WHERE ino = $1 AND host = $2 AND opens <= 1)
+             UPDATE opened SET opens = opens - 1 WHERE ino = $1 AND host = $2 AND opens > 1",
+            &[&int(ino), &host],
+        )?;
+        Ok(true)
+    }
+
+    fn held(&self, ino: u64) -> Result<bool> {
+        Ok(self
+            .query_one("SELECT EXISTS (SELECT 1 FROM opened WHERE ino = $1)", &[&int(ino)])?
+            .get(0))
+    }
+
+    fn release_holds(&mut self) -> Result<()> {
+        // By now the cache has cut the pack that was open at the crash.
+        self.execute(
+            "WITH packs AS (DELETE FROM open_pack WHERE host = $1) DELETE FROM opened WHERE host = $1",
+            &[&self.host.as_slice()],
+        )?;
+        Ok(())
     }
 
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>> {
@@ -756,14 +816,16 @@ impl MetadataStore for PgStore {
             let old = match &chunk {
                 Some(c) => {
                     let place = s.seal_chunk(ino, index, c);
-                    // A pack that gets a chunk is referenced: no longer garbage.
+                    // A pack that gets a chunk is referenced: no longer
+                    // garbage; and it is this host's open one until cut.
                     s.query(
                         "WITH old AS (SELECT idx, pack, place FROM chunk WHERE ino = $1 AND idx = $2),
                          put AS (INSERT INTO chunk (ino, idx, pack, place) VALUES ($1, $2, $3, $4)
                                  ON CONFLICT (ino, idx) DO UPDATE SET pack = excluded.pack, place = excluded.place),
-                         kept AS (DELETE FROM garbage WHERE pack = $3)
+                         kept AS (DELETE FROM garbage WHERE pack = $3),
+                         open AS (INSERT INTO open_pack (pack, host) VALUES ($3, $5) ON CONFLICT (pack) DO NOTHING)
                          SELECT idx, pack, place FROM old",
-                        &[&int(ino), &int(index), &c.pack.as_slice(), &place],
+                        &[&int(ino), &int(index), &c.pack.as_slice(), &place, &s.host.as_slice()],
                     )?
                 }
                 None => s.query(
@@ -864,6 +926,23 @@ impl MetadataStore for PgStore {
         rows.iter().map(|r| object_id(r.get(0))).collect()
     }
 
+    fn claim_garbage(&mut self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+        let rows = self.query(
+            "DELETE FROM garbage g WHERE g.pack = ANY($1)
+             AND NOT EXISTS (SELECT 1 FROM chunk c WHERE c.pack = g.pack)
+             AND NOT EXISTS (SELECT 1 FROM open_pack o WHERE o.pack = g.pack)
+             RETURNING g.pack",
+            &[&ids],
+        )?;
+        rows.iter().map(|r| object_id(r.get(0))).collect()
+    }
+
+    fn pack_cut(&mut self, pack: &ObjectId) -> Result<()> {
+        self.execute("DELETE FROM open_pack WHERE pack = $1", &[&pack.as_slice()])?;
+        Ok(())
+    }
+
     fn remove_garbage(&mut self, ids: &[ObjectId]) -> Result<()> {
         let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
         self.execute("DELETE FROM garbage WHERE pack = ANY($1)", &[&ids])?;
@@ -962,6 +1041,14 @@ impl MetadataStore for PgStore {
             Ok::<_, MetaError>(())
         })
     }
+}
+
+/// The database the PostgreSQL tests use (`scripts/test.sh` starts one).
+#[cfg(test)]
+pub(crate) fn test_target() -> Target {
+    let url = std::env::var("S3VAULT_TEST_POSTGRES")
+        .expect("S3VAULT_TEST_POSTGRES names the test database (scripts/test.sh starts one)");
+    Target::parse(&url).unwrap()
 }
 
 #[cfg(test)]

@@ -3,7 +3,22 @@
 //! so one database can hold several volumes.
 
 /// Format of the schema below; a volume of another one is refused.
-pub const FORMAT: i32 = 1;
+/// Format 2 added `opened` and `open_pack`.
+pub const FORMAT: i32 = 2;
+
+/// Brings a format 1 schema (the search path set to it) to this format.
+pub const FROM_FORMAT_1: &str = "
+BEGIN;
+CREATE TABLE IF NOT EXISTS opened (
+    ino bigint NOT NULL,
+    host bytea NOT NULL,
+    opens integer NOT NULL,
+    PRIMARY KEY (ino, host));
+CREATE TABLE IF NOT EXISTS open_pack (
+    pack bytea PRIMARY KEY,
+    host bytea NOT NULL);
+UPDATE volume SET format = 2 WHERE format = 1;
+COMMIT;";
 
 /// The schema of volume `id` (hex): also what a DBA sees in `\dn`.
 pub fn schema_name(volume_id: &[u8]) -> String {
@@ -55,4 +70,12 @@ CREATE TABLE garbage (
 CREATE TABLE usage (
     host bytea PRIMARY KEY,
     body bytea NOT NULL);
+CREATE TABLE opened (
+    ino bigint NOT NULL,
+    host bytea NOT NULL,
+    opens integer NOT NULL,
+    PRIMARY KEY (ino, host));
+CREATE TABLE open_pack (
+    pack bytea PRIMARY KEY,
+    host bytea NOT NULL);
 ";

@@ -7,9 +7,7 @@ use crate::crypto::SecretKey;
 use crate::meta::FileKind;
 
 fn target() -> Target {
-    let url = std::env::var("S3VAULT_TEST_POSTGRES")
-        .expect("S3VAULT_TEST_POSTGRES names the test database (scripts/test.sh starts one)");
-    Target::parse(&url).unwrap()
+    super::test_target()
 }
 
 fn ring() -> Keyring {
@@ -224,4 +222,94 @@ fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
     assert!(done);
     assert!(db.inode(5).unwrap().is_some());
     assert_eq!(db.usage().unwrap().0, 2);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_crossing_transactions_of_two_hosts_are_conflicts() {
+    let ring = ring();
+    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    a.put_inode(&Inode::root(0, 0, 0)).unwrap();
+    a.put_inode(&file(2)).unwrap();
+    a.put_inode(&file(3)).unwrap();
+    // Each reads what the other writes: serializable, one of them loses.
+    a.begin().unwrap();
+    b.begin().unwrap();
+    a.inode(2).unwrap();
+    b.inode(3).unwrap();
+    let wrote_a = a.put_inode(&Inode { size: 1, ..file(3) });
+    let wrote_b = b.put_inode(&Inode { size: 1, ..file(2) });
+    let finish = |db: &mut PgStore, wrote: Result<()>| match wrote {
+        Ok(()) => db.commit(),
+        Err(e) => {
+            db.rollback();
+            Err(e)
+        }
+    };
+    let first = finish(&mut a, wrote_a);
+    let second = finish(&mut b, wrote_b);
+    let conflicts = [&first, &second]
+        .iter()
+        .filter(|r| matches!(r, Err(MetaError::Conflict(_))))
+        .count();
+    assert_eq!(conflicts, 1, "{first:?} {second:?}");
+    assert!(a.database_status().unwrap().conflicts + b.database_status().unwrap().conflicts >= 1);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_holds_are_counted_per_host_and_dropped_with_the_host() {
+    let ring = ring();
+    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    a.put_inode(&file(2)).unwrap();
+    assert!(!b.held(2).unwrap());
+    assert!(a.hold(2, true).unwrap());
+    assert!(a.hold(2, true).unwrap());
+    a.hold(2, false).unwrap();
+    assert!(b.held(2).unwrap(), "one open of two is left");
+    a.hold(2, false).unwrap();
+    assert!(!b.held(2).unwrap());
+    assert!(!a.hold(9, true).unwrap(), "a hold on a missing inode");
+    assert!(b.hold(2, true).unwrap());
+    a.hold(2, true).unwrap();
+    b.release_holds().unwrap();
+    assert!(a.held(2).unwrap(), "another host's hold went with b's");
+    a.release_holds().unwrap();
+    assert!(!a.held(2).unwrap());
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_garbage_is_claimed_only_once_cut_and_unreferenced() {
+    let ring = ring();
+    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    a.put_inode(&file(2)).unwrap();
+    let pack = [7; 16];
+    let chunk = ChunkRef {
+        pack,
+        offset: 0,
+        len: 10,
+    };
+    a.set_chunk(2, 0, Some(chunk)).unwrap();
+    // Another host unmaps the only chunk of a's open pack.
+    b.set_chunk(2, 0, None).unwrap();
+    b.add_garbage(&pack).unwrap();
+    assert_eq!(
+        b.claim_garbage(&[pack]).unwrap(),
+        Vec::<ObjectId>::new(),
+        "a's pack is still open"
+    );
+    a.pack_cut(&pack).unwrap();
+    assert_eq!(b.claim_garbage(&[pack]).unwrap(), vec![pack]);
+    assert!(b.garbage().unwrap().is_empty(), "claimed garbage leaves the list");
+    // A pack referenced again is not claimed either.
+    let other = [8; 16];
+    b.add_garbage(&other).unwrap();
+    b.set_chunk(2, 1, Some(ChunkRef { pack: other, ..chunk })).unwrap();
+    b.pack_cut(&other).unwrap();
+    b.add_garbage(&other).unwrap();
+    assert!(b.claim_garbage(&[other]).unwrap().is_empty());
 }

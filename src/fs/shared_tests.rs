@@ -1,0 +1,132 @@
+//! Several hosts on one volume whose metadata is in PostgreSQL: each core
+//! here is a host, with its own database session and cache directory, over
+//! one object store. Run by `scripts/test.sh` (`--ignored postgres`),
+//! which starts the database.
+
+use super::*;
+use crate::crypto::SecretKey;
+use crate::meta::PgStore;
+use crate::store::MemoryStore;
+
+const BS: u32 = 64 * 1024;
+
+struct Volume {
+    store: Arc<MemoryStore>,
+    ring: Arc<Keyring>,
+    caches: tempfile::TempDir,
+}
+
+impl Volume {
+    fn new() -> Volume {
+        let ring = Arc::new(Keyring::new(&SecretKey::random(), crate::crypto::random_bytes()));
+        let mut db = PgStore::create(&crate::meta::postgres::test_target(), &ring, [0; 16]).unwrap();
+        db.put_inode(&Inode::root(0, 0, 0)).unwrap();
+        Volume {
+            store: Arc::new(MemoryStore::default()),
+            ring,
+            caches: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A host mounting the volume read-write.
+    fn host(&self) -> Core {
+        let host = crate::crypto::random_bytes();
+        let db = PgStore::open(&crate::meta::postgres::test_target(), &self.ring, host).unwrap();
+        let dir = tempfile::tempdir_in(self.caches.path()).unwrap().keep();
+        let config = crate::cache::CacheConfig {
+            limit: 1 << 30,
+            min_free: crate::cache::MinFree::Bytes(0),
+            max_dirty: 1 << 30,
+            upload_concurrency: 4,
+        };
+        let cache = PackCache::open(&dir, config, self.store.clone()).unwrap();
+        cache.spawn_uploader();
+        let options = CoreOptions {
+            shared_metadata: true,
+            ..CoreOptions::default()
+        };
+        Core::new(Box::new(db), self.store.clone(), cache, self.ring.clone(), BS, options)
+    }
+}
+
+fn root() -> Caller {
+    Caller::root()
+}
+
+async fn write_file(host: &Core, name: &[u8], data: &[u8]) -> u64 {
+    let (inode, fh) = host.create(&root(), ROOT_INO, name, 0o644, libc::O_WRONLY).unwrap();
+    host.write(fh, inode.ino, 0, data).await.unwrap();
+    host.release(fh, inode.ino).await.unwrap();
+    inode.ino
+}
+
+async fn read_file(host: &Core, name: &[u8]) -> FsResult<Vec<u8>> {
+    let ino = host.lookup(&root(), ROOT_INO, name)?.ino;
+    let fh = host.open(&root(), ino, libc::O_RDONLY).await?;
+    let data = host.read(fh, ino, 0, 1 << 20).await;
+    host.release(fh, ino).await?;
+    data
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_a_file_closed_on_one_host_opens_with_its_contents_on_another() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    write_file(&a, b"report", b"first version").await;
+    // Nothing but the close: no sync, and b's cache never saw it.
+    assert_eq!(read_file(&b, b"report").await.unwrap(), b"first version");
+    let ino = b.lookup(&root(), ROOT_INO, b"report").unwrap().ino;
+    let fh = b.open(&root(), ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    b.write(fh, ino, 0, b"second").await.unwrap();
+    b.release(fh, ino).await.unwrap();
+    assert_eq!(read_file(&a, b"report").await.unwrap(), b"second");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_a_file_open_on_one_host_outlives_its_unlink_on_another() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    let ino = write_file(&a, b"doomed", &[7; 3 * BS as usize]).await;
+    let fh = a.open(&root(), ino, libc::O_RDONLY).await.unwrap();
+    b.unlink(&root(), ROOT_INO, b"doomed").unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.lookup(&root(), ROOT_INO, b"doomed"), Err(FsError::ENOENT));
+    let data = a.read(fh, ino, 0, 3 * BS).await.unwrap();
+    assert!(
+        data.len() == 3 * BS as usize && data.iter().all(|b| *b == 7),
+        "a's open file lost its data"
+    );
+    a.release(fh, ino).await.unwrap();
+    assert_eq!(b.getattr(ino), Err(FsError::ENOENT), "the last close on a removed it");
+    a.final_sync().await.unwrap();
+    assert!(
+        volume.store.list("data/").await.unwrap().is_empty(),
+        "the removed file's packs were not reclaimed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_hosts_creating_in_one_directory_at_once_all_succeed() {
+    let volume = Volume::new();
+    let hosts = [volume.host(), volume.host(), volume.host()];
+    std::thread::scope(|s| {
+        for (h, host) in hosts.iter().enumerate() {
+            s.spawn(move || {
+                for i in 0..40 {
+                    let name = format!("dir-{h}-{i}");
+                    host.mkdir(&root(), ROOT_INO, name.as_bytes(), 0o755).unwrap();
+                }
+            });
+        }
+    });
+    let listed = hosts[0].readdir(ROOT_INO, 0, 1000).unwrap();
+    assert_eq!(listed.len(), 120);
+    assert_eq!(
+        hosts[1].getattr(ROOT_INO).unwrap().nlink,
+        122,
+        "a lost update of the parent's link count"
+    );
+}
