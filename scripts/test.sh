@@ -34,7 +34,7 @@ BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper shared}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper shared hosts}
 # pg: a directory store with the metadata in PostgreSQL (init --metadata).
 BACKENDS=${E2E_BACKENDS-file s3s moto pg}
 
@@ -407,8 +407,8 @@ main() {
                 # exercise the metadata store (the namespace, chunk maps,
                 # what reaches a DBA); the others do not depend on where
                 # the metadata lives.
-                shared:pg | basic:pg | pjdfstest:pg | fsx:pg | confidentiality:pg) ;;
-                *:pg | shared:*) continue ;;
+                shared:pg | hosts:pg | basic:pg | pjdfstest:pg | fsx:pg | confidentiality:pg) ;;
+                *:pg | shared:* | hosts:*) continue ;;
             esac
             run_suite "$suite" "$backend"
         done

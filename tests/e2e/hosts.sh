@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Several hosts writing one volume whose metadata is in PostgreSQL: three
+# read-write mounts of it on this machine, each with its own cache
+# directory (a host each, as on three EC2 instances). What one host closed
+# opens with its contents on the others; O_EXCL creates race to exactly
+# one winner; a storm of creates, renames and unlinks from all three ends
+# as a model of it says; a file open on one host survives its unlink on
+# another; fsx on one host while another reads; one host killed with -9
+# while the others go on. Runs on the "pg" backend only.
+#
+# Usage: E2E_METADATA=postgresql://USER@127.0.0.1:PORT/DB bash tests/e2e/hosts.sh
+# Functions here are mostly run indirectly, through `check`.
+# shellcheck disable=SC2317
+set -euo pipefail
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+e2e_init hosts
+[[ -n ${E2E_METADATA:-} ]] || abort "E2E_METADATA must name a PostgreSQL database"
+: "${FSX:=${S3VAULT_TOOLS:-$HOME/.cache/s3vault-tools}/bin/fsx}"
+
+KEY=$WORK/key
+URL=$(vol_url hosts)
+A=$WORK/mnt-a
+B=$WORK/mnt-b
+C=$WORK/mnt-c
+
+mount_host() { # NAME: mount host NAME (a, b or c) from its cache directory
+    sv_mount "$URL" "$WORK/mnt-$1" "$WORK/cache-$1" --key-file "$KEY"
+}
+
+require "keygen" sv_keygen "$KEY"
+require "init a volume with its metadata in PostgreSQL" sv_init "$URL" --key-file "$KEY"
+require "mount on host a" mount_host a
+require "mount on host b too: no lease refuses it" mount_host b
+require "mount on host c" mount_host c
+
+# ---------------------------------------------------------------------------
+# Close-to-open: once close returned on one host, an open on another sees
+# the new contents, whoever wrote last.
+
+close_then_open() {
+    head -c 300000 /dev/urandom >"$WORK/blob"
+    cp "$WORK/blob" "$A/blob"
+    cmp "$WORK/blob" "$B/blob"
+    cmp "$WORK/blob" "$C/blob"
+    echo "rewritten on b" >"$B/blob"
+    test "$(cat "$A/blob")" = "rewritten on b"
+    test "$(stat -c %s "$C/blob")" = 15
+}
+check "a file closed on one host opens with its contents on the others" close_then_open
+
+# ---------------------------------------------------------------------------
+# O_EXCL (bash's noclobber opens with it): two hosts create the same 30
+# names at once; each name has exactly one winner, whose line it holds.
+
+excl_race() {
+    local host mp
+    for host in a b; do
+        mp=$WORK/mnt-$host
+        (
+            set -C
+            for i in $(seq 30); do
+                if echo "$host" 2>/dev/null >"$mp/excl-$i"; then echo "$i $host"; fi
+            done
+        ) >"$WORK/excl-won-$host" &
+    done
+    wait
+    sort -n "$WORK"/excl-won-* >"$WORK/excl-won"
+    cat "$WORK/excl-won"
+    test "$(cut -d' ' -f1 "$WORK/excl-won" | uniq | wc -l)" = 30
+    test "$(wc -l <"$WORK/excl-won")" = 30
+    while read -r i host; do
+        test "$(cat "$C/excl-$i")" = "$host" || {
+            echo "excl-$i holds $(cat "$C/excl-$i"), won by $host"
+            return 1
+        }
+    done <"$WORK/excl-won"
+}
+check "O_EXCL creates racing on two hosts: one winner each" excl_race
+
+# ---------------------------------------------------------------------------
+# A storm from all three hosts at once in shared directories: each host
+# creates, renames across directories and unlinks its own names, so the
+# end state is known; the directories' link counts and every name are
+# checked on another host.
+
+storm_on() { # HOST: 60 rounds of namespace changes by host HOST
+    local h=$1 mp=$WORK/mnt-$1 i
+    for i in $(seq 60); do
+        echo "$h $i" >"$mp/storm/in/$h-$i"
+        mkdir "$mp/storm/dirs/$h-$i"
+        mv "$mp/storm/in/$h-$i" "$mp/storm/dirs/$h-$i/file"
+        if ((i % 3 == 0)); then
+            rm "$mp/storm/dirs/$h-$i/file"
+            rmdir "$mp/storm/dirs/$h-$i"
+        elif ((i % 3 == 1)); then
+            mv "$mp/storm/dirs/$h-$i" "$mp/storm/out/$h-$i"
+        fi
+    done
+}
+
+# The names the storm leaves: "dir/name" per line, sorted.
+storm_model() {
+    local h i
+    for h in a b c; do
+        for i in $(seq 60); do
+            case $((i % 3)) in
+                1) printf 'out/%s\nout/%s/file\n' "$h-$i" "$h-$i" ;;
+                2) printf 'dirs/%s\ndirs/%s/file\n' "$h-$i" "$h-$i" ;;
+            esac
+        done
+    done | sort
+}
+
+storm() {
+    mkdir -p "$A/storm/in" "$A/storm/dirs" "$A/storm/out"
+    local pids=() h
+    for h in a b c; do
+        storm_on "$h" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    # How often the hosts' transactions collided and were run again.
+    local mp
+    for mp in "$A" "$B" "$C"; do "$S3VAULT" status "$mp" | grep -E 'conflicts' || true; done
+    diff <(cd "$B/storm" && find dirs out -mindepth 1 | sort) <(storm_model)
+    test -z "$(ls -A "$C/storm/in")"
+    # Each subdirectory's ".." counts: a lost update would be off.
+    test "$(stat -c %h "$C/storm/dirs")" = $((2 + 3 * 20))
+    test "$(stat -c %h "$C/storm/out")" = $((2 + 3 * 20))
+    local f
+    for f in "$C"/storm/out/*/file "$C"/storm/dirs/*/file; do
+        [[ $(cat "$f") == "$(basename "$(dirname "$f")" | tr - ' ')" ]] || {
+            echo "$f holds $(cat "$f")"
+            return 1
+        }
+    done
+}
+check "create/rename/unlink storms from three hosts end as the model says" storm
+
+# ---------------------------------------------------------------------------
+# An unlinked file stays readable on the host that has it open.
+
+open_here_unlinked_there() {
+    printf 'still readable\n' >"$A/held"
+    exec 3<"$A/held"
+    rm "$B/held"
+    test ! -e "$C/held"
+    test ! -e "$A/held"
+    local line
+    read -r line <&3
+    exec 3<&-
+    test "$line" = "still readable"
+}
+check "a file open on one host outlives its unlink on another" open_here_unlinked_there
+
+# ---------------------------------------------------------------------------
+# fsx on host a while host b keeps opening and reading the same file; once
+# fsx closed it, b reads exactly what a does.
+
+cat >"$WORK/fsx.toml" <<EOF
+flen = 2097152
+
+[opsize]
+max = 131072
+
+[weights]
+read = 10
+write = 10
+mapread = 5
+mapwrite = 5
+truncate = 4
+close_open = 4
+invalidate = 1
+fsync = 1
+fdatasync = 1
+posix_fallocate = 0
+punch_hole = 0
+EOF
+
+fsx_here_reader_there() {
+    [[ -x $FSX ]] || {
+        echo "fsx not found at $FSX (scripts/test.sh installs it)"
+        return 1
+    }
+    local rc=0 reader
+    : >"$A/fsx-file"
+    (
+        # Reads while fsx writes: never an error, whatever it sees.
+        while [[ ! -e $WORK/fsx-done ]]; do
+            cat "$B/fsx-file" >/dev/null || {
+                echo "a read on b failed during fsx"
+                exit 1
+            }
+        done
+    ) &
+    reader=$!
+    NO_COLOR=1 RUST_BACKTRACE=0 "$FSX" -f "$WORK/fsx.toml" -N 3000 -S 7 -P "$WORK/logs" "$A/fsx-file" \
+        >"$WORK/logs/fsx.out" 2>&1 || rc=$?
+    touch "$WORK/fsx-done"
+    wait "$reader" || rc=1
+    tail -n 3 "$WORK/logs/fsx.out"
+    ((rc == 0)) && cmp "$A/fsx-file" "$B/fsx-file"
+}
+check "fsx on one host while another reads: the same file once closed" fsx_here_reader_there
+
+# ---------------------------------------------------------------------------
+# Host b killed with -9 in the middle of writing: a and c go on, and every
+# file b closed before is whole on them.
+
+kill_b_mid_write() {
+    local i pid writer
+    for i in $(seq 20); do
+        head -c $((i * 7000)) /dev/urandom >"$WORK/closed-$i"
+        cp "$WORK/closed-$i" "$B/closed-$i"
+    done
+    (while true; do head -c 1000000 /dev/urandom >"$B/in-flight" || exit 0; done) &
+    writer=$!
+    sleep 1
+    pid=$(daemon_pids "$B")
+    [[ -n $pid ]] || return 1
+    kill -KILL "$pid"
+    wait "$writer" || true
+    for i in $(seq 20); do
+        cmp "$WORK/closed-$i" "$A/closed-$i"
+    done
+    touch "$A/after-kill" "$C/after-kill-too"
+    test -e "$C/after-kill" && test -e "$A/after-kill-too"
+}
+check "one host killed with -9: the others go on, its closed files are whole" kill_b_mid_write
+force_unmount "$B"
+check "host b mounts again from its cache directory" mount_host b
+check "...and sees what the others did meanwhile" test -e "$B/after-kill"
+
+umount_step "umount host a" "$A"
+umount_step "umount host b" "$B"
+umount_step "umount host c" "$C"
+require "mount host c alone" mount_host c
+check "everything is there after all three unmounted" bash -c \
+    "cmp '$WORK/closed-20' '$C/closed-20' && test \"\$(cat '$C/blob')\" = 'rewritten on b' && test ! -e '$C/held'"
+umount_step "umount" "$C"
+
+e2e_finish
