@@ -115,7 +115,10 @@ run_hosts() {
 }
 
 # untar_hosts LABEL MP...: the tree split among the hosts, each extracting
-# its share into its own directory at once; then each host's sync.
+# its share into its own directory at once (two GNU tars extracting into
+# one tree race each other even on a local disk: one's mkdir of a
+# directory the other just made is taken as a failure); then each host's
+# sync.
 untar_hosts() {
     local label=$1 t0 i=0 mp
     shift
@@ -125,8 +128,8 @@ untar_hosts() {
         (
             cd "$WORK/tar-src"
             find . -type f | awk -v k=${#mps[@]} -v i=$i 'NR % k == i' |
-                tar -cf - -T - | tar -C "$(mkdir -p "$mp/untar-$label" && echo "$mp/untar-$label")" -xf -
-            sync -f "$mp/untar-$label"
+                tar -cf - -T - | tar -C "$(mkdir "$mp/untar-$label-$i" && echo "$mp/untar-$label-$i")" -xf -
+            sync -f "$mp/untar-$label-$i"
         ) &
         pids+=($!)
         i=$((i + 1))

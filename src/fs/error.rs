@@ -19,6 +19,7 @@ impl FsError {
         // A conflict outside `Core::transact`'s retries (a lone statement
         // that lost) is a failed operation, not a lock deadlock.
         if self == FsError::CONFLICT {
+            tracing::warn!("a metadata statement kept conflicting with other hosts'; failing it with EIO");
             return libc::EIO;
         }
         self.0

@@ -25,7 +25,7 @@ use crate::cache::{CacheStatus, Fetcher, PackCache};
 use crate::codec::ObjectId;
 use crate::journal::{SharedMeta, Writer, WriterOptions};
 use crate::keyring::Keyring;
-use crate::meta::{DirEntry, FileKind, Inode, MetadataStore, ROOT_INO};
+use crate::meta::{DirEntry, FileKind, Found, Inode, MetadataStore, ROOT_INO};
 use crate::os::now_ns;
 use crate::store::ObjectStore;
 use data::{Handle, OpenFile};
@@ -356,21 +356,24 @@ impl Core {
     }
 
     fn lookup_checked(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Inode> {
-        let inode = {
-            let meta = self.meta();
-            let dir = meta.inode(parent)?.ok_or(FsError::ENOENT)?;
-            if dir.kind != FileKind::Dir {
-                return Err(FsError::ENOTDIR);
-            }
-            self.check(&dir, caller, access::EXEC)?;
-            if name.len() > NAME_MAX {
-                return Err(FsError::ENAMETOOLONG);
-            }
-            let ino = meta.lookup(parent, name)?.ok_or(FsError::ENOENT)?;
-            meta.inode(ino)?.ok_or_else(|| {
+        // A name too long to be stored is not looked up (but the
+        // directory's checks come first, as on local file systems).
+        let stored = &name[..name.len().min(NAME_MAX)];
+        let looked = self.meta().lookup_in(parent, stored)?.ok_or(FsError::ENOENT)?;
+        if looked.dir.kind != FileKind::Dir {
+            return Err(FsError::ENOTDIR);
+        }
+        self.check(&looked.dir, caller, access::EXEC)?;
+        if name.len() > NAME_MAX {
+            return Err(FsError::ENAMETOOLONG);
+        }
+        let inode = match looked.found {
+            Found::Nothing => return Err(FsError::ENOENT),
+            Found::Entry(_, Some(inode)) => inode,
+            Found::Entry(ino, None) => {
                 tracing::error!(parent, ino, "directory entry points to a missing inode");
-                FsError::EIO
-            })?
+                return Err(FsError::EIO);
+            }
         };
         Ok(self.with_pending(inode))
     }

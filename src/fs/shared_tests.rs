@@ -130,3 +130,35 @@ async fn postgres_hosts_creating_in_one_directory_at_once_all_succeed() {
         "a lost update of the parent's link count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_hosts_writing_files_in_one_directory_at_once_all_close_them() {
+    let volume = Volume::new();
+    let hosts: Vec<Arc<Core>> = (0..3).map(|_| Arc::new(volume.host())).collect();
+    let mut writers = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        let host = host.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..30 {
+                let name = format!("file-{h}-{i}");
+                let (inode, fh) = host.create(&root(), ROOT_INO, name.as_bytes(), 0o644, libc::O_WRONLY)?;
+                host.write(fh, inode.ino, 0, name.as_bytes()).await?;
+                host.release(fh, inode.ino).await?;
+            }
+            Ok::<(), FsError>(())
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    for h in 0..3 {
+        for i in 0..30 {
+            let name = format!("file-{h}-{i}");
+            assert_eq!(
+                read_file(&hosts[(h + 1) % 3], name.as_bytes()).await.unwrap(),
+                name.as_bytes()
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! What every metadata store must do alike: the checks run against the
 //! embedded SQLite store and against PostgreSQL (`postgres::tests`).
 
-use super::{ChunkRef, FileKind, Inode, MetadataStore, in_transaction};
+use super::{ChunkRef, FileKind, Found, Inode, Lookup, MetadataStore, in_transaction};
 
 pub type Make<'a> = &'a dyn Fn() -> Box<dyn MetadataStore>;
 type Check = fn(Make<'_>);
@@ -21,6 +21,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("extended attributes", extended_attributes_live_and_die_with_their_inode),
     ("usage and orphans", usage_counts_inodes_and_bytes_and_orphans_are_found),
     ("inode numbers", inode_numbers_are_handed_out_once),
+    ("lookup with the inodes", a_lookup_brings_the_directory_and_the_inode),
 ];
 
 /// Runs every check, each on fresh stores.
@@ -279,4 +280,30 @@ fn inode_numbers_are_handed_out_once(make: Make<'_>) {
     db.set_next_ino(100).unwrap();
     assert_eq!(db.allocate_ino().unwrap(), 100);
     assert_eq!(db.allocate_ino().unwrap(), 101);
+}
+
+fn a_lookup_brings_the_directory_and_the_inode(make: Make<'_>) {
+    let mut m = make();
+    m.put_inode(&dir(1)).unwrap();
+    m.put_inode(&file(2)).unwrap();
+    m.insert_entry(1, b"here", 2).unwrap();
+    m.set_chunk(2, 0, Some(chunk(1, 0, 1000))).unwrap();
+    let found = m.lookup_in(1, b"here").unwrap().unwrap();
+    assert_eq!(found.dir, dir(1));
+    assert_eq!(found.found, Found::Entry(2, m.inode(2).unwrap()));
+    assert_eq!(m.inode(2).unwrap().unwrap().allocated, 1000);
+    assert_eq!(
+        m.lookup_in(1, b"absent").unwrap(),
+        Some(Lookup {
+            dir: dir(1),
+            found: Found::Nothing
+        })
+    );
+    assert_eq!(m.lookup_in(9, b"here").unwrap(), None);
+    // An entry whose inode went missing: corruption the caller reports.
+    m.insert_entry(1, b"dangling", 7).unwrap();
+    assert_eq!(
+        m.lookup_in(1, b"dangling").unwrap().unwrap().found,
+        Found::Entry(7, None)
+    );
 }

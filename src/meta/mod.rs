@@ -200,6 +200,21 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
+/// A directory and what one name in it names (`MetadataStore::lookup_in`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub dir: Inode,
+    pub found: Found,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Nothing,
+    /// The entry's inode number, and the inode (`None`: it is missing,
+    /// which is corruption).
+    Entry(u64, Option<Inode>),
+}
+
 /// One unit of a full metadata state, as exported into snapshots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -246,6 +261,18 @@ pub trait MetadataStore: Send {
     }
 
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>>;
+    /// Directory `parent` (`None`: there is no such inode) with what its
+    /// entry `name` names, in one read where the store can.
+    fn lookup_in(&self, parent: u64, name: &[u8]) -> Result<Option<Lookup>> {
+        let Some(dir) = self.inode(parent)? else {
+            return Ok(None);
+        };
+        let found = match self.lookup(parent, name)? {
+            Some(ino) => Found::Entry(ino, self.inode(ino)?),
+            None => Found::Nothing,
+        };
+        Ok(Some(Lookup { dir, found }))
+    }
     /// The directory holding directory `ino` (directories have one link).
     fn parent_of(&self, ino: u64) -> Result<Option<u64>>;
     /// One link of `ino` (the oldest): its directory and name.

@@ -22,13 +22,15 @@ pub use connect::Target;
 
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
-use super::{ChainHead, ChunkRef, DatabaseStatus, DirEntry, Inode, MetaError, MetadataStore, Record, Result};
+use super::{
+    ChainHead, ChunkRef, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore, Record, Result,
+};
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
 use crate::keyring::Keyring;
 use connect::{Connection, wait};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::Row;
@@ -83,6 +85,10 @@ pub struct PgStore {
     /// The session of the open transaction: its statements must all go
     /// to the connection that began it.
     transaction: Option<Arc<Session>>,
+    /// Whether the open transaction's BEGIN went out: it is sent with the
+    /// transaction's first statement, in the same round trip, and a
+    /// transaction that sent nothing commits without a word.
+    began: AtomicBool,
     pending: Pending,
     /// This host's committed share of the volume's usage (its row).
     host_usage: Usage,
@@ -97,6 +103,10 @@ fn db(e: tokio_postgres::Error) -> MetaError {
         _ => MetaError::Postgres(e),
     }
 }
+
+/// How often a statement outside a transaction is run again when it
+/// conflicted with another host's transaction.
+const STATEMENT_RETRIES: u32 = 6;
 
 /// How often, at most, a store whose server is gone tries to reconnect;
 /// in between its calls fail at once.
@@ -339,6 +349,7 @@ impl PgStore {
             sealer: RowSealer::new(ring),
             host,
             transaction: None,
+            began: AtomicBool::new(false),
             pending: Pending::default(),
             host_usage: Usage::default(),
         };
@@ -363,31 +374,68 @@ impl PgStore {
     }
 
     fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let session = self.session()?;
-        let stmt = session.statement(sql)?;
-        self.link.timed(session.client().query(&stmt, params))
+        self.run(sql, |session, stmt| async move {
+            session.client().query(&stmt, params).await
+        })
     }
 
     fn query_opt(&self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>> {
-        let session = self.session()?;
-        let stmt = session.statement(sql)?;
-        self.link.timed(session.client().query_opt(&stmt, params))
+        self.run(sql, |session, stmt| async move {
+            session.client().query_opt(&stmt, params).await
+        })
     }
 
     fn query_one(&self, sql: &'static str, params: Params<'_>) -> Result<Row> {
-        let session = self.session()?;
-        let stmt = session.statement(sql)?;
-        self.link.timed(session.client().query_one(&stmt, params))
+        self.run(sql, |session, stmt| async move {
+            session.client().query_one(&stmt, params).await
+        })
     }
 
     fn execute(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
-        let session = self.session()?;
-        let stmt = session.statement(sql)?;
-        self.link.timed(session.client().execute(&stmt, params))
+        self.run(sql, |session, stmt| async move {
+            session.client().execute(&stmt, params).await
+        })
     }
 
-    fn batch(&self, sql: &str) -> Result<()> {
-        self.link.timed(self.session()?.client().batch_execute(sql))
+    /// Runs one prepared statement. Outside a transaction it is a
+    /// serializable transaction of its own, run again (a few times) when
+    /// it conflicted with another host's: nothing else of ours depends on
+    /// it having run.
+    fn run<T, F>(&self, sql: &'static str, call: impl Fn(Arc<Session>, tokio_postgres::Statement) -> F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let mut attempts = 0;
+        loop {
+            let session = self.session()?;
+            let stmt = session.statement(sql)?;
+            match self.round_trip(&session, call(session.clone(), stmt)) {
+                Err(MetaError::Conflict(_)) if self.transaction.is_none() && attempts < STATEMENT_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_micros(rand::random::<u64>() % (1000 << attempts)));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One round trip for `f`, preceded in it by the open transaction's
+    /// BEGIN if that has not gone out yet (the client pipelines requests
+    /// on one connection).
+    fn round_trip<T>(
+        &self,
+        session: &Session,
+        f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        if self.transaction.is_none() || self.began.swap(true, Ordering::SeqCst) {
+            return self.link.timed(f);
+        }
+        let begin = session.client().batch_execute("BEGIN");
+        self.link.timed(async {
+            let (begun, result) = futures_util::future::join(begin, f).await;
+            begun?;
+            result
+        })
     }
 
     /// Runs a change that updates counters in a transaction of its own
@@ -409,32 +457,63 @@ impl PgStore {
         }
     }
 
-    /// Writes the counters the transaction changed.
-    fn write_pending(&mut self) -> Result<()> {
-        let allocated: Vec<(u64, i64)> = self.pending.allocated.iter().map(|(k, v)| (*k, *v)).collect();
-        for (ino, delta) in allocated {
-            if delta == 0 {
-                continue;
+    /// Writes the counters the transaction changed and commits: one round
+    /// trip to read the stored bytes of the inodes whose chunks changed,
+    /// one for their new values, this host's usage row and the COMMIT.
+    fn write_pending_and_commit(&mut self) -> Result<()> {
+        let session = self.session()?;
+        let changed: Vec<i64> = self
+            .pending
+            .allocated
+            .iter()
+            .filter(|(_, delta)| **delta != 0)
+            .map(|(ino, _)| int(*ino))
+            .collect();
+        let mut inodes: Vec<(i64, Vec<u8>)> = Vec::new();
+        if !changed.is_empty() {
+            for row in self.query("SELECT ino, usage FROM inode WHERE ino = ANY($1)", &[&changed])? {
+                let ino = row.get::<_, i64>(0) as u64;
+                let delta = self.pending.allocated.get(&ino).copied().unwrap_or(0);
+                let now = (self.open_allocated(ino, row.get(1))? as i64 + delta).max(0) as u64;
+                inodes.push((int(ino), self.sealer.seal(Place::InodeUsage(ino), &now.to_be_bytes())));
             }
-            let Some(row) = self.query_opt("SELECT usage FROM inode WHERE ino = $1", &[&int(ino)])? else {
-                continue;
-            };
-            let stored = self.open_allocated(ino, row.get(0))?;
-            let now = (stored as i64 + delta).max(0) as u64;
-            let sealed = self.sealer.seal(Place::InodeUsage(ino), &now.to_be_bytes());
-            self.execute("UPDATE inode SET usage = $2 WHERE ino = $1", &[&int(ino), &sealed])?;
         }
         let delta = self.pending.usage;
-        if delta.inodes != 0 || delta.bytes != 0 {
+        let host_usage = (delta.inodes != 0 || delta.bytes != 0).then(|| {
             let mut total = self.host_usage;
             total.add(delta);
-            let sealed = self.sealer.seal(Place::HostUsage(&self.host), &total.encode());
-            self.execute(
-                "INSERT INTO usage (host, body) VALUES ($1, $2) ON CONFLICT (host) DO UPDATE SET body = excluded.body",
-                &[&self.host.as_slice(), &sealed],
-            )?;
+            self.sealer.seal(Place::HostUsage(&self.host), &total.encode())
+        });
+        if inodes.is_empty() && host_usage.is_none() && !self.began.load(Ordering::SeqCst) {
+            // Nothing was sent: nothing to commit.
+            return Ok(());
         }
-        Ok(())
+        let update_inode = session.statement("UPDATE inode SET usage = $2 WHERE ino = $1")?;
+        let upsert_usage = session.statement(
+            "INSERT INTO usage (host, body) VALUES ($1, $2) ON CONFLICT (host) DO UPDATE SET body = excluded.body",
+        )?;
+        let client = session.client();
+        let host = self.host.as_slice();
+        let updates = futures_util::future::join_all(
+            inodes
+                .iter()
+                .map(|(ino, sealed)| async { client.execute(&update_inode, &[ino, sealed]).await }),
+        );
+        let usage = async {
+            match &host_usage {
+                Some(sealed) => client.execute(&upsert_usage, &[&host, sealed]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        self.round_trip(&session, async {
+            let (updated, usage, committed) =
+                futures_util::future::join3(updates, usage, client.batch_execute("COMMIT")).await;
+            for result in updated {
+                result?;
+            }
+            usage?;
+            committed
+        })
     }
 
     fn open_allocated(&self, ino: u64, sealed: &[u8]) -> Result<u64> {
@@ -512,6 +591,15 @@ impl PgStore {
         })
     }
 
+    /// Inode `ino` from its row's sealed attributes and stored bytes,
+    /// with the open transaction's chunk changes.
+    fn inode_row(&self, ino: u64, attrs: &[u8], usage: &[u8]) -> Result<Inode> {
+        let mut inode = self.open_inode(ino, attrs)?;
+        let pending = self.pending.allocated.get(&ino).copied().unwrap_or(0);
+        inode.allocated = (self.open_allocated(ino, usage)? as i64 + pending).max(0) as u64;
+        Ok(inode)
+    }
+
     fn note_chunk_change(&mut self, ino: u64, bytes: i64) {
         *self.pending.allocated.entry(ino).or_default() += bytes;
         self.pending.usage.bytes += bytes;
@@ -539,16 +627,14 @@ impl PgStore {
 
 impl MetadataStore for PgStore {
     fn begin(&mut self) -> Result<()> {
-        let session = self.link.session()?;
-        self.link.timed(session.client().batch_execute("BEGIN"))?;
-        self.transaction = Some(session);
+        self.transaction = Some(self.link.session()?);
+        self.began.store(false, Ordering::SeqCst);
         self.pending = Pending::default();
         Ok(())
     }
 
     fn commit(&mut self) -> Result<()> {
-        let done = self.write_pending().and_then(|()| self.batch("COMMIT"));
-        match done {
+        match self.write_pending_and_commit() {
             Ok(()) => {
                 self.transaction = None;
                 let pending = std::mem::take(&mut self.pending);
@@ -563,7 +649,11 @@ impl MetadataStore for PgStore {
     }
 
     fn rollback(&mut self) {
-        let _ = self.batch("ROLLBACK");
+        if self.began.swap(false, Ordering::SeqCst)
+            && let Some(session) = &self.transaction
+        {
+            let _ = self.link.timed(session.client().batch_execute("ROLLBACK"));
+        }
         self.transaction = None;
         self.pending = Pending::default();
     }
@@ -572,10 +662,7 @@ impl MetadataStore for PgStore {
         let Some(row) = self.query_opt("SELECT attrs, usage FROM inode WHERE ino = $1", &[&int(ino)])? else {
             return Ok(None);
         };
-        let mut inode = self.open_inode(ino, row.get(0))?;
-        let pending = self.pending.allocated.get(&ino).copied().unwrap_or(0);
-        inode.allocated = (self.open_allocated(ino, row.get(1))? as i64 + pending).max(0) as u64;
-        Ok(Some(inode))
+        self.inode_row(ino, row.get(0), row.get(1)).map(Some)
     }
 
     fn put_inode(&mut self, inode: &Inode) -> Result<()> {
@@ -672,6 +759,36 @@ impl MetadataStore for PgStore {
             return Err(corrupt(format!("an entry of directory {parent} holds another name")));
         }
         Ok(Some(ino))
+    }
+
+    fn lookup_in(&self, parent: u64, name: &[u8]) -> Result<Option<Lookup>> {
+        let mac = self.entry_mac(parent, name);
+        let Some(row) = self.query_opt(
+            "SELECT d.attrs, d.usage, e.ino, e.name, i.attrs, i.usage FROM inode d
+             LEFT JOIN entry e ON e.parent = d.ino AND e.name_mac = $2
+             LEFT JOIN inode i ON i.ino = e.ino
+             WHERE d.ino = $1",
+            &[&int(parent), &mac.as_slice()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let dir = self.inode_row(parent, row.get(0), row.get(1))?;
+        let found = match row.get::<_, Option<i64>>(2) {
+            None => Found::Nothing,
+            Some(ino) => {
+                let ino = ino as u64;
+                if self.open_entry(parent, &mac, ino, row.get(3))? != name {
+                    return Err(corrupt(format!("an entry of directory {parent} holds another name")));
+                }
+                let inode = match row.get::<_, Option<&[u8]>>(4) {
+                    Some(attrs) => Some(self.inode_row(ino, attrs, row.get(5))?),
+                    None => None,
+                };
+                Found::Entry(ino, inode)
+            }
+        };
+        Ok(Some(Lookup { dir, found }))
     }
 
     fn parent_of(&self, ino: u64) -> Result<Option<u64>> {
