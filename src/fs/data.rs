@@ -210,11 +210,20 @@ impl Core {
         } else {
             Vec::new()
         };
-        self.open_handle_at(ino, flags, caller, path)
+        self.open_handle_at(ino, flags, caller, path, false)
     }
 
-    /// `open_handle` of a file whose path (for the close record) is known.
-    pub(super) fn open_handle_at(&self, ino: u64, flags: i32, caller: &Caller, path: Vec<u8>) -> FsResult<u64> {
+    /// `open_handle` of a file whose path (for the close record) is known;
+    /// `held`: the transaction that made it already counted this open
+    /// (`MetadataStore::hold`).
+    pub(super) fn open_handle_at(
+        &self,
+        ino: u64,
+        flags: i32,
+        caller: &Caller,
+        path: Vec<u8>,
+        held: bool,
+    ) -> FsResult<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write && self.is_read_only() {
             return Err(FsError::EROFS);
@@ -229,8 +238,10 @@ impl Core {
         let file = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino))).clone();
         file.opens.fetch_add(1, Ordering::SeqCst);
         drop(files);
-        if self.options.shared_metadata && !file.held.swap(true, Ordering::SeqCst) {
-            let held = self.with_retries(|| Ok(self.meta().hold(ino, true)?));
+        if held {
+            file.held.store(true, Ordering::SeqCst);
+        } else if self.options.shared_metadata && !file.held.swap(true, Ordering::SeqCst) {
+            let held = self.with_retries(|| Ok(self.meta().hold(ino)?));
             if held != Ok(true) {
                 file.held.store(false, Ordering::SeqCst);
                 file.opens.fetch_sub(1, Ordering::SeqCst);
@@ -291,13 +302,15 @@ impl Core {
         // Not under the file map's lock: unlink takes the metadata lock,
         // then the map's; taking them the other way round could deadlock.
         if file.held.swap(false, Ordering::SeqCst) {
-            // One transaction, so that an unlink on another host sees
-            // either our hold or our check of the link count.
-            let may_purge = !self.is_read_only();
+            let orphan = self.with_retries(|| Ok(self.meta().release(file.ino)?))?;
+            if !orphan || self.is_read_only() {
+                return Ok(());
+            }
+            // Unlinked meanwhile, here or elsewhere: deleted by whichever
+            // host closes it last.
             let garbage = self.retrying(|m| {
-                m.hold(file.ino, false)?;
                 let orphan = m.inode(file.ino)?.is_some_and(|i| i.nlink == 0);
-                if orphan && may_purge && !m.held(file.ino)? {
+                if orphan && !m.held(file.ino)? {
                     return purge(m, file.ino).map(Some);
                 }
                 Ok(None)

@@ -6,7 +6,7 @@ use super::trail::subject;
 use super::{Caller, Core, FsError, FsResult, PATH_MAX, access, check_name, now_ns};
 use crate::audit::{Event, Record};
 use crate::codec::ObjectId;
-use crate::meta::{FileKind, Inode, MetadataStore, ROOT_INO};
+use crate::meta::{FileKind, Found, Inode, MetadataStore, ROOT_INO};
 
 /// What `make_node` creates.
 struct NewNode<'a> {
@@ -14,6 +14,9 @@ struct NewNode<'a> {
     mode: u32,
     rdev: u32,
     symlink: Option<&'a [u8]>,
+    /// Made to be opened at once (create(2)): on a shared volume, held
+    /// open by this host from the transaction that makes it.
+    opened: bool,
 }
 
 impl Core {
@@ -34,15 +37,17 @@ impl Core {
             mode,
             rdev,
             symlink,
+            opened,
         } = node;
         check_name(name)?;
         self.transact(|m| {
-            let dir = m.inode(parent)?.ok_or(FsError::ENOENT)?;
+            let looked = m.lookup_in(parent, name)?.ok_or(FsError::ENOENT)?;
+            let dir = looked.dir;
             if dir.kind != FileKind::Dir {
                 return Err(FsError::ENOTDIR);
             }
             self.check(&dir, caller, access::WRITE | access::EXEC)?;
-            if m.lookup(parent, name)?.is_some() {
+            if looked.found != Found::Nothing {
                 return Err(FsError::EEXIST);
             }
             let now = now_ns();
@@ -70,7 +75,11 @@ impl Core {
                 m.set_symlink_target(inode.ino, target)?;
             }
             m.insert_entry(parent, name, inode.ino)?;
-            touch_dir(m, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            touch(m, dir, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            if opened {
+                // Held from its first moment, in the same transaction.
+                m.hold(inode.ino)?;
+            }
             Ok(inode)
         })
     }
@@ -85,6 +94,7 @@ impl Core {
                 mode,
                 rdev: 0,
                 symlink: None,
+                opened: false,
             },
             Event::Mkdir,
         )
@@ -108,6 +118,7 @@ impl Core {
                 mode,
                 rdev,
                 symlink: None,
+                opened: false,
             },
             Event::Mknod,
         )
@@ -126,6 +137,7 @@ impl Core {
                 mode: 0o777,
                 rdev: 0,
                 symlink: Some(target),
+                opened: false,
             },
             Event::Symlink,
         )
@@ -138,15 +150,19 @@ impl Core {
             mode,
             rdev: 0,
             symlink: None,
+            opened: self.options.shared_metadata,
         };
         let path = if self.audit.is_some() {
             self.entry_path(parent, name)
         } else {
             Vec::new()
         };
-        let created = self
-            .make_node_unrecorded(caller, parent, name, node)
-            .and_then(|inode| Ok((inode, self.open_handle_at(inode.ino, flags, caller, path.clone())?)));
+        let created = self.make_node_unrecorded(caller, parent, name, node).and_then(|inode| {
+            Ok((
+                inode,
+                self.open_handle_at(inode.ino, flags, caller, path.clone(), self.options.shared_metadata)?,
+            ))
+        });
         let recorded = self.audit(&created, |errno| {
             Record::new(Event::Create, subject(caller), errno)
                 .path(&path)
@@ -426,7 +442,12 @@ impl Core {
 /// Updates a directory's times after a change of its entries, and its link
 /// count when a subdirectory came or went.
 pub(super) fn touch_dir(m: &mut dyn MetadataStore, ino: u64, now: i64, nlink_delta: i32) -> FsResult<()> {
-    let mut dir = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+    let dir = m.inode(ino)?.ok_or(FsError::ENOENT)?;
+    touch(m, dir, now, nlink_delta)
+}
+
+/// `touch_dir` of a directory the transaction has read.
+fn touch(m: &mut dyn MetadataStore, mut dir: Inode, now: i64, nlink_delta: i32) -> FsResult<()> {
     dir.mtime = now;
     dir.ctime = now;
     dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);

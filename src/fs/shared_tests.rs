@@ -162,3 +162,16 @@ async fn postgres_hosts_writing_files_in_one_directory_at_once_all_close_them() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_audit_paths_follow_a_directory_another_host_moved() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    let dir = a.mkdir(&root(), ROOT_INO, b"ward", 0o755).unwrap();
+    let (file, fh) = a.create(&root(), dir.ino, b"chart", 0o644, libc::O_WRONLY).unwrap();
+    a.release(fh, file.ino).await.unwrap();
+    assert_eq!(a.path_of(file.ino), b"/ward/chart");
+    b.rename(&root(), ROOT_INO, b"ward", ROOT_INO, b"archive", 0).unwrap();
+    assert_eq!(a.path_of(file.ino), b"/archive/chart");
+}

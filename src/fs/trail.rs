@@ -69,8 +69,11 @@ impl Core {
 
     /// Walks up from `ino` to the root or to a directory whose path is
     /// cached, then caches the directories it passed (all but `ino`
-    /// itself, unless `ino_is_dir`).
+    /// itself, unless `ino_is_dir`). Not on a shared volume: another host
+    /// may move a directory without this one knowing, and an audit record
+    /// must name the path the file had when it was opened.
     fn path_walk(&self, ino: u64, ino_is_dir: bool) -> Vec<u8> {
+        let cached = !self.options.shared_metadata;
         let mut cache = self.dir_paths.lock().unwrap_or_else(|e| e.into_inner());
         let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut at = ino;
@@ -78,7 +81,7 @@ impl Core {
         {
             let meta = self.meta();
             while at != ROOT_INO {
-                if let Some(known) = cache.get(&at) {
+                if let Some(known) = cache.get(&at).filter(|_| cached) {
                     base = known.to_vec();
                     break;
                 }
@@ -95,7 +98,7 @@ impl Core {
         for (i, (dir, name)) in chain.iter().enumerate().rev() {
             path.push(b'/');
             path.extend_from_slice(name);
-            if i > 0 || ino_is_dir {
+            if cached && (i > 0 || ino_is_dir) {
                 cache.put(*dir, Arc::from(path.as_slice()));
             }
         }

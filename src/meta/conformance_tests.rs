@@ -104,7 +104,9 @@ fn export_import_reproduces_the_state(make: Make<'_>) {
     assert_eq!(copy.symlink_target(ino).unwrap(), Some(b"target".to_vec()));
     assert_eq!(copy.xattr(1, b"user.a").unwrap(), Some(b"value".to_vec()));
     assert_eq!(copy.inode(ino).unwrap().unwrap().allocated, 7);
-    assert_eq!(copy.allocate_ino().unwrap(), ino + 1);
+    // Past every number in use (a shared store hands them out in blocks,
+    // so maybe not right after).
+    assert!(copy.allocate_ino().unwrap() > ino);
 }
 
 fn replacing_a_chunk_returns_the_old_one(make: Make<'_>) {

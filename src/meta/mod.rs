@@ -243,12 +243,18 @@ pub trait MetadataStore: Send {
     /// Inodes with no link left (unlinked while open, then a crash).
     fn orphans(&self) -> Result<Vec<u64>>;
 
-    /// Counts one open of `ino` more (`open`) or one fewer on this host,
-    /// so that no other host deletes the file under it after an unlink;
-    /// false when the inode is gone. Only a shared database keeps them:
-    /// on a single host the open files are in memory.
-    fn hold(&mut self, _ino: u64, _open: bool) -> Result<bool> {
+    /// Counts one open of `ino` more on this host, so that no other host
+    /// deletes the file under it after an unlink; false when the inode is
+    /// gone. Only a shared database keeps them: on a single host the open
+    /// files are in memory.
+    fn hold(&mut self, _ino: u64) -> Result<bool> {
         Ok(true)
+    }
+    /// Counts one open of `ino` fewer on this host; returns whether the
+    /// inode is left without links (an orphan the caller may delete once
+    /// no host holds it).
+    fn release(&mut self, _ino: u64) -> Result<bool> {
+        Ok(false)
     }
     /// Whether any host holds `ino` open.
     fn held(&self, _ino: u64) -> Result<bool> {

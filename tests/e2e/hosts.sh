@@ -139,6 +139,29 @@ storm() {
 check "create/rename/unlink storms from three hosts end as the model says" storm
 
 # ---------------------------------------------------------------------------
+# Two hosts moving two directories into each other at once: exactly one
+# move wins, never a cycle that would cut both off the tree.
+
+cross_renames() {
+    local i
+    mkdir "$A/cross"
+    for i in $(seq 20); do
+        mkdir "$A/cross/x$i" "$A/cross/y$i"
+        mv "$A/cross/x$i" "$A/cross/y$i/" 2>/dev/null &
+        mv "$B/cross/y$i" "$B/cross/x$i/" 2>/dev/null &
+        wait
+        if [[ -d $C/cross/y$i/x$i && ! -e $C/cross/x$i ]] || [[ -d $C/cross/x$i/y$i && ! -e $C/cross/y$i ]]; then
+            continue
+        fi
+        echo "round $i left:"
+        (cd "$C/cross" && find . | grep -E "[xy]$i(/|\$)")
+        return 1
+    done
+    test "$(stat -c %h "$C/cross")" = 22
+}
+check "two hosts moving two directories into each other: one wins, no cycle" cross_renames
+
+# ---------------------------------------------------------------------------
 # An unlinked file stays readable on the host that has it open.
 
 open_here_unlinked_there() {

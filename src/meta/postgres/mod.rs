@@ -92,6 +92,9 @@ pub struct PgStore {
     pending: Pending,
     /// This host's committed share of the volume's usage (its row).
     host_usage: Usage,
+    /// Inode numbers taken from the sequence and not used yet, next last:
+    /// one round trip per 64 creates.
+    inos: Vec<u64>,
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
@@ -352,6 +355,7 @@ impl PgStore {
             began: AtomicBool::new(false),
             pending: Pending::default(),
             host_usage: Usage::default(),
+            inos: Vec::new(),
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
         if let Some(row) = host_row {
@@ -697,10 +701,19 @@ impl MetadataStore for PgStore {
     }
 
     fn allocate_ino(&mut self) -> Result<u64> {
-        Ok(self.query_one("SELECT nextval('ino_seq')", &[])?.get::<_, i64>(0) as u64)
+        if self.inos.is_empty() {
+            // A number a rolled-back transaction took is lost: a gap, as
+            // with the sequence itself.
+            let rows = self.query("SELECT nextval('ino_seq') FROM generate_series(1, 64)", &[])?;
+            self.inos = rows.iter().rev().map(|r| r.get::<_, i64>(0) as u64).collect();
+        }
+        self.inos
+            .pop()
+            .ok_or_else(|| corrupt("the inode number sequence returned nothing".into()))
     }
 
     fn set_next_ino(&mut self, next: u64) -> Result<()> {
+        self.inos.clear();
         self.query_one("SELECT setval('ino_seq', $1, false)", &[&int(next.max(2))])?;
         Ok(())
     }
@@ -710,24 +723,26 @@ impl MetadataStore for PgStore {
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
-    fn hold(&mut self, ino: u64, open: bool) -> Result<bool> {
-        let host = self.host.as_slice();
-        if open {
-            let n = self.execute(
-                "INSERT INTO opened (ino, host, opens) SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inode WHERE ino = $1)
-                 ON CONFLICT (ino, host) DO UPDATE SET opens = opened.opens + 1",
-                &[&int(ino), &host],
-            )?;
-            return Ok(n > 0);
-        }
-        // One statement sees one snapshot: of the two, exactly one
-        // matches the row.
-        self.execute(
-            "WITH gone AS (DELETE FROM opened WHERE ino = $1 AND host = $2 AND opens <= 1)
-             UPDATE opened SET opens = opens - 1 WHERE ino = $1 AND host = $2 AND opens > 1",
-            &[&int(ino), &host],
+    fn hold(&mut self, ino: u64) -> Result<bool> {
+        let n = self.execute(
+            "INSERT INTO opened (ino, host, opens) SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inode WHERE ino = $1)
+             ON CONFLICT (ino, host) DO UPDATE SET opens = opened.opens + 1",
+            &[&int(ino), &self.host.as_slice()],
         )?;
-        Ok(true)
+        Ok(n > 0)
+    }
+
+    fn release(&mut self, ino: u64) -> Result<bool> {
+        // One statement, one snapshot: of the first two, exactly one
+        // matches the row; and an unlink on another host either sees the
+        // hold or is seen here (serializable).
+        let row = self.query_opt(
+            "WITH gone AS (DELETE FROM opened WHERE ino = $1 AND host = $2 AND opens <= 1),
+             fewer AS (UPDATE opened SET opens = opens - 1 WHERE ino = $1 AND host = $2 AND opens > 1)
+             SELECT orphan FROM inode WHERE ino = $1",
+            &[&int(ino), &self.host.as_slice()],
+        )?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
     }
 
     fn held(&self, ino: u64) -> Result<bool> {
