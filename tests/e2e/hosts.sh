@@ -147,8 +147,10 @@ cross_renames() {
     mkdir "$A/cross"
     for i in $(seq 20); do
         mkdir "$A/cross/x$i" "$A/cross/y$i"
-        mv "$A/cross/x$i" "$A/cross/y$i/" 2>/dev/null &
-        mv "$B/cross/y$i" "$B/cross/x$i/" 2>/dev/null &
+        # -T: rename(2) exactly this path (no "into a directory", which
+        # would rename the loser's source to the winner's old name).
+        mv -T "$A/cross/x$i" "$A/cross/y$i/x$i" 2>/dev/null &
+        mv -T "$B/cross/y$i" "$B/cross/x$i/y$i" 2>/dev/null &
         wait
         if [[ -d $C/cross/y$i/x$i && ! -e $C/cross/x$i ]] || [[ -d $C/cross/x$i/y$i && ! -e $C/cross/y$i ]]; then
             continue
