@@ -5,8 +5,13 @@
 //! child); the parent waits on a pipe for the child's verdict.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+/// Starts a line of progress on the pipe (the verdict's first line is a
+/// number).
+const PROGRESS: &str = "~ ";
 
 pub enum Role {
     /// The original process: exit with this code.
@@ -17,7 +22,7 @@ pub enum Role {
 
 /// The daemon's end of the pipe to the waiting parent (or nothing, in
 /// the foreground).
-pub struct Readiness(Option<File>);
+pub struct Readiness(Option<Arc<File>>);
 
 impl Readiness {
     pub fn foreground() -> Readiness {
@@ -30,12 +35,28 @@ impl Readiness {
         if result.is_ok() {
             notify_systemd("READY=1");
         }
-        let Some(mut pipe) = self.0.take() else { return };
+        let Some(pipe) = self.0.take() else { return };
         let message = match result {
             Ok(()) => "0\n".to_string(),
             Err((code, message)) => format!("{code}\n{message}"),
         };
-        let _ = pipe.write_all(message.as_bytes());
+        let _ = (&*pipe).write_all(message.as_bytes());
+    }
+
+    /// Something to say while the mount is not ready yet: the waiting
+    /// parent prints it on its terminal (in the foreground, printed here,
+    /// on a terminal only). Whatever holds this must be gone before
+    /// `report`, or the parent waits for it.
+    pub fn progress(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let pipe = self.0.clone();
+        let terminal = std::io::stderr().is_terminal();
+        move |line: &str| match &pipe {
+            Some(pipe) => {
+                let _ = (&**pipe).write_all(format!("{PROGRESS}{}\n", line.replace('\n', " ")).as_bytes());
+            }
+            None if terminal => eprintln!("s3vault: {line}"),
+            None => {}
+        }
     }
 
     pub fn is_background(&self) -> bool {
@@ -61,14 +82,27 @@ pub fn fork() -> std::io::Result<Role> {
             // SAFETY: setsid has no memory-safety preconditions; detaches
             // the daemon from the terminal's session.
             unsafe { libc::setsid() };
-            Ok(Role::Daemon(Readiness(Some(File::from(write)))))
+            Ok(Role::Daemon(Readiness(Some(Arc::new(File::from(write))))))
         }
         _child => {
             drop(write);
-            let mut answer = String::new();
-            let _ = File::from(read).read_to_string(&mut answer);
-            let (code, message) = answer.split_once('\n').unwrap_or(("", ""));
-            Ok(Role::Parent(match code.parse::<i32>() {
+            let terminal = std::io::stderr().is_terminal();
+            let mut pipe = BufReader::new(File::from(read));
+            let mut code = String::new();
+            loop {
+                code.clear();
+                if pipe.read_line(&mut code).unwrap_or(0) == 0 {
+                    break;
+                }
+                match code.strip_prefix(PROGRESS) {
+                    Some(line) if terminal => eprintln!("s3vault: {}", line.trim_end()),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            let mut message = String::new();
+            let _ = pipe.read_to_string(&mut message);
+            Ok(Role::Parent(match code.trim_end().parse::<i32>() {
                 Ok(0) => 0,
                 Ok(code) => {
                     eprintln!("s3vault: {message}");

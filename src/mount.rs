@@ -87,8 +87,13 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
             return 2;
         }
     }
+    // Until the mount is ready, an unreachable store is not silence: each
+    // failed attempt is a line on the terminal that waits.
+    crate::store::s3::report_failed_attempts(Some(Box::new(ready.progress())));
+    let prepared = runtime.block_on(prepare(&config, unlock));
+    crate::store::s3::report_failed_attempts(None);
     // `_cache_lock` is held until the daemon exits.
-    let (core, mountpoint, cache_dir, _cache_lock, lease) = match runtime.block_on(prepare(&config, unlock)) {
+    let (core, mountpoint, cache_dir, _cache_lock, lease) = match prepared {
         Ok(prepared) => prepared,
         Err((code, message)) => {
             if !ready.is_background() {

@@ -8,10 +8,12 @@
 use super::{ObjectInfo, ObjectStore, ObjectVersion, StoreError};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockEnabled, ObjectLockMode, ObjectLockRetentionMode};
 use bytes::Bytes;
@@ -84,6 +86,66 @@ pub(crate) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     out.replace('\n', " ")
 }
 
+/// Who hears of each failed attempt while the SDK retries (`mount` on a
+/// terminal, before it detaches): otherwise an unreachable endpoint is
+/// silence until the last attempt fails, up to a minute later.
+type AttemptReporter = Box<dyn Fn(&str) + Send + Sync>;
+static ATTEMPT_REPORTER: std::sync::Mutex<Option<AttemptReporter>> = std::sync::Mutex::new(None);
+/// Attempts the SDK makes at a request before it gives up.
+const MAX_ATTEMPTS: u32 = 6;
+/// Attempts that failed since the last one that got an answer.
+static FAILED_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Sets (or with `None` removes) the reporter of failed attempts; it gets
+/// one line per failed attempt ("waiting for STORE: retrying (N), last
+/// error: WHY").
+pub fn report_failed_attempts(reporter: Option<AttemptReporter>) {
+    *ATTEMPT_REPORTER.lock().unwrap_or_else(|e| e.into_inner()) = reporter;
+}
+
+/// Counts attempts that got no answer (a refused connection, a timeout)
+/// and tells the reporter, naming the store.
+#[derive(Debug)]
+struct AttemptWatch {
+    place: String,
+}
+
+impl Intercept for AttemptWatch {
+    fn name(&self) -> &'static str {
+        "AttemptWatch"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        use std::sync::atomic::Ordering;
+        // A response, even an error one, means the store is reachable.
+        if context.response().is_some() {
+            FAILED_ATTEMPTS.store(0, Ordering::Relaxed);
+            return Ok(());
+        }
+        let Some(Err(e)) = context.output_or_error() else {
+            return Ok(());
+        };
+        let n = FAILED_ATTEMPTS.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(MAX_ATTEMPTS) {
+            // The request's last attempt: its error comes next, no retry.
+            return Ok(());
+        }
+        if let Some(report) = ATTEMPT_REPORTER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            report(&format!(
+                "waiting for {}: retrying ({n}), last error: {}",
+                self.place,
+                one_line(e)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The AWS SDK configuration from the default chain (environment, profile,
 /// EC2 instance role through IMDSv2), with us-east-1 when no region is set.
 pub(crate) async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
@@ -124,7 +186,7 @@ impl S3Store {
         let sdk = load_sdk_config(opts.region.as_deref()).await;
         let mut config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.path_style)
-            .retry_config(RetryConfig::standard().with_max_attempts(6))
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
@@ -144,6 +206,7 @@ impl S3Store {
             Some(endpoint) => format!("{url} at {endpoint}"),
             None => url.to_string(),
         };
+        config = config.interceptor(AttemptWatch { place: place.clone() });
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: bucket.to_string(),

@@ -799,6 +799,21 @@ PORT=$(free_port)
 MOUNT_TIMEOUT=120 check "mount with an unreachable loopback endpoint: exit 1, unreachable, store and endpoint named" \
     without_endpoint sv_mount_refused 1 "unreachable: ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: " \
     "$S3_ELSEWHERE" "$MNT_X" "$WORK/cache-x" --key-file "$KEY2" --endpoint "http://127.0.0.1:$PORT" --path-style
+# On a terminal the wait is not silence: a line per failed attempt, naming
+# the store, the endpoint and why (script(1) gives the mount a terminal).
+says_retrying_on_a_terminal() {
+    local out
+    out=$(timeout 120 script -qec "$(printf '%q ' "$S3VAULT" mount "$S3_ELSEWHERE" "$MNT_X" --cache-dir "$WORK/cache-x" \
+        --key-file "$KEY2" --endpoint "http://127.0.0.1:$PORT" --path-style)" /dev/null) || true
+    echo "$out"
+    grep -q "waiting for ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: retrying (1), last error: .*Connection refused" <<<"$out"
+    grep -q "retrying (5)" <<<"$out"
+    # The last attempt's failure is the mount's error, not a retry.
+    if grep -q "retrying (6)" <<<"$out"; then return 1; fi
+    grep -q "unreachable: ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: " <<<"$out"
+    if mountpoint -q "$MNT_X"; then return 1; fi
+}
+check "mount on a terminal, unreachable endpoint: a retrying line per attempt" says_retrying_on_a_terminal
 check "fsck with an unreachable loopback endpoint: exit 8 (could not check), store and endpoint named" \
     expect_exit 8 "unreachable: ${S3_ELSEWHERE%/} at http://127.0.0.1:$PORT: " timeout 120 "$S3VAULT" fsck "$S3_ELSEWHERE" --key-file "$KEY2" \
     --endpoint "http://127.0.0.1:$PORT" --path-style
