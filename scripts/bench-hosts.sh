@@ -56,7 +56,9 @@ chown postgres: "$WORK/pg"
 PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
 as_postgres "$PG_BIN/initdb" -D "$WORK/pg/data" -U bench -A trust --no-sync >"$WORK/initdb.log" 2>&1
-as_postgres "$PG_BIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" \
+# Not through the function: `&` would put a subshell between us and the
+# server, and the pid we stop at the end must be the server's.
+setpriv --reuid=postgres --regid=postgres --init-groups -- "$PG_BIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" \
     -c listen_addresses=127.0.0.1 >"$WORK/postgres.log" 2>&1 &
 PG_PID=$!
 for _ in $(seq 100); do
