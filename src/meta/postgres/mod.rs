@@ -719,8 +719,19 @@ impl MetadataStore for PgStore {
     }
 
     fn orphans(&self) -> Result<Vec<u64>> {
-        let rows = self.query("SELECT ino FROM inode WHERE orphan ORDER BY ino", &[])?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+        // The clear flag only finds them: what is deleted must be an
+        // orphan by its sealed record too, or a DBA's flag would delete a
+        // linked file.
+        let rows = self.query("SELECT ino, attrs FROM inode WHERE orphan ORDER BY ino", &[])?;
+        rows.iter()
+            .map(|row| {
+                let ino = row.get::<_, i64>(0) as u64;
+                if self.open_inode(ino, row.get(1))?.nlink != 0 {
+                    return Err(corrupt(format!("inode {ino} is marked unlinked but has links")));
+                }
+                Ok(ino)
+            })
+            .collect()
     }
 
     fn hold(&mut self, ino: u64) -> Result<bool> {

@@ -30,6 +30,13 @@ fn sql(conn: &Connection, statement: &str) {
     wait(conn.client.batch_execute(statement)).unwrap();
 }
 
+/// Two hosts' stores on one new volume.
+fn two_hosts() -> (PgStore, PgStore) {
+    let ring = ring();
+    let a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    (a, PgStore::open(&target(), &ring, [2; 16]).unwrap())
+}
+
 fn file(ino: u64) -> Inode {
     Inode {
         ino,
@@ -226,10 +233,20 @@ fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
 
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
-fn postgres_crossing_transactions_of_two_hosts_are_conflicts() {
+fn postgres_a_linked_inode_flagged_as_orphan_is_refused_not_deleted() {
     let ring = ring();
-    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
-    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    db.put_inode(&file(2)).unwrap();
+    db.put_inode(&Inode { nlink: 0, ..file(3) }).unwrap();
+    assert_eq!(db.orphans().unwrap(), vec![3]);
+    sql(&admin(&ring), "UPDATE inode SET orphan = true WHERE ino = 2");
+    assert!(matches!(db.orphans(), Err(MetaError::Corrupt(_))));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_crossing_transactions_of_two_hosts_are_conflicts() {
+    let (mut a, mut b) = two_hosts();
     a.put_inode(&Inode::root(0, 0, 0)).unwrap();
     a.put_inode(&file(2)).unwrap();
     a.put_inode(&file(3)).unwrap();
@@ -260,9 +277,7 @@ fn postgres_crossing_transactions_of_two_hosts_are_conflicts() {
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_holds_are_counted_per_host_and_dropped_with_the_host() {
-    let ring = ring();
-    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
-    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    let (mut a, mut b) = two_hosts();
     a.put_inode(&file(2)).unwrap();
     assert!(!b.held(2).unwrap());
     assert!(a.hold(2).unwrap());
@@ -284,9 +299,7 @@ fn postgres_holds_are_counted_per_host_and_dropped_with_the_host() {
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_garbage_is_claimed_only_once_cut_and_unreferenced() {
-    let ring = ring();
-    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
-    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    let (mut a, mut b) = two_hosts();
     a.put_inode(&file(2)).unwrap();
     let pack = [7; 16];
     let chunk = ChunkRef {
@@ -318,9 +331,7 @@ fn postgres_garbage_is_claimed_only_once_cut_and_unreferenced() {
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_a_statement_that_lost_to_another_host_runs_again() {
-    let ring = ring();
-    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
-    let mut b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    let (mut a, mut b) = two_hosts();
     let pack = [9; 16];
     a.add_garbage(&pack).unwrap();
     a.begin().unwrap();
