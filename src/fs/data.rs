@@ -367,10 +367,10 @@ impl Core {
         // once this close returned reads the chunks it maps, so they must
         // be in the store, not only in this host's cache.
         if file.not_uploaded.swap(false, Ordering::SeqCst)
-            && let Err(e) = self.journal.sync(false, async { Ok::<(), FsError>(()) }).await
+            && let Err(e) = self.journal.upload_data().await
         {
             file.not_uploaded.store(true, Ordering::SeqCst);
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }

@@ -300,16 +300,7 @@ impl Writer {
             return Ok(());
         }
         let mut unsynced = Unsynced(&self.changed, true);
-        let pending = {
-            let mut packer = self.cache.packer().await;
-            let mut meta = self.meta();
-            if !packer.is_empty() {
-                packer.cut_with(meta.as_mut()).map_err(cut_error)?;
-            }
-            Pinned(&self.cache, self.cache.pin_pending())
-        };
-        self.cache.wait_uploaded(&pending.1).await;
-        drop(pending);
+        self.upload_data().await?;
         unsynced.1 = false;
         let garbage = self.meta().garbage()?;
         if garbage.is_empty() {
@@ -319,6 +310,22 @@ impl Writer {
             self.checkpoints().garbage_waiting = true;
             self.delete_unreferenced(garbage, !last).await;
         }
+        Ok(())
+    }
+
+    /// Cuts the open pack and waits until every pack queued so far is in
+    /// the store: what a close on a volume several hosts share waits for
+    /// (close-to-open), and the first half of its sync.
+    pub async fn upload_data(&self) -> Result<(), SyncError> {
+        let pending = {
+            let mut packer = self.cache.packer().await;
+            let mut meta = self.meta();
+            if !packer.is_empty() {
+                packer.cut_with(meta.as_mut()).map_err(cut_error)?;
+            }
+            Pinned(&self.cache, self.cache.pin_pending())
+        };
+        self.cache.wait_uploaded(&pending.1).await;
         Ok(())
     }
 
