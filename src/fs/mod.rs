@@ -256,26 +256,25 @@ impl Core {
     /// transaction, a bounded number of times.
     fn with_retries<T>(&self, mut attempt: impl FnMut() -> FsResult<T>) -> FsResult<T> {
         let mut backoff = CONFLICT_BACKOFF;
-        for _ in 0..CONFLICT_RETRIES {
+        let mut retries = 0;
+        loop {
             match attempt() {
-                Err(FsError::CONFLICT) => {
+                Err(FsError::CONFLICT) if retries < CONFLICT_RETRIES => {
+                    retries += 1;
                     // Jittered, so two hosts that collided do not collide
                     // again in step.
                     std::thread::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5));
                     backoff = (backoff * 2).min(CONFLICT_BACKOFF_MAX);
                 }
+                Err(FsError::CONFLICT) => {
+                    tracing::warn!(
+                        attempts = CONFLICT_RETRIES + 1,
+                        "a metadata transaction kept conflicting with other hosts'; failing it with EIO"
+                    );
+                    return Err(FsError::EIO);
+                }
                 done => return done,
             }
-        }
-        match attempt() {
-            Err(FsError::CONFLICT) => {
-                tracing::warn!(
-                    attempts = CONFLICT_RETRIES + 1,
-                    "a metadata transaction kept conflicting with other hosts'; failing it with EIO"
-                );
-                Err(FsError::EIO)
-            }
-            done => done,
         }
     }
 
