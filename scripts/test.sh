@@ -30,11 +30,12 @@ TOOLS=${S3VAULT_TOOLS:-$HOME/.cache/s3vault-tools}
 S3S_FS_VERSION=0.14.1
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
+CARGO_DEB_VERSION=3.8.0
 BUCKET=s3vault-test
 # Every cargo run takes this lock: two concurrent builds on a 2-core machine
 # (a developer's and this script's) would starve each other.
 CARGO_LOCK=/tmp/s3vault-cargo.lock
-SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper shared hosts}
+SUITES=${E2E_SUITES-basic confidentiality integrity pjdfstest fsx posix cache admin audit review recovery crash tamper shared hosts package}
 # pg: a directory store with the metadata in PostgreSQL (init --metadata).
 BACKENDS=${E2E_BACKENDS-file s3s moto pg}
 
@@ -84,6 +85,15 @@ ensure_system_tools() {
     if [[ " $SUITES " == *" review "* ]]; then
         command -v chromium >/dev/null || missing+=(chromium)
         command -v faketime >/dev/null || missing+=(faketime)
+    fi
+    # The package suite: cargo-deb strips with binutils and finds the
+    # library dependencies with dpkg-dev; the installed pages and unit are
+    # checked with man and systemd-analyze.
+    if [[ " $SUITES " == *" package "* ]]; then
+        command -v strip >/dev/null || missing+=(binutils)
+        command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+        command -v man >/dev/null || missing+=(man-db)
+        command -v systemd-analyze >/dev/null || missing+=(systemd)
     fi
     if ((${#missing[@]})); then
         log "apt-get install ${missing[*]}"
@@ -354,6 +364,10 @@ main() {
     export PJDFSTEST=$TOOLS/bin/pjdfstest
     ensure_crate fsx "$FSX_VERSION" fsx
     export FSX=$TOOLS/bin/fsx
+    if [[ " $SUITES " == *" package "* ]]; then
+        ensure_crate cargo-deb "$CARGO_DEB_VERSION" cargo-deb
+        export CARGO_DEB=$TOOLS/bin/cargo-deb
+    fi
 
     RUN=$(mktemp -d /tmp/s3vault-test.XXXXXX)
 
@@ -409,6 +423,9 @@ main() {
                 # the metadata lives.
                 shared:pg | hosts:pg | basic:pg | pjdfstest:pg | fsx:pg | confidentiality:pg) ;;
                 *:pg | shared:* | hosts:*) continue ;;
+                # The Debian package installed and used through fstab and
+                # the systemd unit: the store makes no difference.
+                package:s3s | package:moto) continue ;;
             esac
             run_suite "$suite" "$backend"
         done
