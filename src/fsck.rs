@@ -15,6 +15,11 @@
 //! listed and read before snapshots (FORMAT.md, "Named snapshots"), and an
 //! object younger than `min_age` is never deleted, because a writer uploads
 //! a pack shortly before the state that references it.
+//!
+//! A volume whose metadata is in PostgreSQL has its live state read from
+//! the database, at one moment, before anything is listed: a pack a host
+//! references after that moment is younger than `min_age` (hosts commit a
+//! pack's chunks before they upload it; compaction uploads just before).
 
 use crate::cache::data_key;
 use crate::codec::{self, ChunkAddress, ObjectId};
@@ -32,6 +37,14 @@ use tokio::task::JoinSet;
 
 /// Packs fetched and opened at once when verifying contents.
 const PARALLEL: usize = 4;
+
+/// Where the live state comes from.
+pub enum Live {
+    /// The store: the newest checkpoint and the journal segments after it.
+    Journal,
+    /// The volume's metadata database, read at one moment before the call.
+    Database(Vec<Record>),
+}
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -258,6 +271,7 @@ pub async fn run(
     store: Arc<dyn ObjectStore>,
     ring: Arc<Keyring>,
     chunk_size: u32,
+    live: Live,
     options: &Options,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, FsckError> {
@@ -268,36 +282,46 @@ pub async fn run(
     let mut unreadable = None;
     let mut live_checkpoint = None;
     // States first, then snapshots: see the module comment.
-    match live_state(store.as_ref(), &ring).await {
-        Ok(Some(live)) => {
-            live_checkpoint = Some(live.checkpoint);
-            checked.push(check_tree(
-                "the live state".into(),
-                live.records,
-                chunk_size,
-                &mut report.problems,
-            ));
-        }
-        // `init` stores the first checkpoint before the superblock: a volume
-        // without one has lost its metadata, and an empty state would make
-        // every pack look unreferenced.
-        Ok(None) => {
-            report.problems.push(Problem {
-                state: "the live state".into(),
-                what: "is missing: the store holds no checkpoint (meta/<generation>.snap)".into(),
-            });
-            unreadable = Some("the live state is missing (no checkpoint in the store)".into());
-        }
-        Err(StateError::Store(e)) => return Err(e.into()),
-        Err(e) => {
-            report.problems.push(Problem {
-                state: "the live state".into(),
-                what: format!("does not load: {e}"),
-            });
-            unreadable = Some(format!("the live state does not load: {e}"));
-        }
+    let in_database = matches!(live, Live::Database(_));
+    let records = match live {
+        Live::Database(records) => Some(records),
+        Live::Journal => match live_state(store.as_ref(), &ring).await {
+            Ok(Some(live)) => {
+                live_checkpoint = Some(live.checkpoint);
+                Some(live.records)
+            }
+            // `init` stores the first checkpoint before the superblock: a
+            // volume without one has lost its metadata, and an empty state
+            // would make every pack look unreferenced.
+            Ok(None) => {
+                report.problems.push(Problem {
+                    state: "the live state".into(),
+                    what: "is missing: the store holds no checkpoint (meta/<generation>.snap)".into(),
+                });
+                unreadable = Some("the live state is missing (no checkpoint in the store)".into());
+                None
+            }
+            Err(StateError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                report.problems.push(Problem {
+                    state: "the live state".into(),
+                    what: format!("does not load: {e}"),
+                });
+                unreadable = Some(format!("the live state does not load: {e}"));
+                None
+            }
+        },
+    };
+    if let Some(records) = records {
+        checked.push(check_tree(
+            "the live state".into(),
+            records,
+            chunk_size,
+            &mut report.problems,
+        ));
     }
-    if let Some(why) = check_anchor(store.as_ref(), &ring, &mut report.problems).await? {
+    // Anchors witness the journal's positions; a database has none.
+    if !in_database && let Some(why) = check_anchor(store.as_ref(), &ring, &mut report.problems).await? {
         unreadable.get_or_insert(why);
     }
     // Checkpoints older than the live state's may still be read by a host

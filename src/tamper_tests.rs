@@ -39,6 +39,7 @@ async fn fsck_repair(tv: &crate::test_support::TestVolume) -> fsck::Report {
         tv.inner.clone(),
         tv.volume.ring.clone(),
         crate::test_support::BS,
+        fsck::Live::Journal,
         &options,
         &|_, _| {},
     )

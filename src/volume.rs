@@ -7,7 +7,7 @@ use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
 use crate::meta::postgres::HostId;
-use crate::meta::{Inode, MetadataStore, PgStore, ROOT_INO, SqliteStore};
+use crate::meta::{Inode, MetadataStore, PgStore, ROOT_INO, Record, SqliteStore};
 use crate::os::now_ns;
 use crate::store::{ObjectStore, S3Options, StoreError};
 use crate::superblock::{Argon2Params, SlotKind, Superblock, SuperblockError, Unlock};
@@ -83,7 +83,7 @@ pub enum VolumeError {
     Meta(#[from] crate::meta::MetaError),
     #[error(
         "this volume keeps its metadata in PostgreSQL, and `{0}` does not handle such volumes yet (mount, \
-         unmount, status and the audit commands do)"
+         unmount, status, fsck, gc and the audit commands do)"
     )]
     SharedMetadata(String),
     #[error(transparent)]
@@ -350,6 +350,20 @@ pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<(PgStore,
     })?;
     let meta = PgStore::open(&target, &volume.ring, host)?;
     Ok(Some((meta, target.describe())))
+}
+
+/// The live state of a volume whose metadata is in a shared database, as
+/// it was at one moment (for fsck and gc); `None` for an embedded volume.
+pub fn read_shared(volume: &Volume) -> Result<Option<Vec<Record>>, VolumeError> {
+    let Some(conninfo) = volume.superblock.metadata_location(&volume.ring)? else {
+        return Ok(None);
+    };
+    let target = crate::meta::postgres::Target::parse(&conninfo)?;
+    // A reader: the host id only names usage rows, which it never writes.
+    let mut meta = PgStore::open(&target, &volume.ring, INIT_HOST)?;
+    let mut records = Vec::new();
+    meta.export_consistent(&mut |record| records.push(record))?;
+    Ok(Some(records))
 }
 
 /// Refuses `command` on a volume whose metadata is in a shared database,

@@ -1,13 +1,11 @@
 //! `s3vault fsck` and `s3vault gc`: checking a volume in the store and
 //! deleting what nothing references.
 
-use super::{
-    Exit, VolumeArgs, block_on, init_command_logging, location, open_volume, read_unlock, runtime_err, volume_exit,
-};
+use super::{Exit, VolumeArgs, block_on, init_command_logging, location, read_unlock, runtime_err, volume_exit};
 use anyhow::anyhow;
 use clap::Args;
-use s3vault::fsck;
 use s3vault::units::{format_size, parse_duration};
+use s3vault::{fsck, volume};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -69,10 +67,21 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
         // fsck's codes follow e2fsck: what keeps it from checking at all
         // (an unreachable store, a volume it cannot read) is 8; a wrong
         // argument or key stays 2 as for every command.
-        let volume = open_volume(&location, url, &unlock, &s3, if gc { "gc" } else { "fsck" })
-            .await
+        let cannot_check = |Exit(code, e)| Exit(if code == 1 && !gc { 8 } else { code }, e);
+        let volume = async {
+            let store = location.open(&s3).await?;
+            volume::unlock(store, url, &unlock, &s3).await
+        }
+        .await
+        .map_err(volume_exit)
+        .map_err(cannot_check)?;
+        let live = match volume::read_shared(&volume)
             .map_err(volume_exit)
-            .map_err(|Exit(code, e)| Exit(if code == 1 && !gc { 8 } else { code }, e))?;
+            .map_err(cannot_check)?
+        {
+            Some(records) => fsck::Live::Database(records),
+            None => fsck::Live::Journal,
+        };
         let bar = indicatif::ProgressBar::hidden();
         if options.verify && std::io::stderr().is_terminal() {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -89,6 +98,7 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
             volume.store.clone(),
             volume.ring.clone(),
             volume.superblock.chunk_size,
+            live,
             options,
             &progress,
         )

@@ -175,3 +175,71 @@ async fn postgres_audit_paths_follow_a_directory_another_host_moved() {
     b.rename(&root(), ROOT_INO, b"ward", ROOT_INO, b"archive", 0).unwrap();
     assert_eq!(a.path_of(file.ino), b"/archive/chart");
 }
+
+/// fsck and gc of a volume whose metadata is in the database: the live
+/// state as the database has it at one moment.
+async fn fsck(volume: &Volume, repair: bool) -> crate::fsck::Report {
+    let mut reader = PgStore::open(&crate::meta::postgres::test_target(), &volume.ring, [0; 16]).unwrap();
+    let mut records = Vec::new();
+    reader.export_consistent(&mut |r| records.push(r)).unwrap();
+    let options = crate::fsck::Options {
+        verify: true,
+        repair,
+        min_age: std::time::Duration::ZERO,
+    };
+    let store: Arc<dyn ObjectStore> = volume.store.clone();
+    crate::fsck::run(
+        store,
+        volume.ring.clone(),
+        BS,
+        crate::fsck::Live::Database(records),
+        &options,
+        &|_, _| {},
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_gc_deletes_only_what_no_host_references() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    write_file(&a, b"from-a", &[1; 2 * BS as usize]).await;
+    write_file(&b, b"from-b", &[2; BS as usize + 10]).await;
+    // Open on a, unlinked on b: referenced by nothing but a's hold.
+    let held = write_file(&a, b"held", &[3; BS as usize]).await;
+    let fh = a.open(&root(), held, libc::O_RDONLY).await.unwrap();
+    b.unlink(&root(), ROOT_INO, b"held").unwrap();
+    // What a host that crashed after an upload leaves behind.
+    let leaked = crate::cache::data_key(&crate::codec::new_object_id());
+    volume
+        .store
+        .put(&leaked, bytes::Bytes::from(vec![0; 100]))
+        .await
+        .unwrap();
+
+    let report = fsck(&volume, true).await;
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.orphans, report.deleted), (1, 1), "{report:?}");
+    assert!(report.verified >= 4, "{report:?}");
+    assert!(!volume.store.list("data/").await.unwrap().contains(&leaked));
+    assert_eq!(read_file(&b, b"from-a").await.unwrap(), vec![1; 2 * BS as usize]);
+    assert_eq!(read_file(&a, b"from-b").await.unwrap(), vec![2; BS as usize + 10]);
+    assert_eq!(a.read(fh, held, 0, BS).await.unwrap(), vec![3; BS as usize]);
+    a.release(fh, held).await.unwrap();
+
+    // A pack gone from the store is named, and nothing is deleted.
+    let from_a = b.lookup(&root(), ROOT_INO, b"from-a").unwrap().ino;
+    let pack = a.meta().chunks(from_a, 0, 0).unwrap()[0].1.pack;
+    volume.store.delete(&crate::cache::data_key(&pack)).await.unwrap();
+    let report = fsck(&volume, false).await;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.state == "the live state" && p.what.contains("missing from the store")),
+        "{:?}",
+        report.problems
+    );
+}

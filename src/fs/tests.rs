@@ -979,9 +979,16 @@ async fn a_named_snapshot_keeps_its_blocks_until_it_is_deleted() {
         repair: true,
         min_age: std::time::Duration::ZERO,
     };
-    let report = crate::fsck::run(fx.store.clone(), fx.ring.clone(), BS, &options, &|_, _| {})
-        .await
-        .unwrap();
+    let report = crate::fsck::run(
+        fx.store.clone(),
+        fx.ring.clone(),
+        BS,
+        crate::fsck::Live::Journal,
+        &options,
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.snapshots, report.verified, report.deleted, report.exit_code()),
         (1, 2, 0, 0)
@@ -1034,7 +1041,11 @@ async fn fsck_verifies_a_pack_that_grew_after_it_was_listed() {
     };
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let ring = fx.ring.clone();
-    let check = tokio::spawn(async move { crate::fsck::run(store, ring, BS, &options, &|_, _| {}).await.unwrap() });
+    let check = tokio::spawn(async move {
+        crate::fsck::run(store, ring, BS, crate::fsck::Live::Journal, &options, &|_, _| {})
+            .await
+            .unwrap()
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut grown = fx.store.get(&key).await.unwrap().to_vec();
     grown.extend_from_slice(&[0u8; 1 << 20]);
@@ -1068,7 +1079,9 @@ async fn fsck_finds_missing_damaged_and_stray_objects_and_repairs_only_strays() 
                 repair,
                 min_age: std::time::Duration::from_secs(min_age),
             };
-            fsck::run(store, ring, BS, &options, &|_, _| {}).await.unwrap()
+            fsck::run(store, ring, BS, fsck::Live::Journal, &options, &|_, _| {})
+                .await
+                .unwrap()
         }
     };
     let clean = run(false, 0).await;

@@ -6,7 +6,9 @@
 # one winner; a storm of creates, renames and unlinks from all three ends
 # as a model of it says; a file open on one host survives its unlink on
 # another; fsx on one host while another reads; one host killed with -9
-# while the others go on. Runs on the "pg" backend only.
+# while the others go on; fsck while they are mounted, and gc (the live
+# state read from the database) leaves nothing unreferenced. Runs on the
+# "pg" backend only.
 #
 # Usage: E2E_METADATA=postgresql://USER@127.0.0.1:PORT/DB bash tests/e2e/hosts.sh
 # Functions here are mostly run indirectly, through `check`.
@@ -257,11 +259,47 @@ force_unmount "$B"
 check "host b mounts again from its cache directory" mount_host b
 check "...and sees what the others did meanwhile" test -e "$B/after-kill"
 
+# ---------------------------------------------------------------------------
+# fsck and gc read the live state from the database, at one moment.
+
+sv() { "$S3VAULT" "$@" --key-file "$KEY"; }
+
+fsck_while_mounted() {
+    local out
+    out=$(sv fsck "$URL")
+    echo "$out"
+    grep -q '^checked the live state' <<<"$out"
+    if grep -q PROBLEM <<<"$out"; then return 1; fi
+}
+check "fsck while three hosts are mounted: every block there and opens (exit 0)" fsck_while_mounted
+
 umount_step "umount host a" "$A"
 umount_step "umount host b" "$B"
 umount_step "umount host c" "$C"
+
+# What a host that crashed after an upload leaves: gc deletes it, and then
+# nothing in the store is unreferenced.
+gc_leaves_nothing_unreferenced() {
+    local stray out
+    stray="data/$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "not a block" >"$WORK/stray"
+    store_put "$WORK/stray" "$URL" "$stray"
+    out=$(sv gc "$URL" --min-age 0)
+    echo "$out"
+    grep -q '^deleted [1-9][0-9]* unreferenced objects' <<<"$out"
+    if store_ls "$URL" data | grep -qx "$stray"; then
+        echo "gc left $stray"
+        return 1
+    fi
+    out=$(sv fsck "$URL" --min-age 0)
+    echo "$out"
+    grep -q '^0 unreferenced objects' <<<"$out"
+    if grep -q PROBLEM <<<"$out"; then return 1; fi
+}
+check "gc --min-age 0 after all unmounted, then fsck: nothing unreferenced, no problem" gc_leaves_nothing_unreferenced
+
 require "mount host c alone" mount_host c
-check "everything is there after all three unmounted" bash -c \
+check "everything is there after all three unmounted and gc" bash -c \
     "cmp '$WORK/closed-20' '$C/closed-20' && test \"\$(cat '$C/blob')\" = 'rewritten on b' && test ! -e '$C/held'"
 umount_step "umount" "$C"
 

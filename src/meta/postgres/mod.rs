@@ -364,6 +364,32 @@ impl PgStore {
         Ok(store)
     }
 
+    /// `export` of the state at one moment, whatever other hosts commit
+    /// meanwhile: fsck and gc must not see a chunk moved from one pack to
+    /// another twice, or not at all.
+    pub fn export_consistent(&mut self, sink: &mut dyn FnMut(Record)) -> Result<()> {
+        let session = self.link.session()?;
+        self.link.timed(
+            session
+                .client()
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        )?;
+        self.transaction = Some(session);
+        self.began.store(true, Ordering::SeqCst);
+        let exported = self.export(sink);
+        match exported {
+            Ok(()) => {
+                let session = self.transaction.take().expect("the export's transaction");
+                self.began.store(false, Ordering::SeqCst);
+                self.link.timed(session.client().batch_execute("COMMIT"))
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     /// The session for a statement: outside a transaction the link may
     /// reconnect; inside one, a lost connection lost the transaction.
     fn session(&self) -> Result<Arc<Session>> {
