@@ -377,12 +377,11 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         // Where the bucket can retain objects (S3 Object Lock), audit
         // segments and the volume's anchors are retained.
         let retain_for = crate::audit::retention_for(store.as_ref(), config.audit.retain_for).await;
-        if config.snapshot.is_some() && volume.superblock.has_shared_metadata() {
-            return Err(volume_failure(volume::VolumeError::SharedMetadata(
-                "mount --snapshot".into(),
-            )));
-        }
-        let shared = volume::open_shared(&volume, &cache_dir).map_err(volume_failure)?;
+        // A snapshot is in the bucket, wherever the live metadata is.
+        let shared = match config.snapshot {
+            Some(_) => None,
+            None => volume::open_shared(&volume, &cache_dir).map_err(volume_failure)?,
+        };
         let metadata_place = shared
             .as_ref()
             .map_or_else(|| "bucket".to_string(), |(_, place)| place.clone());
@@ -419,7 +418,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             }
         };
         let (meta, unsynced, accepted, seen, anchor) = loaded;
-        let shared = volume.superblock.has_shared_metadata();
+        let shared = volume.superblock.has_shared_metadata() && config.snapshot.is_none();
         // A read-only mount of a shared volume reads the database itself.
         let follow = config
             .follow_interval

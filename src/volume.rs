@@ -83,7 +83,7 @@ pub enum VolumeError {
     Meta(#[from] crate::meta::MetaError),
     #[error(
         "this volume keeps its metadata in PostgreSQL, and `{0}` does not handle such volumes yet (mount, \
-         unmount, status, fsck, gc and the audit commands do)"
+         unmount, status, fsck, gc, snapshots, restore and the audit commands do)"
     )]
     SharedMetadata(String),
     #[error(transparent)]
@@ -352,15 +352,23 @@ pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<(PgStore,
     Ok(Some((meta, target.describe())))
 }
 
-/// The live state of a volume whose metadata is in a shared database, as
-/// it was at one moment (for fsck and gc); `None` for an embedded volume.
-pub fn read_shared(volume: &Volume) -> Result<Option<Vec<Record>>, VolumeError> {
+/// The shared metadata database of a volume that has one, for a command
+/// (fsck, gc, snapshots); `None` for an embedded volume.
+pub fn open_shared_for_command(volume: &Volume) -> Result<Option<PgStore>, VolumeError> {
     let Some(conninfo) = volume.superblock.metadata_location(&volume.ring)? else {
         return Ok(None);
     };
     let target = crate::meta::postgres::Target::parse(&conninfo)?;
-    // A reader: the host id only names usage rows, which it never writes.
-    let mut meta = PgStore::open(&target, &volume.ring, INIT_HOST)?;
+    // The host id only names usage rows, which a command never writes.
+    Ok(Some(PgStore::open(&target, &volume.ring, INIT_HOST)?))
+}
+
+/// The live state of a volume whose metadata is in a shared database, as
+/// it was at one moment (for fsck and gc); `None` for an embedded volume.
+pub fn read_shared(volume: &Volume) -> Result<Option<Vec<Record>>, VolumeError> {
+    let Some(mut meta) = open_shared_for_command(volume)? else {
+        return Ok(None);
+    };
     let mut records = Vec::new();
     meta.export_consistent(&mut |record| records.push(record))?;
     Ok(Some(records))

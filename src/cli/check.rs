@@ -1,7 +1,9 @@
 //! `s3vault fsck` and `s3vault gc`: checking a volume in the store and
 //! deleting what nothing references.
 
-use super::{Exit, VolumeArgs, block_on, init_command_logging, location, read_unlock, runtime_err, volume_exit};
+use super::{
+    Exit, VolumeArgs, block_on, init_command_logging, location, open_any_volume, read_unlock, runtime_err, volume_exit,
+};
 use anyhow::anyhow;
 use clap::Args;
 use s3vault::units::{format_size, parse_duration};
@@ -68,13 +70,10 @@ fn check(volume: &VolumeArgs, options: &fsck::Options, gc: bool) -> Result<(), E
         // (an unreachable store, a volume it cannot read) is 8; a wrong
         // argument or key stays 2 as for every command.
         let cannot_check = |Exit(code, e)| Exit(if code == 1 && !gc { 8 } else { code }, e);
-        let volume = async {
-            let store = location.open(&s3).await?;
-            volume::unlock(store, url, &unlock, &s3).await
-        }
-        .await
-        .map_err(volume_exit)
-        .map_err(cannot_check)?;
+        let volume = open_any_volume(&location, url, &unlock, &s3)
+            .await
+            .map_err(volume_exit)
+            .map_err(cannot_check)?;
         let live = match volume::read_shared(&volume)
             .map_err(volume_exit)
             .map_err(cannot_check)?

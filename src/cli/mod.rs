@@ -258,6 +258,18 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Exit> {
     Ok(rt.block_on(f))
 }
 
+/// Unlocks the volume at `url` for a one-shot command, wherever its
+/// metadata lives.
+async fn open_any_volume(
+    location: &Location,
+    url: &str,
+    unlock: &Unlock,
+    s3: &S3Options,
+) -> Result<volume::Volume, volume::VolumeError> {
+    let store = location.open(s3).await?;
+    volume::unlock(store, url, unlock, s3).await
+}
+
 /// Unlocks the volume at `url` for a one-shot command that reads its
 /// metadata from the bucket (`command`: refused on a volume whose metadata
 /// is in PostgreSQL).
@@ -268,8 +280,7 @@ async fn open_volume(
     s3: &S3Options,
     command: &str,
 ) -> Result<volume::Volume, volume::VolumeError> {
-    let store = location.open(s3).await?;
-    let volume = volume::unlock(store, url, unlock, s3).await?;
+    let volume = open_any_volume(location, url, unlock, s3).await?;
     volume::require_embedded(&volume, command)?;
     Ok(volume)
 }

@@ -4,8 +4,8 @@
 
 use super::audit::{one_shot_log, this_process};
 use super::{
-    Exit, KeyArgs, S3Args, block_on, init_command_logging, location, open_volume, read_unlock, runtime_err,
-    snapshot_exit, usage, volume_exit,
+    Exit, KeyArgs, S3Args, block_on, init_command_logging, location, open_any_volume, open_volume, read_unlock,
+    runtime_err, snapshot_exit, usage, volume_exit,
 };
 use anyhow::anyhow;
 use clap::Args;
@@ -51,7 +51,8 @@ pub fn run(args: RestoreArgs) -> Result<(), Exit> {
     let s3 = s3.options()?;
     let to = std::path::absolute(&to).map_err(usage)?;
     block_on(async {
-        let volume = open_volume(&location, &url, &unlock, &s3, "restore")
+        // A snapshot is in the bucket, wherever the live metadata is.
+        let volume = open_any_volume(&location, &url, &unlock, &s3)
             .await
             .map_err(volume_exit)?;
         let (store, ring) = (volume.store.clone(), volume.ring.clone());

@@ -2,14 +2,15 @@
 
 use super::audit::record_cli_event;
 use super::{
-    Exit, VolumeArgs, block_on, init_command_logging, location, open_volume, read_unlock, runtime_err, snapshot_exit,
-    volume_exit,
+    Exit, VolumeArgs, block_on, init_command_logging, location, open_any_volume, read_unlock, runtime_err,
+    snapshot_exit, volume_exit,
 };
 use anyhow::anyhow;
 use clap::Subcommand;
 use s3vault::audit;
 use s3vault::journal::snapshots;
 use s3vault::units::{format_size, rfc3339};
+use s3vault::volume;
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
@@ -52,9 +53,10 @@ pub fn run(action: SnapshotCommand) -> Result<(), Exit> {
     init_command_logging()?;
     let s3 = s3.options()?;
     block_on(async {
-        let volume = open_volume(&location, url, &unlock, &s3, "snapshot")
+        let volume = open_any_volume(&location, url, &unlock, &s3)
             .await
             .map_err(volume_exit)?;
+        let mut shared = volume::open_shared_for_command(&volume).map_err(volume_exit)?;
         let (store, ring) = (volume.store.clone(), volume.ring.clone());
         let (event, detail) = match &action {
             SnapshotCommand::List { json, .. } => {
@@ -63,14 +65,19 @@ pub fn run(action: SnapshotCommand) -> Result<(), Exit> {
                 return Ok(());
             }
             SnapshotCommand::Create { name, .. } => {
-                let info = snapshots::create(store.as_ref(), &ring, name)
-                    .await
-                    .map_err(snapshot_exit)?;
+                let info = match &mut shared {
+                    Some(db) => snapshots::create_shared(store.as_ref(), &ring, db, name).await,
+                    None => snapshots::create(store.as_ref(), &ring, name).await,
+                }
+                .map_err(snapshot_exit)?;
+                let of = match shared {
+                    Some(_) => "the metadata database".to_string(),
+                    None => format!("metadata generation {}", info.generation),
+                };
                 println!(
-                    "created snapshot {name}: {} inodes, {} of files (metadata generation {})",
+                    "created snapshot {name}: {} inodes, {} of files ({of})",
                     info.inodes,
                     format_size(info.bytes),
-                    info.generation
                 );
                 (
                     audit::Event::SnapshotCreate,
@@ -78,9 +85,11 @@ pub fn run(action: SnapshotCommand) -> Result<(), Exit> {
                 )
             }
             SnapshotCommand::Delete { name, .. } => {
-                let freed = snapshots::delete(store.as_ref(), &ring, name)
-                    .await
-                    .map_err(snapshot_exit)?;
+                let freed = match &mut shared {
+                    Some(db) => snapshots::delete_shared(store.as_ref(), &ring, db, name).await,
+                    None => snapshots::delete(store.as_ref(), &ring, name).await,
+                }
+                .map_err(snapshot_exit)?;
                 println!("deleted snapshot {name} and {freed} blocks only it kept");
                 (audit::Event::SnapshotDelete, format!("snapshot={name}"))
             }

@@ -13,6 +13,10 @@
 //! references (such a pack is garbage only at a later checkpoint, whose
 //! reclaim deletes this one first), and will see this snapshot when it does.
 //!
+//! A volume whose metadata is in PostgreSQL has no checkpoint to compare
+//! with: there the database pins the packs a snapshot references, in the
+//! transaction that reads them (`create_shared`).
+//!
 //! The object's name is a keyed hash of the snapshot's name, so the bucket
 //! does not show names, and a second snapshot of the same name is refused by
 //! the store itself (`If-None-Match: *`).
@@ -21,7 +25,7 @@ use super::live::live_state;
 use super::{MAX_STATE, StateError, checkpoint};
 use crate::codec::{self, ObjectId};
 use crate::keyring::Keyring;
-use crate::meta::{FileKind, MetaError, MetadataStore, Record, decode_state, encode_state};
+use crate::meta::{FileKind, MetaError, MetadataStore, PgStore, Record, decode_state, encode_state};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -164,43 +168,65 @@ pub async fn read(store: &dyn ObjectStore, ring: &Keyring, key: &str) -> Result<
     decode(key, &plain)
 }
 
-/// Copies the live metadata state in the store into a snapshot `name`.
-pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<SnapshotInfo, SnapshotError> {
+/// The key of snapshot `name`, unless the store already holds one.
+async fn free_key(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<String, SnapshotError> {
     validate_name(name)?;
     let key = object_key(ring, name);
     match store.get(&key).await {
-        Ok(_) => return Err(SnapshotError::Exists(name.to_string())),
-        Err(StoreError::NotFound) => {}
-        Err(e) => return Err(e.into()),
+        Ok(_) => Err(SnapshotError::Exists(name.to_string())),
+        Err(StoreError::NotFound) => Ok(key),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Snapshot `name` of `records`, sealed as the object `key`.
+fn seal(
+    ring: &Keyring,
+    key: &str,
+    name: &str,
+    generation: u64,
+    records: &[Record],
+) -> Result<(SnapshotInfo, Bytes), SnapshotError> {
+    let (inodes, bytes) = summarize(records);
+    let state = encode_state(|sink| {
+        records.iter().cloned().for_each(sink);
+        Ok(())
+    })?;
+    let info = SnapshotInfo {
+        name: name.to_string(),
+        created_ns: crate::os::now_ns(),
+        generation,
+        inodes,
+        bytes,
+    };
+    let object = Bytes::from(codec::seal_metadata(ring, key, &encode(&info, &state)));
+    Ok((info, object))
+}
+
+/// Stores a new snapshot object; another of the same name is refused.
+async fn put_new(store: &dyn ObjectStore, key: &str, name: &str, object: Bytes) -> Result<(), SnapshotError> {
+    match store.put_new(key, object.clone()).await {
+        Ok(()) => Ok(()),
+        // A PUT the SDK retried after a lost answer finds its own object.
+        Err(StoreError::AlreadyExists) if store.get(key).await.is_ok_and(|b| b == object) => Ok(()),
+        Err(StoreError::AlreadyExists) => Err(SnapshotError::Exists(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Copies the live metadata state in the store into a snapshot `name`.
+pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Result<SnapshotInfo, SnapshotError> {
+    let key = free_key(store, ring, name).await?;
     let mut stored = false;
     for _ in 0..ATTEMPTS {
         let Some(live) = live_state(store, ring).await? else {
             return Err(SnapshotError::NoState);
         };
-        let (inodes, bytes) = summarize(&live.records);
-        let state = encode_state(|sink| {
-            live.records.iter().cloned().for_each(sink);
-            Ok(())
-        })?;
-        let info = SnapshotInfo {
-            name: name.to_string(),
-            created_ns: crate::os::now_ns(),
-            generation: live.generation,
-            inodes,
-            bytes,
-        };
-        let object = Bytes::from(codec::seal_metadata(ring, &key, &encode(&info, &state)));
+        let (info, object) = seal(ring, &key, name, live.generation, &live.records)?;
         if stored {
             store.put(&key, object).await?;
         } else {
-            match store.put_new(&key, object.clone()).await {
-                Ok(()) => {}
-                // A PUT the SDK retried after a lost answer finds its own object.
-                Err(StoreError::AlreadyExists) if store.get(&key).await.is_ok_and(|b| b == object) => {}
-                Err(StoreError::AlreadyExists) => return Err(SnapshotError::Exists(name.to_string())),
-                Err(e) => return Err(e.into()),
-            }
+            put_new(store, &key, name, object).await?;
             stored = true;
         }
         if checkpoint::generations(store).await?.contains(&live.checkpoint) {
@@ -211,6 +237,70 @@ pub async fn create(store: &dyn ObjectStore, ring: &Keyring, name: &str) -> Resu
         let _ = store.delete(&key).await;
     }
     Err(SnapshotError::Contended)
+}
+
+/// Copies the live state of a volume whose metadata is in PostgreSQL into
+/// a snapshot `name`: the rows at one moment, their packs pinned in the
+/// database by the same transaction until the snapshot object is deleted
+/// (`delete_shared`), so that no host deletes one before the object that
+/// keeps it is in the bucket.
+pub async fn create_shared(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    db: &mut PgStore,
+    name: &str,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let key = free_key(store, ring, name).await?;
+    let id = ring.snapshot_name_id(name.as_bytes());
+    let records = db.export_pinned(&id)?;
+    let stored = match seal(ring, &key, name, 0, &records) {
+        Ok((info, object)) => put_new(store, &key, name, object).await.map(|()| info),
+        Err(e) => Err(e),
+    };
+    if stored.is_err() {
+        // Another create of this name stored its object first: that object
+        // keeps its packs now.
+        let _ = db.unpin_snapshot(&id, &[]);
+    }
+    stored
+}
+
+/// Deletes snapshot `name` of a volume whose metadata is in PostgreSQL,
+/// then the data objects only it kept: its pins go, the packs no other
+/// snapshot references become garbage, and those the database lets this
+/// command claim (no chunk references them, no host fills them, no
+/// snapshot pins them) are deleted. Returns how many.
+pub async fn delete_shared(
+    store: &dyn ObjectStore,
+    ring: &Keyring,
+    db: &mut PgStore,
+    name: &str,
+) -> Result<usize, SnapshotError> {
+    let id = ring.snapshot_name_id(name.as_bytes());
+    let snapshot = match load(store, ring, name).await {
+        Err(SnapshotError::NotFound(name)) => {
+            // Pins of a create that never stored its object.
+            db.unpin_snapshot(&id, &[])?;
+            return Err(SnapshotError::NotFound(name));
+        }
+        other => other?,
+    };
+    store.delete(&object_key(ring, name)).await?;
+    let mut candidates: HashSet<ObjectId> = snapshot.packs().collect();
+    for kept in referenced_packs(store, ring).await? {
+        candidates.remove(&kept);
+    }
+    let candidates: Vec<ObjectId> = candidates.into_iter().collect();
+    db.unpin_snapshot(&id, &candidates)?;
+    let mut deleted = 0;
+    for pack in db.claim_garbage(&candidates)? {
+        if let Err(e) = store.delete(&crate::cache::data_key(&pack)).await {
+            db.add_garbage(&pack)?;
+            return Err(e.into());
+        }
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 /// Reads snapshot `name`.

@@ -6,8 +6,9 @@
 # one winner; a storm of creates, renames and unlinks from all three ends
 # as a model of it says; a file open on one host survives its unlink on
 # another; fsx on one host while another reads; one host killed with -9
-# while the others go on; fsck while they are mounted, and gc (the live
-# state read from the database) leaves nothing unreferenced. Runs on the
+# while the others go on; a snapshot taken while they write (restored,
+# mounted, deleted), fsck while they are mounted, and gc (the live state
+# read from the database) leaves nothing unreferenced. Runs on the
 # "pg" backend only.
 #
 # Usage: E2E_METADATA=postgresql://USER@127.0.0.1:PORT/DB bash tests/e2e/hosts.sh
@@ -260,22 +261,52 @@ check "host b mounts again from its cache directory" mount_host b
 check "...and sees what the others did meanwhile" test -e "$B/after-kill"
 
 # ---------------------------------------------------------------------------
-# fsck and gc read the live state from the database, at one moment.
+# Snapshots, fsck and gc read the live state from the database, at one
+# moment.
 
-sv() { "$S3VAULT" "$@" --key-file "$KEY"; }
+sv() { timeout 300 "$S3VAULT" "$@" --key-file "$KEY"; }
+
+snapshot_while_hosts_write() {
+    echo "version 1, written on a" >"$A/snap-doc"
+    sv snapshot create "$URL" "before b's change"
+    echo "version 2, written on b" >"$B/snap-doc"
+    sv snapshot list "$URL" | tee "$WORK/snapshots.out"
+    grep -q "before b's change" "$WORK/snapshots.out"
+    mkdir -p "$WORK/restored"
+    sv restore "$URL" /snap-doc --snapshot "before b's change" --to "$WORK/restored"
+    [[ $(cat "$WORK/restored/snap-doc") == "version 1, written on a" ]]
+    sv_mount "$URL" "$WORK/mnt-snap" "$WORK/cache-snap" --key-file "$KEY" --snapshot "before b's change"
+    [[ $(cat "$WORK/mnt-snap/snap-doc") == "version 1, written on a" ]]
+    sv_umount "$WORK/mnt-snap"
+    [[ $(cat "$C/snap-doc") == "version 2, written on b" ]]
+}
+check "a snapshot while three hosts write: restore and a snapshot mount show it, the hosts the new file" \
+    snapshot_while_hosts_write
 
 fsck_while_mounted() {
     local out
     out=$(sv fsck "$URL")
     echo "$out"
-    grep -q '^checked the live state' <<<"$out"
+    grep -q '^checked the live state and 1 snapshots' <<<"$out"
     if grep -q PROBLEM <<<"$out"; then return 1; fi
 }
-check "fsck while three hosts are mounted: every block there and opens (exit 0)" fsck_while_mounted
+check "fsck while three hosts are mounted: the live state and the snapshot whole (exit 0)" fsck_while_mounted
 
 umount_step "umount host a" "$A"
 umount_step "umount host b" "$B"
 umount_step "umount host c" "$C"
+
+# The hosts kept the old version's pack for the snapshot; deleting it
+# frees that pack.
+snapshot_delete_frees() {
+    local out
+    out=$(sv snapshot delete "$URL" "before b's change")
+    echo "$out"
+    grep -qE "and [1-9][0-9]* blocks only it kept" <<<"$out"
+    out=$(sv snapshot list "$URL")
+    if grep -q "before b's change" <<<"$out"; then return 1; fi
+}
+check "snapshot delete after all unmounted frees the blocks only it kept" snapshot_delete_frees
 
 # What a host that crashed after an upload leaves: gc deletes it, and then
 # nothing in the store is unreferenced.
@@ -300,7 +331,8 @@ check "gc --min-age 0 after all unmounted, then fsck: nothing unreferenced, no p
 
 require "mount host c alone" mount_host c
 check "everything is there after all three unmounted and gc" bash -c \
-    "cmp '$WORK/closed-20' '$C/closed-20' && test \"\$(cat '$C/blob')\" = 'rewritten on b' && test ! -e '$C/held'"
+    "cmp '$WORK/closed-20' '$C/closed-20' && test \"\$(cat '$C/blob')\" = 'rewritten on b' && test ! -e '$C/held' \
+     && test \"\$(cat '$C/snap-doc')\" = 'version 2, written on b'"
 umount_step "umount" "$C"
 
 e2e_finish

@@ -84,12 +84,14 @@ rm "$MNT/a/b/blob"
 check "umount" sv_umount "$MNT"
 check "the deleted file's packs are gone from the store" test "$(store_ls "$URL" | grep -c '^data/')" -le 1
 
-# Commands that read the metadata from the bucket say so, in one line.
-check "fsck refuses it" expect_exit 2 'PostgreSQL' "$S3VAULT" fsck "$URL" --key-file "$KEY"
-check "snapshot create refuses it" expect_exit 2 'PostgreSQL' \
-    "$S3VAULT" snapshot create "$URL" before --key-file "$KEY"
-check "mount --snapshot refuses it" sv_mount_refused 2 'PostgreSQL' \
+# fsck reads the live state from the database; a snapshot is refused only
+# where it is missing; recover, which reads an embedded writer's cache
+# database, says why it does not apply, in one line.
+check "fsck of it: clean (exit 0)" "$S3VAULT" fsck "$URL" --key-file "$KEY"
+check "mount --snapshot of a snapshot never made is refused (exit 2)" sv_mount_refused 2 'no snapshot named' \
     "$URL" "$WORK/mnt-snap" "$WORK/cache-snap" --key-file "$KEY" --snapshot before
+check "recover refuses it" expect_exit 2 'PostgreSQL' \
+    "$S3VAULT" recover "$URL" "$WORK/cache-b" --to "$WORK/recovered" --key-file "$KEY"
 
 # ---------------------------------------------------------------------------
 # An outage of the database: a private cluster, stopped and started again

@@ -335,12 +335,13 @@ impl PgStore {
         if id != ring.volume_id() {
             return Err(corrupt(format!("schema {name} belongs to another volume")));
         }
-        let format = if format == 1 {
-            link.timed(link.session()?.client().batch_execute(schema::FROM_FORMAT_1))?;
-            schema::FORMAT
-        } else {
-            format
-        };
+        let mut format = format;
+        for (from, upgrade) in [(1, schema::FROM_FORMAT_1), (2, schema::FROM_FORMAT_2)] {
+            if format == from {
+                link.timed(link.session()?.client().batch_execute(upgrade))?;
+                format = from + 1;
+            }
+        }
         if format != schema::FORMAT {
             return Err(MetaError::Config(format!(
                 "the database schema has format {format}; this release reads format {}",
@@ -388,6 +389,60 @@ impl PgStore {
                 Err(e)
             }
         }
+    }
+
+    /// The state at one moment for snapshot `snapshot`, whose packs are
+    /// pinned in the same transaction: no host claims them as garbage
+    /// from then until [`PgStore::unpin_snapshot`], so they outlive the
+    /// window before the snapshot object is in the bucket (where hosts
+    /// look for what snapshots keep). Pins of an earlier attempt under
+    /// the same id are replaced.
+    pub fn export_pinned(&mut self, snapshot: &[u8]) -> Result<Vec<Record>> {
+        let mut attempts = 0;
+        loop {
+            let mut records = Vec::new();
+            let pinned = self.write(|db| {
+                db.execute("DELETE FROM snapshot_pin WHERE snapshot = $1", &[&snapshot])?;
+                db.export(&mut |record| records.push(record))?;
+                let packs: std::collections::BTreeSet<&[u8]> = records
+                    .iter()
+                    .filter_map(|r| match r {
+                        Record::Chunk { block, .. } => Some(block.pack.as_slice()),
+                        _ => None,
+                    })
+                    .collect();
+                let packs: Vec<&[u8]> = packs.into_iter().collect();
+                db.execute(
+                    "INSERT INTO snapshot_pin (snapshot, pack) SELECT $1, unnest($2::bytea[])",
+                    &[&snapshot, &packs],
+                )?;
+                Ok(())
+            });
+            match pinned {
+                // It read every row: any host's change meanwhile can
+                // conflict with it.
+                Err(MetaError::Conflict(_)) if attempts < STATEMENT_RETRIES => attempts += 1,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(records),
+            }
+        }
+    }
+
+    /// Drops snapshot `snapshot`'s pins and makes those of `packs` (the
+    /// ones only it kept) that no chunk references garbage, in one
+    /// transaction; a pack another snapshot pins is not claimed.
+    pub fn unpin_snapshot(&mut self, snapshot: &[u8], packs: &[ObjectId]) -> Result<()> {
+        let packs: Vec<&[u8]> = packs.iter().map(|id| id.as_slice()).collect();
+        self.write(|db| {
+            db.execute("DELETE FROM snapshot_pin WHERE snapshot = $1", &[&snapshot])?;
+            db.execute(
+                "INSERT INTO garbage (pack) SELECT p FROM unnest($1::bytea[]) AS p
+                 WHERE NOT EXISTS (SELECT 1 FROM chunk c WHERE c.pack = p)
+                 ON CONFLICT (pack) DO NOTHING",
+                &[&packs],
+            )?;
+            Ok(())
+        })
     }
 
     /// The session for a statement: outside a transaction the link may
@@ -1101,6 +1156,7 @@ impl MetadataStore for PgStore {
             "DELETE FROM garbage g WHERE g.pack = ANY($1)
              AND NOT EXISTS (SELECT 1 FROM chunk c WHERE c.pack = g.pack)
              AND NOT EXISTS (SELECT 1 FROM open_pack o WHERE o.pack = g.pack)
+             AND NOT EXISTS (SELECT 1 FROM snapshot_pin s WHERE s.pack = g.pack)
              RETURNING g.pack",
             &[&ids],
         )?;

@@ -3,10 +3,10 @@
 //! so one database can hold several volumes.
 
 /// Format of the schema below; a volume of another one is refused.
-/// Format 2 added `opened` and `open_pack`.
-pub const FORMAT: i32 = 2;
+/// Format 2 added `opened` and `open_pack`, format 3 `snapshot_pin`.
+pub const FORMAT: i32 = 3;
 
-/// Brings a format 1 schema (the search path set to it) to this format.
+/// Brings a format 1 schema (the search path set to it) to format 2.
 pub const FROM_FORMAT_1: &str = "
 BEGIN;
 CREATE TABLE IF NOT EXISTS opened (
@@ -18,6 +18,17 @@ CREATE TABLE IF NOT EXISTS open_pack (
     pack bytea PRIMARY KEY,
     host bytea NOT NULL);
 UPDATE volume SET format = 2 WHERE format = 1;
+COMMIT;";
+
+/// Brings a format 2 schema to format 3.
+pub const FROM_FORMAT_2: &str = "
+BEGIN;
+CREATE TABLE IF NOT EXISTS snapshot_pin (
+    snapshot bytea NOT NULL,
+    pack bytea NOT NULL,
+    PRIMARY KEY (snapshot, pack));
+CREATE INDEX IF NOT EXISTS snapshot_pin_by_pack ON snapshot_pin (pack);
+UPDATE volume SET format = 3 WHERE format = 2;
 COMMIT;";
 
 /// The schema of volume `id` (hex): also what a DBA sees in `\dn`.
@@ -78,4 +89,9 @@ CREATE TABLE opened (
 CREATE TABLE open_pack (
     pack bytea PRIMARY KEY,
     host bytea NOT NULL);
+CREATE TABLE snapshot_pin (
+    snapshot bytea NOT NULL,
+    pack bytea NOT NULL,
+    PRIMARY KEY (snapshot, pack));
+CREATE INDEX snapshot_pin_by_pack ON snapshot_pin (pack);
 ";

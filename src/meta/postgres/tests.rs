@@ -367,3 +367,27 @@ fn postgres_a_transaction_costs_no_round_trip_of_its_own() {
     db.rollback();
     assert_eq!(db.inode(2).unwrap().unwrap(), file(2));
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_older_schemas_are_brought_to_this_format_at_open() {
+    for (format, dropped) in [
+        (1, "DROP TABLE opened, open_pack, snapshot_pin"),
+        (2, "DROP TABLE snapshot_pin"),
+    ] {
+        let ring = ring();
+        let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+        db.put_inode(&file(2)).unwrap();
+        drop(db);
+        let conn = admin(&ring);
+        sql(&conn, &format!("{dropped}; UPDATE volume SET format = {format}"));
+        let mut db = PgStore::open(&target(), &ring, [1; 16]).unwrap();
+        assert_eq!(db.inode(2).unwrap().unwrap().ino, 2);
+        assert!(db.hold(2).unwrap());
+        db.export_pinned(b"snapshot").unwrap();
+        let now: i32 = wait(conn.client.query_one("SELECT format FROM volume", &[]))
+            .unwrap()
+            .get(0);
+        assert_eq!(now, schema::FORMAT, "from format {format}");
+    }
+}
