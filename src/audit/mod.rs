@@ -31,7 +31,7 @@ pub use query::{
 };
 pub use record::{Event, Record, Subject, display_bytes, errno_name, flags_words};
 pub use segment::AUDIT_PREFIX;
-pub use witness::{chains_seen, check_chains_seen, check_freshness, open_chains};
+pub use witness::{LiveMetadata, chains_seen, check_chains_seen, check_freshness, open_chains};
 
 #[cfg(test)]
 mod tests;

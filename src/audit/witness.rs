@@ -135,9 +135,22 @@ pub(crate) fn generation_in(detail: &str, field: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// Where the volume's live metadata is, for the rollback check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveMetadata {
+    /// In the store's journal: the newest checkpoint's generation, if any.
+    Journal(Option<u64>),
+    /// In a database shared by several hosts: no generations to compare,
+    /// and the mount records' `generation=0` witnesses nothing.
+    Database,
+}
+
 /// Compares the newest generation the records (oldest first) have seen with
-/// the store's live generation (`None`: no checkpoint at all).
-pub fn check_freshness(records: &[Listed], live: Option<u64>) -> Option<Problem> {
+/// the store's live generation.
+pub fn check_freshness(records: &[Listed], live: LiveMetadata) -> Option<Problem> {
+    let LiveMetadata::Journal(live) = live else {
+        return None;
+    };
     let mut newest: Option<(u64, &Listed)> = None;
     for listed in records {
         let Some(detail) = listed.record.detail.as_deref() else {
@@ -223,26 +236,26 @@ mod tests {
             listed(1, Event::Mount, "url=x generation=3 head=ab superblock_revision=1"),
             listed(2, Event::Unmount, "generation=7 head=cd"),
         ];
-        assert!(check_freshness(&records, Some(7)).is_none());
-        assert!(check_freshness(&records, Some(9)).is_none());
-        let problem = check_freshness(&records, Some(6)).unwrap();
+        assert!(check_freshness(&records, LiveMetadata::Journal(Some(7))).is_none());
+        assert!(check_freshness(&records, LiveMetadata::Journal(Some(9))).is_none());
+        let problem = check_freshness(&records, LiveMetadata::Journal(Some(6))).unwrap();
         assert_eq!(problem.kind, "rollback");
         assert!(
             problem.detail.contains("generation 6, older than generation 7"),
             "{}",
             problem.detail
         );
-        assert!(check_freshness(&records, None).is_some());
+        assert!(check_freshness(&records, LiveMetadata::Journal(None)).is_some());
         let mut accepted = records.clone();
         accepted.push(listed(
             3,
             Event::AcceptOlderState,
             "seen generation=7 head=cd superblock_revision=1; store generation=5 head=ef superblock_revision=1",
         ));
-        assert!(check_freshness(&accepted, Some(5)).is_none());
-        assert!(check_freshness(&accepted, Some(4)).is_some());
+        assert!(check_freshness(&accepted, LiveMetadata::Journal(Some(5))).is_none());
+        assert!(check_freshness(&accepted, LiveMetadata::Journal(Some(4))).is_some());
         // Nothing recorded, nothing to compare.
-        assert!(check_freshness(&[], Some(1)).is_none());
+        assert!(check_freshness(&[], LiveMetadata::Journal(Some(1))).is_none());
     }
 
     #[test]
@@ -251,12 +264,23 @@ mod tests {
             listed(1, Event::Mount, "url=x generation=3 head=ab superblock_revision=1"),
             listed(2, Event::Checkpoint, "generation=9 head=cd"),
         ];
-        assert!(check_freshness(&records, Some(9)).is_none());
-        let problem = check_freshness(&records, Some(8)).unwrap();
+        assert!(check_freshness(&records, LiveMetadata::Journal(Some(9))).is_none());
+        let problem = check_freshness(&records, LiveMetadata::Journal(Some(8))).unwrap();
         assert!(
             problem.detail.contains("that a checkpoint on host h"),
             "{}",
             problem.detail
         );
+    }
+
+    #[test]
+    fn mounts_of_a_volume_whose_metadata_is_in_a_database_witness_no_generation() {
+        // What such a mount records: no checkpoint, generation 0.
+        let records = vec![
+            listed(1, Event::Mount, "url=x metadata=db generation=0 superblock_revision=1"),
+            listed(2, Event::Unmount, "generation=0"),
+        ];
+        assert!(check_freshness(&records, LiveMetadata::Database).is_none());
+        assert!(check_freshness(&records, LiveMetadata::Journal(None)).is_some());
     }
 }

@@ -108,7 +108,7 @@ impl ReviewArgs {
             tz,
             thresholds,
             now_ns: s3vault::os::now_ns(),
-            live_generation: None,
+            live: audit::LiveMetadata::Journal(None),
         })
     }
 }
@@ -208,7 +208,7 @@ pub fn run(action: AuditCommand) -> Result<(), Exit> {
     let (ring, segments, live) = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
         let volume = volume::unlock(store.clone(), url, &unlock, &s3).await?;
-        let live = s3vault::journal::live::newest_generation(store.as_ref()).await?;
+        let live = live_metadata(&volume).await?;
         let segments = audit::read_segments(store, volume.ring.clone()).await;
         Ok::<_, volume::VolumeError>((volume.ring, segments, live))
     })?
@@ -288,7 +288,7 @@ fn run_review(action: AuditCommand) -> Result<(), Exit> {
     let report = block_on(async {
         let store = location.open(&s3).await.map_err(volume::VolumeError::from)?;
         let volume = volume::unlock(store.clone(), url, &unlock, &s3).await?;
-        scope.live_generation = s3vault::journal::live::newest_generation(store.as_ref()).await?;
+        scope.live = live_metadata(&volume).await?;
         Ok::<_, volume::VolumeError>(review::review(store, volume.ring, scope).await)
     })?
     .map_err(volume_exit)?
@@ -402,4 +402,14 @@ pub async fn record_cli_event(
     let log = one_shot_log(ring, store).await?;
     log.record(audit::Record::new(event, this_process(), None).detail(detail))?;
     log.upload().await.map(|_| ())
+}
+
+/// Where the volume's live metadata is, for the audit trail's rollback
+/// check.
+async fn live_metadata(volume: &volume::Volume) -> Result<audit::LiveMetadata, volume::VolumeError> {
+    if volume.superblock.has_shared_metadata() {
+        return Ok(audit::LiveMetadata::Database);
+    }
+    let generation = s3vault::journal::live::newest_generation(volume.store.as_ref()).await?;
+    Ok(audit::LiveMetadata::Journal(generation))
 }

@@ -39,8 +39,8 @@ pub struct Scope {
     pub tz: TimeZone,
     pub thresholds: Thresholds,
     pub now_ns: i64,
-    /// The store's live metadata generation (for the rollback check).
-    pub live_generation: Option<u64>,
+    /// Where the live metadata is (for the rollback check).
+    pub live: witness::LiveMetadata,
 }
 
 /// Opens, writes, deletions and refused attempts in one day or hour.
@@ -344,7 +344,7 @@ impl Reviewer {
             .extend(witness::check_chains_seen(&found, &self.control));
         verification
             .problems
-            .extend(witness::check_freshness(&self.control, self.scope.live_generation));
+            .extend(witness::check_freshness(&self.control, self.scope.live));
         let open_chains = witness::open_chains(&found, &self.control);
         let generations = self
             .control

@@ -60,7 +60,7 @@ fn scope(since: Option<i64>, until: i64, thresholds: &str) -> Scope {
         tz: TimeZone::UTC,
         thresholds: Thresholds::parse(thresholds).unwrap(),
         now_ns: until,
-        live_generation: None,
+        live: crate::audit::LiveMetadata::Journal(None),
     }
 }
 
