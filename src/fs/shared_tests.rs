@@ -328,3 +328,30 @@ async fn postgres_packs_of_a_snapshot_not_yet_stored_are_not_collected() {
     b.final_sync().await.unwrap();
     assert!(!in_store(&volume, &old_pack).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_a_create_costs_three_round_trips_however_deep() {
+    let volume = Volume::new();
+    let a = volume.host();
+    let round_trips = |a: &Core| a.meta().database_status().unwrap().statements;
+    let mut dir = ROOT_INO;
+    for name in [b"a", b"b", b"c"] {
+        dir = a.mkdir(&root(), dir, name, 0o755).unwrap().ino;
+    }
+    // The first create takes a batch of inode numbers.
+    a.create(&root(), dir, b"first", 0o644, libc::O_WRONLY).unwrap();
+    for i in 0..3 {
+        let before = round_trips(&a);
+        let name = format!("f{i}");
+        let (inode, fh) = a.create(&root(), dir, name.as_bytes(), 0o644, libc::O_WRONLY).unwrap();
+        // The audit record's path (one query for the three directories),
+        // BEGIN with the lookup, and every write with the COMMIT.
+        assert_eq!(round_trips(&a) - before, 3, "create {i}");
+        let before = round_trips(&a);
+        a.release(fh, inode.ino).await.unwrap();
+        assert_eq!(round_trips(&a) - before, 1, "release {i}");
+    }
+    let names: Vec<Vec<u8>> = a.readdir(dir, 0, 100).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+}

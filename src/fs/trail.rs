@@ -74,6 +74,12 @@ impl Core {
     /// must name the path the file had when it was opened.
     fn path_walk(&self, ino: u64, ino_is_dir: bool) -> Vec<u8> {
         let cached = !self.options.shared_metadata;
+        if !cached {
+            return match self.meta().ancestry(ino, MAX_DEPTH) {
+                Ok(Some(chain)) => join_path(chain.into_iter().rev().map(|(_, name)| name)),
+                _ => b"(unlinked)".to_vec(),
+            };
+        }
         let mut cache = self.dir_paths.lock().unwrap_or_else(|e| e.into_inner());
         let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut at = ino;
@@ -129,4 +135,17 @@ impl Core {
         self.audit.as_ref()?;
         self.meta().lookup(parent, name).ok().flatten()
     }
+}
+
+/// `/a/b/c` of names from the root down; `/` of none.
+fn join_path(names: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut path = Vec::new();
+    for name in names {
+        path.push(b'/');
+        path.extend_from_slice(&name);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    path
 }

@@ -22,6 +22,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("usage and orphans", usage_counts_inodes_and_bytes_and_orphans_are_found),
     ("inode numbers", inode_numbers_are_handed_out_once),
     ("lookup with the inodes", a_lookup_brings_the_directory_and_the_inode),
+    ("ancestry", ancestry_names_every_directory_up_to_the_root),
 ];
 
 /// Runs every check, each on fresh stores.
@@ -308,4 +309,31 @@ fn a_lookup_brings_the_directory_and_the_inode(make: Make<'_>) {
         m.lookup_in(1, b"dangling").unwrap().unwrap().found,
         Found::Entry(7, None)
     );
+}
+
+fn ancestry_names_every_directory_up_to_the_root(make: Make<'_>) {
+    let mut m = make();
+    m.put_inode(&dir(1)).unwrap();
+    for (ino, parent, name) in [(2, 1, b"a"), (3, 2, b"b"), (4, 3, b"c")] {
+        m.put_inode(&dir(ino)).unwrap();
+        m.insert_entry(parent, name, ino).unwrap();
+    }
+    m.put_inode(&file(5)).unwrap();
+    m.insert_entry(4, b"f", 5).unwrap();
+    m.insert_entry(2, b"second link", 5).unwrap();
+    assert_eq!(
+        m.ancestry(5, 10).unwrap(),
+        Some(vec![
+            (4, b"f".to_vec()),
+            (3, b"c".to_vec()),
+            (2, b"b".to_vec()),
+            (1, b"a".to_vec())
+        ])
+    );
+    assert_eq!(m.ancestry(1, 10).unwrap(), Some(Vec::new()));
+    assert_eq!(m.ancestry(5, 3).unwrap(), None, "deeper than the limit");
+    assert_eq!(m.ancestry(5, 4).unwrap().map(|c| c.len()), Some(4));
+    m.remove_entry(2, b"b").unwrap();
+    assert_eq!(m.ancestry(5, 10).unwrap(), None, "a directory on the way was unlinked");
+    assert_eq!(m.ancestry(9, 10).unwrap(), None);
 }

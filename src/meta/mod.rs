@@ -226,6 +226,9 @@ pub enum Record {
     Xattr { ino: u64, name: Vec<u8>, value: Vec<u8> },
 }
 
+/// (directory, name) links from an inode up to the root, its own first.
+pub type Ancestry = Vec<(u64, Vec<u8>)>;
+
 pub trait MetadataStore: Send {
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
@@ -283,6 +286,24 @@ pub trait MetadataStore: Send {
     fn parent_of(&self, ino: u64) -> Result<Option<u64>>;
     /// One link of `ino` (the oldest): its directory and name.
     fn name_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>>;
+    /// `name_of` from `ino` up to the root, `ino`'s first: (directory,
+    /// name) of each inode on the way, at most `limit` of them. `None` if
+    /// one has no link left, or the root is farther than `limit`. A store
+    /// that pays a round trip per statement reads it in one.
+    fn ancestry(&self, ino: u64, limit: usize) -> Result<Option<Ancestry>> {
+        let mut chain = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INO {
+            match self.name_of(at)? {
+                Some((parent, name)) if chain.len() < limit => {
+                    chain.push((parent, name));
+                    at = parent;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(chain))
+    }
     fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()>;
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()>;
     /// Up to `limit` entries of `parent` with offsets greater than `after`.

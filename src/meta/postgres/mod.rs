@@ -23,12 +23,13 @@ pub use connect::Target;
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
 use super::{
-    ChainHead, ChunkRef, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore, Record, Result,
+    ChainHead, ChunkRef, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore, ROOT_INO, Record,
+    Result,
 };
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
 use crate::keyring::Keyring;
 use connect::{Connection, wait};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,24 @@ struct Pending {
     usage: Usage,
 }
 
+/// A write of the open transaction whose answer nothing waits for: it goes
+/// out with the transaction's next statement, or its COMMIT, in the same
+/// round trip. Its failure fails that statement (and so the transaction).
+struct Deferred {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+/// What the open transaction knows of inode rows without asking again.
+#[derive(Debug, Default)]
+struct Known {
+    /// Rows it read or wrote: they exist until it commits (serializable:
+    /// another host's delete of one fails this transaction instead).
+    rows: HashSet<u64>,
+    /// Numbers `allocate_ino` handed out that have no row yet.
+    fresh: HashSet<u64>,
+}
+
 pub struct PgStore {
     link: Link,
     sealer: RowSealer,
@@ -95,6 +114,9 @@ pub struct PgStore {
     /// Inode numbers taken from the sequence and not used yet, next last:
     /// one round trip per 64 creates.
     inos: Vec<u64>,
+    /// Writes of the open transaction not sent yet, in order.
+    deferred: Mutex<Vec<Deferred>>,
+    known: Mutex<Known>,
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
@@ -357,6 +379,8 @@ impl PgStore {
             pending: Pending::default(),
             host_usage: Usage::default(),
             inos: Vec::new(),
+            deferred: Mutex::new(Vec::new()),
+            known: Mutex::new(Known::default()),
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
         if let Some(row) = host_row {
@@ -512,15 +536,64 @@ impl PgStore {
         session: &Session,
         f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        if self.transaction.is_none() || self.began.swap(true, Ordering::SeqCst) {
+        if self.transaction.is_none() {
             return self.link.timed(f);
         }
-        let begin = session.client().batch_execute("BEGIN");
+        let begin = !self.began.swap(true, Ordering::SeqCst);
+        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        if !begin && deferred.is_empty() {
+            return self.link.timed(f);
+        }
+        let statements = deferred
+            .iter()
+            .map(|d| session.statement(d.sql))
+            .collect::<Result<Vec<_>>>()?;
+        let client = session.client();
+        // Sent in this order, answered in this order: the first failure is
+        // the one that counts (the rest only say the transaction aborted).
+        let begun = async {
+            if begin {
+                client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        };
+        let writes = futures_util::future::join_all(deferred.iter().zip(&statements).map(|(d, stmt)| {
+            let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            async move { client.execute(stmt, &params).await }
+        }));
         self.link.timed(async {
-            let (begun, result) = futures_util::future::join(begin, f).await;
+            let (begun, written, result) = futures_util::future::join3(begun, writes, f).await;
             begun?;
+            for w in written {
+                w?;
+            }
             result
         })
+    }
+
+    /// Queues a write for the open transaction's next round trip
+    /// (`round_trip`); outside a transaction it runs at once.
+    fn defer(&self, sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send>>) -> Result<()> {
+        if self.transaction.is_none() {
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            return self.execute(sql, &refs).map(|_| ());
+        }
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Deferred { sql, params });
+        Ok(())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether inode `ino`'s row exists, as far as the open transaction
+    /// knows without asking.
+    fn row_known(&self, ino: u64) -> bool {
+        self.transaction.is_some() && self.known().rows.contains(&ino)
     }
 
     /// Runs a change that updates counters in a transaction of its own
@@ -569,7 +642,8 @@ impl PgStore {
             total.add(delta);
             self.sealer.seal(Place::HostUsage(&self.host), &total.encode())
         });
-        if inodes.is_empty() && host_usage.is_none() && !self.began.load(Ordering::SeqCst) {
+        let deferred = !self.deferred.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        if inodes.is_empty() && host_usage.is_none() && !deferred && !self.began.load(Ordering::SeqCst) {
             // Nothing was sent: nothing to commit.
             return Ok(());
         }
@@ -680,6 +754,9 @@ impl PgStore {
     /// with the open transaction's chunk changes.
     fn inode_row(&self, ino: u64, attrs: &[u8], usage: &[u8]) -> Result<Inode> {
         let mut inode = self.open_inode(ino, attrs)?;
+        if self.transaction.is_some() {
+            self.known().rows.insert(ino);
+        }
         let pending = self.pending.allocated.get(&ino).copied().unwrap_or(0);
         inode.allocated = (self.open_allocated(ino, usage)? as i64 + pending).max(0) as u64;
         Ok(inode)
@@ -715,6 +792,7 @@ impl MetadataStore for PgStore {
         self.transaction = Some(self.link.session()?);
         self.began.store(false, Ordering::SeqCst);
         self.pending = Pending::default();
+        self.known().rows.clear();
         Ok(())
     }
 
@@ -741,6 +819,8 @@ impl MetadataStore for PgStore {
         }
         self.transaction = None;
         self.pending = Pending::default();
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.known().rows.clear();
     }
 
     fn inode(&self, ino: u64) -> Result<Option<Inode>> {
@@ -752,6 +832,25 @@ impl MetadataStore for PgStore {
 
     fn put_inode(&mut self, inode: &Inode) -> Result<()> {
         let attrs = self.seal_inode(inode);
+        let (ino, orphan) = (int(inode.ino), inode.nlink == 0);
+        // A new number has no row, a row read in this transaction exists:
+        // either way nothing waits for the answer.
+        if self.transaction.is_some() && self.known().fresh.remove(&inode.ino) {
+            let usage = self.sealer.seal(Place::InodeUsage(inode.ino), &0u64.to_be_bytes());
+            self.defer(
+                "INSERT INTO inode (ino, orphan, attrs, usage) VALUES ($1, $2, $3, $4)",
+                vec![Box::new(ino), Box::new(orphan), Box::new(attrs), Box::new(usage)],
+            )?;
+            self.pending.usage.inodes += 1;
+            self.known().rows.insert(inode.ino);
+            return Ok(());
+        }
+        if self.row_known(inode.ino) {
+            return self.defer(
+                "UPDATE inode SET orphan = $2, attrs = $3 WHERE ino = $1",
+                vec![Box::new(ino), Box::new(orphan), Box::new(attrs)],
+            );
+        }
         let usage = self.sealer.seal(Place::InodeUsage(inode.ino), &0u64.to_be_bytes());
         self.write(|s| {
             let row = s.query_one(
@@ -763,11 +862,15 @@ impl MetadataStore for PgStore {
             if row.get::<_, bool>(0) {
                 s.pending.usage.inodes += 1;
             }
+            if s.transaction.is_some() {
+                s.known().rows.insert(inode.ino);
+            }
             Ok(())
         })
     }
 
     fn delete_inode(&mut self, ino: u64) -> Result<()> {
+        self.known().rows.remove(&ino);
         self.write(|s| {
             let n = s.execute(
                 "WITH attrs AS (DELETE FROM xattr WHERE ino = $1) DELETE FROM inode WHERE ino = $1",
@@ -788,9 +891,12 @@ impl MetadataStore for PgStore {
             let rows = self.query("SELECT nextval('ino_seq') FROM generate_series(1, 64)", &[])?;
             self.inos = rows.iter().rev().map(|r| r.get::<_, i64>(0) as u64).collect();
         }
-        self.inos
+        let ino = self
+            .inos
             .pop()
-            .ok_or_else(|| corrupt("the inode number sequence returned nothing".into()))
+            .ok_or_else(|| corrupt("the inode number sequence returned nothing".into()))?;
+        self.known().fresh.insert(ino);
+        Ok(ino)
     }
 
     fn set_next_ino(&mut self, next: u64) -> Result<()> {
@@ -816,6 +922,12 @@ impl MetadataStore for PgStore {
     }
 
     fn hold(&mut self, ino: u64) -> Result<bool> {
+        const HOLD: &str = "INSERT INTO opened (ino, host, opens) VALUES ($1, $2, 1)
+             ON CONFLICT (ino, host) DO UPDATE SET opens = opened.opens + 1";
+        if self.row_known(ino) {
+            self.defer(HOLD, vec![Box::new(int(ino)), Box::new(self.host.to_vec())])?;
+            return Ok(true);
+        }
         let n = self.execute(
             "INSERT INTO opened (ino, host, opens) SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inode WHERE ino = $1)
              ON CONFLICT (ino, host) DO UPDATE SET opens = opened.opens + 1",
@@ -910,26 +1022,59 @@ impl MetadataStore for PgStore {
         self.entry_rows(rows)
     }
 
+    fn ancestry(&self, ino: u64, limit: usize) -> Result<Option<super::Ancestry>> {
+        if ino == ROOT_INO {
+            return Ok(Some(Vec::new()));
+        }
+        // One statement, one snapshot: a directory another host moves
+        // meanwhile is seen either where it was or where it went.
+        let rows = self.query(
+            "WITH RECURSIVE up (ino, parent, name_mac, name, depth) AS (
+                 (SELECT ino, parent, name_mac, name, 1::bigint FROM entry WHERE ino = $1 ORDER BY id LIMIT 1)
+                 UNION ALL
+                 SELECT e.ino, e.parent, e.name_mac, e.name, up.depth + 1 FROM up
+                 CROSS JOIN LATERAL (SELECT ino, parent, name_mac, name FROM entry WHERE ino = up.parent
+                                     ORDER BY id LIMIT 1) e
+                 WHERE up.parent <> $2 AND up.depth <= $3)
+             SELECT ino, parent, name_mac, name FROM up ORDER BY depth",
+            &[&int(ino), &int(ROOT_INO), &int(limit as u64)],
+        )?;
+        let mut chain = Vec::with_capacity(rows.len());
+        let mut want = ino;
+        for row in &rows {
+            let (at, parent) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+            if at != want {
+                return Err(corrupt(format!("the path of inode {ino} does not add up")));
+            }
+            chain.push((parent, self.open_entry(parent, row.get(2), at, row.get(3))?));
+            want = parent;
+        }
+        Ok((want == ROOT_INO && chain.len() <= limit).then_some(chain))
+    }
+
     fn insert_entry(&mut self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
         let mac = self.entry_mac(parent, name);
         let mut plain = Vec::with_capacity(8 + name.len());
         plain.extend_from_slice(&ino.to_be_bytes());
         plain.extend_from_slice(name);
         let sealed = self.sealer.seal(Place::EntryName { parent, name_mac: &mac }, &plain);
-        self.execute(
+        self.defer(
             "INSERT INTO entry (parent, name_mac, ino, name) VALUES ($1, $2, $3, $4)",
-            &[&int(parent), &mac.as_slice(), &int(ino), &sealed],
-        )?;
-        Ok(())
+            vec![
+                Box::new(int(parent)),
+                Box::new(mac.to_vec()),
+                Box::new(int(ino)),
+                Box::new(sealed),
+            ],
+        )
     }
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
         let mac = self.entry_mac(parent, name);
-        self.execute(
+        self.defer(
             "DELETE FROM entry WHERE parent = $1 AND name_mac = $2",
-            &[&int(parent), &mac.as_slice()],
-        )?;
-        Ok(())
+            vec![Box::new(int(parent)), Box::new(mac.to_vec())],
+        )
     }
 
     fn entries(&self, parent: u64, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
