@@ -302,23 +302,12 @@ impl Core {
         // Not under the file map's lock: unlink takes the metadata lock,
         // then the map's; taking them the other way round could deadlock.
         if file.held.swap(false, Ordering::SeqCst) {
-            let orphan = self.with_retries(|| Ok(self.meta().release(file.ino)?))?;
-            if !orphan || self.is_read_only() {
-                return Ok(());
-            }
-            // Unlinked meanwhile, here or elsewhere: deleted by whichever
-            // host closes it last.
-            let garbage = self.retrying(|m| {
-                let orphan = m.inode(file.ino)?.is_some_and(|i| i.nlink == 0);
-                if orphan && !m.held(file.ino)? {
-                    return purge(m, file.ino).map(Some);
-                }
-                Ok(None)
-            })?;
-            if let Some(garbage) = garbage {
-                self.mark_changed();
-                self.discard_unuploaded(&garbage);
-            }
+            // The close does not wait for the database: the release goes
+            // with this host's next statement, and if the file was unlinked
+            // meanwhile (here or elsewhere), the next sync deletes it once
+            // no host holds it (`settle_releases`).
+            self.with_retries(|| Ok(self.meta().release_later(file.ino)?))?;
+            self.released.store(true, Ordering::SeqCst);
             return Ok(());
         }
         let unlinked = self.meta().inode(file.ino)?.is_some_and(|i| i.nlink == 0);

@@ -146,6 +146,9 @@ pub struct Core {
     pack_stats: Mutex<Option<compact::PackStats>>,
     compacted_packs: AtomicU64,
     compacted_bytes: AtomicU64,
+    /// Holds were released without waiting (`release_later`) since the
+    /// last sync: it looks for the orphans they may have left.
+    released: std::sync::atomic::AtomicBool,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -204,6 +207,7 @@ impl Core {
             store,
             journal,
             pack_stats: Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
             compacted_packs: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
         }
@@ -515,11 +519,35 @@ impl Core {
     /// left, and spares the orphans another host still has open.
     pub fn remove_orphans(&self) -> FsResult<usize> {
         self.with_retries(|| Ok(self.meta().release_holds()?))?;
+        self.purge_unheld_orphans()
+    }
+
+    /// After holds were released without waiting for the answer: sends
+    /// them, then deletes the orphans no host holds any more (an unlink
+    /// on any host while the file was open here). Part of every sync.
+    pub(super) fn settle_releases(&self) -> FsResult<()> {
+        if !self.released.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let settled = self
+            .with_retries(|| Ok(self.meta().settle()?))
+            .and_then(|()| self.purge_unheld_orphans().map(|_| ()));
+        if settled.is_err() {
+            self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        settled
+    }
+
+    /// Deletes every orphan that no host holds; returns how many.
+    fn purge_unheld_orphans(&self) -> FsResult<usize> {
         if self.is_read_only() {
             return Ok(0);
         }
         let mut removed = 0;
-        for ino in self.meta().orphans()? {
+        // Not `for ino in self.meta().orphans()?`: the guard would live
+        // through the loop, and the transaction below takes the lock too.
+        let orphans = self.meta().orphans()?;
+        for ino in orphans {
             let garbage = self.transact(|m| {
                 if m.held(ino)? {
                     return Ok(None);

@@ -16,7 +16,19 @@ impl Core {
     /// data into the cache, then the metadata naming it (see
     /// `journal::Writer::sync`). Waits for as long as uploads take.
     pub async fn sync(&self) -> FsResult<()> {
-        self.journal.sync(false, self.flush_all()).await
+        self.journal.sync(false, self.flush_and_settle()).await
+    }
+
+    /// Commits every buffered file, then sends the releases of holds it
+    /// and earlier closes queued (`settle_releases`). A database that does
+    /// not answer does not stop the data's upload: the releases wait for
+    /// the next sync, or the holds for this host's next mount.
+    async fn flush_and_settle(&self) -> FsResult<()> {
+        self.flush_all().await?;
+        if let Err(e) = self.settle_releases() {
+            tracing::warn!(error = %e, "cannot release closed files' holds yet; will retry");
+        }
+        Ok(())
     }
 
     /// At unmount: a sync within `FINAL_SYNC_LIMIT`, with a checkpoint if
@@ -24,7 +36,7 @@ impl Core {
     /// uses deleted, grace period or not: once this mount is gone, nobody
     /// else would delete them.
     pub async fn final_sync(&self) -> FsResult<()> {
-        tokio::time::timeout(FINAL_SYNC_LIMIT, self.journal.sync(true, self.flush_all()))
+        tokio::time::timeout(FINAL_SYNC_LIMIT, self.journal.sync(true, self.flush_and_settle()))
             .await
             .unwrap_or(Err(FsError::ETIMEDOUT))
     }

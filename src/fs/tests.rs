@@ -1499,3 +1499,22 @@ async fn special_files_are_found_only_by_whom_their_mode_allows_and_every_lookup
         .collect();
     assert_eq!(opens, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_unlinked_while_open_at_a_crash_are_deleted_at_the_next_mount_without_a_hang() {
+    let fx = Fixture::new();
+    let core = Arc::new(fx.core());
+    let ino = write_file(&core, b"doomed", &[3u8; 100]).await;
+    let _fh = core.open(&root(), ino, libc::O_RDONLY).await.unwrap();
+    core.unlink(&root(), ROOT_INO, b"doomed").unwrap();
+    // What the next mount finds after a crash with the file open. On a
+    // thread of its own, so that a deadlock fails the test, not hangs it.
+    let (done, outcome) = std::sync::mpsc::channel();
+    let host = core.clone();
+    std::thread::spawn(move || done.send(host.remove_orphans()));
+    let removed = outcome
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("remove_orphans hung");
+    assert_eq!(removed, Ok(1));
+    assert_eq!(core.getattr(ino), Err(FsError::ENOENT));
+}

@@ -259,6 +259,16 @@ pub trait MetadataStore: Send {
     fn release(&mut self, _ino: u64) -> Result<bool> {
         Ok(false)
     }
+    /// `release` without its answer: a store that pays a round trip per
+    /// statement sends it with its next statement, or at `settle`. An
+    /// orphan it leaves is found by `orphans`.
+    fn release_later(&mut self, ino: u64) -> Result<()> {
+        self.release(ino).map(|_| ())
+    }
+    /// Sends what `release_later` queued.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Whether any host holds `ino` open.
     fn held(&self, _ino: u64) -> Result<bool> {
         Ok(false)

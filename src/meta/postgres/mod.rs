@@ -116,6 +116,9 @@ pub struct PgStore {
     inos: Vec<u64>,
     /// Writes of the open transaction not sent yet, in order.
     deferred: Mutex<Vec<Deferred>>,
+    /// Statements of their own (`release_later`) not sent yet: they go
+    /// before the next round trip's BEGIN or statement, or at `settle`.
+    unsent: Mutex<Vec<Deferred>>,
     known: Mutex<Known>,
 }
 
@@ -321,6 +324,23 @@ fn object_id(bytes: &[u8]) -> Result<ObjectId> {
         .map_err(|_| corrupt(format!("a pack id of {} bytes in the database", bytes.len())))
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `list` (prepared as `statements`) in order without waiting in
+/// between; each one's outcome.
+fn send_all<'a>(
+    client: &'a tokio_postgres::Client,
+    list: &'a [Deferred],
+    statements: &'a [tokio_postgres::Statement],
+) -> impl Future<Output = Vec<std::result::Result<u64, tokio_postgres::Error>>> + 'a {
+    futures_util::future::join_all(list.iter().zip(statements).map(|(d, stmt)| {
+        let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        async move { client.execute(stmt, &params).await }
+    }))
+}
+
 /// Database integers are signed; inode numbers and indexes never reach 2^63.
 fn int(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
@@ -380,6 +400,7 @@ impl PgStore {
             host_usage: Usage::default(),
             inos: Vec::new(),
             deferred: Mutex::new(Vec::new()),
+            unsent: Mutex::new(Vec::new()),
             known: Mutex::new(Known::default()),
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
@@ -536,21 +557,38 @@ impl PgStore {
         session: &Session,
         f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        if self.transaction.is_none() {
+        let in_transaction = self.transaction.is_some();
+        let begin = in_transaction && !self.began.swap(true, Ordering::SeqCst);
+        // Statements of their own cannot go inside a transaction that began.
+        let before = if !in_transaction || begin {
+            std::mem::take(&mut *lock(&self.unsent))
+        } else {
+            Vec::new()
+        };
+        let deferred = if in_transaction {
+            std::mem::take(&mut *lock(&self.deferred))
+        } else {
+            Vec::new()
+        };
+        if !begin && deferred.is_empty() && before.is_empty() {
             return self.link.timed(f);
         }
-        let begin = !self.began.swap(true, Ordering::SeqCst);
-        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        if !begin && deferred.is_empty() {
-            return self.link.timed(f);
-        }
-        let statements = deferred
-            .iter()
-            .map(|d| session.statement(d.sql))
-            .collect::<Result<Vec<_>>>()?;
+        let prepared = |list: &[Deferred]| {
+            list.iter()
+                .map(|d| session.statement(d.sql))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (before_statements, statements) = match (prepared(&before), prepared(&deferred)) {
+            (Ok(b), Ok(d)) => (b, d),
+            (Err(e), _) | (_, Err(e)) => {
+                lock(&self.unsent).extend(before);
+                return Err(e);
+            }
+        };
         let client = session.client();
         // Sent in this order, answered in this order: the first failure is
         // the one that counts (the rest only say the transaction aborted).
+        let alone = send_all(client, &before, &before_statements);
         let begun = async {
             if begin {
                 client.batch_execute("BEGIN").await
@@ -558,18 +596,69 @@ impl PgStore {
                 Ok(())
             }
         };
-        let writes = futures_util::future::join_all(deferred.iter().zip(&statements).map(|(d, stmt)| {
-            let params: Vec<&(dyn ToSql + Sync)> = d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-            async move { client.execute(stmt, &params).await }
-        }));
-        self.link.timed(async {
-            let (begun, written, result) = futures_util::future::join3(begun, writes, f).await;
+        let writes = send_all(client, &deferred, &statements);
+        let mut alone_outcomes = Vec::new();
+        let outcome = self.link.timed(async {
+            let (alone, begun, written, result) = futures_util::future::join4(alone, begun, writes, f).await;
+            alone_outcomes = alone;
             begun?;
             for w in written {
                 w?;
             }
             result
-        })
+        });
+        self.requeue(before, alone_outcomes);
+        outcome
+    }
+
+    /// Puts back the statements of their own that failed, for the next
+    /// round trip (a hold outlives a lost release; the host's next mount
+    /// drops it at the latest).
+    fn requeue(&self, sent: Vec<Deferred>, outcomes: Vec<std::result::Result<u64, tokio_postgres::Error>>) {
+        let failed: Vec<Deferred> = sent
+            .into_iter()
+            .zip(outcomes)
+            .filter_map(|(d, outcome)| outcome.err().map(|_| d))
+            .collect();
+        if !failed.is_empty() {
+            tracing::debug!(count = failed.len(), "hold releases not applied; will send them again");
+            lock(&self.unsent).extend(failed);
+        }
+    }
+
+    /// Sends the statements `release_later` queued, in one round trip.
+    fn send_unsent(&self) -> Result<()> {
+        let unsent = std::mem::take(&mut *lock(&self.unsent));
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let session = match self.link.session() {
+            Ok(session) => session,
+            Err(e) => {
+                lock(&self.unsent).extend(unsent);
+                return Err(e);
+            }
+        };
+        let statements = match unsent
+            .iter()
+            .map(|d| session.statement(d.sql))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(statements) => statements,
+            Err(e) => {
+                lock(&self.unsent).extend(unsent);
+                return Err(e);
+            }
+        };
+        let outcomes = self
+            .link
+            .timed(async { Ok::<_, tokio_postgres::Error>(send_all(session.client(), &unsent, &statements).await) })?;
+        let first_error = outcomes.iter().find_map(|o| o.as_ref().err().map(|e| e.to_string()));
+        self.requeue(unsent, outcomes);
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(MetaError::Unreachable(e)),
+        }
     }
 
     /// Queues a write for the open transaction's next round trip
@@ -579,10 +668,7 @@ impl PgStore {
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
             return self.execute(sql, &refs).map(|_| ());
         }
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Deferred { sql, params });
+        lock(&self.deferred).push(Deferred { sql, params });
         Ok(())
     }
 
@@ -953,6 +1039,19 @@ impl MetadataStore for PgStore {
         Ok(self
             .query_one("SELECT EXISTS (SELECT 1 FROM opened WHERE ino = $1)", &[&int(ino)])?
             .get(0))
+    }
+
+    fn release_later(&mut self, ino: u64) -> Result<()> {
+        lock(&self.unsent).push(Deferred {
+            sql: "WITH gone AS (DELETE FROM opened WHERE ino = $1 AND host = $2 AND opens <= 1)
+                  UPDATE opened SET opens = opens - 1 WHERE ino = $1 AND host = $2 AND opens > 1",
+            params: vec![Box::new(int(ino)), Box::new(self.host.to_vec())],
+        });
+        Ok(())
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        self.send_unsent()
     }
 
     fn release_holds(&mut self) -> Result<()> {
