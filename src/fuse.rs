@@ -4,12 +4,13 @@
 //! answered from tokio tasks, so a slow GET never stalls the request loop.
 
 pub use crate::fs::AttrOverrides;
-use crate::fs::{Caller, Core, FsResult, SetAttr, TimeSet};
+use crate::fs::{Caller, Core, FsResult, LockRequest, SetAttr, TimeSet};
+use crate::meta::file_locks::Kind;
 use crate::meta::{FileKind, Inode};
 use crate::metrics::Timer;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -159,6 +160,18 @@ fn reply_xattr(result: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
     }
 }
 
+/// A lock request from the kernel's arguments; `None` for a type that is
+/// none of F_RDLCK, F_WRLCK and F_UNLCK.
+fn lock_request(owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockRequest> {
+    Some(LockRequest {
+        owner,
+        start,
+        end,
+        kind: Kind::from_fcntl(typ)?,
+        pid,
+    })
+}
+
 fn reply_empty(result: FsResult<()>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
@@ -175,6 +188,11 @@ impl Filesystem for FuseAdapter {
         // O_TRUNC arrives with the open, so the open is checked and audited
         // with its real flags and truncates in the same request.
         let _ = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC);
+        if self.core.locks_across_hosts() {
+            // Lock requests come here instead of staying in this kernel;
+            // flock ones as whole-file locks of the open file.
+            let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_LOCKS | fuser::consts::FUSE_FLOCK_LOCKS);
+        }
         Ok(())
     }
 
@@ -393,8 +411,11 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         let timer = Timer::fuse("flush");
+        // A close drops the process's fcntl locks on the file, whichever
+        // descriptor took them (POSIX).
+        self.core.release_locks(ino, lock_owner);
         self.run(
             timer,
             move |core| async move { core.flush(ino).await },
@@ -408,11 +429,15 @@ impl Filesystem for FuseAdapter {
         ino: u64,
         fh: u64,
         _flags: i32,
-        _lock_owner: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let timer = Timer::fuse("release");
+        // The last close of an open file drops its flock lock.
+        if let Some(owner) = lock_owner {
+            self.core.release_locks(ino, owner);
+        }
         self.run(
             timer,
             move |core| async move { core.release(fh, ino).await },
@@ -425,6 +450,60 @@ impl Filesystem for FuseAdapter {
         self.run(
             timer,
             move |core| async move { core.fsync(ino).await },
+            move |r| reply_empty(r, reply),
+        );
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let _timer = Timer::fuse("getlk");
+        let Some(request) = lock_request(lock_owner, start, end, typ, pid) else {
+            return reply.error(libc::EINVAL);
+        };
+        match self.core.test_lock(ino, request) {
+            Ok(Some((lock, pid))) => {
+                let typ = if lock.exclusive { libc::F_WRLCK } else { libc::F_RDLCK };
+                reply.locked(lock.start, lock.end, typ, pid)
+            }
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let timer = Timer::fuse("setlk");
+        let Some(request) = lock_request(lock_owner, start, end, typ, pid) else {
+            return reply.error(libc::EINVAL);
+        };
+        let waiter = req.pid();
+        self.spawn(
+            timer,
+            move |core| async move {
+                core.set_lock(ino, request, sleep, || crate::fs::signal_pending(waiter))
+                    .await
+            },
             move |r| reply_empty(r, reply),
         );
     }

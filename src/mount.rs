@@ -384,10 +384,14 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         };
         let metadata_place = shared
             .as_ref()
-            .map_or_else(|| "bucket".to_string(), |(_, place)| place.clone());
+            .map_or_else(|| "bucket".to_string(), |s| s.place.clone());
+        let (shared, locks) = match shared {
+            Some(s) => (Some(s.meta), Some(s.locks)),
+            None => (None, None),
+        };
         let loaded: (Box<dyn MetadataStore>, _, _, _, _) = match (shared, &config.snapshot) {
             // The database is the live state: nothing to load or compare.
-            (Some((meta, _)), _) => (Box::new(meta), false, None, None, None),
+            (Some(meta), _) => (Box::new(meta), false, None, None, None),
             (None, Some(name)) => (
                 Box::new(
                     volume::load_snapshot(&volume, &cache_dir, name)
@@ -494,6 +498,10 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             volume.superblock.chunk_size,
             options,
         );
+        let core = match locks {
+            Some(locks) => core.with_locks(Arc::new(locks)),
+            None => core,
+        };
         // With --audit=off the log still takes the mount's own records
         // (AuditLog::record drops the rest).
         let core = Arc::new(core.with_audit(audit));

@@ -6,7 +6,7 @@ use crate::journal::anchor::{self, Anchor};
 use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
-use crate::meta::postgres::HostId;
+use crate::meta::postgres::{HostId, PgLocks};
 use crate::meta::{Inode, MetadataStore, PgStore, ROOT_INO, Record, SqliteStore};
 use crate::os::now_ns;
 use crate::store::{ObjectStore, S3Options, StoreError};
@@ -335,10 +335,17 @@ pub fn writer_id(cache_dir: &Path) -> Result<String, VolumeError> {
 /// The usage row of what `init` made (the root directory).
 const INIT_HOST: HostId = [0; 16];
 
+/// A mount's connections to the shared metadata database of its volume.
+pub struct Shared {
+    pub meta: PgStore,
+    pub locks: PgLocks,
+    /// Where the database is, as it may be shown (no password).
+    pub place: String,
+}
+
 /// Opens the shared metadata database of a volume that has one, as the
-/// host mounting `cache_dir` (its writer id names the host's usage row);
-/// with what may be shown of where it is (no password).
-pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<(PgStore, String)>, VolumeError> {
+/// host mounting `cache_dir` (its writer id names the host's rows).
+pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<Shared>, VolumeError> {
     let Some(conninfo) = volume.superblock.metadata_location(&volume.ring)? else {
         return Ok(None);
     };
@@ -349,7 +356,12 @@ pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<(PgStore,
         reason: "its writer id is not hexadecimal".into(),
     })?;
     let meta = PgStore::open(&target, &volume.ring, host)?;
-    Ok(Some((meta, target.describe())))
+    let locks = PgLocks::open(&target, &volume.ring, host)?;
+    Ok(Some(Shared {
+        meta,
+        locks,
+        place: target.describe(),
+    }))
 }
 
 /// The shared metadata database of a volume that has one, for a command

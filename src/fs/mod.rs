@@ -10,6 +10,8 @@ mod access;
 mod compact;
 mod data;
 mod error;
+mod locking;
+pub use locking::{LockRequest, signal_pending};
 mod namespace;
 use namespace::purge;
 mod persist;
@@ -142,6 +144,9 @@ pub struct Core {
     store: Arc<dyn ObjectStore>,
     /// Uploads the metadata changes (persistence layer).
     journal: Writer,
+    /// The shared lock table of a volume several hosts write
+    /// (`locking.rs`); `None`: the kernel keeps the locks.
+    locks: Option<Arc<dyn crate::meta::file_locks::LockTable>>,
     /// The last compaction pass's view of the packs (`compact.rs`).
     pack_stats: Mutex<Option<compact::PackStats>>,
     compacted_packs: AtomicU64,
@@ -206,6 +211,7 @@ impl Core {
             fetcher,
             store,
             journal,
+            locks: None,
             pack_stats: Mutex::new(None),
             released: std::sync::atomic::AtomicBool::new(false),
             compacted_packs: AtomicU64::new(0),

@@ -25,6 +25,7 @@ impl Core {
     /// the next sync, or the holds for this host's next mount.
     async fn flush_and_settle(&self) -> FsResult<()> {
         self.flush_all().await?;
+        self.keep_locks_alive();
         if let Err(e) = self.settle_releases() {
             tracing::warn!(error = %e, "cannot release closed files' holds yet; will retry");
         }

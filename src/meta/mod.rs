@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod conformance_tests;
+pub mod file_locks;
 pub mod ops;
 pub mod postgres;
 pub(crate) mod sealing;

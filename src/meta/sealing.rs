@@ -32,10 +32,25 @@ pub enum Place<'a> {
     InodeAttrs(u64),
     InodeUsage(u64),
     SymlinkTarget(u64),
-    EntryName { parent: u64, name_mac: &'a [u8] },
-    Xattr { ino: u64, name_mac: &'a [u8] },
-    Chunk { ino: u64, index: u64 },
+    EntryName {
+        parent: u64,
+        name_mac: &'a [u8],
+    },
+    Xattr {
+        ino: u64,
+        name_mac: &'a [u8],
+    },
+    Chunk {
+        ino: u64,
+        index: u64,
+    },
     HostUsage(&'a [u8]),
+    /// A file lock of `owner` on `host`.
+    Lock {
+        ino: u64,
+        host: &'a [u8],
+        owner: u64,
+    },
 }
 
 impl Place<'_> {
@@ -51,6 +66,7 @@ impl Place<'_> {
             Place::Xattr { ino, name_mac } => (b"xattr.body", [ino, 0], name_mac),
             Place::Chunk { ino, index } => (b"chunk.place", [ino, index], &[]),
             Place::HostUsage(host) => (b"usage.body", [0, 0], host),
+            Place::Lock { ino, host, owner } => (b"file_lock.body", [ino, owner], host),
         };
         out.push(label.len() as u8);
         out.extend_from_slice(label);

@@ -5,8 +5,9 @@
 # opens with its contents on the others; O_EXCL creates race to exactly
 # one winner; a storm of creates, renames and unlinks from all three ends
 # as a model of it says; a file open on one host survives its unlink on
-# another; fsx on one host while another reads; one host killed with -9
-# while the others go on; a snapshot taken while they write (restored,
+# another; flock and fcntl locks exclude across hosts; fsx on one host
+# while another reads; one host killed with -9 while the others go on (its
+# locks go with it); a snapshot taken while they write (restored,
 # mounted, deleted), fsck while they are mounted, and gc (the live state
 # read from the database) leaves nothing unreferenced. Runs on the
 # "pg" backend only.
@@ -183,6 +184,76 @@ open_here_unlinked_there() {
 check "a file open on one host outlives its unlink on another" open_here_unlinked_there
 
 # ---------------------------------------------------------------------------
+# File locks reach across hosts: flock(1) and fcntl byte ranges (Python's
+# fcntl module) taken on one host exclude the others, a blocking request
+# waits for the release, and one with a timeout gives up when its timer
+# fires (the signal interrupts the wait).
+
+wait_for() { # FILE: waits up to 10 s for FILE to exist
+    local i
+    for i in $(seq 100); do
+        [[ -e $1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+flock_across_hosts() {
+    local holder started
+    echo x >"$A/flocked"
+    flock -x "$A/flocked" -c "touch '$WORK/flock-held'; sleep 5" &
+    holder=$!
+    wait_for "$WORK/flock-held"
+    if flock -n "$B/flocked" true; then echo "b took a lock a holds"; return 1; fi
+    if flock -n "$A/flocked" true; then echo "a second process on a took it"; return 1; fi
+    if flock -s -n "$C/flocked" true; then echo "c took a shared lock"; return 1; fi
+    started=$(date +%s%N)
+    if flock -w 0.3 "$B/flocked" true; then echo "the timeout did not fire"; return 1; fi
+    echo "flock -w 0.3 gave up after $((($(date +%s%N) - started) / 1000000)) ms"
+    # Blocks until a's holder is done, then gets it.
+    flock -x "$B/flocked" -c "kill -0 $holder 2>/dev/null && exit 1; exit 0"
+    wait "$holder"
+    flock -n "$C/flocked" true
+}
+check "flock across hosts: excluded, timed out, waited for, then granted" flock_across_hosts
+
+fcntl_ranges_across_hosts() {
+    local holder
+    head -c 100 /dev/zero >"$A/ranges"
+    python3 -c '
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+open(sys.argv[2], "w").close()
+time.sleep(3)' "$A/ranges" "$WORK/ranges-held" &
+    holder=$!
+    wait_for "$WORK/ranges-held"
+    python3 -c '
+import errno, fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 10)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 5)
+    sys.exit("bytes 5-14 were granted while another host holds 0-9")
+except OSError as e:
+    assert e.errno in (errno.EAGAIN, errno.EACCES), e
+fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 20)
+# F_GETLK names the lock in the way: bytes 0-9, held on another host (pid 0).
+got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 3, 4, 0))
+kind, _, start, length, pid = struct.unpack("hhqqi4x", got)
+print("F_GETLK:", kind, start, length, pid)
+assert (kind, start, length, pid) == (fcntl.F_WRLCK, 0, 10, 0)
+' "$B/ranges"
+    # Once the holder exits (its close drops its locks), b gets 0-9.
+    wait "$holder"
+    python3 -c '
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)' "$B/ranges"
+}
+check "fcntl byte ranges across hosts: conflicts by range, F_GETLK, released at close" fcntl_ranges_across_hosts
+
+# ---------------------------------------------------------------------------
 # fsx on host a while host b keeps opening and reading the same file; once
 # fsx closed it, b reads exactly what a does.
 
@@ -237,13 +308,17 @@ check "fsx on one host while another reads: the same file once closed" fsx_here_
 # file b closed before is whole on them.
 
 kill_b_mid_write() {
-    local i pid writer
+    local i pid writer locker
     for i in $(seq 20); do
         head -c $((i * 7000)) /dev/urandom >"$WORK/closed-$i"
         cp "$WORK/closed-$i" "$B/closed-$i"
     done
     (while true; do head -c 1000000 /dev/urandom >"$B/in-flight" || exit 0; done) &
     writer=$!
+    echo x >"$B/locked-by-b"
+    (flock -x 9 && touch "$WORK/b-locked" && exec sleep 600) 9<"$B/locked-by-b" &
+    locker=$!
+    wait_for "$WORK/b-locked"
     sleep 1
     pid=$(daemon_pids "$B")
     [[ -n $pid ]] || return 1
@@ -252,10 +327,14 @@ kill_b_mid_write() {
     for i in $(seq 20); do
         cmp "$WORK/closed-$i" "$A/closed-$i"
     done
+    # The dead host's lock went with it.
+    flock -w 20 "$A/locked-by-b" true
+    kill "$locker" 2>/dev/null || true
+    wait "$locker" 2>/dev/null || true
     touch "$A/after-kill" "$C/after-kill-too"
     test -e "$C/after-kill" && test -e "$A/after-kill-too"
 }
-check "one host killed with -9: the others go on, its closed files are whole" kill_b_mid_write
+check "one host killed with -9: the others go on, its closed files are whole, its locks are gone" kill_b_mid_write
 force_unmount "$B"
 check "host b mounts again from its cache directory" mount_host b
 check "...and sees what the others did meanwhile" test -e "$B/after-kill"

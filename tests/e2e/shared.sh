@@ -163,7 +163,13 @@ require "a private PostgreSQL cluster" private_cluster
 require "start it" start_pg
 require "init a volume on it" init "$URL_O" --key-file "$KEY" --metadata "postgresql://vault@127.0.0.1:$PG_PORT/postgres"
 require "mount" sv_mount "$URL_O" "$MNT" "$WORK/cache-o" --key-file "$KEY"
+require "mount it as a second host" sv_mount "$URL_O" "$WORK/mnt-o2" "$WORK/cache-o2-host" --key-file "$KEY"
 echo before >"$MNT/closed-before"
+# The holder is the process that keeps the descriptor: killing it drops the lock.
+(flock -x 9 && touch "$WORK/o-locked" && exec sleep 600) 9<"$MNT/closed-before" &
+LOCKER=$!
+echo "$LOCKER" >>"$WORK/pids"
+check "a lock is taken" eventually test -e "$WORK/o-locked"
 check "stop the database" stop_pg
 check "creating a file fails with EIO" fails_with_eio touch "$MNT/during"
 check "listing a directory fails with EIO" fails_with_eio ls "$MNT"
@@ -172,6 +178,19 @@ check "start the database again" start_pg
 check "the mount reconnects by itself" eventually touch "$MNT/after"
 check "the log says so" test "$(count_in_log 'reconnected to the metadata database')" -ge 1
 check "what was closed before the outage is there" test "$(cat "$MNT/closed-before")" = before
+# Past the server's grace period after its start, the lock still counts:
+# its host reconnected and holds its liveness lock again.
+lock_survives_restart() {
+    local up
+    up=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U vault -d postgres -Atc \
+        "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::int")
+    ((up >= 16)) || sleep $((16 - up))
+    if flock -n "$WORK/mnt-o2/closed-before" true; then return 1; fi
+    kill "$LOCKER"
+    eventually flock -n "$WORK/mnt-o2/closed-before" true
+}
+check "a lock held through the restart still excludes the other host, until released" lock_survives_restart
+check "umount the second host" sv_umount "$WORK/mnt-o2"
 check "status shows the database connected" bash -c "'$S3VAULT' status '$MNT' | grep -E 'database connected +true'"
 check "umount" sv_umount "$MNT"
 require "mount from an empty cache dir" sv_mount "$URL_O" "$MNT" "$WORK/cache-o2" --key-file "$KEY"

@@ -16,9 +16,11 @@
 //! contend for a single counter row.
 
 mod connect;
+mod locks;
 mod schema;
 
 pub use connect::Target;
+pub use locks::PgLocks;
 
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
@@ -146,6 +148,11 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 struct Link {
     target: Target,
     schema: String,
+    /// Run on every new connection, after the search path is set.
+    on_connect: Option<String>,
+    /// Whether losing and finding the server is logged (the metadata
+    /// link's); a second link of the same mount stays quiet.
+    logs_outages: bool,
     current: Mutex<Current>,
     stats: Stats,
 }
@@ -176,10 +183,12 @@ struct Session {
 }
 
 impl Link {
-    fn open(target: &Target, schema: String) -> Result<Link> {
+    fn open(target: &Target, schema: String, on_connect: Option<String>) -> Result<Link> {
         let link = Link {
             target: target.clone(),
             schema,
+            logs_outages: on_connect.is_none(),
+            on_connect,
             current: Mutex::new(Current {
                 conn: None,
                 failed: None,
@@ -207,7 +216,7 @@ impl Link {
         let reconnecting = current.conn.take().is_some();
         match self.connect() {
             Ok(session) => {
-                if reconnecting || current.failed.is_some() {
+                if (reconnecting || current.failed.is_some()) && self.logs_outages {
                     tracing::info!(database = %self.target.describe(), "reconnected to the metadata database");
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -216,7 +225,7 @@ impl Link {
                 Ok(session)
             }
             Err(e) => {
-                if current.failed.is_none() {
+                if current.failed.is_none() && self.logs_outages {
                     tracing::warn!(error = %e, "metadata database unreachable; operations fail with EIO until it is back");
                 }
                 current.failed = Some((Instant::now(), e.to_string()));
@@ -291,6 +300,9 @@ impl Link {
                 )),
         )
         .map_err(db)?;
+        if let Some(sql) = &self.on_connect {
+            wait(conn.client.batch_execute(sql)).map_err(db)?;
+        }
         Ok(Arc::new(Session {
             conn,
             statements: Mutex::new(HashMap::new()),
@@ -371,14 +383,18 @@ impl PgStore {
     /// Opens the tables of an existing volume.
     pub fn open(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
         let name = schema::schema_name(ring.volume_id());
-        let link = Link::open(target, name.clone())?;
+        let link = Link::open(target, name.clone(), None)?;
         let row = link.timed(link.session()?.client().query_one("SELECT id, format FROM volume", &[]))?;
         let (id, format): (Vec<u8>, i32) = (row.get(0), row.get(1));
         if id != ring.volume_id() {
             return Err(corrupt(format!("schema {name} belongs to another volume")));
         }
         let mut format = format;
-        for (from, upgrade) in [(1, schema::FROM_FORMAT_1), (2, schema::FROM_FORMAT_2)] {
+        for (from, upgrade) in [
+            (1, schema::FROM_FORMAT_1),
+            (2, schema::FROM_FORMAT_2),
+            (3, schema::FROM_FORMAT_3),
+        ] {
             if format == from {
                 link.timed(link.session()?.client().batch_execute(upgrade))?;
                 format = from + 1;

@@ -3,8 +3,9 @@
 //! so one database can hold several volumes.
 
 /// Format of the schema below; a volume of another one is refused.
-/// Format 2 added `opened` and `open_pack`, format 3 `snapshot_pin`.
-pub const FORMAT: i32 = 3;
+/// Format 2 added `opened` and `open_pack`, format 3 `snapshot_pin`,
+/// format 4 `file_lock`.
+pub const FORMAT: i32 = 4;
 
 /// Brings a format 1 schema (the search path set to it) to format 2.
 pub const FROM_FORMAT_1: &str = "
@@ -29,6 +30,19 @@ CREATE TABLE IF NOT EXISTS snapshot_pin (
     PRIMARY KEY (snapshot, pack));
 CREATE INDEX IF NOT EXISTS snapshot_pin_by_pack ON snapshot_pin (pack);
 UPDATE volume SET format = 3 WHERE format = 2;
+COMMIT;";
+
+/// Brings a format 3 schema to format 4.
+pub const FROM_FORMAT_3: &str = "
+BEGIN;
+CREATE TABLE IF NOT EXISTS file_lock (
+    ino bigint NOT NULL,
+    host bytea NOT NULL,
+    live integer NOT NULL,
+    owner bigint NOT NULL,
+    body bytea NOT NULL);
+CREATE INDEX IF NOT EXISTS file_lock_by_ino ON file_lock (ino);
+UPDATE volume SET format = 4 WHERE format = 3;
 COMMIT;";
 
 /// The schema of volume `id` (hex): also what a DBA sees in `\dn`.
@@ -94,4 +108,11 @@ CREATE TABLE snapshot_pin (
     pack bytea NOT NULL,
     PRIMARY KEY (snapshot, pack));
 CREATE INDEX snapshot_pin_by_pack ON snapshot_pin (pack);
+CREATE TABLE file_lock (
+    ino bigint NOT NULL,
+    host bytea NOT NULL,
+    live integer NOT NULL,
+    owner bigint NOT NULL,
+    body bytea NOT NULL);
+CREATE INDEX file_lock_by_ino ON file_lock (ino);
 ";

@@ -5,6 +5,7 @@
 use super::*;
 use crate::crypto::SecretKey;
 use crate::meta::FileKind;
+use crate::meta::file_locks::{Kind, LockTable, Owner, Request};
 
 fn target() -> Target {
     super::test_target()
@@ -372,8 +373,9 @@ fn postgres_a_transaction_costs_no_round_trip_of_its_own() {
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_older_schemas_are_brought_to_this_format_at_open() {
     for (format, dropped) in [
-        (1, "DROP TABLE opened, open_pack, snapshot_pin"),
-        (2, "DROP TABLE snapshot_pin"),
+        (1, "DROP TABLE opened, open_pack, snapshot_pin, file_lock"),
+        (2, "DROP TABLE snapshot_pin, file_lock"),
+        (3, "DROP TABLE file_lock"),
     ] {
         let ring = ring();
         let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
@@ -385,9 +387,152 @@ fn postgres_older_schemas_are_brought_to_this_format_at_open() {
         assert_eq!(db.inode(2).unwrap().unwrap().ino, 2);
         assert!(db.hold(2).unwrap());
         db.export_pinned(b"snapshot").unwrap();
+        let locks = PgLocks::open(&target(), &ring, [1; 16]).unwrap();
+        assert_eq!(locks.set(2, &whole_file(1, Kind::Exclusive)).unwrap(), None);
         let now: i32 = wait(conn.client.query_one("SELECT format FROM volume", &[]))
             .unwrap()
             .get(0);
         assert_eq!(now, schema::FORMAT, "from format {format}");
     }
+}
+
+fn whole_file(owner: u64, kind: Kind) -> Request {
+    range(owner, 0, u64::MAX >> 1, kind)
+}
+
+fn range(owner: u64, start: u64, end: u64, kind: Kind) -> Request {
+    Request {
+        owner: Owner {
+            host: [0; 16],
+            id: owner,
+        },
+        start,
+        end,
+        kind,
+        pid: 4242,
+    }
+}
+
+/// `request` as host `locks` makes it.
+fn from(locks: &PgLocks, request: Request) -> Request {
+    Request {
+        owner: Owner {
+            host: locks.host(),
+            id: request.owner.id,
+        },
+        ..request
+    }
+}
+
+/// Two hosts' lock tables on one new volume, past the server's grace
+/// period after a start (when a host without a connection still counts).
+fn two_lock_tables() -> (Keyring, PgLocks, PgLocks) {
+    let ring = ring();
+    drop(PgStore::create(&target(), &ring, [1; 16]).unwrap());
+    let a = PgLocks::open(&target(), &ring, [1; 16]).unwrap();
+    let b = PgLocks::open(&target(), &ring, [2; 16]).unwrap();
+    let conn = target().connect().unwrap();
+    let up: f64 = wait(conn.client.query_one(
+        "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8",
+        &[],
+    ))
+    .unwrap()
+    .get(0);
+    if up < 16.0 {
+        std::thread::sleep(Duration::from_secs_f64(16.0 - up));
+    }
+    (ring, a, b)
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_locks_exclude_each_other_across_hosts() {
+    let (_ring, a, b) = two_lock_tables();
+    assert_eq!(a.set(5, &from(&a, whole_file(1, Kind::Shared))).unwrap(), None);
+    assert_eq!(
+        b.set(5, &from(&b, whole_file(1, Kind::Shared))).unwrap(),
+        None,
+        "readers share"
+    );
+    let blocked = b.set(5, &from(&b, whole_file(1, Kind::Exclusive))).unwrap().unwrap();
+    assert_eq!(
+        (blocked.owner.host, blocked.pid, blocked.exclusive),
+        ([1; 16], 4242, false)
+    );
+    assert_eq!(
+        b.test(5, &from(&b, whole_file(1, Kind::Exclusive))).unwrap(),
+        Some(blocked)
+    );
+    assert_eq!(
+        b.set(6, &from(&b, whole_file(1, Kind::Exclusive))).unwrap(),
+        None,
+        "another file"
+    );
+    a.release_owner(5, 1).unwrap();
+    assert_eq!(b.set(5, &from(&b, whole_file(1, Kind::Exclusive))).unwrap(), None);
+    assert!(a.set(5, &from(&a, whole_file(9, Kind::Shared))).unwrap().is_some());
+    b.set(5, &from(&b, whole_file(1, Kind::Unlock))).unwrap();
+    assert_eq!(a.set(5, &from(&a, whole_file(9, Kind::Shared))).unwrap(), None);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_byte_range_locks_split_and_conflict_by_range() {
+    let (ring, a, b) = two_lock_tables();
+    assert_eq!(a.set(7, &from(&a, range(1, 0, 99, Kind::Exclusive))).unwrap(), None);
+    // An unlock in the middle leaves two locks; B fits in the hole.
+    assert_eq!(a.set(7, &from(&a, range(1, 40, 59, Kind::Unlock))).unwrap(), None);
+    assert_eq!(b.set(7, &from(&b, range(3, 40, 59, Kind::Exclusive))).unwrap(), None);
+    let blocked = b.set(7, &from(&b, range(3, 30, 45, Kind::Exclusive))).unwrap().unwrap();
+    assert_eq!((blocked.start, blocked.end), (0, 39));
+    assert!(b.set(7, &from(&b, range(3, 60, 60, Kind::Shared))).unwrap().is_some());
+    // Nothing about the ranges is in the clear.
+    let conn = admin(&ring);
+    let rows = wait(conn.client.query("SELECT ino, body FROM file_lock ORDER BY ino", &[])).unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let body: Vec<u8> = row.get(1);
+        assert!(
+            !body
+                .windows(8)
+                .any(|w| w == 39u64.to_be_bytes() || w == 59u64.to_be_bytes())
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_a_dead_hosts_locks_no_longer_count() {
+    let (ring, a, b) = two_lock_tables();
+    assert_eq!(a.set(5, &from(&a, whole_file(1, Kind::Exclusive))).unwrap(), None);
+    assert!(b.set(5, &from(&b, whole_file(1, Kind::Exclusive))).unwrap().is_some());
+    // The host is gone with its connection (a crash, a kill -9).
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.set(5, &from(&b, whole_file(1, Kind::Exclusive))).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a dead host's lock still counts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its row is gone too, and the same host's next mount starts clean.
+    let conn = admin(&ring);
+    let hosts = wait(conn.client.query("SELECT host FROM file_lock", &[])).unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].get::<_, &[u8]>(0), &[2; 16]);
+    let b_again = PgLocks::open(&target(), &ring, [2; 16]).unwrap();
+    assert_eq!(
+        b_again.set(5, &from(&b_again, whole_file(4, Kind::Exclusive))).unwrap(),
+        None
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_a_tampered_lock_is_refused() {
+    let (ring, a, b) = two_lock_tables();
+    assert_eq!(a.set(5, &from(&a, range(1, 0, 9, Kind::Exclusive))).unwrap(), None);
+    sql(&admin(&ring), "UPDATE file_lock SET ino = 6");
+    assert!(matches!(
+        b.set(6, &from(&b, range(1, 0, 9, Kind::Exclusive))),
+        Err(MetaError::Corrupt(_))
+    ));
 }
