@@ -106,7 +106,8 @@ pub async fn serve(
         let Ok(_answering) = gate.clone().try_read_owned() else {
             return Ok(()); // the daemon is exiting
         };
-        tokio::spawn(async move {
+        // Background work: `sync` or `unmount` must not wait out an outage.
+        tokio::spawn(crate::meta::in_background(async move {
             let _answering = _answering;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -143,7 +144,7 @@ pub async fn serve(
                 other => format!("error unknown request {other:?}"),
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
-        });
+        }));
     }
 }
 

@@ -48,6 +48,10 @@ pub struct MountConfig {
     pub follow_interval: Option<Duration>,
     /// Serve Prometheus metrics here (`None`: no metrics).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// What operations do while the shared metadata database is
+    /// unreachable (`None`: not given, so fail; refused for a volume
+    /// without one).
+    pub metadata_outage: Option<crate::meta::OutagePolicy>,
 }
 
 /// How long a block the writer stopped using stays in the store, so that
@@ -157,15 +161,18 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         unmount.clone(),
         gate.clone(),
     ));
-    runtime.spawn(sync_periodically(core.clone(), config.metadata_interval));
-    runtime.spawn(compact_periodically(core.clone()));
+    runtime.spawn(crate::meta::in_background(sync_periodically(
+        core.clone(),
+        config.metadata_interval,
+    )));
+    runtime.spawn(crate::meta::in_background(compact_periodically(core.clone())));
     if config.metrics_addr.is_some() {
         runtime.spawn(publish_status(core.clone()));
     }
     if let Some(log) = core.audit_log() {
         runtime.spawn(audit_periodically(log.clone()));
     }
-    runtime.spawn(unmount_on_signal(unmount, core.clone()));
+    runtime.spawn(crate::meta::in_background(unmount_on_signal(unmount, core.clone())));
     if let Some(lease) = &lease {
         runtime.spawn(heartbeat(lease.clone(), core.clone()));
     }
@@ -382,6 +389,13 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
             Some(_) => None,
             None => volume::open_shared(&volume, &cache_dir).map_err(volume_failure)?,
         };
+        if shared.is_none() && config.metadata_outage.is_some() && config.snapshot.is_none() {
+            return Err((
+                2,
+                "--metadata-outage is for volumes with their metadata in PostgreSQL; this one keeps it in the bucket"
+                    .to_string(),
+            ));
+        }
         let metadata_place = shared
             .as_ref()
             .map_or_else(|| "bucket".to_string(), |s| s.place.clone());
@@ -517,6 +531,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         if unsynced || orphans > 0 {
             core.mark_changed();
         }
+        // Only once mounted: the mount itself fails at once if the
+        // database is gone.
+        core.set_outage_policy(config.metadata_outage.unwrap_or_default());
         if lease.as_ref().is_some_and(|l| l.taken_from().is_some()) {
             // Claim the next metadata generation now: the previous writer's next
             // upload then collides with it and fences that writer.
@@ -855,6 +872,7 @@ mod tests {
             snapshot: None,
             follow_interval: None,
             metrics_addr: None,
+            metadata_outage: None,
         }
     }
 

@@ -10,6 +10,7 @@ use s3vault::cache;
 use s3vault::daemon::{self, Readiness, Role};
 use s3vault::fuse::AttrOverrides;
 use s3vault::journal::snapshots;
+use s3vault::meta::OutagePolicy;
 use s3vault::mount::MountConfig;
 use s3vault::store::Location;
 use s3vault::units::parse_size;
@@ -117,6 +118,12 @@ pub struct MountArgs {
     /// metadata, so other hosts' changes appear (0: never) [default: 5].
     #[arg(long, value_name = "SECONDS")]
     follow_interval: Option<u64>,
+    /// With the metadata in PostgreSQL: what an operation that needs the
+    /// database does while it cannot be reached: fail (with EIO at once,
+    /// like NFS's soft) or wait (until it is back, like NFS's hard; an
+    /// unmount still ends the waiting) [default: fail].
+    #[arg(long, value_name = "fail|wait", value_parser = parse_outage)]
+    metadata_outage: Option<OutagePolicy>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
     /// 127.0.0.1:9464: request latencies per FUSE and store operation, and
     /// the figures of `status` (no file names) [default: off].
@@ -238,6 +245,10 @@ pub fn with_o_options(args: MountArgs, matches: &clap::ArgMatches) -> Result<Mou
         .args)
 }
 
+fn parse_outage(s: &str) -> Result<OutagePolicy, String> {
+    s.parse()
+}
+
 /// A clap error's first line, without its "error: " prefix.
 fn clap_message(e: &clap::Error) -> String {
     let text = e.to_string();
@@ -309,6 +320,7 @@ pub fn run(args: MountArgs) -> Result<(), Exit> {
         accept_older_state: args.accept_older_state,
         set_aside_unuploaded: args.set_aside_unuploaded,
         metrics_addr: args.metrics_addr,
+        metadata_outage: args.metadata_outage,
     };
     let ready = if args.foreground {
         Readiness::foreground()
@@ -376,6 +388,7 @@ mod tests {
             "SIZE|N%" => "7%",
             "NAME" => "before upgrade",
             "ADDR" => "127.0.0.1:9464",
+            "fail|wait" => "wait",
             other => panic!("no sample value for {other}: add one"),
         }
     }

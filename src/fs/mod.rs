@@ -147,6 +147,9 @@ pub struct Core {
     /// The shared lock table of a volume several hosts write
     /// (`locking.rs`); `None`: the kernel keeps the locks.
     locks: Option<Arc<dyn crate::meta::file_locks::LockTable>>,
+    /// The shared database's connection, watched without the metadata
+    /// lock (an operation may hold that lock while it waits out an outage).
+    database: Option<Arc<dyn crate::meta::Database>>,
     /// The last compaction pass's view of the packs (`compact.rs`).
     pack_stats: Mutex<Option<compact::PackStats>>,
     compacted_packs: AtomicU64,
@@ -182,6 +185,7 @@ impl Core {
         }
         let fetcher = Arc::new(fetcher);
         meta.set_journaling(!options.read_only);
+        let database = meta.database();
         let meta: SharedMeta = Arc::new(Mutex::new(meta));
         let journal = Writer::new(
             meta.clone(),
@@ -212,6 +216,7 @@ impl Core {
             store,
             journal,
             locks: None,
+            database,
             pack_stats: Mutex::new(None),
             released: std::sync::atomic::AtomicBool::new(false),
             compacted_packs: AtomicU64::new(0),
@@ -596,7 +601,7 @@ impl Core {
             cache: self.cache.status(),
             packs: self.pack_stats(),
             audit: self.audit.as_ref().map(|log| log.stats()),
-            database: self.meta().database_status(),
+            database: self.database.as_ref().map(|d| d.status()),
         }
     }
 }

@@ -37,9 +37,37 @@ impl Core {
     /// uses deleted, grace period or not: once this mount is gone, nobody
     /// else would delete them.
     pub async fn final_sync(&self) -> FsResult<()> {
-        tokio::time::timeout(FINAL_SYNC_LIMIT, self.journal.sync(true, self.flush_and_settle()))
+        // An unmount does not wait out a database outage: requests that
+        // wait fail instead, and the sync fails (the mount stays) unless
+        // the database answers. A mount that stays keeps its policy.
+        let policy = self.outage_policy();
+        self.set_outage_policy(crate::meta::OutagePolicy::Fail);
+        let synced = tokio::time::timeout(FINAL_SYNC_LIMIT, self.journal.sync(true, self.flush_and_settle()))
             .await
-            .unwrap_or(Err(FsError::ETIMEDOUT))
+            .unwrap_or(Err(FsError::ETIMEDOUT));
+        if synced.is_err() {
+            self.set_outage_policy(policy);
+        }
+        synced
+    }
+
+    /// What requests do while the shared database is unreachable.
+    pub fn outage_policy(&self) -> crate::meta::OutagePolicy {
+        self.database
+            .as_ref()
+            .map(|d| d.status().outage_policy)
+            .unwrap_or_default()
+    }
+
+    /// Sets what requests (metadata and locks) do while the shared
+    /// database is unreachable; nothing for an embedded volume.
+    pub fn set_outage_policy(&self, policy: crate::meta::OutagePolicy) {
+        if let Some(database) = &self.database {
+            database.set_outage_policy(policy);
+        }
+        if let Some(locks) = &self.locks {
+            locks.set_outage_policy(policy);
+        }
     }
 
     /// `sync`, giving up after `limit` (an unreachable store): the unmount

@@ -137,6 +137,9 @@ pub trait LockTable: Send + Sync {
     /// fails, `keep_alive` tries again.
     fn release_owner(&self, ino: u64, owner: u64) -> Result<()>;
 
+    /// Whether requests wait out a database outage or fail at once.
+    fn set_outage_policy(&self, policy: super::OutagePolicy);
+
     /// Keeps this host's locks alive through a restart of the database
     /// and sends the releases that failed: called every second or so.
     fn keep_alive(&self) -> Result<()>;

@@ -19,6 +19,7 @@ pub use sqlite::SqliteStore;
 pub use state::{decode_state, encode_state, encode_state_into};
 
 use crate::codec::ObjectId;
+use std::sync::Arc;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -394,11 +395,67 @@ pub trait MetadataStore: Send {
     /// Loads a state made by `export` into an empty store.
     fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()>;
 
-    /// The state of the connection to a shared database (`status`); `None`
-    /// for the embedded store.
-    fn database_status(&self) -> Option<DatabaseStatus> {
+    /// The connection to a shared database, to watch and steer without
+    /// this store's lock; `None` for the embedded store.
+    fn database(&self) -> Option<Arc<dyn Database>> {
         None
     }
+
+    /// The state of the connection to a shared database (`status`).
+    fn database_status(&self) -> Option<DatabaseStatus> {
+        self.database().map(|d| d.status())
+    }
+}
+
+/// What an operation that needs the shared database does while the
+/// server cannot be reached (NFS's soft and hard mounts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutagePolicy {
+    /// Fail at once with EIO.
+    #[default]
+    Fail,
+    /// Wait until the server is back, then go on.
+    Wait,
+}
+
+impl std::str::FromStr for OutagePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fail" | "soft" => Ok(OutagePolicy::Fail),
+            "wait" | "hard" => Ok(OutagePolicy::Wait),
+            _ => Err(format!("{s:?} is not an outage policy (fail or wait)")),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Marks background work (periodic syncs, compaction, control
+    /// requests): it never waits out a database outage, whatever the
+    /// policy, so it cannot sit on the metadata lock while the requests
+    /// that are allowed to wait (and `status`, and an unmount) queue
+    /// behind it.
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as background work (see `BACKGROUND`).
+pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
+/// Whether the calling task is background work.
+fn is_background() -> bool {
+    BACKGROUND.try_with(|_| ()).is_ok()
+}
+
+/// A shared database's connection, seen from outside the store: `status`
+/// must answer while an operation waits out an outage with the store's
+/// lock held.
+pub trait Database: Send + Sync {
+    fn status(&self) -> DatabaseStatus;
+    fn set_outage_policy(&self, policy: OutagePolicy);
 }
 
 /// How a shared metadata database is doing, for `status` and metrics.
@@ -415,4 +472,5 @@ pub struct DatabaseStatus {
     /// Transactions run again because another host's got in the way.
     pub conflicts: u64,
     pub last_error: Option<String>,
+    pub outage_policy: OutagePolicy,
 }

@@ -154,8 +154,8 @@ eventually() {
     "$@"
 }
 
-count_in_log() { # PATTERN: lines of the daemon log matching it
-    grep -c -- "$1" "$WORK/cache-o/s3vault.log" || true
+count_in_log() { # PATTERN [CACHE]: lines of the daemon log (of cache-o) matching it
+    grep -c -- "$1" "$WORK/${2:-cache-o}/s3vault.log" || true
 }
 
 URL_O=$(vol_url outage)
@@ -197,6 +197,51 @@ require "mount from an empty cache dir" sv_mount "$URL_O" "$MNT" "$WORK/cache-o2
 names() { find "$1" -mindepth 1 -printf '%f\n' | sort | tr '\n' ' '; }
 check "both files are there, the failed one is not" test "$(names "$MNT")" = "after closed-before "
 check "umount" sv_umount "$MNT"
+
+# The other policy, --metadata-outage wait (NFS's hard): an operation
+# waits for the database instead of failing, status still answers, and
+# the operation completes once the database is back.
+require "mount with --metadata-outage wait" sv_mount "$URL_O" "$MNT" "$WORK/cache-o3" --key-file "$KEY" \
+    --metadata-outage wait
+check "status shows the policy" bash -c "'$S3VAULT' status '$MNT' | grep -E 'database outage policy +wait'"
+check "stop the database" stop_pg
+touch "$MNT/during-wait" &
+WAITER=$!
+echo "$WAITER" >>"$WORK/pids"
+check "a create waits instead of failing" bash -c "sleep 3; kill -0 $WAITER"
+check "status answers meanwhile: the database is not connected" \
+    bash -c "timeout 10 '$S3VAULT' status '$MNT' | grep -E 'database connected +false'"
+check "the log says operations wait" test "$(count_in_log 'operations wait until it is back' cache-o3)" -ge 1
+check "start the database again" start_pg
+check "the waiting create completes once it is back" timeout 30 tail --pid="$WAITER" -f /dev/null
+check "...and its file is there" test -e "$MNT/during-wait"
+check "stop the database again" stop_pg
+# An unmount does not wait either: it says why it cannot finish and the
+# mount stays, still waiting out outages; once the database is back it
+# unmounts. (Nothing here looks into the mount: everything that does
+# waits, as on an NFS hard mount.)
+umount_during_outage() {
+    local rc=0 out
+    out=$(timeout 60 "$S3VAULT" umount "$MNT" 2>&1) || rc=$?
+    echo "exit $rc: $out"
+    ((rc == 1)) && [[ $out == *"stays mounted so nothing is lost"* ]] &&
+        grep -q " $MNT fuse" /proc/mounts
+}
+check "an unmount during the outage fails at once; the mount stays" umount_during_outage
+check "...still waiting out outages" bash -c "'$S3VAULT' status '$MNT' | grep -E 'database outage policy +wait'"
+check "start it again" start_pg
+check "umount once it is back" sv_umount "$MNT"
+plain_refuses_outage_policy() {
+    local url rc=0 out
+    url=$(vol_url plain-outage)
+    init "$url" --key-file "$KEY" >/dev/null
+    mkdir -p "$WORK/nowhere"
+    out=$("$S3VAULT" mount "$url" "$WORK/nowhere" --cache-dir "$WORK/cache-plain" --key-file "$KEY" \
+        --metadata-outage wait 2>&1) || rc=$?
+    echo "exit $rc: $out"
+    ((rc == 2)) && [[ $out == *"metadata-outage is for volumes with their metadata in PostgreSQL"* ]]
+}
+check "a mount refuses --metadata-outage on a volume without PostgreSQL (exit 2)" plain_refuses_outage_policy
 check "stop the private cluster" stop_pg
 
 e2e_finish

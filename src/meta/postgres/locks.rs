@@ -284,11 +284,16 @@ impl LockTable for PgLocks {
         }
     }
 
+    fn set_outage_policy(&self, policy: crate::meta::OutagePolicy) {
+        crate::meta::Database::set_outage_policy(&self.link, policy);
+    }
+
     fn keep_alive(&self) -> Result<()> {
         if lock(&self.held).is_empty() {
             return Ok(());
         }
-        self.link.session()?;
+        // Never waits out an outage: it runs in every sync, the last one too.
+        self.link.try_session()?;
         let unreleased: Vec<(u64, u64)> = lock(&self.unreleased).iter().copied().collect();
         for (ino, owner) in unreleased {
             self.delete_owner(ino, owner)?;

@@ -25,8 +25,8 @@ pub use locks::PgLocks;
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
 use super::{
-    ChainHead, ChunkRef, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore, ROOT_INO, Record,
-    Result,
+    ChainHead, ChunkRef, Database, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore,
+    OutagePolicy, ROOT_INO, Record, Result,
 };
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
 use crate::keyring::Keyring;
@@ -100,7 +100,7 @@ struct Known {
 }
 
 pub struct PgStore {
-    link: Link,
+    link: Arc<Link>,
     sealer: RowSealer,
     host: HostId,
     /// The session of the open transaction: its statements must all go
@@ -153,6 +153,9 @@ struct Link {
     /// Whether losing and finding the server is logged (the metadata
     /// link's); a second link of the same mount stays quiet.
     logs_outages: bool,
+    /// Whether a call that finds the server gone waits for it
+    /// (`OutagePolicy::Wait`) instead of failing.
+    waits: AtomicBool,
     current: Mutex<Current>,
     stats: Stats,
 }
@@ -189,6 +192,7 @@ impl Link {
             schema,
             logs_outages: on_connect.is_none(),
             on_connect,
+            waits: AtomicBool::new(false),
             current: Mutex::new(Current {
                 conn: None,
                 failed: None,
@@ -200,8 +204,25 @@ impl Link {
     }
 
     /// The live session, reconnecting (at most every `RECONNECT_EVERY`)
-    /// if the server went away.
+    /// if the server went away; under `OutagePolicy::Wait`, until it is
+    /// back (or the policy changes: an unmount stops the waiting).
     fn session(&self) -> Result<Arc<Session>> {
+        loop {
+            match self.try_session() {
+                Err(MetaError::Unreachable(_)) if self.waits() && !super::is_background() => {
+                    std::thread::sleep(RECONNECT_EVERY)
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn waits(&self) -> bool {
+        self.waits.load(Ordering::SeqCst)
+    }
+
+    /// `session` without waiting.
+    fn try_session(&self) -> Result<Arc<Session>> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(session) = &current.conn
             && !session.conn.client.is_closed()
@@ -226,7 +247,11 @@ impl Link {
             }
             Err(e) => {
                 if current.failed.is_none() && self.logs_outages {
-                    tracing::warn!(error = %e, "metadata database unreachable; operations fail with EIO until it is back");
+                    if self.waits() {
+                        tracing::warn!(error = %e, "metadata database unreachable; operations wait until it is back");
+                    } else {
+                        tracing::warn!(error = %e, "metadata database unreachable; operations fail with EIO until it is back");
+                    }
                 }
                 current.failed = Some((Instant::now(), e.to_string()));
                 Err(e)
@@ -256,7 +281,7 @@ impl Link {
         })
     }
 
-    fn status(&self) -> DatabaseStatus {
+    fn status_now(&self) -> DatabaseStatus {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let connected = current.conn.as_ref().is_some_and(|s| !s.client().is_closed());
         let stats = &self.stats;
@@ -273,6 +298,11 @@ impl Link {
                 .as_ref()
                 .map(|(_, why)| why.clone())
                 .or_else(|| stats.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            outage_policy: if self.waits() {
+                OutagePolicy::Wait
+            } else {
+                OutagePolicy::Fail
+            },
         }
     }
 
@@ -307,6 +337,16 @@ impl Link {
             conn,
             statements: Mutex::new(HashMap::new()),
         }))
+    }
+}
+
+impl Database for Link {
+    fn status(&self) -> DatabaseStatus {
+        self.status_now()
+    }
+
+    fn set_outage_policy(&self, policy: OutagePolicy) {
+        self.waits.store(policy == OutagePolicy::Wait, Ordering::SeqCst);
     }
 }
 
@@ -353,6 +393,19 @@ fn send_all<'a>(
     }))
 }
 
+/// Whether `e` means the connection is gone (the server shut down,
+/// restarted, or ended this session), rather than the statement failed.
+fn connection_lost(e: &MetaError, session: &Session) -> bool {
+    session.client().is_closed()
+        || matches!(e, MetaError::Postgres(e)
+            if e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P")))
+}
+
+/// Whether a statement only reads, so running it again changes nothing.
+fn reads_only(sql: &str) -> bool {
+    sql.starts_with("SELECT") || sql.starts_with("WITH RECURSIVE")
+}
+
 /// Database integers are signed; inode numbers and indexes never reach 2^63.
 fn int(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
@@ -383,7 +436,7 @@ impl PgStore {
     /// Opens the tables of an existing volume.
     pub fn open(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
         let name = schema::schema_name(ring.volume_id());
-        let link = Link::open(target, name.clone(), None)?;
+        let link = Arc::new(Link::open(target, name.clone(), None)?);
         let row = link.timed(link.session()?.client().query_one("SELECT id, format FROM volume", &[]))?;
         let (id, format): (Vec<u8>, i32) = (row.get(0), row.get(1));
         if id != ring.volume_id() {
@@ -510,10 +563,7 @@ impl PgStore {
     /// reconnect; inside one, a lost connection lost the transaction.
     fn session(&self) -> Result<Arc<Session>> {
         match &self.transaction {
-            Some(session) if session.client().is_closed() => Err(MetaError::Unreachable(format!(
-                "{}: the connection was lost during a transaction",
-                self.link.target.describe()
-            ))),
+            Some(session) if session.client().is_closed() => Err(self.lost_in_transaction()),
             Some(session) => Ok(session.clone()),
             None => self.link.session(),
         }
@@ -560,8 +610,38 @@ impl PgStore {
                     attempts += 1;
                     std::thread::sleep(Duration::from_micros(rand::random::<u64>() % (1000 << attempts)));
                 }
+                Err(e) if self.link.waits() && !super::is_background() && connection_lost(&e, &session) => {
+                    if self.transaction.is_some() {
+                        return Err(self.lost_in_transaction());
+                    }
+                    if !reads_only(sql) {
+                        // It may have been applied before the server went.
+                        return Err(MetaError::Unreachable(format!(
+                            "{}: the connection was lost during a change",
+                            self.link.target.describe()
+                        )));
+                    }
+                    // A read: again, once the server is back.
+                }
                 done => return done,
             }
+        }
+    }
+
+    /// The open transaction's connection is gone, and the transaction
+    /// with it (it never committed: a lost COMMIT fails in `commit`).
+    /// When outages are waited out, the whole transaction runs again
+    /// (`Core::retrying`), on the connection the link makes once the
+    /// server is back; otherwise the operation fails.
+    fn lost_in_transaction(&self) -> MetaError {
+        let what = format!(
+            "{}: the connection was lost during a transaction",
+            self.link.target.describe()
+        );
+        if self.link.waits() && !super::is_background() {
+            MetaError::Conflict(what)
+        } else {
+            MetaError::Unreachable(what)
         }
     }
 
@@ -1514,8 +1594,8 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
-    fn database_status(&self) -> Option<DatabaseStatus> {
-        Some(self.link.status())
+    fn database(&self) -> Option<Arc<dyn Database>> {
+        Some(self.link.clone())
     }
 
     fn import(&mut self, records: &mut dyn Iterator<Item = Record>) -> Result<()> {

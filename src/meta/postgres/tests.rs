@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::crypto::SecretKey;
-use crate::meta::FileKind;
 use crate::meta::file_locks::{Kind, LockTable, Owner, Request};
+use crate::meta::{FileKind, OutagePolicy};
 
 fn target() -> Target {
     super::test_target()
@@ -230,6 +230,45 @@ fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
     assert!(done);
     assert!(db.inode(5).unwrap().is_some());
     assert_eq!(db.usage().unwrap().0, 2);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_waiting_out_outages_runs_lost_reads_and_transactions_again() {
+    let ring = ring();
+    let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    db.put_inode(&file(2)).unwrap();
+    db.database().unwrap().set_outage_policy(OutagePolicy::Wait);
+    let kill = |db: &PgStore| {
+        let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let conn = admin(&ring);
+        wait(conn.client.query_one("SELECT pg_terminate_backend($1)", &[&pid])).unwrap();
+        // Let the session see its end, as it would after a restart.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A transaction whose connection went is a conflict: the caller runs
+    // it again from the start (nothing of it was committed).
+    db.begin().unwrap();
+    db.inode(2).unwrap();
+    kill(&db);
+    assert!(matches!(db.inode(2), Err(MetaError::Conflict(_))));
+    db.rollback();
+    // A read outside a transaction is asked again once reconnected.
+    kill(&db);
+    assert_eq!(db.inode(2).unwrap().unwrap().ino, 2);
+    // So is the start of a transaction: it begins on the new connection.
+    kill(&db);
+    db.begin().unwrap();
+    db.put_inode(&file(3)).unwrap();
+    db.commit().unwrap();
+    assert!(db.inode(3).unwrap().is_some());
+    // Failing at once is the other policy.
+    db.database().unwrap().set_outage_policy(OutagePolicy::Fail);
+    db.begin().unwrap();
+    db.inode(2).unwrap();
+    kill(&db);
+    assert!(matches!(db.inode(2), Err(MetaError::Unreachable(_))));
+    db.rollback();
 }
 
 #[test]
