@@ -6,6 +6,7 @@
 use super::*;
 use crate::crypto::SecretKey;
 use crate::meta::PgStore;
+use crate::meta::postgres::PgLocks;
 use crate::store::MemoryStore;
 
 const BS: u32 = 64 * 1024;
@@ -32,6 +33,8 @@ impl Volume {
     fn host(&self) -> Core {
         let host = crate::crypto::random_bytes();
         let db = PgStore::open(&crate::meta::postgres::test_target(), &self.ring, host).unwrap();
+        // As a mount's: its connection says the host is alive.
+        let locks = PgLocks::open(&crate::meta::postgres::test_target(), &self.ring, host).unwrap();
         let dir = tempfile::tempdir_in(self.caches.path()).unwrap().keep();
         let config = crate::cache::CacheConfig {
             limit: 1 << 30,
@@ -45,7 +48,7 @@ impl Volume {
             shared_metadata: true,
             ..CoreOptions::default()
         };
-        Core::new(Box::new(db), self.store.clone(), cache, self.ring.clone(), BS, options)
+        Core::new(Box::new(db), self.store.clone(), cache, self.ring.clone(), BS, options).with_locks(Arc::new(locks))
     }
 }
 

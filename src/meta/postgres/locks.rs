@@ -29,14 +29,35 @@ use std::sync::Mutex;
 /// less than 15 s ago. `$1` the inode, `$2` this host.
 macro_rules! alive {
     () => {
-        "(host = $2
-          OR pg_postmaster_start_time() > now() - interval '15 seconds'
-          OR EXISTS (SELECT 1 FROM pg_locks p
-                     WHERE p.locktype = 'advisory' AND p.granted AND p.objsubid = 2
-                       AND p.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                       AND p.classid::bigint = $3 AND p.objid::bigint = file_lock.live))"
+        concat!("(host = $2 OR ", live_host!("file_lock.live"), ")")
     };
 }
+
+/// Whether the host whose liveness key is the SQL expression `$key` is
+/// alive, or the server started less than 15 s ago (`$3` the volume's key).
+macro_rules! live_host {
+    ($key:expr) => {
+        concat!(
+            "pg_postmaster_start_time() > now() - interval '15 seconds'
+             OR EXISTS (SELECT 1 FROM pg_locks p
+                        WHERE p.locktype = 'advisory' AND p.granted AND p.objsubid = 2
+                          AND p.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                          AND p.classid::bigint = $3 AND p.objid::bigint = ",
+            $key,
+            ")"
+        )
+    };
+}
+pub(super) use live_host;
+
+/// `key_of(host)` in SQL.
+macro_rules! host_key {
+    () => {
+        "((get_byte(host, 0)::bigint << 24) | (get_byte(host, 1) << 16) | (get_byte(host, 2) << 8)
+          | get_byte(host, 3)) & 2147483647"
+    };
+}
+pub(super) use host_key;
 
 const LIVE_ROWS: &str = concat!("SELECT host, owner, body FROM file_lock WHERE ino = $1 AND ", alive!());
 const DELETE_DEAD: &str = concat!("DELETE FROM file_lock WHERE ino = $1 AND NOT ", alive!());
@@ -66,8 +87,9 @@ pub struct PgLocks {
 }
 
 /// A positive 31-bit number from the first bytes of `id` (advisory lock
-/// keys are compared as `oid`, which is unsigned).
-fn key_of(id: &[u8]) -> i32 {
+/// keys are compared as `oid`, which is unsigned). The liveness key of a
+/// host in SQL, from its id in column `host`, is `HOST_KEY`.
+pub(super) fn key_of(id: &[u8]) -> i32 {
     let mut four = [0; 4];
     four.copy_from_slice(&id[..4]);
     (u32::from_be_bytes(four) & 0x7fff_ffff) as i32

@@ -122,6 +122,8 @@ pub struct PgStore {
     /// before the next round trip's BEGIN or statement, or at `settle`.
     unsent: Mutex<Vec<Deferred>>,
     known: Mutex<Known>,
+    /// Names the volume among the database's advisory locks (`locks`).
+    volume_key: i64,
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
@@ -471,6 +473,7 @@ impl PgStore {
             deferred: Mutex::new(Vec::new()),
             unsent: Mutex::new(Vec::new()),
             known: Mutex::new(Known::default()),
+            volume_key: locks::key_of(ring.volume_id()).into(),
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
         if let Some(row) = host_row {
@@ -1132,8 +1135,16 @@ impl MetadataStore for PgStore {
     }
 
     fn held(&self, ino: u64) -> Result<bool> {
+        // Holds of a host that is gone (its lock connection, and so its
+        // liveness lock, ended) no longer count: a host that never comes
+        // back does not keep its unlinked files for ever.
+        const HELD: &str = concat!(
+            "SELECT EXISTS (SELECT 1 FROM opened WHERE ino = $1 AND (host = $2 OR ",
+            locks::live_host!(locks::host_key!()),
+            "))"
+        );
         Ok(self
-            .query_one("SELECT EXISTS (SELECT 1 FROM opened WHERE ino = $1)", &[&int(ino)])?
+            .query_one(HELD, &[&int(ino), &self.host.as_slice(), &self.volume_key])?
             .get(0))
     }
 

@@ -38,6 +38,19 @@ fn two_hosts() -> (PgStore, PgStore) {
     (a, PgStore::open(&target(), &ring, [2; 16]).unwrap())
 }
 
+/// `two_hosts`, each with its lock connection, which says it is alive (a
+/// mount always has one); and the volume's keys.
+fn two_live_hosts() -> (PgStore, PgStore, PgLocks, PgLocks, Keyring) {
+    let ring = ring();
+    let a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    let b = PgStore::open(&target(), &ring, [2; 16]).unwrap();
+    let (alive_a, alive_b) = (
+        PgLocks::open(&target(), &ring, [1; 16]).unwrap(),
+        PgLocks::open(&target(), &ring, [2; 16]).unwrap(),
+    );
+    (a, b, alive_a, alive_b, ring)
+}
+
 fn file(ino: u64) -> Inode {
     Inode {
         ino,
@@ -234,6 +247,24 @@ fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
 
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_holds_of_a_host_that_is_gone_no_longer_count() {
+    let (mut a, b, alive_a, _alive_b, _ring) = two_live_hosts();
+    past_grace();
+    a.put_inode(&file(2)).unwrap();
+    assert!(a.hold(2).unwrap());
+    assert!(b.held(2).unwrap());
+    // Host a dies: its connections end, its hold with them.
+    drop(alive_a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.held(2).unwrap() {
+        assert!(Instant::now() < deadline, "a dead host's hold still counts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.held(2).unwrap(), "a host's own holds always count");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_waiting_out_outages_runs_lost_reads_and_transactions_again() {
     let ring = ring();
     let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
@@ -317,7 +348,7 @@ fn postgres_crossing_transactions_of_two_hosts_are_conflicts() {
 #[test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
 fn postgres_holds_are_counted_per_host_and_dropped_with_the_host() {
-    let (mut a, mut b) = two_hosts();
+    let (mut a, mut b, _alive_a, _alive_b, _) = two_live_hosts();
     a.put_inode(&file(2)).unwrap();
     assert!(!b.held(2).unwrap());
     assert!(a.hold(2).unwrap());
@@ -470,6 +501,13 @@ fn two_lock_tables() -> (Keyring, PgLocks, PgLocks) {
     drop(PgStore::create(&target(), &ring, [1; 16]).unwrap());
     let a = PgLocks::open(&target(), &ring, [1; 16]).unwrap();
     let b = PgLocks::open(&target(), &ring, [2; 16]).unwrap();
+    past_grace();
+    (ring, a, b)
+}
+
+/// Waits until the server started more than 15 s ago: before, a host
+/// without a connection still counts as alive (it may be reconnecting).
+fn past_grace() {
     let conn = target().connect().unwrap();
     let up: f64 = wait(conn.client.query_one(
         "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8",
@@ -480,7 +518,6 @@ fn two_lock_tables() -> (Keyring, PgLocks, PgLocks) {
     if up < 16.0 {
         std::thread::sleep(Duration::from_secs_f64(16.0 - up));
     }
-    (ring, a, b)
 }
 
 #[test]
