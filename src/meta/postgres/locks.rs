@@ -88,7 +88,7 @@ pub struct PgLocks {
 
 /// A positive 31-bit number from the first bytes of `id` (advisory lock
 /// keys are compared as `oid`, which is unsigned). The liveness key of a
-/// host in SQL, from its id in column `host`, is `HOST_KEY`.
+/// host in SQL, from its id in column `host`, is `host_key!()`.
 pub(super) fn key_of(id: &[u8]) -> i32 {
     let mut four = [0; 4];
     four.copy_from_slice(&id[..4]);
