@@ -772,7 +772,7 @@ impl PgStore {
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.known)
     }
 
     /// Whether inode `ino`'s row exists, as far as the open transaction
@@ -827,7 +827,7 @@ impl PgStore {
             total.add(delta);
             self.sealer.seal(Place::HostUsage(&self.host), &total.encode())
         });
-        let deferred = !self.deferred.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let deferred = !lock(&self.deferred).is_empty();
         if inodes.is_empty() && host_usage.is_none() && !deferred && !self.began.load(Ordering::SeqCst) {
             // Nothing was sent: nothing to commit.
             return Ok(());
@@ -1004,7 +1004,7 @@ impl MetadataStore for PgStore {
         }
         self.transaction = None;
         self.pending = Pending::default();
-        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.deferred).clear();
         self.known().rows.clear();
     }
 

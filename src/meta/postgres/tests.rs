@@ -51,6 +51,16 @@ fn two_live_hosts() -> (PgStore, PgStore, PgLocks, PgLocks, Keyring) {
     (a, b, alive_a, alive_b, ring)
 }
 
+/// Ends `db`'s session from another, as a server restart would; whether
+/// the server did.
+fn terminate(db: &PgStore, ring: &Keyring) -> bool {
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let conn = admin(ring);
+    wait(conn.client.query_one("SELECT pg_terminate_backend($1)", &[&pid]))
+        .unwrap()
+        .get(0)
+}
+
 fn file(ino: u64) -> Inode {
     Inode {
         ino,
@@ -212,12 +222,7 @@ fn postgres_a_lost_connection_costs_the_transaction_not_the_store() {
     let ring = ring();
     let mut db = PgStore::create(&target(), &ring, [1; 16]).unwrap();
     db.put_inode(&file(2)).unwrap();
-    let kill = |db: &PgStore| {
-        let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        let conn = admin(&ring);
-        let killed = wait(conn.client.query_one("SELECT pg_terminate_backend($1)", &[&pid])).unwrap();
-        assert!(killed.get::<_, bool>(0));
-    };
+    let kill = |db: &PgStore| assert!(terminate(db, &ring));
     // A transaction under way when the server drops the connection fails,
     // and none of it is kept.
     db.begin().unwrap();
@@ -271,9 +276,7 @@ fn postgres_waiting_out_outages_runs_lost_reads_and_transactions_again() {
     db.put_inode(&file(2)).unwrap();
     db.database().unwrap().set_outage_policy(OutagePolicy::Wait);
     let kill = |db: &PgStore| {
-        let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        let conn = admin(&ring);
-        wait(conn.client.query_one("SELECT pg_terminate_backend($1)", &[&pid])).unwrap();
+        terminate(db, &ring);
         // Let the session see its end, as it would after a restart.
         std::thread::sleep(Duration::from_millis(100));
     };
