@@ -19,10 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may cache attributes it asked for. All changes go
-/// through this mount, so the kernel's copy stays right; a short TTL bounds
-/// staleness for the future read-only followers.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes it asked for: what another
+/// host (or, for a read-only follower, the writer) changed shows within it.
+const TTL: Duration = crate::fs::ATTR_TTL;
 /// Lookup results are not cached: the kernel walks cached entries without
 /// asking us, so a cached entry would skip our search-permission check for
 /// the next caller (we mount without `default_permissions`). fuser gives
@@ -209,8 +208,8 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let _timer = Timer::fuse("getattr");
-        match self.core.getattr(ino) {
-            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+        match self.core.attributes(ino) {
+            Ok((inode, ttl)) => reply.attr(&ttl, &self.attr(&inode)),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -7,6 +7,9 @@
 //! touch the object store is `async` and runs on tokio workers.
 
 mod access;
+mod attr_cache;
+pub use attr_cache::ATTR_TTL;
+use attr_cache::{AttrCache, Epoch};
 mod compact;
 mod data;
 mod error;
@@ -138,6 +141,8 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     audit: Option<Arc<AuditLog>>,
+    /// Inodes read from a shared database a moment ago, for getattr.
+    attrs: AttrCache,
     /// Paths of directories, for audit records.
     dir_paths: Mutex<LruCache<u64, Arc<[u8]>>>,
     fetcher: Arc<Fetcher>,
@@ -186,6 +191,12 @@ impl Core {
         let fetcher = Arc::new(fetcher);
         meta.set_journaling(!options.read_only);
         let database = meta.database();
+        // An embedded volume's reads cost no round trip.
+        let attrs = AttrCache::new(if options.shared_metadata {
+            ATTR_TTL
+        } else {
+            std::time::Duration::ZERO
+        });
         let meta: SharedMeta = Arc::new(Mutex::new(meta));
         let journal = Writer::new(
             meta.clone(),
@@ -208,6 +219,7 @@ impl Core {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             audit: None,
+            attrs,
             dir_paths: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DIR_PATHS_CACHED).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -248,23 +260,47 @@ impl Core {
         self.transact_local(f)
     }
 
+    /// `transact` of a change whose result is an inode, remembered for the
+    /// kernel's getattr that follows (a create's, a link's).
+    fn transact_inode(&self, f: impl FnMut(&mut dyn MetadataStore) -> FsResult<Inode>) -> FsResult<Inode> {
+        if self.is_read_only() {
+            return Err(FsError::EROFS);
+        }
+        let (inode, epoch) = self.transact_at(f)?;
+        self.attrs.remember(epoch, &[inode]);
+        Ok(inode)
+    }
+
     /// `transact` that a fence does not stop: data written before another
     /// writer took over is still committed to the local database, so it
     /// stays recoverable from the cache directory.
     fn transact_local<T>(&self, f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
+        self.transact_at(f).map(|(v, _)| v)
+    }
+
+    /// `transact_local`, also returning the transaction's epoch, at which
+    /// what it wrote may be remembered for getattr.
+    fn transact_at<T>(&self, f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<(T, Epoch)> {
         if self.options.read_only {
             return Err(FsError::EROFS);
         }
-        let v = self.retrying(f)?;
+        let done = self.retrying(f)?;
         self.journal.mark_changed();
-        Ok(v)
+        Ok(done)
     }
 
     /// Runs `f` as one metadata transaction, again from the start when it
     /// lost to another host's (serializable isolation on a shared
-    /// database); `f` must only change the metadata store.
-    fn retrying<T>(&self, mut f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<T> {
-        self.with_retries(|| crate::meta::in_transaction(self.meta().as_mut(), &mut f))
+    /// database); `f` must only change the metadata store. Returns the
+    /// transaction's epoch too (`attr_cache.rs`).
+    fn retrying<T>(&self, mut f: impl FnMut(&mut dyn MetadataStore) -> FsResult<T>) -> FsResult<(T, Epoch)> {
+        self.with_retries(|| {
+            let mut meta = self.meta();
+            let done = crate::meta::in_transaction(meta.as_mut(), &mut f);
+            // Under the metadata lock, so no read can begin in between.
+            let epoch = self.attrs.changed();
+            done.map(|v| (v, epoch))
+        })
     }
 
     /// Runs `attempt` until it does not conflict with another host's
@@ -296,8 +332,21 @@ impl Core {
     /// The inode as callers must see it: with the size and mtime of writes
     /// still buffered in memory.
     pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
-        let inode = self.meta().inode(ino)?.ok_or(FsError::ENOENT)?;
-        Ok(self.with_pending(inode))
+        self.attributes(ino).map(|(inode, _)| inode)
+    }
+
+    /// `getattr`, and how long the kernel may keep the answer: a shared
+    /// volume's inode read a moment ago is served again (`attr_cache.rs`).
+    pub fn attributes(&self, ino: u64) -> FsResult<(Inode, std::time::Duration)> {
+        if let Some((inode, left)) = self.attrs.get(ino) {
+            return Ok((self.with_pending(inode), left));
+        }
+        let meta = self.meta();
+        let since = self.attrs.epoch();
+        let inode = meta.inode(ino)?.ok_or(FsError::ENOENT)?;
+        drop(meta);
+        self.attrs.remember(since, &[inode]);
+        Ok((self.with_pending(inode), ATTR_TTL))
     }
 
     /// The inode as callers see it, with the `-o uid=,gid=,umask=` overrides.
@@ -373,7 +422,17 @@ impl Core {
         // A name too long to be stored is not looked up (but the
         // directory's checks come first, as on local file systems).
         let stored = &name[..name.len().min(NAME_MAX)];
-        let looked = self.meta().lookup_in(parent, stored)?.ok_or(FsError::ENOENT)?;
+        if name.len() <= NAME_MAX
+            && let Some((dir, found)) = self.attrs.lookup(parent, stored)
+        {
+            self.check(&dir, caller, access::EXEC)?;
+            return Ok(found);
+        }
+        let meta = self.meta();
+        let since = self.attrs.epoch();
+        let looked = meta.lookup_in(parent, stored)?.ok_or(FsError::ENOENT)?;
+        drop(meta);
+        self.attrs.remember(since, &[looked.dir]);
         if looked.dir.kind != FileKind::Dir {
             return Err(FsError::ENOTDIR);
         }
@@ -383,7 +442,10 @@ impl Core {
         }
         let inode = match looked.found {
             Found::Nothing => return Err(FsError::ENOENT),
-            Found::Entry(_, Some(inode)) => inode,
+            Found::Entry(_, Some(inode)) => {
+                self.attrs.remember_lookup(since, &looked.dir, stored, &inode);
+                inode
+            }
             Found::Entry(ino, None) => {
                 tracing::error!(parent, ino, "directory entry points to a missing inode");
                 return Err(FsError::EIO);

@@ -40,7 +40,7 @@ impl Core {
             opened,
         } = node;
         check_name(name)?;
-        self.transact(|m| {
+        self.transact_inode(|m| {
             let looked = m.lookup_in(parent, name)?.ok_or(FsError::ENOENT)?;
             let dir = looked.dir;
             if dir.kind != FileKind::Dir {
@@ -188,7 +188,7 @@ impl Core {
 
     fn link_unrecorded(&self, caller: &Caller, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
-        self.transact(|m| {
+        self.transact_inode(|m| {
             let mut inode = m.inode(ino)?.ok_or(FsError::ENOENT)?;
             if inode.kind == FileKind::Dir {
                 return Err(FsError::EPERM);

@@ -104,9 +104,12 @@ async fn postgres_a_file_open_on_one_host_outlives_its_unlink_on_another() {
     a.release(fh, ino).await.unwrap();
     // The close does not wait for the database; a's next sync (each
     // --metadata-interval) sends the release and deletes the orphan.
-    assert!(b.getattr(ino).is_ok(), "deleted before a's close reached the database");
+    assert!(
+        b.meta().inode(ino).unwrap().is_some(),
+        "deleted before a's close reached the database"
+    );
     a.sync().await.unwrap();
-    assert_eq!(b.getattr(ino), Err(FsError::ENOENT), "the last close on a removed it");
+    assert_eq!(b.meta().inode(ino).unwrap(), None, "the last close on a removed it");
     a.final_sync().await.unwrap();
     assert!(
         volume.store.list("data/").await.unwrap().is_empty(),
@@ -356,6 +359,10 @@ async fn postgres_a_create_costs_three_round_trips_however_deep_and_a_close_none
         // with the previous close's release before it), BEGIN with the
         // lookup, and every write with the COMMIT.
         assert_eq!(round_trips(&a) - before, 3, "create {i}");
+        // The kernel's getattr that follows is answered from the create.
+        let before = round_trips(&a);
+        assert_eq!(a.attributes(inode.ino).unwrap().0, inode);
+        assert_eq!(round_trips(&a) - before, 0, "getattr after create {i}");
         let before = round_trips(&a);
         a.release(fh, inode.ino).await.unwrap();
         assert_eq!(round_trips(&a) - before, 0, "release {i}");
@@ -371,6 +378,89 @@ async fn postgres_a_create_costs_three_round_trips_however_deep_and_a_close_none
     );
     let names: Vec<Vec<u8>> = a.readdir(dir, 0, 100).unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names.len(), 4, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_a_stat_costs_one_round_trip_and_shows_a_change_at_once_or_within_the_ttl() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    let ino = write_file(&a, b"chart", b"v1").await;
+    let round_trips = |h: &Core| h.meta().database_status().unwrap().statements;
+    let mode = |h: &Core| h.attributes(ino).unwrap().0.perm;
+    let chmod = async |h: &Core, perm: u32| {
+        let change = SetAttr {
+            mode: Some(perm),
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: None,
+        };
+        h.setattr(&root(), ino, change, false).await.unwrap()
+    };
+
+    // stat(2): the kernel's lookup, then its getattr, answered from it.
+    let before = round_trips(&b);
+    b.lookup(&root(), ROOT_INO, b"chart").unwrap();
+    let (inode, ttl) = b.attributes(ino).unwrap();
+    assert_eq!(round_trips(&b) - before, 1);
+    assert_eq!((inode.perm, inode.size), (0o644, 2));
+    assert!(ttl <= ATTR_TTL, "the kernel may keep it past the read's TTL");
+
+    // This host's own change shows at once.
+    chmod(&b, 0o600).await;
+    assert_eq!(mode(&b), 0o600);
+
+    // Another host's shows at its next lookup (an open's, a stat's),
+    // and without one within the TTL.
+    let read = std::time::Instant::now();
+    assert_eq!(mode(&a), 0o600);
+    chmod(&b, 0o640).await;
+    if read.elapsed() < ATTR_TTL / 2 {
+        assert_eq!(mode(&a), 0o600, "the read a moment ago was not served");
+    }
+    tokio::time::sleep(ATTR_TTL).await;
+    assert_eq!(mode(&a), 0o640, "another host's change unseen after the TTL");
+    chmod(&b, 0o444).await;
+    a.lookup(&root(), ROOT_INO, b"chart").unwrap();
+    assert_eq!(mode(&a), 0o444, "another host's change unseen after a lookup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_directories_on_a_path_are_looked_up_once_per_ttl() {
+    let volume = Volume::new();
+    let (a, b) = (volume.host(), volume.host());
+    let dir = a.mkdir(&root(), ROOT_INO, b"ward", 0o700).unwrap().ino;
+    let round_trips = |h: &Core| h.meta().database_status().unwrap().statements;
+    let stat = |h: &Core| {
+        let found = h.lookup(&root(), ROOT_INO, b"ward")?.ino;
+        h.lookup(&root(), found, b"chart")
+    };
+    write_file(&a, b"unused", b"").await;
+    a.create(&root(), dir, b"chart", 0o644, libc::O_WRONLY).unwrap();
+    stat(&b).unwrap();
+    let before = round_trips(&b);
+    stat(&b).unwrap();
+    assert_eq!(round_trips(&b) - before, 1, "the directory was looked up again");
+
+    // The search permission is still the caller's: the directory's mode
+    // as read a moment ago.
+    let nurse = Caller::with_groups(1000, 1000, vec![]);
+    a.mkdir(&root(), dir, b"beds", 0o755).unwrap();
+    b.lookup(&root(), dir, b"beds").unwrap();
+    let before = round_trips(&b);
+    assert_eq!(b.lookup(&nurse, ROOT_INO, b"ward").unwrap().ino, dir);
+    assert_eq!(b.lookup(&nurse, dir, b"beds"), Err(FsError::EACCES));
+    assert_eq!(round_trips(&b) - before, 0);
+
+    // Another host's rename shows at once under the new name, and the
+    // old one goes within the TTL.
+    a.rename(&root(), ROOT_INO, b"ward", ROOT_INO, b"ward-2", 0).unwrap();
+    assert_eq!(b.lookup(&root(), ROOT_INO, b"ward-2").unwrap().ino, dir);
+    tokio::time::sleep(ATTR_TTL).await;
+    assert_eq!(b.lookup(&root(), ROOT_INO, b"ward"), Err(FsError::ENOENT));
 }
 
 #[tokio::test(flavor = "multi_thread")]
