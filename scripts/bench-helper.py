@@ -3,6 +3,7 @@
 
   bench-helper.py tree DIR N                 generate N small files (1-8 KiB) in ~sqrt(N) dirs
   bench-helper.py meta DIR N OP              OP = create|stat|rename|delete on N files; prints seconds
+  bench-helper.py lag HERE THERE N           N chmods of HERE: ms until an fstat of THERE (open) shows each
   bench-helper.py fsync PATH                 open PATH (O_WRONLY, no truncation), fsync, close
   bench-helper.py rss PID OUT                poll VmHWM/VmRSS of PID every 0.5 s, keep the max (KiB) in OUT
   bench-helper.py fio-iops JSON rw           IOPS from fio --output-format=json (rw = read|write)
@@ -51,6 +52,37 @@ def cmd_meta(d, n, op):
     else:
         sys.exit(f"unknown op {op}")
     print(f"{time.perf_counter() - t0:.6f}")
+
+
+def cmd_lag(here, there, n):
+    """How long after a chmod on one host returned another host, holding the
+    file open, shows the new mode in fstat (which the kernel answers from
+    its attribute cache while that lasts). Prints the median and the worst
+    in ms, or "nan" for a change never seen within 5 s."""
+    with open(here, "w") as f:
+        f.write("x")
+    os.chmod(here, 0o644)
+    fd = os.open(there, os.O_RDONLY)
+    lags = []
+    try:
+        for i in range(int(n)):
+            mode = 0o600 if i % 2 == 0 else 0o644
+            os.fstat(fd)
+            # A random moment within the kernel's attribute TTL.
+            time.sleep(random.random())
+            os.chmod(here, mode)
+            t0 = time.perf_counter()
+            while os.fstat(fd).st_mode & 0o777 != mode:
+                if time.perf_counter() - t0 > 5:
+                    lags.append(math.nan)
+                    break
+                time.sleep(0.0002)
+            else:
+                lags.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    lags.sort()
+    print(f"{lags[len(lags) // 2] * 1000:.1f} {lags[-1] * 1000:.1f}")
 
 
 def cmd_fsync(path):
@@ -309,6 +341,8 @@ def main():
         cmd_tree(*args)
     elif cmd == "meta":
         cmd_meta(*args)
+    elif cmd == "lag":
+        cmd_lag(*args)
     elif cmd == "fsync":
         cmd_fsync(*args)
     elif cmd == "rss":

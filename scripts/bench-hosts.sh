@@ -8,12 +8,14 @@
 #
 # Prints one markdown table: aggregate ops/s per operation (the hosts'
 # total operations over the slowest host's time), the time one operation
-# took on each host meanwhile, and the untar times.
+# took on each host meanwhile, and the untar times; with 2 hosts, how long
+# after a chmod on one the other shows it in an fstat of the open file.
 #
 # Usage: scripts/bench-hosts.sh        (builds nothing: run cargo build --release first)
 #   BENCH_META_N   files per host for create/stat/rename/delete (default 2000)
 #   BENCH_HOSTS    host counts to run (default "1 2 3")
 #   BENCH_UNTAR_N  small files in the untar workload, split among the hosts (default 3000)
+#   BENCH_LAG_N    chmods on one of 2 hosts timed until the other shows them (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ HELPER=$PWD/scripts/bench-helper.py
 META_N=${BENCH_META_N:-2000}
 HOSTS=${BENCH_HOSTS:-1 2 3}
 UNTAR_N=${BENCH_UNTAR_N:-3000}
+LAG_N=${BENCH_LAG_N:-20}
 PG_BINS=(/usr/lib/postgresql/*/bin)
 PG_BIN=${PG_BINS[-1]}
 [[ -x $S3VAULT ]] || {
@@ -157,11 +160,18 @@ for n in $HOSTS; do
     done
     run_hosts "pg-$n" "$n" "${mps[@]}"
     untar_hosts "pg-$n" "${mps[@]}"
+    if ((n == 2)); then
+        read -r median worst < <(python3 "$HELPER" lag "${mps[0]}/lag" "${mps[1]}/lag" "$LAG_N")
+        LAG="$median ms median, $worst ms worst"
+    fi
     for mp in "${mps[@]}"; do "$S3VAULT" umount "$mp" >/dev/null; done
 done
 
 echo
 echo "Metadata: $META_N files per host, each host in its own directory; untar: $UNTAR_N files of 1-8 KiB."
+if [[ -n ${LAG:-} ]]; then
+    echo "A chmod on one host shows in an fstat of the open file on another after: $LAG ($LAG_N chmods)."
+fi
 echo
 python3 - "$RESULTS" <<'EOF'
 import sys

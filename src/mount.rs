@@ -10,7 +10,8 @@ use crate::fuse::{AttrOverrides, FuseAdapter};
 use crate::journal::lease::{HEARTBEAT, Lease, LeaseError};
 use crate::journal::seen::Position;
 use crate::journal::{StateError, checkpoint, segment};
-use crate::meta::MetadataStore;
+use crate::meta::postgres::PgChanges;
+use crate::meta::{Change, MetadataStore};
 use crate::store::{Location, S3Options};
 use crate::superblock::Unlock;
 use crate::volume::{self, VolumeError};
@@ -97,7 +98,7 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
     let prepared = runtime.block_on(prepare(&config, unlock));
     crate::store::s3::report_failed_attempts(None);
     // `_cache_lock` is held until the daemon exits.
-    let (core, mountpoint, cache_dir, _cache_lock, lease) = match prepared {
+    let (core, mountpoint, cache_dir, _cache_lock, lease, changes) = match prepared {
         Ok(prepared) => prepared,
         Err((code, message)) => {
             if !ready.is_background() {
@@ -134,6 +135,9 @@ pub fn run(config: MountConfig, unlock: Unlock, ready: Readiness) -> i32 {
         }
     };
     raise_readahead(&mountpoint);
+    if let Some(changes) = changes {
+        follow_other_hosts(changes, &core, session.notifier());
+    }
     let socket = control::socket_path(&mountpoint);
     let unmount: control::Unmount = {
         let mountpoint = mountpoint.clone();
@@ -306,7 +310,47 @@ fn describe(config: &MountConfig, cache_dir: &std::path::Path) -> String {
     )
 }
 
-type Prepared = (Arc<Core>, PathBuf, PathBuf, volume::CacheLock, Option<Arc<Lease>>);
+/// Forgets what other hosts change, in this host's caches and the
+/// kernel's (attributes and pages), as they commit it; on a thread of its
+/// own, which ends with the core.
+fn follow_other_hosts(changes: PgChanges, core: &Arc<Core>, notifier: fuser::Notifier) {
+    let core = Arc::downgrade(core);
+    let followed = std::thread::Builder::new()
+        .name("s3vault-changes".into())
+        .spawn(move || {
+            loop {
+                let change = changes.next(Duration::from_secs(1));
+                let Some(core) = core.upgrade() else {
+                    return;
+                };
+                let Some(change) = change else {
+                    continue;
+                };
+                core.others_changed(&change);
+                if let Change::Inodes(inos) = &change {
+                    for ino in inos {
+                        // ENOENT: the kernel does not have it.
+                        let _ = notifier.inval_inode(*ino, 0, 0);
+                    }
+                }
+            }
+        });
+    if let Err(e) = followed {
+        tracing::warn!(error = %e, "cannot follow other hosts' changes; they show within the attribute TTL");
+    }
+}
+
+/// The core, where it is mounted, its cache directory (and lock), the
+/// lease of an embedded volume, and what other hosts of a shared one
+/// change.
+type Prepared = (
+    Arc<Core>,
+    PathBuf,
+    PathBuf,
+    volume::CacheLock,
+    Option<Arc<Lease>>,
+    Option<PgChanges>,
+);
 
 async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failure> {
     let location = Location::parse(&config.url).map_err(|e| (2, e))?;
@@ -380,7 +424,7 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
     };
     // From here on the lease is ours: a mount that fails gives it back, or
     // the next mount from another cache directory would be refused.
-    let rest: Result<Arc<Core>, Failure> = async {
+    let rest: Result<(Arc<Core>, Option<PgChanges>), Failure> = async {
         // Where the bucket can retain objects (S3 Object Lock), audit
         // segments and the volume's anchors are retained.
         let retain_for = crate::audit::retention_for(store.as_ref(), config.audit.retain_for).await;
@@ -399,9 +443,9 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         let metadata_place = shared
             .as_ref()
             .map_or_else(|| "bucket".to_string(), |s| s.place.clone());
-        let (shared, locks) = match shared {
-            Some(s) => (Some(s.meta), Some(s.locks)),
-            None => (None, None),
+        let (shared, locks, changes) = match shared {
+            Some(s) => (Some(s.meta), Some(s.locks), Some(s.changes)),
+            None => (None, None, None),
         };
         let loaded: (Box<dyn MetadataStore>, _, _, _, _) = match (shared, &config.snapshot) {
             // The database is the live state: nothing to load or compare.
@@ -550,11 +594,11 @@ async fn prepare(config: &MountConfig, unlock: Unlock) -> Result<Prepared, Failu
         if let Some(interval) = follow {
             tokio::spawn(follow_writer(core.clone(), volume, cache_dir.clone(), interval));
         }
-        Ok(core)
+        Ok((core, changes))
     }
     .await;
     match rest {
-        Ok(core) => Ok((core, mountpoint, cache_dir, cache_lock, lease)),
+        Ok((core, changes)) => Ok((core, mountpoint, cache_dir, cache_lock, lease, changes)),
         Err(failure) => {
             release_after_failure(lease.as_deref()).await;
             Err(failure)

@@ -6,7 +6,7 @@ use crate::journal::anchor::{self, Anchor};
 use crate::journal::seen::{Position, Seen, SeenError, SeenFile, Staleness};
 use crate::journal::{StateError, checkpoint, live, segment, snapshots};
 use crate::keyring::{Keyring, VolumeId};
-use crate::meta::postgres::{HostId, PgLocks};
+use crate::meta::postgres::{HostId, PgChanges, PgLocks};
 use crate::meta::{Inode, MetadataStore, PgStore, ROOT_INO, Record, SqliteStore};
 use crate::os::now_ns;
 use crate::store::{ObjectStore, S3Options, StoreError};
@@ -339,6 +339,8 @@ const INIT_HOST: HostId = [0; 16];
 pub struct Shared {
     pub meta: PgStore,
     pub locks: PgLocks,
+    /// Hears what the other hosts change.
+    pub changes: PgChanges,
     /// Where the database is, as it may be shown (no password).
     pub place: String,
 }
@@ -357,9 +359,11 @@ pub fn open_shared(volume: &Volume, cache_dir: &Path) -> Result<Option<Shared>, 
     })?;
     let meta = PgStore::open(&target, &volume.ring, host)?;
     let locks = PgLocks::open(&target, &volume.ring, host)?;
+    let changes = PgChanges::listen(&target, &volume.ring, host)?;
     Ok(Some(Shared {
         meta,
         locks,
+        changes,
         place: target.describe(),
     }))
 }

@@ -18,7 +18,7 @@
 //! remembered only if no transaction ended since it began.
 
 use crate::meta::{FileKind, Inode};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,19 @@ impl AttrCache {
         state.inodes.clear();
         state.dirs.clear();
         Epoch(state.epoch)
+    }
+
+    /// Another host changed `inos` (a row, data, or a directory's
+    /// entries): forgets them and what lies in them, and keeps reads
+    /// under way from being remembered.
+    pub fn forget(&self, inos: &[u64]) {
+        let mut state = self.state();
+        state.epoch += 1;
+        let gone: HashSet<u64> = inos.iter().copied().collect();
+        state.inodes.retain(|ino, _| !gone.contains(ino));
+        state
+            .dirs
+            .retain(|(parent, _), (ino, _)| !gone.contains(parent) && !gone.contains(ino));
     }
 
     /// Keeps `inodes`, read at `since`, unless a transaction ended since.
@@ -190,6 +203,24 @@ mod tests {
         assert!(cache.lookup(1, b"other").is_none());
         cache.changed();
         assert!(cache.lookup(1, b"records").is_none(), "a change left an entry");
+    }
+
+    #[test]
+    fn another_hosts_change_forgets_the_inodes_and_entries_it_names() {
+        let cache = AttrCache::new(ATTR_TTL);
+        let (root, ward, beds, other) = (inode(1, 0), inode(2, 0), inode(3, 0), inode(4, 0));
+        cache.remember_lookup(cache.epoch(), &root, b"ward", &ward);
+        cache.remember_lookup(cache.epoch(), &ward, b"beds", &beds);
+        cache.remember_lookup(cache.epoch(), &root, b"other", &other);
+        let under_way = cache.epoch();
+        // The ward's entries changed: its attributes and entries go.
+        cache.forget(&[2]);
+        assert!(cache.get(2).is_none());
+        assert!(cache.lookup(1, b"ward").is_none() && cache.lookup(2, b"beds").is_none());
+        assert!(cache.lookup(1, b"other").is_some(), "an unchanged entry was forgotten");
+        assert!(cache.get(3).is_some());
+        cache.remember(under_way, &[ward]);
+        assert!(cache.get(2).is_none(), "a read under way was kept");
     }
 
     #[test]

@@ -349,6 +349,17 @@ impl Core {
         Ok((self.with_pending(inode), ATTR_TTL))
     }
 
+    /// Another host changed the metadata: what this host keeps of it for
+    /// getattr and lookups goes (`attr_cache.rs`).
+    pub fn others_changed(&self, change: &crate::meta::Change) {
+        match change {
+            crate::meta::Change::Inodes(inos) => self.attrs.forget(inos),
+            crate::meta::Change::Unknown => {
+                self.attrs.changed();
+            }
+        }
+    }
+
     /// The inode as callers see it, with the `-o uid=,gid=,umask=` overrides.
     pub fn presented(&self, mut inode: Inode) -> Inode {
         let o = self.options.overrides;

@@ -5,8 +5,9 @@
 
 use super::*;
 use crate::crypto::SecretKey;
+use crate::meta::Change;
 use crate::meta::PgStore;
-use crate::meta::postgres::PgLocks;
+use crate::meta::postgres::{PgChanges, PgLocks};
 use crate::store::MemoryStore;
 
 const BS: u32 = 64 * 1024;
@@ -31,7 +32,10 @@ impl Volume {
 
     /// A host mounting the volume read-write.
     fn host(&self) -> Core {
-        let host = crate::crypto::random_bytes();
+        self.host_as(crate::crypto::random_bytes())
+    }
+
+    fn host_as(&self, host: [u8; 16]) -> Core {
         let db = PgStore::open(&crate::meta::postgres::test_target(), &self.ring, host).unwrap();
         // As a mount's: its connection says the host is alive.
         let locks = PgLocks::open(&crate::meta::postgres::test_target(), &self.ring, host).unwrap();
@@ -61,6 +65,18 @@ async fn write_file(host: &Core, name: &[u8], data: &[u8]) -> u64 {
     host.write(fh, inode.ino, 0, data).await.unwrap();
     host.release(fh, inode.ino).await.unwrap();
     inode.ino
+}
+
+async fn chmod(host: &Core, ino: u64, perm: u32) -> Inode {
+    let change = SetAttr {
+        mode: Some(perm),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
+    };
+    host.setattr(&root(), ino, change, false).await.unwrap()
 }
 
 async fn read_file(host: &Core, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -388,17 +404,7 @@ async fn postgres_a_stat_costs_one_round_trip_and_shows_a_change_at_once_or_with
     let ino = write_file(&a, b"chart", b"v1").await;
     let round_trips = |h: &Core| h.meta().database_status().unwrap().statements;
     let mode = |h: &Core| h.attributes(ino).unwrap().0.perm;
-    let chmod = async |h: &Core, perm: u32| {
-        let change = SetAttr {
-            mode: Some(perm),
-            uid: None,
-            gid: None,
-            size: None,
-            atime: None,
-            mtime: None,
-        };
-        h.setattr(&root(), ino, change, false).await.unwrap()
-    };
+    let chmod = async |h: &Core, perm: u32| chmod(h, ino, perm).await;
 
     // stat(2): the kernel's lookup, then its getattr, answered from it.
     let before = round_trips(&b);
@@ -425,6 +431,39 @@ async fn postgres_a_stat_costs_one_round_trip_and_shows_a_change_at_once_or_with
     chmod(&b, 0o444).await;
     a.lookup(&root(), ROOT_INO, b"chart").unwrap();
     assert_eq!(mode(&a), 0o444, "another host's change unseen after a lookup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+async fn postgres_a_change_shows_on_the_other_hosts_as_soon_as_they_hear_of_it() {
+    let volume = Volume::new();
+    let b_id = crate::crypto::random_bytes();
+    let (a, b) = (volume.host(), volume.host_as(b_id));
+    let heard = PgChanges::listen(&crate::meta::postgres::test_target(), &volume.ring, b_id).unwrap();
+    let follow = |b: &Core| loop {
+        let change = heard.next(std::time::Duration::from_secs(5)).expect("nothing heard");
+        b.others_changed(&change);
+        if change != Change::Unknown {
+            return change;
+        }
+    };
+    let ino = write_file(&a, b"chart", b"v1").await;
+    let dir = a.mkdir(&root(), ROOT_INO, b"ward", 0o755).unwrap().ino;
+    while let Some(change) = heard.next(std::time::Duration::from_millis(300)) {
+        b.others_changed(&change);
+    }
+
+    let read = std::time::Instant::now();
+    b.lookup(&root(), ROOT_INO, b"chart").unwrap();
+    b.lookup(&root(), ROOT_INO, b"ward").unwrap();
+    chmod(&a, ino, 0o600).await;
+    assert_eq!(follow(&b), Change::Inodes(vec![ino]));
+    a.rename(&root(), ROOT_INO, b"ward", ROOT_INO, b"ward-2", 0).unwrap();
+    assert_eq!(follow(&b), Change::Inodes(vec![ROOT_INO, dir]));
+    assert!(read.elapsed() < ATTR_TTL, "too slow to tell the feed from the TTL");
+    assert_eq!(b.attributes(ino).unwrap().0.perm, 0o600);
+    assert_eq!(b.lookup(&root(), ROOT_INO, b"ward"), Err(FsError::ENOENT));
+    assert_eq!(b.lookup(&root(), ROOT_INO, b"ward-2").unwrap().ino, dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]

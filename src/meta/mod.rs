@@ -407,6 +407,15 @@ pub trait MetadataStore: Send {
     }
 }
 
+/// What other hosts changed, as a shared database tells (`postgres::changes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Inodes whose attributes, data or (of a directory) entries changed.
+    Inodes(Vec<u64>),
+    /// Anything may have changed: what was told meanwhile was not heard.
+    Unknown,
+}
+
 /// What an operation that needs the shared database does while the
 /// server cannot be reached (NFS's soft and hard mounts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -5,7 +5,8 @@
 # opens with its contents on the others; O_EXCL creates race to exactly
 # one winner; a storm of creates, renames and unlinks from all three ends
 # as a model of it says; a file open on one host survives its unlink on
-# another; flock and fcntl locks exclude across hosts; fsx on one host
+# another; another host's change reaches a host's kernel cache as it
+# commits; flock and fcntl locks exclude across hosts; fsx on one host
 # while another reads; one host killed with -9 while the others go on (its
 # locks go with it); a snapshot taken while they write (restored,
 # mounted, deleted), fsck while they are mounted, and gc (the live state
@@ -182,6 +183,30 @@ open_here_unlinked_there() {
     test "$line" = "still readable"
 }
 check "a file open on one host outlives its unlink on another" open_here_unlinked_there
+
+# ---------------------------------------------------------------------------
+# A change is heard: the kernel of a host holding the file open keeps its
+# attributes for 1 s, and another host's chmod makes it drop them at once
+# (NOTIFY), so an fstat 0.3 s later shows the new mode.
+
+heard_at_once() {
+    printf 'x\n' >"$A/watched"
+    chmod 644 "$A/watched"
+    python3 - "$A/watched" "$B/watched" <<'EOF'
+import os, sys, time
+here, there = sys.argv[1:]
+fd = os.open(there, os.O_RDONLY)
+try:
+    assert os.fstat(fd).st_mode & 0o777 == 0o644
+    os.chmod(here, 0o600)
+    time.sleep(0.3)
+    mode = os.fstat(fd).st_mode & 0o777
+    assert mode == 0o600, f"host b still shows {mode:o}"
+finally:
+    os.close(fd)
+EOF
+}
+check "another host's chmod shows in an fstat of an open file at once, not after the TTL" heard_at_once
 
 # ---------------------------------------------------------------------------
 # File locks reach across hosts: flock(1) and fcntl byte ranges (Python's

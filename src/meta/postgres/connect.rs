@@ -28,6 +28,9 @@ pub struct Connection {
     pub client: tokio_postgres::Client,
 }
 
+/// The payloads of the notifications a listening connection receives.
+pub type Heard = std::sync::mpsc::Sender<String>;
+
 /// Waits for `f` on the calling thread (see the module comment).
 pub fn wait<F: Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
@@ -190,6 +193,12 @@ impl Target {
 
     /// Opens a connection; TLS as the module comment says.
     pub fn connect(&self) -> Result<Connection> {
+        self.connect_hearing(None)
+    }
+
+    /// `connect`, passing the payload of each notification (LISTEN) the
+    /// connection receives to `heard`.
+    pub fn connect_hearing(&self, heard: Option<Heard>) -> Result<Connection> {
         let mut config = self.config.clone();
         // A server that does not answer (a dead host, a firewall) must not
         // hang the mount or a file operation for ever.
@@ -206,7 +215,7 @@ impl Target {
         let describe = self.describe();
         std::thread::Builder::new()
             .name("s3vault-pg".into())
-            .spawn(move || drive(config, tls, sender))
+            .spawn(move || drive(config, tls, sender, heard))
             .map_err(|e| MetaError::Config(format!("cannot start the database connection thread: {e}")))?;
         let client = receiver
             .recv()
@@ -260,6 +269,7 @@ fn drive(
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     sender: std::sync::mpsc::SyncSender<Connected>,
+    heard: Option<Heard>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -269,20 +279,38 @@ fn drive(
         }
     };
     match tls {
-        None => runtime.block_on(serve(config, tokio_postgres::NoTls, sender)),
-        Some(tls) => runtime.block_on(serve(config, tls, sender)),
+        None => runtime.block_on(serve(config, tokio_postgres::NoTls, sender, heard)),
+        Some(tls) => runtime.block_on(serve(config, tls, sender, heard)),
     }
 }
 
-async fn serve<T>(config: tokio_postgres::Config, tls: T, sender: std::sync::mpsc::SyncSender<Connected>)
-where
+async fn serve<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+    sender: std::sync::mpsc::SyncSender<Connected>,
+    heard: Option<Heard>,
+) where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
 {
     match config.connect(tls).await {
-        Ok((client, connection)) => {
+        Ok((client, mut connection)) => {
             let _ = sender.send(Ok(client));
-            if let Err(e) = connection.await {
-                tracing::warn!("metadata database connection lost: {e}");
+            // Polling for messages does the connection's I/O as awaiting
+            // it would, and hands over the notifications.
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if let Some(heard) = &heard {
+                            let _ = heard.send(n.payload().to_string());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("metadata database connection lost: {e}");
+                        break;
+                    }
+                    None => break,
+                }
             }
         }
         Err(e) => {

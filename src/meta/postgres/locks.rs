@@ -105,6 +105,7 @@ impl PgLocks {
             target,
             schema::schema_name(ring.volume_id()),
             Some(format!("SELECT pg_advisory_lock_shared({volume_key}, {host_key})")),
+            None,
         )?;
         let locks = PgLocks {
             link,

@@ -15,10 +15,12 @@
 //! volume's totals (for statfs) as one sealed row per host, so hosts never
 //! contend for a single counter row.
 
+mod changes;
 mod connect;
 mod locks;
 mod schema;
 
+pub use changes::PgChanges;
 pub use connect::Target;
 pub use locks::PgLocks;
 
@@ -31,7 +33,7 @@ use super::{
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
 use crate::keyring::Keyring;
 use connect::{Connection, wait};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,9 @@ struct Pending {
     /// Change of each inode's stored bytes.
     allocated: HashMap<u64, i64>,
     usage: Usage,
+    /// Inodes whose rows, chunks or entries were written, for the other
+    /// hosts (`changes.rs`).
+    changed: BTreeSet<u64>,
 }
 
 /// A write of the open transaction whose answer nothing waits for: it goes
@@ -124,6 +129,9 @@ pub struct PgStore {
     known: Mutex<Known>,
     /// Names the volume among the database's advisory locks (`locks`).
     volume_key: i64,
+    /// Where, and as whom, transactions tell what they changed.
+    channel: String,
+    tag: String,
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
@@ -158,6 +166,9 @@ struct Link {
     /// Whether a call that finds the server gone waits for it
     /// (`OutagePolicy::Wait`) instead of failing.
     waits: AtomicBool,
+    /// Where a listening link's connections pass their notifications;
+    /// each new connection first passes an empty one (`changes.rs`).
+    heard: Option<connect::Heard>,
     current: Mutex<Current>,
     stats: Stats,
 }
@@ -188,13 +199,19 @@ struct Session {
 }
 
 impl Link {
-    fn open(target: &Target, schema: String, on_connect: Option<String>) -> Result<Link> {
+    fn open(
+        target: &Target,
+        schema: String,
+        on_connect: Option<String>,
+        heard: Option<connect::Heard>,
+    ) -> Result<Link> {
         let link = Link {
             target: target.clone(),
             schema,
             logs_outages: on_connect.is_none(),
             on_connect,
             waits: AtomicBool::new(false),
+            heard,
             current: Mutex::new(Current {
                 conn: None,
                 failed: None,
@@ -309,7 +326,7 @@ impl Link {
     }
 
     fn connect(&self) -> Result<Arc<Session>> {
-        let conn = self.target.connect()?;
+        let conn = self.target.connect_hearing(self.heard.clone())?;
         let exists = wait(
             conn.client
                 .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&self.schema]),
@@ -334,6 +351,9 @@ impl Link {
         .map_err(db)?;
         if let Some(sql) = &self.on_connect {
             wait(conn.client.batch_execute(sql)).map_err(db)?;
+        }
+        if let Some(heard) = &self.heard {
+            let _ = heard.send(String::new());
         }
         Ok(Arc::new(Session {
             conn,
@@ -438,7 +458,7 @@ impl PgStore {
     /// Opens the tables of an existing volume.
     pub fn open(target: &Target, ring: &Keyring, host: HostId) -> Result<PgStore> {
         let name = schema::schema_name(ring.volume_id());
-        let link = Arc::new(Link::open(target, name.clone(), None)?);
+        let link = Arc::new(Link::open(target, name.clone(), None, None)?);
         let row = link.timed(link.session()?.client().query_one("SELECT id, format FROM volume", &[]))?;
         let (id, format): (Vec<u8>, i32) = (row.get(0), row.get(1));
         if id != ring.volume_id() {
@@ -474,6 +494,8 @@ impl PgStore {
             unsent: Mutex::new(Vec::new()),
             known: Mutex::new(Known::default()),
             volume_key: locks::key_of(ring.volume_id()).into(),
+            channel: changes::channel(ring.volume_id()),
+            tag: changes::tag(&host),
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
         if let Some(row) = host_row {
@@ -836,6 +858,8 @@ impl PgStore {
         let upsert_usage = session.statement(
             "INSERT INTO usage (host, body) VALUES ($1, $2) ON CONFLICT (host) DO UPDATE SET body = excluded.body",
         )?;
+        let notify = session.statement("SELECT pg_notify($1, $2)")?;
+        let told = (!self.pending.changed.is_empty()).then(|| changes::payload(&self.tag, &self.pending.changed));
         let client = session.client();
         let host = self.host.as_slice();
         let updates = futures_util::future::join_all(
@@ -849,13 +873,21 @@ impl PgStore {
                 None => Ok(()),
             }
         };
+        // Delivered at the COMMIT, and only if it commits.
+        let tell = async {
+            match &told {
+                Some(payload) => client.execute(&notify, &[&self.channel, payload]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
         self.round_trip(&session, async {
-            let (updated, usage, committed) =
-                futures_util::future::join3(updates, usage, client.batch_execute("COMMIT")).await;
+            let (updated, usage, told, committed) =
+                futures_util::future::join4(updates, usage, tell, client.batch_execute("COMMIT")).await;
             for result in updated {
                 result?;
             }
             usage?;
+            told?;
             committed
         })
     }
@@ -948,6 +980,7 @@ impl PgStore {
     }
 
     fn note_chunk_change(&mut self, ino: u64, bytes: i64) {
+        self.pending.changed.insert(ino);
         *self.pending.allocated.entry(ino).or_default() += bytes;
         self.pending.usage.bytes += bytes;
     }
@@ -1020,6 +1053,9 @@ impl MetadataStore for PgStore {
         let (ino, orphan) = (int(inode.ino), inode.nlink == 0);
         // A new number has no row, a row read in this transaction exists:
         // either way nothing waits for the answer.
+        if self.transaction.is_some() {
+            self.pending.changed.insert(inode.ino);
+        }
         if self.transaction.is_some() && self.known().fresh.remove(&inode.ino) {
             let usage = self.sealer.seal(Place::InodeUsage(inode.ino), &0u64.to_be_bytes());
             self.defer(
@@ -1047,6 +1083,7 @@ impl MetadataStore for PgStore {
             if row.get::<_, bool>(0) {
                 s.pending.usage.inodes += 1;
             }
+            s.pending.changed.insert(inode.ino);
             if s.transaction.is_some() {
                 s.known().rows.insert(inode.ino);
             }
@@ -1065,6 +1102,7 @@ impl MetadataStore for PgStore {
                 s.pending.usage.inodes -= 1;
             }
             s.pending.allocated.remove(&ino);
+            s.pending.changed.insert(ino);
             Ok(())
         })
     }
@@ -1264,6 +1302,7 @@ impl MetadataStore for PgStore {
         plain.extend_from_slice(&ino.to_be_bytes());
         plain.extend_from_slice(name);
         let sealed = self.sealer.seal(Place::EntryName { parent, name_mac: &mac }, &plain);
+        self.pending.changed.insert(parent);
         self.defer(
             "INSERT INTO entry (parent, name_mac, ino, name) VALUES ($1, $2, $3, $4)",
             vec![
@@ -1277,6 +1316,7 @@ impl MetadataStore for PgStore {
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
         let mac = self.entry_mac(parent, name);
+        self.pending.changed.insert(parent);
         self.defer(
             "DELETE FROM entry WHERE parent = $1 AND name_mac = $2",
             vec![Box::new(int(parent)), Box::new(mac.to_vec())],

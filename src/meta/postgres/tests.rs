@@ -5,7 +5,7 @@
 use super::*;
 use crate::crypto::SecretKey;
 use crate::meta::file_locks::{Kind, LockTable, Owner, Request};
-use crate::meta::{FileKind, OutagePolicy};
+use crate::meta::{Change, FileKind, OutagePolicy};
 
 fn target() -> Target {
     super::test_target()
@@ -440,6 +440,75 @@ fn postgres_a_transaction_costs_no_round_trip_of_its_own() {
     db.inode(2).unwrap().unwrap();
     db.rollback();
     assert_eq!(db.inode(2).unwrap().unwrap(), file(2));
+}
+
+/// The next change `changes` hears other than a (re)connection's.
+fn next_heard(changes: &PgChanges) -> Option<Change> {
+    loop {
+        match changes.next(Duration::from_secs(5)) {
+            Some(Change::Unknown) => continue,
+            heard => return heard,
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one"]
+fn postgres_other_hosts_hear_which_inodes_a_transaction_changed() {
+    let ring = ring();
+    let mut a = PgStore::create(&target(), &ring, [1; 16]).unwrap();
+    let on_b = PgChanges::listen(&target(), &ring, [2; 16]).unwrap();
+    let on_a = PgChanges::listen(&target(), &ring, [1; 16]).unwrap();
+    // A new listener first forgets everything: it heard nothing before.
+    assert_eq!(on_b.next(Duration::from_secs(5)), Some(Change::Unknown));
+    assert_eq!(on_a.next(Duration::from_secs(5)), Some(Change::Unknown));
+    a.put_inode(&Inode::root(0, 0, 0)).unwrap();
+    assert_eq!(next_heard(&on_b), Some(Change::Inodes(vec![1])));
+
+    let before = a.database_status().unwrap().statements;
+    a.begin().unwrap();
+    a.put_inode(&file(7)).unwrap();
+    a.insert_entry(1, b"chart", 7).unwrap();
+    a.commit().unwrap();
+    assert_eq!(
+        a.database_status().unwrap().statements,
+        before + 2,
+        "telling cost a round trip"
+    );
+    assert_eq!(next_heard(&on_b), Some(Change::Inodes(vec![1, 7])));
+
+    // What is rolled back is not told; nor is a host told its own.
+    a.begin().unwrap();
+    a.inode(7).unwrap();
+    a.put_inode(&file(7)).unwrap();
+    a.rollback();
+    a.begin().unwrap();
+    a.remove_entry(1, b"chart").unwrap();
+    a.commit().unwrap();
+    assert_eq!(next_heard(&on_b), Some(Change::Inodes(vec![1])));
+    assert_eq!(
+        on_a.next(Duration::from_millis(300)),
+        None,
+        "a host heard its own change"
+    );
+
+    // A listener whose connection was ended forgets everything once back.
+    let conn = admin(&ring);
+    let listening = format!("LISTEN {}", changes::channel(ring.volume_id()));
+    let ended = wait(conn.client.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+        &[&listening],
+    ))
+    .unwrap();
+    assert_eq!(ended.len(), 2);
+    let mut heard = None;
+    for _ in 0..5 {
+        heard = on_b.next(Duration::from_secs(1));
+        if heard.is_some() {
+            break;
+        }
+    }
+    assert_eq!(heard, Some(Change::Unknown));
 }
 
 #[test]
