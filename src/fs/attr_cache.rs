@@ -17,7 +17,7 @@
 //! transaction forgets everything and moves the epoch on, and a read is
 //! remembered only if no transaction ended since it began.
 
-use crate::meta::{FileKind, Inode};
+use crate::meta::{Committed, FileKind, Inode, ROOT_INO};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,8 +39,23 @@ pub(super) struct AttrCache {
 struct State {
     epoch: u64,
     inodes: HashMap<u64, (Inode, Instant)>,
-    /// (parent, name) → a directory, whose inode is in `inodes`.
-    dirs: HashMap<(u64, Vec<u8>), (u64, Instant)>,
+    /// Directory → its parent and name, as read then.
+    dirs: HashMap<u64, (u64, Vec<u8>, Instant)>,
+    /// (parent, name) → the directory `dirs` has under it.
+    names: HashMap<(u64, Vec<u8>), u64>,
+}
+
+impl State {
+    fn drop_dirs(&mut self, gone: impl Fn(u64, u64) -> bool) {
+        let names = &mut self.names;
+        self.dirs.retain(|dir, (parent, name, _)| {
+            let keep = !gone(*dir, *parent);
+            if !keep {
+                names.remove(&(*parent, std::mem::take(name)));
+            }
+            keep
+        });
+    }
 }
 
 /// When a read began, in this host's count of metadata transactions.
@@ -73,20 +88,36 @@ impl AttrCache {
         state.epoch += 1;
         state.inodes.clear();
         state.dirs.clear();
+        state.names.clear();
         Epoch(state.epoch)
     }
 
-    /// Another host changed `inos` (a row, data, or a directory's
-    /// entries): forgets them and what lies in them, and keeps reads
-    /// under way from being remembered.
+    /// A transaction of this host committed `committed`: forgets what it
+    /// changed and keeps what it wrote. Under the metadata lock, as
+    /// `changed`.
+    pub fn committed(&self, committed: &Committed) -> Epoch {
+        let epoch = self.forget_in(&committed.inodes, &committed.dirs);
+        self.remember(epoch, &committed.written);
+        epoch
+    }
+
+    /// Another host changed `inos`: rows, data, or a directory's entries.
     pub fn forget(&self, inos: &[u64]) {
+        self.forget_in(inos, inos);
+    }
+
+    /// Forgets the attributes of `inos` and the entries in `dirs`, and
+    /// keeps reads under way from being remembered.
+    fn forget_in(&self, inos: &[u64], dirs: &[u64]) -> Epoch {
         let mut state = self.state();
         state.epoch += 1;
-        let gone: HashSet<u64> = inos.iter().copied().collect();
-        state.inodes.retain(|ino, _| !gone.contains(ino));
-        state
-            .dirs
-            .retain(|(parent, _), (ino, _)| !gone.contains(parent) && !gone.contains(ino));
+        let inos: HashSet<u64> = inos.iter().copied().collect();
+        let dirs: HashSet<u64> = dirs.iter().copied().collect();
+        state.inodes.retain(|ino, _| !inos.contains(ino));
+        // A directory removed or moved was an entry of a directory
+        // whose entries changed.
+        state.drop_dirs(|_, parent| dirs.contains(&parent));
+        Epoch(state.epoch)
     }
 
     /// Keeps `inodes`, read at `since`, unless a transaction ended since.
@@ -111,15 +142,22 @@ impl AttrCache {
         }
         let now = Instant::now();
         if state.inodes.len() >= PRUNE_AT || state.dirs.len() >= PRUNE_AT {
-            let fresh = |read: &Instant| now.duration_since(*read) < self.ttl;
-            state.inodes.retain(|_, (_, read)| fresh(read));
-            state.dirs.retain(|_, (_, read)| fresh(read));
+            let ttl = self.ttl;
+            state.inodes.retain(|_, (_, read)| now.duration_since(*read) < ttl);
+            let stale: HashSet<u64> = (state.dirs.iter())
+                .filter(|(_, (_, _, read))| now.duration_since(*read) >= ttl)
+                .map(|(dir, _)| *dir)
+                .collect();
+            state.drop_dirs(|dir, _| stale.contains(&dir));
         }
         for inode in inodes {
             state.inodes.insert(inode.ino, (*inode, now));
         }
         if let (Some(name), [parent, found]) = (dir_entry, inodes) {
-            state.dirs.insert((parent.ino, name.to_vec()), (found.ino, now));
+            if let Some((old_parent, old_name, _)) = state.dirs.insert(found.ino, (parent.ino, name.to_vec(), now)) {
+                state.names.remove(&(old_parent, old_name));
+            }
+            state.names.insert((parent.ino, name.to_vec()), found.ino);
         }
     }
 
@@ -138,13 +176,39 @@ impl AttrCache {
     /// parent as read then (for the caller's search permission).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(Inode, Inode)> {
         let state = self.state();
-        let (ino, read) = state.dirs.get(&(parent, name.to_vec()))?;
-        self.left(*read)?;
+        let ino = state.names.get(&(parent, name.to_vec()))?;
+        self.left(state.dirs.get(ino)?.2)?;
         let fresh = |ino: &u64| {
             let (inode, read) = state.inodes.get(ino)?;
             self.left(*read).map(|_| *inode)
         };
         Some((fresh(&parent)?, fresh(ino)?))
+    }
+
+    /// The volume path of directory `dir` ("/a/b"), if every directory on
+    /// the way up was read a moment ago.
+    pub fn path_of_dir(&self, dir: u64, max_depth: usize) -> Option<Vec<u8>> {
+        let state = self.state();
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut at = dir;
+        while at != ROOT_INO {
+            let (parent, name, read) = state.dirs.get(&at)?;
+            self.left(*read)?;
+            if names.len() >= max_depth {
+                return None;
+            }
+            names.push(name);
+            at = *parent;
+        }
+        let mut path = Vec::new();
+        for name in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(name);
+        }
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        Some(path)
     }
 }
 
@@ -224,6 +288,39 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_forgets_what_it_changed_and_keeps_what_it_wrote() {
+        let cache = AttrCache::new(ATTR_TTL);
+        let (root, ward, beds) = (inode(1, 0), inode(2, 0), inode(3, 0));
+        cache.remember_lookup(cache.epoch(), &root, b"ward", &ward);
+        cache.remember_lookup(cache.epoch(), &ward, b"beds", &beds);
+        assert_eq!(cache.path_of_dir(3, 10).unwrap(), b"/ward/beds");
+        assert_eq!(cache.path_of_dir(1, 10).unwrap(), b"/");
+        assert_eq!(cache.path_of_dir(3, 1), None, "deeper than allowed");
+        // A create in the ward (its times and entries) and a chmod of beds.
+        let under_way = cache.epoch();
+        let written = Inode { size: 9, ..ward };
+        let epoch = cache.committed(&Committed {
+            inodes: vec![2, 3, 4],
+            dirs: vec![2],
+            written: vec![written, inode(4, 0)],
+        });
+        assert_eq!(cache.get(2).unwrap().0.size, 9, "what it wrote was not kept");
+        assert!(cache.get(4).is_some());
+        assert!(cache.get(3).is_none(), "a changed inode was kept");
+        assert_eq!(cache.lookup(1, b"ward").unwrap().1.size, 9);
+        assert!(
+            cache.lookup(2, b"beds").is_none(),
+            "an entry of a changed directory was kept"
+        );
+        assert_eq!(cache.path_of_dir(2, 10).unwrap(), b"/ward");
+        assert_eq!(cache.path_of_dir(3, 10), None);
+        cache.remember(under_way, &[inode(3, 0)]);
+        assert!(cache.get(3).is_none(), "a read under way was kept");
+        cache.remember(epoch, &[inode(3, 0)]);
+        assert!(cache.get(3).is_some());
+    }
+
+    #[test]
     fn a_zero_ttl_remembers_nothing() {
         let cache = AttrCache::new(Duration::ZERO);
         cache.remember(cache.epoch(), &[inode(7, 3)]);
@@ -235,9 +332,10 @@ mod tests {
         let cache = AttrCache::new(Duration::from_millis(20));
         let many: Vec<Inode> = (0..PRUNE_AT as u64).map(|ino| inode(ino, 0)).collect();
         cache.remember(cache.epoch(), &many);
+        cache.remember_lookup(cache.epoch(), &inode(1, 0), b"ward", &inode(2, 0));
         std::thread::sleep(Duration::from_millis(30));
         cache.remember(cache.epoch(), &[inode(1 << 40, 0)]);
         assert_eq!(cache.state().inodes.len(), 1);
-        assert!(cache.state().dirs.is_empty());
+        assert!(cache.state().dirs.is_empty() && cache.state().names.is_empty());
     }
 }

@@ -298,7 +298,10 @@ impl Core {
             let mut meta = self.meta();
             let done = crate::meta::in_transaction(meta.as_mut(), &mut f);
             // Under the metadata lock, so no read can begin in between.
-            let epoch = self.attrs.changed();
+            let epoch = match meta.take_committed() {
+                Some(committed) => self.attrs.committed(&committed),
+                None => self.attrs.changed(),
+            };
             done.map(|v| (v, epoch))
         })
     }

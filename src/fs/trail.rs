@@ -70,11 +70,18 @@ impl Core {
     /// Walks up from `ino` to the root or to a directory whose path is
     /// cached, then caches the directories it passed (all but `ino`
     /// itself, unless `ino_is_dir`). Not on a shared volume: another host
-    /// may move a directory without this one knowing, and an audit record
-    /// must name the path the file had when it was opened.
+    /// may move a directory, and an audit record must name the path the
+    /// file had when it was opened; there only the directories of the
+    /// last second serve, which a move by another host is heard to
+    /// change within milliseconds.
     fn path_walk(&self, ino: u64, ino_is_dir: bool) -> Vec<u8> {
         let cached = !self.options.shared_metadata;
         if !cached {
+            // Directories read a moment ago (heard of when another host
+            // changes them; `attr_cache.rs`), else one query.
+            if let Some(path) = self.attrs.path_of_dir(ino, MAX_DEPTH) {
+                return path;
+            }
             return match self.meta().ancestry(ino, MAX_DEPTH) {
                 Ok(Some(chain)) => join_path(chain.into_iter().rev().map(|(_, name)| name)),
                 _ => b"(unlinked)".to_vec(),

@@ -248,6 +248,12 @@ pub trait MetadataStore: Send {
     /// Inodes with no link left (unlinked while open, then a crash).
     fn orphans(&self) -> Result<Vec<u64>>;
 
+    /// What the last transaction changed, once; `None` when the store
+    /// does not say (anything may have changed) or the outcome is unknown.
+    fn take_committed(&mut self) -> Option<Committed> {
+        None
+    }
+
     /// Counts one open of `ino` more on this host, so that no other host
     /// deletes the file under it after an unlink; false when the inode is
     /// gone. Only a shared database keeps them: on a single host the open
@@ -405,6 +411,19 @@ pub trait MetadataStore: Send {
     fn database_status(&self) -> Option<DatabaseStatus> {
         self.database().map(|d| d.status())
     }
+}
+
+/// What a transaction of this host changed, as far as caches of it care
+/// (`MetadataStore::take_committed`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Inodes whose rows or stored blocks changed, deleted ones included.
+    pub inodes: Vec<u64>,
+    /// Directories whose entries changed.
+    pub dirs: Vec<u64>,
+    /// Inodes as written, of those whose stored blocks did not change
+    /// (whose `allocated` the writer knew).
+    pub written: Vec<Inode>,
 }
 
 /// What other hosts changed, as a shared database tells (`postgres::changes`).

@@ -27,7 +27,7 @@ pub use locks::PgLocks;
 use super::sealing::{Place, RowSealer};
 use super::state::{Cursor, decode_record, encode_record};
 use super::{
-    ChainHead, ChunkRef, Database, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore,
+    ChainHead, ChunkRef, Committed, Database, DatabaseStatus, DirEntry, Found, Inode, Lookup, MetaError, MetadataStore,
     OutagePolicy, ROOT_INO, Record, Result,
 };
 use crate::codec::{OBJECT_ID_LEN, ObjectId};
@@ -81,9 +81,32 @@ struct Pending {
     /// Change of each inode's stored bytes.
     allocated: HashMap<u64, i64>,
     usage: Usage,
-    /// Inodes whose rows, chunks or entries were written, for the other
-    /// hosts (`changes.rs`).
-    changed: BTreeSet<u64>,
+    /// Inodes whose rows or chunks were written, and directories whose
+    /// entries were: for this host's caches and the others' (`changes.rs`).
+    inodes: BTreeSet<u64>,
+    dirs: BTreeSet<u64>,
+    /// The inodes as written (`Committed::written`).
+    written: BTreeMap<u64, Inode>,
+}
+
+impl Pending {
+    fn note_written(&mut self, inode: &Inode) {
+        self.inodes.insert(inode.ino);
+        self.written.insert(inode.ino, *inode);
+    }
+
+    fn committed(self) -> Committed {
+        let written = self
+            .written
+            .into_values()
+            .filter(|inode| !self.allocated.contains_key(&inode.ino))
+            .collect();
+        Committed {
+            inodes: self.inodes.into_iter().collect(),
+            dirs: self.dirs.into_iter().collect(),
+            written,
+        }
+    }
 }
 
 /// A write of the open transaction whose answer nothing waits for: it goes
@@ -132,6 +155,8 @@ pub struct PgStore {
     /// Where, and as whom, transactions tell what they changed.
     channel: String,
     tag: String,
+    /// What the last transaction changed (`take_committed`).
+    committed: Option<Committed>,
 }
 
 fn db(e: tokio_postgres::Error) -> MetaError {
@@ -496,6 +521,7 @@ impl PgStore {
             volume_key: locks::key_of(ring.volume_id()).into(),
             channel: changes::channel(ring.volume_id()),
             tag: changes::tag(&host),
+            committed: None,
         };
         let host_row = store.query_opt("SELECT body FROM usage WHERE host = $1", &[&host.as_slice()])?;
         if let Some(row) = host_row {
@@ -859,7 +885,8 @@ impl PgStore {
             "INSERT INTO usage (host, body) VALUES ($1, $2) ON CONFLICT (host) DO UPDATE SET body = excluded.body",
         )?;
         let notify = session.statement("SELECT pg_notify($1, $2)")?;
-        let told = (!self.pending.changed.is_empty()).then(|| changes::payload(&self.tag, &self.pending.changed));
+        let changed: BTreeSet<u64> = self.pending.inodes.union(&self.pending.dirs).copied().collect();
+        let told = (!changed.is_empty()).then(|| changes::payload(&self.tag, &changed));
         let client = session.client();
         let host = self.host.as_slice();
         let updates = futures_util::future::join_all(
@@ -980,7 +1007,7 @@ impl PgStore {
     }
 
     fn note_chunk_change(&mut self, ino: u64, bytes: i64) {
-        self.pending.changed.insert(ino);
+        self.pending.inodes.insert(ino);
         *self.pending.allocated.entry(ino).or_default() += bytes;
         self.pending.usage.bytes += bytes;
     }
@@ -1020,13 +1047,20 @@ impl MetadataStore for PgStore {
                 self.transaction = None;
                 let pending = std::mem::take(&mut self.pending);
                 self.host_usage.add(pending.usage);
+                self.committed = Some(pending.committed());
                 Ok(())
             }
             Err(e) => {
                 self.rollback();
+                // A COMMIT that failed may have been applied.
+                self.committed = None;
                 Err(e)
             }
         }
+    }
+
+    fn take_committed(&mut self) -> Option<Committed> {
+        self.committed.take()
     }
 
     fn rollback(&mut self) {
@@ -1037,6 +1071,7 @@ impl MetadataStore for PgStore {
         }
         self.transaction = None;
         self.pending = Pending::default();
+        self.committed = Some(Committed::default());
         lock(&self.deferred).clear();
         self.known().rows.clear();
     }
@@ -1054,7 +1089,7 @@ impl MetadataStore for PgStore {
         // A new number has no row, a row read in this transaction exists:
         // either way nothing waits for the answer.
         if self.transaction.is_some() {
-            self.pending.changed.insert(inode.ino);
+            self.pending.note_written(inode);
         }
         if self.transaction.is_some() && self.known().fresh.remove(&inode.ino) {
             let usage = self.sealer.seal(Place::InodeUsage(inode.ino), &0u64.to_be_bytes());
@@ -1083,7 +1118,7 @@ impl MetadataStore for PgStore {
             if row.get::<_, bool>(0) {
                 s.pending.usage.inodes += 1;
             }
-            s.pending.changed.insert(inode.ino);
+            s.pending.note_written(inode);
             if s.transaction.is_some() {
                 s.known().rows.insert(inode.ino);
             }
@@ -1102,7 +1137,8 @@ impl MetadataStore for PgStore {
                 s.pending.usage.inodes -= 1;
             }
             s.pending.allocated.remove(&ino);
-            s.pending.changed.insert(ino);
+            s.pending.inodes.insert(ino);
+            s.pending.written.remove(&ino);
             Ok(())
         })
     }
@@ -1302,7 +1338,7 @@ impl MetadataStore for PgStore {
         plain.extend_from_slice(&ino.to_be_bytes());
         plain.extend_from_slice(name);
         let sealed = self.sealer.seal(Place::EntryName { parent, name_mac: &mac }, &plain);
-        self.pending.changed.insert(parent);
+        self.pending.dirs.insert(parent);
         self.defer(
             "INSERT INTO entry (parent, name_mac, ino, name) VALUES ($1, $2, $3, $4)",
             vec![
@@ -1316,7 +1352,7 @@ impl MetadataStore for PgStore {
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
         let mac = self.entry_mac(parent, name);
-        self.pending.changed.insert(parent);
+        self.pending.dirs.insert(parent);
         self.defer(
             "DELETE FROM entry WHERE parent = $1 AND name_mac = $2",
             vec![Box::new(int(parent)), Box::new(mac.to_vec())],
