@@ -244,6 +244,7 @@ impl<'a> Restorer<'a> {
 
     /// Restores `path` of the volume as `into/<its last name>` (for "/",
     /// the volume's contents into `into`, which must be empty or absent).
+    /// `into` is created if missing, as for "/".
     pub async fn restore(&mut self, path: &str, into: &Path) -> Result<(), CopyOutError> {
         let names = components(path)?;
         let ino = self.resolve(path)?;
@@ -252,11 +253,9 @@ impl<'a> Restorer<'a> {
             None => into.to_path_buf(),
         };
         let volume_path: Vec<u8> = std::iter::once(b'/').chain(names.join(&b'/')).collect();
-        if names.is_empty() {
-            std::fs::create_dir_all(into).map_err(local(into))?;
-            if std::fs::read_dir(into).map_err(local(into))?.next().is_some() {
-                return Err(CopyOutError::Exists(into.to_path_buf()));
-            }
+        std::fs::create_dir_all(into).map_err(local(into))?;
+        if names.is_empty() && std::fs::read_dir(into).map_err(local(into))?.next().is_some() {
+            return Err(CopyOutError::Exists(into.to_path_buf()));
         }
         let mut queue = VecDeque::from([(ino, dest, volume_path, names.is_empty())]);
         while let Some((ino, dest, volume_path, exists)) = queue.pop_front() {

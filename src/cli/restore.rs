@@ -26,7 +26,8 @@ pub struct RestoreArgs {
     /// The snapshot to copy from.
     #[arg(long, value_name = "NAME")]
     snapshot: String,
-    /// Directory to copy into: each PATH becomes DIR/<its last name>.
+    /// Directory to copy into (created if missing): each PATH becomes
+    /// DIR/<its last name>.
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
     #[command(flatten)]

@@ -129,6 +129,9 @@ restore_one_path_never_overwrites() {
     rc=0
     sv restore "$URL" /no/such --snapshot "before change" --to "$WORK/one" || rc=$?
     ((rc == 1))
+    # A directory to copy into that is not there yet is made, as for "/".
+    sv restore "$URL" /reports/2026/summary.txt --snapshot "before change" --to "$WORK/two/deeper"
+    [[ $(cat "$WORK/two/deeper/summary.txt") == "first version" ]]
     # A snapshot that does not exist is a wrong argument, as for mount: 2.
     rc=0
     out=$(sv restore "$URL" /reports --snapshot "no such snapshot" --to "$WORK/one" 2>&1) || rc=$?
